@@ -1,0 +1,297 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * flowtop TC data path: one program for clsact ingress and one for egress,
+ * both calling handle_packet(). Flows are aggregated here, per collection
+ * interval, and drained by userspace in batches; nothing is sent per packet.
+ *
+ * Build-time options come as -D cflags from flowtop/collector/program.py:
+ *   FT_FLOW_MAP_SIZE   entries of each interval flow map
+ *   FT_IFACE_MAP_SIZE  entries of the interface counter map
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/errno.h>
+
+#include "flowtop.h"
+#include "parse.h"
+
+#ifndef FT_FLOW_MAP_SIZE
+#define FT_FLOW_MAP_SIZE 65536
+#endif
+#ifndef FT_IFACE_MAP_SIZE
+#define FT_IFACE_MAP_SIZE 4096
+#endif
+
+/* Bytes pulled into the linear area when headers straddle into paged data:
+ * Ethernet + 2 VLAN tags + IPv6 + extension headers + TCP with options. */
+#define FT_PULL_LEN 192
+
+/*
+ * Two interval maps, flows_a and flows_b (key: struct flow_key, value:
+ * struct flow_stats). flow_maps[0] points at the one being filled. Userspace
+ * swaps the pointer; the kernel waits for an RCU grace period on every
+ * update of a map-in-map, so when the swap returns no program still writes
+ * to the old map and userspace drains it with lookup-and-delete batches
+ * without racing any increment. Userspace deletes every entry.
+ */
+BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE);
+BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
+BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 1);
+
+/* Interface counters (key: struct iface_key, value: struct iface_stats),
+ * per CPU so increments need no atomics. Cumulative; userspace removes the
+ * entries of an interface when it detaches from it. */
+BPF_TABLE("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
+	  FT_IFACE_MAP_SIZE);
+
+/* Everything not accounted in a flow (index: enum ft_counter), per CPU.
+ * Never deleted; userspace reads the sums. */
+BPF_PERCPU_ARRAY(counters, __u64, FT_CTR_MAX);
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *v = counters.lookup(&idx);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family)
+{
+	struct iface_key k = { .ifindex = skb->ifindex, .direction = dir, .family = family };
+	struct iface_stats *st = iface_counters.lookup(&k);
+
+	if (st) {
+		st->packets += 1;
+		st->bytes += skb->len;
+		return;
+	}
+	struct iface_stats init = { .packets = 1, .bytes = skb->len };
+
+	if (iface_counters.update(&k, &init) != 0)
+		count(FT_CTR_IFACE_MAP_FULL, 1);
+}
+
+static __always_inline void add_to_flow(struct flow_stats *st, __u64 segs, __u64 bytes,
+					__u64 flags, __u8 dscp, __u64 now)
+{
+	__sync_fetch_and_add(&st->packets, segs);
+	__sync_fetch_and_add(&st->bytes, bytes);
+	/* Plain stores: the last writer wins, which is what "last" means. */
+	st->last_seen_ns = now;
+	st->dscp = dscp;
+	/* Flags rarely change after the handshake: skip the locked op then. */
+	if ((st->tcp_flags | flags) != st->tcp_flags)
+		__sync_fetch_and_or(&st->tcp_flags, flags);
+}
+
+static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64 bytes,
+					 __u64 flags, __u8 dscp)
+{
+	int zero = 0;
+	void *flows = flow_maps.lookup(&zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!flows) {
+		count(FT_CTR_NO_FLOW_MAP, 1);
+		return;
+	}
+	struct flow_stats *st = bpf_map_lookup_elem(flows, key);
+
+	if (st) {
+		add_to_flow(st, segs, bytes, flags, dscp, now);
+		return;
+	}
+	struct flow_stats init = {
+		.packets = segs,
+		.bytes = bytes,
+		.first_seen_ns = now,
+		.last_seen_ns = now,
+		.tcp_flags = flags,
+		.dscp = dscp,
+	};
+	int err = bpf_map_update_elem(flows, key, &init, BPF_NOEXIST);
+
+	if (err == 0)
+		return;
+	if (err == -EEXIST) {
+		/* Another CPU created the entry between our lookup and update. */
+		st = bpf_map_lookup_elem(flows, key);
+		if (st) {
+			add_to_flow(st, segs, bytes, flags, dscp, now);
+			return;
+		}
+	}
+	count(FT_CTR_FLOW_MAP_FULL, 1);
+	count(FT_CTR_LOST_PACKETS, segs);
+	count(FT_CTR_LOST_BYTES, bytes);
+}
+
+static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
+{
+	struct flow_key key = {};
+	struct cursor c;
+	struct iphdr *iph = NULL;
+	struct ipv6hdr *ip6h = NULL;
+	int proto, l4proto, nonfirst_frag = 0, l4_truncated = 0;
+	__u32 l3_off, l4_off, ip_len, l4_hdr = 0;
+	__u64 flags = 0;
+	__u8 dscp;
+
+	/* Headers beyond the linear area (rare: some drivers and tunnels) are
+	 * pulled in once; cheaper than a load helper call per header. */
+	if (skb->data_end - skb->data < FT_PULL_LEN && skb->len > skb->data_end - skb->data)
+		bpf_skb_pull_data(skb, skb->len < FT_PULL_LEN ? skb->len : FT_PULL_LEN);
+
+	c.pos = (void *)(long)skb->data;
+	c.end = (void *)(long)skb->data_end;
+
+	key.ifindex = skb->ifindex;
+	key.direction = dir;
+	if (skb->vlan_present)
+		key.vlan = skb->vlan_tci & 0x0fff;
+
+	proto = parse_ethhdr(&c);
+	if (proto < 0)
+		goto truncated_other;
+	proto = parse_vlans(&c, proto, &key.vlan);
+	if (proto < 0)
+		goto truncated_other;
+	l3_off = c.pos - (void *)(long)skb->data;
+
+	if (proto == bpf_htons(ETH_P_IP)) {
+		count_iface(skb, dir, FT_FAMILY_IPV4);
+		l4proto = parse_iphdr(&c, &iph);
+		if (l4proto == -2) {
+			count(FT_CTR_MALFORMED, 1);
+			return TC_ACT_UNSPEC;
+		}
+		if (l4proto < 0)
+			goto truncated;
+		key.ip_version = 4;
+		__builtin_memcpy(key.src, &iph->saddr, 4);
+		__builtin_memcpy(key.dst, &iph->daddr, 4);
+		ip_len = bpf_ntohs(iph->tot_len);
+		dscp = iph->tos >> 2;
+		/* Offset != 0: a later fragment, no L4 header in it. */
+		if (iph->frag_off & bpf_htons(0x1fff))
+			nonfirst_frag = 1;
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		count_iface(skb, dir, FT_FAMILY_IPV6);
+		l4proto = parse_ip6hdr(&c, &ip6h);
+		if (l4proto < 0)
+			goto truncated;
+		l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
+		if (l4proto == -3) {
+			count(FT_CTR_IPV6_EXT_LIMIT, 1);
+			return TC_ACT_UNSPEC;
+		}
+		if (l4proto < 0)
+			goto truncated;
+		key.ip_version = 6;
+		__builtin_memcpy(key.src, &ip6h->saddr, 16);
+		__builtin_memcpy(key.dst, &ip6h->daddr, 16);
+		ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+		dscp = ((ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4)) >> 2;
+	} else {
+		count_iface(skb, dir, FT_FAMILY_OTHER);
+		count(FT_CTR_NON_IP, 1);
+		return TC_ACT_UNSPEC;
+	}
+	key.proto = l4proto;
+	/* Offsets as plain numbers: keeps clang from folding them back into
+	 * packet-pointer arithmetic the verifier rejects. */
+	l4_off = c.pos - (void *)(long)skb->data;
+	asm volatile("" : "+r"(l4_off));
+	asm volatile("" : "+r"(l3_off));
+
+	if (!nonfirst_frag) {
+		switch (l4proto) {
+		case IPPROTO_TCP: {
+			struct tcphdr *th = c.pos;
+
+			if ((void *)(th + 1) > c.end)
+				{
+				l4_truncated = 1;
+				break;
+			}
+			key.sport = bpf_ntohs(th->source);
+			key.dport = bpf_ntohs(th->dest);
+			/* The flags byte follows doff/res1 in the 13th octet. */
+			flags = ((__u8 *)th)[13];
+			l4_hdr = th->doff * 4;
+			break;
+		}
+		case IPPROTO_UDP:
+		case IPPROTO_UDPLITE:
+		case IPPROTO_SCTP:
+		case IPPROTO_DCCP: {
+			__be16 *ports = c.pos;
+
+			if ((void *)(ports + 2) > c.end)
+				{
+				l4_truncated = 1;
+				break;
+			}
+			key.sport = bpf_ntohs(ports[0]);
+			key.dport = bpf_ntohs(ports[1]);
+			l4_hdr = l4proto == IPPROTO_UDP ? 8 : 0;
+			break;
+		}
+		case IPPROTO_ICMP:
+		case IPPROTO_ICMPV6: {
+			__u8 *tc = c.pos;
+
+			if ((void *)(tc + 2) > c.end)
+				{
+				l4_truncated = 1;
+				break;
+			}
+			key.dport = (tc[0] << 8) | tc[1];
+			break;
+		}
+		}
+	}
+
+	/* IP octets. A GSO/GRO super-packet carries one set of headers for
+	 * gso_segs segments; on the wire each segment has its own, so add them
+	 * back. Its length fields may describe the whole aggregate (or be 0 for
+	 * BIG TCP), so take the length from the skb instead. */
+	__u32 in_skb = skb->len - l3_off;
+	__u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	__u64 bytes;
+
+	if (segs > 1) {
+		__u32 hdrs = l4_off - l3_off + l4_hdr;
+
+		bytes = in_skb + (segs - 1) * hdrs;
+	} else {
+		/* Trailing Ethernet padding is not IP; a length larger than the
+		 * frame is a truncated capture: count what crossed. */
+		bytes = ip_len < in_skb ? ip_len : in_skb;
+	}
+	/* A frame cut inside the L4 header still counts, without ports. */
+	if (l4_truncated)
+		count(FT_CTR_TRUNCATED, 1);
+	account_flow(&key, segs, bytes, flags, dscp);
+	return TC_ACT_UNSPEC;
+
+truncated_other:
+	count_iface(skb, dir, FT_FAMILY_OTHER);
+truncated:
+	count(FT_CTR_TRUNCATED, 1);
+	return TC_ACT_UNSPEC;
+}
+
+/* TC_ACT_UNSPEC everywhere: flowtop only watches. It lets the next filter on
+ * the hook (someone else's) classify the packet as if we were not there. */
+int flowtop_ingress(struct __sk_buff *skb)
+{
+	return handle_packet(skb, FT_DIR_INGRESS);
+}
+
+int flowtop_egress(struct __sk_buff *skb)
+{
+	return handle_packet(skb, FT_DIR_EGRESS);
+}

@@ -1,0 +1,5 @@
+"""flowtop: top for network flows."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,144 @@
+"""Command line: `flowtop` (live view), `flowtop dump`, `flowtop doctor`, `flowtop detach`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from flowtop import __version__
+from flowtop.config import CollectorConfig
+from flowtop.errors import ConfigError, FlowtopError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, not a usage dump: the user knows where --help is.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _collector_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-i",
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="NAME",
+        help="interface name or glob (repeatable); default: every UP non-loopback interface",
+    )
+    p.add_argument(
+        "--tc-priority",
+        type=int,
+        default=None,
+        metavar="N",
+        help="priority of flowtop's TC filters (default 1: before others)",
+    )
+    p.add_argument(
+        "--max-flows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="flows tracked at most (also caps the kernel's per-interval map)",
+    )
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="S")
+    p.add_argument("--active-timeout", type=float, default=None, metavar="S")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="flowtop", description="top for network flows (eBPF, TC)")
+    p.add_argument("--version", action="version", version=f"flowtop {__version__}")
+    _collector_options(p)
+    p.add_argument(
+        "-d",
+        "--delay",
+        type=float,
+        default=None,
+        metavar="S",
+        help="refresh interval in seconds (default 1)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    dump = sub.add_parser("dump", help="collect for a while, then print flows")
+    _collector_options(dump)
+    dump.add_argument("--duration", type=float, default=5.0, metavar="S")
+    dump.add_argument("--json", action="store_true", help="one JSON object per line")
+    dump.add_argument(
+        "--interval", type=float, default=None, metavar="S", help="drain interval (default 1)"
+    )
+
+    sub.add_parser("doctor", help="check what flowtop needs and how to fix what is missing")
+
+    det = sub.add_parser("detach", help="remove TC filters left by a flowtop that died")
+    det.add_argument(
+        "--all", action="store_true", help="also those of flowtop processes still running"
+    )
+    return p
+
+
+def _config(args: argparse.Namespace, interval: float | None) -> CollectorConfig:
+    return CollectorConfig.from_options(
+        interfaces=args.interfaces,
+        interval=interval,
+        tc_priority=args.tc_priority,
+        max_flows=args.max_flows,
+        idle_timeout=args.idle_timeout,
+        active_timeout=args.active_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="flowtop: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "doctor":
+            from flowtop.doctor import run_doctor
+
+            return run_doctor()
+        if args.command == "detach":
+            return _detach(args.all)
+        if args.command == "dump":
+            if args.duration <= 0:
+                raise ConfigError("--duration must be positive")
+            from flowtop.commands import run_dump
+
+            return run_dump(_config(args, args.interval), args.duration, args.json)
+        from flowtop.commands import run_live
+
+        return run_live(_config(args, args.delay))
+    except FlowtopError as exc:
+        print(f"flowtop: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `flowtop dump | head`: the reader left; not an error worth a line.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("FLOWTOP_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"flowtop: internal error: {type(exc).__name__}: {exc} "
+            "(FLOWTOP_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def _detach(everyone: bool) -> int:
+    from flowtop.collector.attach import detach_everywhere
+
+    if os.geteuid() != 0:
+        from flowtop.errors import NotRootError
+
+        raise NotRootError("flowtop detach needs root (or CAP_NET_ADMIN)")
+    removed = detach_everywhere(everyone=everyone)
+    for name, n in removed:
+        print(f"removed {n} flowtop filter(s) from {name}")
+    if not removed:
+        print("no flowtop filters to remove")
+    return 0

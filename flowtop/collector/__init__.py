@@ -1,0 +1,1 @@
+"""Kernel side: compile (bcc), attach (pyroute2), drain and decode."""

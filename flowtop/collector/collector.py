@@ -1,0 +1,198 @@
+"""The kernel collector: program + attachments + interface selection + drains."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import logging
+import select
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from flowtop.collector import layout
+from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher
+from flowtop.collector.program import ProgramOptions, TcProgram
+from flowtop.errors import InterfaceError
+from flowtop.model import CollectorHealth, InterfaceCounters
+
+log = logging.getLogger("flowtop.collector")
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """One interval's worth of kernel data."""
+
+    keys: np.ndarray  # layout.FLOW_KEY
+    stats: np.ndarray  # layout.FLOW_STATS
+    now_ns: int  # CLOCK_MONOTONIC at the swap
+    interval: float  # seconds since the previous drain
+
+
+class InterfaceSelector:
+    """Which interfaces to watch: names, globs, or every UP non-loopback one."""
+
+    def __init__(self, patterns: Sequence[str] | None) -> None:
+        self.patterns = list(patterns or [])
+
+    @property
+    def default(self) -> bool:
+        return not self.patterns
+
+    def matches(self, name: str, flags: int) -> bool:
+        if self.default:
+            return bool(flags & IFF_UP) and not flags & IFF_LOOPBACK
+        return any(fnmatch.fnmatchcase(name, p) for p in self.patterns)
+
+    def explicit(self) -> list[str]:
+        return [p for p in self.patterns if not GLOB_CHARS & set(p)]
+
+
+class KernelCollector:
+    def __init__(
+        self,
+        interfaces: Sequence[str] | None = None,
+        flow_map_size: int = 65536,
+        tc_priority: int = DEFAULT_PRIORITY,
+    ) -> None:
+        self.selector = InterfaceSelector(interfaces)
+        self._names: dict[int, str] = {}
+        self._seen: dict[int, str] = {}  # every interface attached this run, for labels
+        self._ipr = IPRoute()
+        self._check_explicit()
+        self.program = TcProgram(ProgramOptions(flow_map_size=flow_map_size))
+        self.attacher = TcAttacher(self.program.ingress.fd, self.program.egress.fd, tc_priority)
+        self._events = IPRoute()
+        self._events.bind(groups=RTMGRP_LINK)
+        self._last_drain = time.monotonic_ns()
+        self.attach_errors = 0
+        self.drain_errors = 0
+        self._closed = False
+
+    # -- interfaces -----------------------------------------------------------------
+
+    def _links(self) -> list[tuple[int, str, int]]:
+        return [
+            (link["index"], link.get_attr("IFLA_IFNAME"), link["flags"])
+            for link in self._ipr.get_links()
+        ]
+
+    def _check_explicit(self) -> None:
+        names = {name for _i, name, _f in self._links()}
+        for want in self.selector.explicit():
+            if want not in names:
+                raise InterfaceError(f"no such interface: {want}")
+
+    def start(self) -> list[str]:
+        """Attach to every selected interface; returns their names."""
+        for ifindex, name, flags in self._links():
+            if self.selector.matches(name, flags):
+                self._attach(ifindex, name)
+        return self.interfaces()
+
+    def _attach(self, ifindex: int, name: str) -> None:
+        self.attacher.attach(ifindex, name)
+        self._names[ifindex] = name
+        self._seen[ifindex] = name
+        log.info("attached to %s", name)
+
+    def interfaces(self) -> list[str]:
+        return [self._names[i] for i in sorted(self._names)]
+
+    def ifname(self, ifindex: int) -> str:
+        return self._seen.get(ifindex, f"if{ifindex}")
+
+    def wait(self, timeout: float, wake_fd: int | None = None) -> None:
+        """Sleep up to timeout, handling interface arrivals and departures meanwhile.
+
+        Returns early when wake_fd becomes readable (a stop request).
+        """
+        deadline = time.monotonic() + timeout
+        fds = [self._events.fileno()] + ([wake_fd] if wake_fd is not None else [])
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready, _, _ = select.select(fds, [], [], left)
+            if wake_fd is not None and wake_fd in ready:
+                return
+            if ready:
+                self._handle_link_events()
+
+    def _handle_link_events(self) -> None:
+        for msg in self._events.get():
+            ifindex = msg["index"]
+            name = msg.get_attr("IFLA_IFNAME") or self._names.get(ifindex, "")
+            if msg["event"] == "RTM_DELLINK":
+                if ifindex in self._names:
+                    log.info("interface %s went away", name)
+                    self.attacher.forget(ifindex)
+                    self._names.pop(ifindex, None)
+                continue
+            if msg["event"] != "RTM_NEWLINK":
+                continue
+            if ifindex in self._names:
+                self._names[ifindex] = self._seen[ifindex] = name  # renamed
+                continue
+            if self.selector.matches(name, msg["flags"]):
+                try:
+                    self._attach(ifindex, name)
+                except Exception as exc:  # the link may vanish mid-attach
+                    self.attach_errors += 1
+                    log.warning("cannot attach to %s: %s", name, exc)
+
+    # -- data ------------------------------------------------------------------------
+
+    def drain(self) -> Drain:
+        keys, stats = self.program.drain_flows()
+        now = time.monotonic_ns()
+        interval = (now - self._last_drain) / 1e9
+        self._last_drain = now
+        return Drain(keys, stats, now, interval)
+
+    def interface_counters(self) -> list[InterfaceCounters]:
+        raw = self.program.iface_counters()
+        out = []
+        names = self._seen
+        for ifindex in sorted(names):
+            for fam, fam_name in enumerate(layout.FAMILIES):
+                rx = raw.get((ifindex, layout.DIR_INGRESS, fam), (0, 0))
+                tx = raw.get((ifindex, layout.DIR_EGRESS, fam), (0, 0))
+                out.append(
+                    InterfaceCounters(ifindex, names[ifindex], fam_name, rx[0], rx[1], tx[0], tx[1])
+                )
+        return out
+
+    def health(self, forced_evictions: int = 0) -> CollectorHealth:
+        return CollectorHealth(
+            kernel=self.program.counters(),
+            forced_evictions=forced_evictions,
+            drain_errors=self.drain_errors,
+            attach_errors=self.attach_errors,
+        )
+
+    def stop_capture(self) -> None:
+        """Detach every filter; the maps stay readable until close()."""
+        self.attacher.detach_all()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.attacher.detach_all()
+        finally:
+            self.attacher.close()
+            with contextlib.suppress(Exception):
+                self._events.close()
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self.program.close()

@@ -1,0 +1,66 @@
+"""numpy mirrors of the structs in bpf/flowtop.h (the source of truth).
+
+tests/kernel/test_layout.py checks these against the ctypes types bcc builds
+from the header, field by field and offset by offset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DIR_INGRESS = 0
+DIR_EGRESS = 1
+DIRECTIONS = ("ingress", "egress")
+
+FAMILY_OTHER = 0
+FAMILY_IPV4 = 1
+FAMILY_IPV6 = 2
+FAMILIES = ("other", "ipv4", "ipv6")
+
+FLOW_KEY = np.dtype(
+    [
+        ("ifindex", "<u4"),
+        ("direction", "u1"),
+        ("ip_version", "u1"),
+        ("proto", "u1"),
+        ("pad0", "u1"),
+        ("src", "V16"),
+        ("dst", "V16"),
+        ("sport", "<u2"),
+        ("dport", "<u2"),
+        ("vlan", "<u2"),
+        ("pad1", "<u2"),
+    ]
+)
+
+FLOW_STATS = np.dtype(
+    [
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("first_seen_ns", "<u8"),
+        ("last_seen_ns", "<u8"),
+        ("tcp_flags", "<u8"),
+        ("dscp", "u1"),
+        ("pad", "V7"),
+    ]
+)
+
+IFACE_KEY = np.dtype([("ifindex", "<u4"), ("direction", "u1"), ("family", "u1"), ("pad", "<u2")])
+IFACE_STATS = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
+
+# enum ft_counter, in order.
+COUNTERS = (
+    "flow_map_full",
+    "lost_packets",
+    "lost_bytes",
+    "iface_map_full",
+    "truncated",
+    "malformed",
+    "ipv6_ext_limit",
+    "no_flow_map",
+    "non_ip",
+)
+
+assert FLOW_KEY.itemsize == 48
+assert FLOW_STATS.itemsize == 48
+assert IFACE_KEY.itemsize == 8

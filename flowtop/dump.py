@@ -1,0 +1,214 @@
+"""`flowtop dump`: collect for a while, then print flows, interface totals and losses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TextIO
+
+import numpy as np
+
+from flowtop.flowtable import FlowBatch
+from flowtop.model import (
+    CollectorHealth,
+    FlowRecord,
+    InterfaceCounters,
+    proto_name,
+    tcp_flags_str,
+)
+from flowtop.sanitize import clean
+
+
+class FlowAccumulator:
+    """Sink that keeps every flow record of a run (dump's view of the engine)."""
+
+    def __init__(self, clock_offset: float) -> None:
+        self._batches: list[FlowBatch] = []
+        self._offset = clock_offset
+
+    def flows_ended(self, batch: FlowBatch) -> None:
+        self._batches.append(batch)
+
+    def per_key(self) -> FlowBatch:
+        """One record per flow key over the whole run (ended and restarted flows merged)."""
+        allb = FlowBatch.concat(self._batches, self._offset)
+        if len(allb) == 0:
+            return allb
+        raw = allb.keys.view(np.dtype((np.void, allb.keys.dtype.itemsize)))
+        uniq, inverse = np.unique(raw, return_inverse=True)
+        inverse = inverse.ravel()
+        n = len(uniq)
+        first_idx = np.full(n, -1, dtype=np.int64)
+        first_idx[inverse[::-1]] = np.arange(len(inverse))[::-1]
+        packets = np.zeros(n, dtype="<u8")
+        nbytes = np.zeros(n, dtype="<u8")
+        np.add.at(packets, inverse, allb.packets)
+        np.add.at(nbytes, inverse, allb.bytes)
+        start = np.full(n, np.iinfo(np.uint64).max, dtype="<u8")
+        np.minimum.at(start, inverse, allb.start_ns)
+        end = np.zeros(n, dtype="<u8")
+        np.maximum.at(end, inverse, allb.end_ns)
+        flags = np.zeros(n, dtype="u1")
+        np.bitwise_or.at(flags, inverse, allb.flags)
+        last_idx = np.zeros(n, dtype=np.int64)
+        last_idx[inverse] = np.arange(len(inverse))
+        return FlowBatch(
+            keys=allb.keys[first_idx],
+            packets=packets,
+            bytes=nbytes,
+            start_ns=start,
+            end_ns=end,
+            flags=flags,
+            dscp=allb.dscp[last_idx],
+            reason=allb.reason[last_idx],
+            clock_offset=self._offset,
+        )
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def endpoint(addr: object, port: int, proto: int, ip_version: int) -> str:
+    if proto in (1, 58):
+        return str(addr)
+    a = f"[{addr}]" if ip_version == 6 else str(addr)
+    return f"{a}:{port}"
+
+
+def flow_json(r: FlowRecord, ifname: str) -> dict[str, object]:
+    k = r.key
+    return {
+        "type": "flow",
+        "iface": clean(ifname),
+        "ifindex": k.ifindex,
+        "direction": k.direction.label,
+        "ip_version": k.ip_version,
+        "proto": k.proto,
+        "proto_name": proto_name(k.proto),
+        "src": str(k.src),
+        "dst": str(k.dst),
+        "sport": k.sport,
+        "dport": k.dport,
+        "vlan": k.vlan,
+        "packets": r.packets,
+        "bytes": r.bytes,
+        "first_seen": iso(r.first_seen),
+        "last_seen": iso(r.last_seen),
+        "tcp_flags": r.tcp_flags,
+    }
+
+
+def write_json(
+    out: TextIO,
+    records: Iterable[FlowRecord],
+    ifname: dict[int, str],
+    ifaces: list[InterfaceCounters],
+    health: CollectorHealth,
+) -> None:
+    for r in records:
+        out.write(json.dumps(flow_json(r, ifname.get(r.key.ifindex, str(r.key.ifindex)))) + "\n")
+    for ic in ifaces:
+        out.write(
+            json.dumps(
+                {
+                    "type": "interface",
+                    "iface": clean(ic.name),
+                    "ifindex": ic.ifindex,
+                    "family": ic.family,
+                    "rx_packets": ic.rx_packets,
+                    "rx_bytes": ic.rx_bytes,
+                    "tx_packets": ic.tx_packets,
+                    "tx_bytes": ic.tx_bytes,
+                }
+            )
+            + "\n"
+        )
+    out.write(json.dumps({"type": "stats", **health.as_dict()}) + "\n")
+
+
+def human(n: float, unit: str = "") -> str:
+    for suffix in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or suffix == "T":
+            return f"{n:.0f}{suffix}{unit}" if suffix == "" else f"{n:.1f}{suffix}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def write_table(
+    out: TextIO,
+    records: Iterable[FlowRecord],
+    ifname: dict[int, str],
+    ifaces: list[InterfaceCounters],
+    health: CollectorHealth,
+) -> None:
+    rows = [("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")]
+    for r in records:
+        k = r.key
+        proto = proto_name(k.proto)
+        if k.is_icmp:
+            proto += " {}/{}".format(*k.icmp_type_code)
+        rows.append(
+            (
+                clean(ifname.get(k.ifindex, str(k.ifindex))),
+                "in" if k.direction == 0 else "out",
+                proto,
+                endpoint(k.src, k.sport, k.proto, k.ip_version),
+                endpoint(k.dst, k.dport, k.proto, k.ip_version),
+                str(r.packets),
+                str(r.bytes),
+                tcp_flags_str(r.tcp_flags) if k.proto == 6 else "",
+                str(k.vlan) if k.vlan else "",
+            )
+        )
+    _print_rows(out, rows, right={5, 6})
+    out.write("\n")
+    irows = [("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")]
+    for ic in ifaces:
+        if ic.rx_packets or ic.tx_packets:
+            irows.append(
+                (
+                    clean(ic.name),
+                    ic.family,
+                    str(ic.rx_packets),
+                    str(ic.rx_bytes),
+                    str(ic.tx_packets),
+                    str(ic.tx_bytes),
+                )
+            )
+    _print_rows(out, irows, right={2, 3, 4, 5})
+    out.write("\n")
+    stats = health.as_dict()
+    lost = {k: v for k, v in stats.items() if v}
+    out.write(
+        "collector: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(lost.items())) if lost else "nothing lost")
+        + "\n"
+    )
+
+
+def _print_rows(out: TextIO, rows: list[tuple[str, ...]], right: set[int]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
+        out.write("  ".join(cells).rstrip() + "\n")
+
+
+def sorted_records(batch: FlowBatch) -> list[FlowRecord]:
+    order = np.lexsort((batch.packets, batch.bytes))[::-1]
+    recs = list(batch.records())
+    return [recs[i] for i in order]
+
+
+def emit(
+    batch: FlowBatch,
+    ifname: dict[int, str],
+    ifaces: list[InterfaceCounters],
+    health: CollectorHealth,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+) -> None:
+    records = sorted_records(batch)
+    (write_json if as_json else write_table)(out, records, ifname, ifaces, health)

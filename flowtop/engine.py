@@ -1,0 +1,139 @@
+"""The loop shared by every mode: collector -> flow table -> sinks.
+
+The engine never imports Textual; views and exporters consume what it hands
+them (flow-end batches, and the table itself for top-N queries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Protocol
+
+from flowtop.collector.collector import KernelCollector
+from flowtop.flowtable import FlowBatch, FlowTable
+from flowtop.model import CollectorHealth, InterfaceCounters
+
+log = logging.getLogger("flowtop.engine")
+
+
+class Sink(Protocol):
+    def flows_ended(self, batch: FlowBatch) -> None: ...
+
+
+@dataclass
+class EngineStats:
+    polls: int = 0
+    last_poll_seconds: float = 0.0
+    ended: int = 0
+
+
+@dataclass
+class Engine:
+    collector: KernelCollector
+    table: FlowTable
+    interval: float = 1.0
+    sinks: list[Sink] = field(default_factory=list)
+    stats: EngineStats = field(default_factory=EngineStats)
+
+    def step(self) -> FlowBatch:
+        """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
+        t0 = time.perf_counter()
+        d = self.collector.drain()
+        ended = self.table.merge(d.keys, d.stats, d.interval)
+        expired = self.table.expire(d.now_ns)
+        batch = FlowBatch.concat([ended, expired], self.table.clock_offset)
+        self._emit(batch)
+        self.stats.polls += 1
+        self.stats.last_poll_seconds = time.perf_counter() - t0
+        return batch
+
+    def _emit(self, batch: FlowBatch) -> None:
+        if len(batch) == 0:
+            return
+        self.stats.ended += len(batch)
+        for sink in self.sinks:
+            sink.flows_ended(batch)
+
+    def shutdown(self) -> FlowBatch:
+        """Detach, drain what was counted until then, end every live flow (forced end).
+
+        Detaching first means nothing counted after the last drain is lost.
+        """
+        self.collector.stop_capture()
+        d = self.collector.drain()
+        ended = self.table.merge(d.keys, d.stats, d.interval)
+        flushed = self.table.flush()
+        batch = FlowBatch.concat([ended, flushed], self.table.clock_offset)
+        self._emit(batch)
+        return batch
+
+    def interface_counters(self) -> list[InterfaceCounters]:
+        return self.collector.interface_counters()
+
+    def health(self) -> CollectorHealth:
+        return self.collector.health(self.table.forced_evictions)
+
+    def run(
+        self,
+        stop: StopSignal,
+        duration: float | None = None,
+        on_tick: Callable[[Engine], None] | None = None,
+    ) -> None:
+        """Poll every interval until stop is set or duration has passed."""
+        end = None if duration is None else time.monotonic() + duration
+        next_tick = time.monotonic() + self.interval
+        while not stop.is_set():
+            now = time.monotonic()
+            deadline = next_tick if end is None else min(next_tick, end)
+            if deadline > now:
+                stop.wait_with(self.collector.wait, deadline - now)
+                continue
+            if end is not None and now >= end:
+                return
+            self.step()
+            if on_tick is not None:
+                on_tick(self)
+            next_tick += self.interval
+            if next_tick < now:  # we fell behind: don't burst to catch up
+                next_tick = now + self.interval
+
+
+class StopSignal:
+    """SIGINT/SIGTERM (and callers) set it; it wakes the engine's wait at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal = signum
+        self.set()
+
+    def set(self) -> None:
+        self._event.set()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._w, b"x")
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def fileno(self) -> int:
+        return self._r
+
+    def wait_with(self, waiter: Callable[[float, int], None], timeout: float) -> None:
+        waiter(timeout, self._r)

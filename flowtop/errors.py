@@ -1,0 +1,39 @@
+"""One exception base; the CLI turns each kind into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class FlowtopError(Exception):
+    """Base of every failure flowtop reports to the user as one line."""
+
+    exit_code = 1
+
+
+class ConfigError(FlowtopError):
+    """A bad option, value or config key."""
+
+    exit_code = 2
+
+
+class NotRootError(FlowtopError):
+    """Not root / missing capabilities."""
+
+    exit_code = 77
+
+
+class KernelFeatureError(FlowtopError):
+    """The kernel or bcc lacks something flowtop needs."""
+
+    exit_code = 69
+
+
+class InterfaceError(FlowtopError):
+    """An interface that does not exist or cannot be attached to."""
+
+    exit_code = 3
+
+
+class AttachError(FlowtopError):
+    """TC attach/detach failed."""
+
+    exit_code = 4

@@ -1,0 +1,373 @@
+"""The flow table: cumulative counters, rates, timeouts and flow-end records.
+
+Columnar: one numpy array per field, one row per flow, and a dict from the
+raw 48-byte kernel key to its row. Merging a drained interval is a handful
+of vectorised operations plus one dict lookup per drained key; nothing per
+flow is a Python object until somebody asks for records (top-N, dump, export).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowtop.collector import layout
+from flowtop.model import (
+    TCP_FIN,
+    TCP_RST,
+    Direction,
+    EndReason,
+    FlowKey,
+    FlowRecord,
+)
+
+NS = 1_000_000_000
+_COLUMNS: dict[str, str] = {
+    "packets": "<u8",
+    "bytes": "<u8",
+    "first_ns": "<u8",
+    "last_ns": "<u8",
+    "exp_packets": "<u8",  # counted up to the last export of this flow
+    "exp_bytes": "<u8",
+    "exp_start_ns": "<u8",  # start of the current export period
+    "pps": "<f4",
+    "Bps": "<f4",
+    "flags": "u1",
+    "dscp": "u1",
+    "live": "?",
+}
+SORT_COLUMNS = ("bytes", "packets", "bps", "pps", "first_seen", "last_seen")
+
+
+def mono_to_unix_offset() -> float:
+    """Seconds to add to CLOCK_MONOTONIC (bpf_ktime_get_ns) to get unix time."""
+    return time.time() - time.monotonic()
+
+
+def decode_key(k: np.void) -> FlowKey:
+    ver = int(k["ip_version"])
+    if ver == 4:
+        src: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
+            bytes(k["src"])[:4]
+        )
+        dst: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
+            bytes(k["dst"])[:4]
+        )
+    else:
+        src = ipaddress.IPv6Address(bytes(k["src"]))
+        dst = ipaddress.IPv6Address(bytes(k["dst"]))
+    return FlowKey(
+        ifindex=int(k["ifindex"]),
+        direction=Direction(int(k["direction"])),
+        ip_version=ver,
+        proto=int(k["proto"]),
+        src=src,
+        dst=dst,
+        sport=int(k["sport"]),
+        dport=int(k["dport"]),
+        vlan=int(k["vlan"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FlowBatch:
+    """Flow records in columns (what ended in one step), decoded on demand."""
+
+    keys: np.ndarray  # layout.FLOW_KEY
+    packets: np.ndarray
+    bytes: np.ndarray
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    flags: np.ndarray
+    dscp: np.ndarray
+    reason: np.ndarray  # EndReason values
+    clock_offset: float
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def records(self) -> Iterator[FlowRecord]:
+        off = self.clock_offset
+        for i in range(len(self.keys)):
+            yield FlowRecord(
+                key=decode_key(self.keys[i]),
+                packets=int(self.packets[i]),
+                bytes=int(self.bytes[i]),
+                first_seen=int(self.start_ns[i]) / NS + off,
+                last_seen=int(self.end_ns[i]) / NS + off,
+                tcp_flags=int(self.flags[i]),
+                dscp=int(self.dscp[i]),
+                end_reason=EndReason(int(self.reason[i])),
+            )
+
+    @staticmethod
+    def concat(batches: list[FlowBatch], clock_offset: float) -> FlowBatch:
+        if not batches:
+            return empty_batch(clock_offset)
+        return FlowBatch(
+            *(np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS),
+            clock_offset=clock_offset,
+        )
+
+
+_BATCH_FIELDS = ("keys", "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "reason")
+
+
+def empty_batch(clock_offset: float) -> FlowBatch:
+    z = np.zeros(0, dtype="<u8")
+    return FlowBatch(
+        np.zeros(0, dtype=layout.FLOW_KEY),
+        z,
+        z,
+        z,
+        z,
+        np.zeros(0, "u1"),
+        np.zeros(0, "u1"),
+        np.zeros(0, "u1"),
+        clock_offset,
+    )
+
+
+class FlowTable:
+    """Bounded table of live flows keyed by the kernel's flow key."""
+
+    def __init__(
+        self,
+        max_flows: int = 1_000_000,
+        idle_timeout: float = 15.0,
+        active_timeout: float = 60.0,
+        clock_offset: float | None = None,
+        initial_capacity: int = 1024,
+    ) -> None:
+        if max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+        self.max_flows = max_flows
+        self.idle_ns = int(idle_timeout * NS)
+        self.active_ns = int(active_timeout * NS)
+        self.clock_offset = mono_to_unix_offset() if clock_offset is None else clock_offset
+        self.forced_evictions = 0
+        self._index: dict[bytes, int] = {}
+        self._free: list[int] = []
+        self._cap = 0
+        self._keys = np.zeros(0, dtype=layout.FLOW_KEY)
+        self._c: dict[str, np.ndarray] = {n: np.zeros(0, dtype=t) for n, t in _COLUMNS.items()}
+        self._grow(min(initial_capacity, max_flows))
+
+    # -- storage ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _grow(self, need: int) -> None:
+        new_cap = min(self.max_flows, max(need, self._cap + self._cap // 2, 64))
+        if new_cap <= self._cap:
+            return
+        keys = np.zeros(new_cap, dtype=layout.FLOW_KEY)
+        keys[: self._cap] = self._keys
+        self._keys = keys
+        for name, col in self._c.items():
+            grown = np.zeros(new_cap, dtype=col.dtype)
+            grown[: self._cap] = col
+            self._c[name] = grown
+        self._free.extend(range(new_cap - 1, self._cap - 1, -1))
+        self._cap = new_cap
+
+    def _alloc(self, n: int) -> np.ndarray:
+        if len(self._free) < n:
+            self._grow(self._cap + n - len(self._free))
+        rows = self._free[-n:] if n else []
+        del self._free[len(self._free) - n :]
+        return np.array(rows[::-1], dtype=np.int64)
+
+    def _release(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        for kb in _split(self._keys[rows]):
+            del self._index[kb]
+        self._c["live"][rows] = False
+        self._free.extend(int(r) for r in rows)
+
+    def _take(self, rows: np.ndarray, reason: EndReason, end: bool) -> FlowBatch:
+        """Records for rows (deltas since their last export); removes them if end."""
+        c = self._c
+        start = np.maximum(c["first_ns"][rows], c["exp_start_ns"][rows])
+        batch = FlowBatch(
+            keys=self._keys[rows].copy(),
+            packets=c["packets"][rows] - c["exp_packets"][rows],
+            bytes=c["bytes"][rows] - c["exp_bytes"][rows],
+            start_ns=start,
+            end_ns=c["last_ns"][rows].copy(),
+            flags=c["flags"][rows].copy(),
+            dscp=c["dscp"][rows].copy(),
+            reason=np.full(len(rows), int(reason), dtype="u1"),
+            clock_offset=self.clock_offset,
+        )
+        if end:
+            self._release(rows)
+        # Zero-packet periods (no traffic since the last export) carry nothing.
+        keep = batch.packets > 0
+        if not keep.all():
+            batch = FlowBatch(
+                *(getattr(batch, f)[keep] for f in _BATCH_FIELDS), clock_offset=self.clock_offset
+            )
+        return batch
+
+    # -- updates ---------------------------------------------------------------
+
+    def merge(self, keys: np.ndarray, stats: np.ndarray, interval: float) -> FlowBatch:
+        """Add one drained interval. Returns flows that ended (TCP FIN/RST, eviction)."""
+        c = self._c
+        live = c["live"]
+        c["pps"][live] = 0.0
+        c["Bps"][live] = 0.0
+        n = len(keys)
+        if n == 0:
+            return empty_batch(self.clock_offset)
+        kbytes = _split(keys)
+        index = self._index
+        rows = np.fromiter((index.get(k, -1) for k in kbytes), dtype=np.int64, count=n)
+        new = np.flatnonzero(rows < 0)
+        ended: list[FlowBatch] = []
+        if len(new):
+            overflow = len(index) + len(new) - self.max_flows
+            if overflow > 0:
+                ended.append(self._evict(overflow, exclude=rows[rows >= 0]))
+            take = min(len(new), self.max_flows - len(index))
+            if take < len(new):
+                # More new flows in one interval than the whole table holds.
+                self.forced_evictions += len(new) - take
+                new = new[:take]
+            new_rows = self._alloc(len(new))
+            for i, r in zip(new.tolist(), new_rows.tolist(), strict=True):
+                index[kbytes[i]] = r
+            rows[new] = new_rows
+            self._keys[new_rows] = keys[new]
+            for name in ("packets", "bytes", "exp_packets", "exp_bytes", "flags"):
+                c[name][new_rows] = 0
+            c["first_ns"][new_rows] = stats["first_seen_ns"][new]
+            c["exp_start_ns"][new_rows] = stats["first_seen_ns"][new]
+            c["last_ns"][new_rows] = 0
+            c["live"][new_rows] = True
+        sel = rows >= 0
+        rows_s, st = rows[sel], stats[sel]
+        c["packets"][rows_s] += st["packets"]
+        c["bytes"][rows_s] += st["bytes"]
+        c["last_ns"][rows_s] = np.maximum(c["last_ns"][rows_s], st["last_seen_ns"])
+        c["flags"][rows_s] |= st["tcp_flags"].astype("u1")
+        c["dscp"][rows_s] = st["dscp"]
+        if interval > 0:
+            c["pps"][rows_s] = st["packets"] / interval
+            c["Bps"][rows_s] = st["bytes"] / interval
+        fin = rows_s[(st["tcp_flags"] & (TCP_FIN | TCP_RST)) != 0]
+        if len(fin):
+            ended.append(self._take(fin, EndReason.END_OF_FLOW, end=True))
+        return FlowBatch.concat(ended, self.clock_offset)
+
+    def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
+        """Forced end of the n least recently seen flows to make room."""
+        live = np.flatnonzero(self._c["live"])
+        if len(exclude):
+            live = np.setdiff1d(live, exclude, assume_unique=True)
+        n = min(n, len(live))
+        if n == 0:
+            return empty_batch(self.clock_offset)
+        last = self._c["last_ns"][live]
+        victims = live[np.argpartition(last, n - 1)[:n]] if n < len(live) else live
+        self.forced_evictions += n
+        return self._take(victims, EndReason.LACK_OF_RESOURCES, end=True)
+
+    def expire(self, now_ns: int) -> FlowBatch:
+        """Idle and active timeouts at CLOCK_MONOTONIC time now_ns."""
+        c = self._c
+        live = np.flatnonzero(c["live"])
+        if len(live) == 0:
+            return empty_batch(self.clock_offset)
+        out: list[FlowBatch] = []
+        idle = live[c["last_ns"][live] + self.idle_ns <= now_ns]
+        if len(idle):
+            out.append(self._take(idle, EndReason.IDLE_TIMEOUT, end=True))
+            live = np.flatnonzero(c["live"])
+        active = live[c["exp_start_ns"][live] + self.active_ns <= now_ns]
+        if len(active):
+            out.append(self._take(active, EndReason.ACTIVE_TIMEOUT, end=False))
+            c["exp_packets"][active] = c["packets"][active]
+            c["exp_bytes"][active] = c["bytes"][active]
+            c["exp_start_ns"][active] = now_ns
+        return FlowBatch.concat(out, self.clock_offset)
+
+    def flush(self, reason: EndReason = EndReason.FORCED_END) -> FlowBatch:
+        """End every flow (shutdown)."""
+        live = np.flatnonzero(self._c["live"])
+        return self._take(live, reason, end=True)
+
+    # -- queries -----------------------------------------------------------------
+
+    def _record(self, row: int) -> FlowRecord:
+        c = self._c
+        off = self.clock_offset
+        return FlowRecord(
+            key=decode_key(self._keys[row]),
+            packets=int(c["packets"][row]),
+            bytes=int(c["bytes"][row]),
+            first_seen=int(c["first_ns"][row]) / NS + off,
+            last_seen=int(c["last_ns"][row]) / NS + off,
+            tcp_flags=int(c["flags"][row]),
+            dscp=int(c["dscp"][row]),
+            pps=float(c["pps"][row]),
+            bps=float(c["Bps"][row]) * 8,
+        )
+
+    def _sort_values(self, by: str, rows: np.ndarray) -> np.ndarray:
+        c = self._c
+        col = {
+            "bytes": "bytes",
+            "packets": "packets",
+            "bps": "Bps",
+            "pps": "pps",
+            "first_seen": "first_ns",
+            "last_seen": "last_ns",
+        }.get(by)
+        if col is None:
+            raise ValueError(f"cannot sort by {by!r}: one of {', '.join(SORT_COLUMNS)}")
+        return c[col][rows]
+
+    def top(self, n: int, by: str = "bytes", descending: bool = True) -> list[FlowRecord]:
+        """The n first flows by a column; only those n become Python objects."""
+        live = np.flatnonzero(self._c["live"])
+        if len(live) == 0 or n <= 0:
+            return []
+        vals = self._sort_values(by, live)
+        if descending:
+            vals = -vals.astype(np.float64)
+        if n < len(live):
+            part = np.argpartition(vals, n - 1)[:n]
+            order = part[np.argsort(vals[part], kind="stable")]
+        else:
+            order = np.argsort(vals, kind="stable")
+        return [self._record(int(r)) for r in live[order]]
+
+    def records(self) -> Iterator[FlowRecord]:
+        for r in np.flatnonzero(self._c["live"]):
+            yield self._record(int(r))
+
+    def totals(self) -> tuple[int, int, float, float]:
+        """(packets, bytes, pps, bps) over live flows."""
+        c = self._c
+        live = c["live"]
+        return (
+            int(c["packets"][live].sum()),
+            int(c["bytes"][live].sum()),
+            float(c["pps"][live].sum()),
+            float(c["Bps"][live].sum()) * 8,
+        )
+
+
+def _split(keys: np.ndarray) -> list[bytes]:
+    """Raw key bytes, one bytes object per key (the dict's key)."""
+    raw = keys.tobytes()
+    size = layout.FLOW_KEY.itemsize
+    return [raw[i : i + size] for i in range(0, len(raw), size)]

@@ -1,0 +1,138 @@
+"""Records shared by the engine, the views and the exporters (no dependencies)."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+PROTO_NAMES = {
+    1: "icmp",
+    2: "igmp",
+    4: "ipip",
+    6: "tcp",
+    17: "udp",
+    33: "dccp",
+    41: "ipv6",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmpv6",
+    89: "ospf",
+    103: "pim",
+    112: "vrrp",
+    132: "sctp",
+    136: "udplite",
+}
+
+TCP_FLAG_LETTERS = "FSRPAUEC"  # bit 0 (FIN) .. bit 7 (CWR)
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+
+
+def proto_name(proto: int) -> str:
+    return PROTO_NAMES.get(proto, str(proto))
+
+
+def tcp_flags_str(flags: int) -> str:
+    """nfdump-style flags: one letter per set bit, '.' for clear, CWR first."""
+    return "".join(TCP_FLAG_LETTERS[i] if flags & (1 << i) else "." for i in range(7, -1, -1))
+
+
+class Direction(enum.IntEnum):
+    INGRESS = 0
+    EGRESS = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class EndReason(enum.IntEnum):
+    """Why a flow record was emitted; values are IPFIX flowEndReason (RFC 5102)."""
+
+    IDLE_TIMEOUT = 1
+    ACTIVE_TIMEOUT = 2
+    END_OF_FLOW = 3  # TCP FIN or RST seen
+    FORCED_END = 4  # shutdown
+    LACK_OF_RESOURCES = 5  # evicted because the table was full
+
+
+@dataclass(frozen=True, slots=True)
+class FlowKey:
+    ifindex: int
+    direction: Direction
+    ip_version: int
+    proto: int
+    src: IPAddress
+    dst: IPAddress
+    sport: int
+    dport: int
+    vlan: int
+
+    @property
+    def is_icmp(self) -> bool:
+        return self.proto in (1, 58)
+
+    @property
+    def icmp_type_code(self) -> tuple[int, int]:
+        return self.dport >> 8, self.dport & 0xFF
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRecord:
+    """A flow's counters at one moment (snapshot) or over one export period (end)."""
+
+    key: FlowKey
+    packets: int
+    bytes: int
+    first_seen: float  # unix seconds
+    last_seen: float
+    tcp_flags: int
+    dscp: int
+    pps: float = 0.0  # rates over the last interval
+    bps: float = 0.0  # bits per second
+    end_reason: EndReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceCounters:
+    ifindex: int
+    name: str
+    family: str  # ipv4 / ipv6 / other
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorHealth:
+    """Everything counted but not in a flow: a number we lost is a number we show."""
+
+    kernel: dict[str, int] = field(default_factory=dict)
+    forced_evictions: int = 0
+    drain_errors: int = 0
+    attach_errors: int = 0
+
+    @property
+    def problems(self) -> int:
+        k = self.kernel
+        return (
+            k.get("flow_map_full", 0)
+            + k.get("iface_map_full", 0)
+            + k.get("no_flow_map", 0)
+            + self.forced_evictions
+            + self.drain_errors
+            + self.attach_errors
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        d = dict(self.kernel)
+        d["forced_evictions"] = self.forced_evictions
+        d["drain_errors"] = self.drain_errors
+        d["attach_errors"] = self.attach_errors
+        return d
