@@ -144,7 +144,9 @@ def write_table(
     ifaces: list[InterfaceCounters],
     health: CollectorHealth,
 ) -> None:
-    rows = [("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")]
+    rows: list[tuple[str, ...]] = [
+        ("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")
+    ]
     for r in records:
         k = r.key
         proto = proto_name(k.proto)
@@ -165,7 +167,9 @@ def write_table(
         )
     _print_rows(out, rows, right={5, 6})
     out.write("\n")
-    irows = [("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")]
+    irows: list[tuple[str, ...]] = [
+        ("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
+    ]
     for ic in ifaces:
         if ic.rx_packets or ic.tx_packets:
             irows.append(

@@ -108,10 +108,8 @@ class FlowBatch:
     def concat(batches: list[FlowBatch], clock_offset: float) -> FlowBatch:
         if not batches:
             return empty_batch(clock_offset)
-        return FlowBatch(
-            *(np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS),
-            clock_offset=clock_offset,
-        )
+        cols = {f: np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS}
+        return FlowBatch(**cols, clock_offset=clock_offset)
 
 
 _BATCH_FIELDS = ("keys", "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "reason")
@@ -211,9 +209,8 @@ class FlowTable:
         # Zero-packet periods (no traffic since the last export) carry nothing.
         keep = batch.packets > 0
         if not keep.all():
-            batch = FlowBatch(
-                *(getattr(batch, f)[keep] for f in _BATCH_FIELDS), clock_offset=self.clock_offset
-            )
+            cols = {f: getattr(batch, f)[keep] for f in _BATCH_FIELDS}
+            batch = FlowBatch(**cols, clock_offset=self.clock_offset)
         return batch
 
     # -- updates ---------------------------------------------------------------
@@ -333,7 +330,8 @@ class FlowTable:
         }.get(by)
         if col is None:
             raise ValueError(f"cannot sort by {by!r}: one of {', '.join(SORT_COLUMNS)}")
-        return c[col][rows]
+        values: np.ndarray = c[col][rows]
+        return values
 
     def top(self, n: int, by: str = "bytes", descending: bool = True) -> list[FlowRecord]:
         """The n first flows by a column; only those n become Python objects."""

@@ -87,8 +87,8 @@ class BatchDrainer:
                 )
             first = False
             in_batch.value = out_batch.value
-        keys = np.frombuffer(self._keys, dtype=self._kd, count=total).copy()
-        vals = np.frombuffer(self._vals, dtype=self._vd, count=total).copy()
+        keys = np.frombuffer(memoryview(self._keys), dtype=self._kd, count=total).copy()
+        vals = np.frombuffer(memoryview(self._vals), dtype=self._vd, count=total).copy()
         return keys, vals
 
 
