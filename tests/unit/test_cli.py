@@ -65,3 +65,27 @@ def test_core_modules_do_not_import_textual() -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def _main_with(prelude: str, *args: str) -> subprocess.CompletedProcess[str]:
+    code = f"import sys; {prelude}; from flowtop.cli import main; sys.exit(main({list(args)!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_bcc_missing() -> None:
+    p = _main_with("sys.modules['bcc'] = None", "dump", "-i", "lo", "--duration", "1")
+    assert_one_line_error(p, 69, "bcc is not importable")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_program_that_does_not_compile(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "tc.c").write_text("int flowtop_ingress(struct __sk_buff *skb) { return nope; }\n")
+    os.environ["FLOWTOP_BPF_DIR"] = str(tmp_path)
+    try:
+        p = flowtop("dump", "-i", "lo", "--duration", "1")
+    finally:
+        del os.environ["FLOWTOP_BPF_DIR"]
+    assert_one_line_error(p, 69, "cannot compile or load the TC program")
