@@ -17,7 +17,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from flowtop.collector import layout
 from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher
 from flowtop.collector.program import ProgramOptions, TcProgram
-from flowtop.errors import InterfaceError
+from flowtop.errors import FlowtopError, InterfaceError
 from flowtop.model import CollectorHealth, InterfaceCounters
 
 log = logging.getLogger("flowtop.collector")
@@ -93,9 +93,19 @@ class KernelCollector:
 
     def start(self) -> list[str]:
         """Attach to every selected interface; returns their names."""
+        explicit = set(self.selector.explicit())
         for ifindex, name, flags in self._links():
-            if self.selector.matches(name, flags):
+            if not self.selector.matches(name, flags):
+                continue
+            try:
                 self._attach(ifindex, name)
+            except FlowtopError as exc:
+                # Asked for by name: that is the user's error to see. Picked by a
+                # glob or by default: skip it, count it, say it once.
+                if name in explicit:
+                    raise
+                self.attach_errors += 1
+                log.warning("skipping %s: %s", name, exc)
         return self.interfaces()
 
     def _attach(self, ifindex: int, name: str) -> None:
