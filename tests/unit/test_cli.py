@@ -69,9 +69,7 @@ def test_core_modules_do_not_import_textual() -> None:
 
 def _main_with(prelude: str, *args: str) -> subprocess.CompletedProcess[str]:
     code = f"import sys; {prelude}; from flowtop.cli import main; sys.exit(main({list(args)!r}))"
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")

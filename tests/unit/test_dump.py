@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 
-
 from flowtop.dump import FlowAccumulator, emit
 from flowtop.flowtable import NS, FlowTable
 from flowtop.model import CollectorHealth, InterfaceCounters
@@ -66,7 +65,17 @@ def test_table_output_lists_flows_interfaces_and_losses() -> None:
     emit(run_table().per_key(), {7: "veth0"}, ifaces, CollectorHealth(), as_json=False, out=out)
     text = out.getvalue()
     header, first = text.splitlines()[:2]
-    assert header.split() == ["IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN"]
+    assert header.split() == [
+        "IFACE",
+        "DIR",
+        "PROTO",
+        "SRC",
+        "DST",
+        "PKTS",
+        "BYTES",
+        "FLAGS",
+        "VLAN",
+    ]
     assert first.split()[:7] == ["veth0", "in", "tcp", "10.0.0.1:1000", "10.0.0.2:53", "6", "420"]
     assert "collector: nothing lost" in text
 
