@@ -51,14 +51,17 @@ struct flow_key {
 struct flow_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 first_seen_ns; /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u64 first_seen_ns; /* CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) */
 	__u64 last_seen_ns;
 	__u64 tcp_flags;     /* OR of the TCP flags byte (CWR..FIN) */
 	__u8 dscp;           /* DSCP of the last packet seen */
 	__u8 pad[7];
 };
 
-/* Interface counter identity. */
+/* Slot of an interface counter in the iface_slots array. */
+#define FT_IFACE_SLOT(ifindex, dir, family) ((ifindex) * 6 + (dir) * 3 + (family))
+
+/* Interface counter identity (the hash map, for ifindexes past the array). */
 struct iface_key {
 	__u32 ifindex;
 	__u8 direction; /* FT_DIR_* */

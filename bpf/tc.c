@@ -6,7 +6,8 @@
  *
  * Build-time options come as -D cflags from flowtop/collector/program.py:
  *   FT_FLOW_MAP_SIZE   entries of each interval flow map
- *   FT_IFACE_MAP_SIZE  entries of the interface counter map
+ *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
+ *   FT_IFACE_SLOTS     ifindexes below this use the interface counter array
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -21,6 +22,9 @@
 #endif
 #ifndef FT_IFACE_MAP_SIZE
 #define FT_IFACE_MAP_SIZE 4096
+#endif
+#ifndef FT_IFACE_SLOTS
+#define FT_IFACE_SLOTS 4096
 #endif
 
 /* Bytes pulled into the linear area when headers straddle into paged data:
@@ -39,9 +43,15 @@ BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE)
 BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
 BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 1);
 
-/* Interface counters (key: struct iface_key, value: struct iface_stats),
- * per CPU so increments need no atomics. Cumulative; userspace removes the
- * entries of an interface when it detaches from it. */
+/*
+ * Interface counters, per CPU so increments need no atomics, cumulative.
+ * iface_slots is indexed by FT_IFACE_SLOT(ifindex, direction, family) for
+ * ifindex < FT_IFACE_SLOTS: an array lookup is inlined by the verifier, a
+ * hash lookup costs a helper call and a key hash on every packet. Larger
+ * ifindexes (hosts with thousands of veths) go to iface_counters (key:
+ * struct iface_key). Nobody deletes entries; userspace reads what it attached.
+ */
+BPF_PERCPU_ARRAY(iface_slots, struct iface_stats, FT_IFACE_SLOTS * 6);
 BPF_TABLE("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
 	  FT_IFACE_MAP_SIZE);
 
@@ -59,8 +69,22 @@ static __always_inline void count(__u32 idx, __u64 n)
 
 static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family)
 {
-	struct iface_key k = { .ifindex = skb->ifindex, .direction = dir, .family = family };
-	struct iface_stats *st = iface_counters.lookup(&k);
+	__u32 ifindex = skb->ifindex;
+	struct iface_stats *st;
+
+	if (ifindex < FT_IFACE_SLOTS) {
+		__u32 slot = FT_IFACE_SLOT(ifindex, dir, family);
+
+		st = iface_slots.lookup(&slot);
+		if (st) {
+			st->packets += 1;
+			st->bytes += skb->len;
+		}
+		return;
+	}
+	struct iface_key k = { .ifindex = ifindex, .direction = dir, .family = family };
+
+	st = iface_counters.lookup(&k);
 
 	if (st) {
 		st->packets += 1;
@@ -91,7 +115,9 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 {
 	int zero = 0;
 	void *flows = flow_maps.lookup(&zero);
-	__u64 now = bpf_ktime_get_ns();
+	/* Tick resolution (a few ms) is plenty for first/last seen and half the
+	 * price of the precise clock on every packet. */
+	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (!flows) {
 		count(FT_CTR_NO_FLOW_MAP, 1);
@@ -128,159 +154,197 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 	count(FT_CTR_LOST_BYTES, bytes);
 }
 
-static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
+/* What parse_packet() found; accounting happens once, after it. */
+struct pkt {
+	struct flow_key key;
+	__u32 l3_off;
+	__u32 l4_off;
+	__u32 ip_len;
+	__u32 l4_hdr;
+	__u64 flags;
+	__u8 dscp;
+	__u8 family;       /* FT_FAMILY_* for the interface counters */
+	__u8 l4_truncated; /* IP header fine, L4 header cut: count without ports */
+};
+
+enum parse_status {
+	PARSE_OK = 0,
+	PARSE_TRUNCATED,   /* frame ended inside a header (L2/L3) */
+	PARSE_MALFORMED,
+	PARSE_EXT_LIMIT,
+	PARSE_NON_IP,
+};
+
+/* Parses headers in the linear area into p. Touches no map. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
-	struct flow_key key = {};
 	struct cursor c;
 	struct iphdr *iph = NULL;
 	struct ipv6hdr *ip6h = NULL;
-	int proto, l4proto, nonfirst_frag = 0, l4_truncated = 0;
-	__u32 l3_off, l4_off, ip_len, l4_hdr = 0;
-	__u64 flags = 0;
-	__u8 dscp;
-
-	/* Headers beyond the linear area (rare: some drivers and tunnels) are
-	 * pulled in once; cheaper than a load helper call per header. */
-	if (skb->data_end - skb->data < FT_PULL_LEN && skb->len > skb->data_end - skb->data)
-		bpf_skb_pull_data(skb, skb->len < FT_PULL_LEN ? skb->len : FT_PULL_LEN);
+	int proto, l4proto, nonfirst_frag = 0;
+	__u32 l3_off, l4_off;
 
 	c.pos = (void *)(long)skb->data;
 	c.end = (void *)(long)skb->data_end;
 
-	key.ifindex = skb->ifindex;
-	key.direction = dir;
 	if (skb->vlan_present)
-		key.vlan = skb->vlan_tci & 0x0fff;
+		p->key.vlan = skb->vlan_tci & 0x0fff;
 
 	proto = parse_ethhdr(&c);
 	if (proto < 0)
-		goto truncated_other;
-	proto = parse_vlans(&c, proto, &key.vlan);
+		return PARSE_TRUNCATED;
+	proto = parse_vlans(&c, proto, &p->key.vlan);
 	if (proto < 0)
-		goto truncated_other;
+		return PARSE_TRUNCATED;
 	l3_off = c.pos - (void *)(long)skb->data;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
-		count_iface(skb, dir, FT_FAMILY_IPV4);
+		p->family = FT_FAMILY_IPV4;
 		l4proto = parse_iphdr(&c, &iph);
-		if (l4proto == -2) {
-			count(FT_CTR_MALFORMED, 1);
-			return TC_ACT_UNSPEC;
-		}
+		if (l4proto == -2)
+			return PARSE_MALFORMED;
 		if (l4proto < 0)
-			goto truncated;
-		key.ip_version = 4;
-		__builtin_memcpy(key.src, &iph->saddr, 4);
-		__builtin_memcpy(key.dst, &iph->daddr, 4);
-		ip_len = bpf_ntohs(iph->tot_len);
-		dscp = iph->tos >> 2;
+			return PARSE_TRUNCATED;
+		p->key.ip_version = 4;
+		__builtin_memcpy(p->key.src, &iph->saddr, 4);
+		__builtin_memcpy(p->key.dst, &iph->daddr, 4);
+		p->ip_len = bpf_ntohs(iph->tot_len);
+		p->dscp = iph->tos >> 2;
 		/* Offset != 0: a later fragment, no L4 header in it. */
 		if (iph->frag_off & bpf_htons(0x1fff))
 			nonfirst_frag = 1;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		count_iface(skb, dir, FT_FAMILY_IPV6);
+		p->family = FT_FAMILY_IPV6;
 		l4proto = parse_ip6hdr(&c, &ip6h);
 		if (l4proto < 0)
-			goto truncated;
+			return PARSE_TRUNCATED;
 		l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
-		if (l4proto == -3) {
-			count(FT_CTR_IPV6_EXT_LIMIT, 1);
-			return TC_ACT_UNSPEC;
-		}
+		if (l4proto == -3)
+			return PARSE_EXT_LIMIT;
 		if (l4proto < 0)
-			goto truncated;
-		key.ip_version = 6;
-		__builtin_memcpy(key.src, &ip6h->saddr, 16);
-		__builtin_memcpy(key.dst, &ip6h->daddr, 16);
-		ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
-		dscp = ((ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4)) >> 2;
+			return PARSE_TRUNCATED;
+		p->key.ip_version = 6;
+		__builtin_memcpy(p->key.src, &ip6h->saddr, 16);
+		__builtin_memcpy(p->key.dst, &ip6h->daddr, 16);
+		p->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
+		p->dscp = ((ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4)) >> 2;
 	} else {
-		count_iface(skb, dir, FT_FAMILY_OTHER);
-		count(FT_CTR_NON_IP, 1);
-		return TC_ACT_UNSPEC;
+		return PARSE_NON_IP;
 	}
-	key.proto = l4proto;
+	p->key.proto = l4proto;
 	/* Offsets as plain numbers: keeps clang from folding them back into
 	 * packet-pointer arithmetic the verifier rejects. */
 	l4_off = c.pos - (void *)(long)skb->data;
 	asm volatile("" : "+r"(l4_off));
 	asm volatile("" : "+r"(l3_off));
+	p->l3_off = l3_off;
+	p->l4_off = l4_off;
 
-	if (!nonfirst_frag) {
-		switch (l4proto) {
-		case IPPROTO_TCP: {
-			struct tcphdr *th = c.pos;
+	if (nonfirst_frag)
+		return PARSE_OK;
+	switch (l4proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *th = c.pos;
 
-			if ((void *)(th + 1) > c.end)
-				{
-				l4_truncated = 1;
-				break;
-			}
-			key.sport = bpf_ntohs(th->source);
-			key.dport = bpf_ntohs(th->dest);
-			/* The flags byte follows doff/res1 in the 13th octet. */
-			flags = ((__u8 *)th)[13];
-			l4_hdr = th->doff * 4;
+		if ((void *)(th + 1) > c.end) {
+			p->l4_truncated = 1;
 			break;
 		}
-		case IPPROTO_UDP:
-		case IPPROTO_UDPLITE:
-		case IPPROTO_SCTP:
-		case IPPROTO_DCCP: {
-			__be16 *ports = c.pos;
-
-			if ((void *)(ports + 2) > c.end)
-				{
-				l4_truncated = 1;
-				break;
-			}
-			key.sport = bpf_ntohs(ports[0]);
-			key.dport = bpf_ntohs(ports[1]);
-			l4_hdr = l4proto == IPPROTO_UDP ? 8 : 0;
-			break;
-		}
-		case IPPROTO_ICMP:
-		case IPPROTO_ICMPV6: {
-			__u8 *tc = c.pos;
-
-			if ((void *)(tc + 2) > c.end)
-				{
-				l4_truncated = 1;
-				break;
-			}
-			key.dport = (tc[0] << 8) | tc[1];
-			break;
-		}
-		}
+		p->key.sport = bpf_ntohs(th->source);
+		p->key.dport = bpf_ntohs(th->dest);
+		/* The flags byte follows doff/res1 in the 13th octet. */
+		p->flags = ((__u8 *)th)[13];
+		p->l4_hdr = th->doff * 4;
+		break;
 	}
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+	case IPPROTO_SCTP:
+	case IPPROTO_DCCP: {
+		__be16 *ports = c.pos;
+
+		if ((void *)(ports + 2) > c.end) {
+			p->l4_truncated = 1;
+			break;
+		}
+		p->key.sport = bpf_ntohs(ports[0]);
+		p->key.dport = bpf_ntohs(ports[1]);
+		p->l4_hdr = l4proto == IPPROTO_UDP ? 8 : 0;
+		break;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 *tc = c.pos;
+
+		if ((void *)(tc + 2) > c.end) {
+			p->l4_truncated = 1;
+			break;
+		}
+		p->key.dport = (tc[0] << 8) | tc[1];
+		break;
+	}
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
+{
+	struct pkt p = {};
+	int st = parse_packet(skb, &p);
+
+	/* A header cut off by the end of the linear area, not of the frame
+	 * (some drivers and tunnels leave headers in paged data): pull the
+	 * headers in and parse again. Only then: a pull can copy and
+	 * reallocate, which we don't do to every packet. */
+	if ((st == PARSE_TRUNCATED || p.l4_truncated) &&
+	    skb->len > skb->data_end - skb->data) {
+		bpf_skb_pull_data(skb, skb->len < FT_PULL_LEN ? skb->len : FT_PULL_LEN);
+		__builtin_memset(&p, 0, sizeof(p));
+		st = parse_packet(skb, &p);
+	}
+
+	count_iface(skb, dir, p.family);
+	switch (st) {
+	case PARSE_OK:
+		break;
+	case PARSE_TRUNCATED:
+		count(FT_CTR_TRUNCATED, 1);
+		return TC_ACT_UNSPEC;
+	case PARSE_MALFORMED:
+		count(FT_CTR_MALFORMED, 1);
+		return TC_ACT_UNSPEC;
+	case PARSE_EXT_LIMIT:
+		count(FT_CTR_IPV6_EXT_LIMIT, 1);
+		return TC_ACT_UNSPEC;
+	default:
+		count(FT_CTR_NON_IP, 1);
+		return TC_ACT_UNSPEC;
+	}
+
+	p.key.ifindex = skb->ifindex;
+	p.key.direction = dir;
 
 	/* IP octets. A GSO/GRO super-packet carries one set of headers for
 	 * gso_segs segments; on the wire each segment has its own, so add them
 	 * back. Its length fields may describe the whole aggregate (or be 0 for
 	 * BIG TCP), so take the length from the skb instead. */
-	__u32 in_skb = skb->len - l3_off;
+	__u32 in_skb = skb->len - p.l3_off;
 	__u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
 	__u64 bytes;
 
 	if (segs > 1) {
-		__u32 hdrs = l4_off - l3_off + l4_hdr;
+		__u32 hdrs = p.l4_off - p.l3_off + p.l4_hdr;
 
 		bytes = in_skb + (segs - 1) * hdrs;
 	} else {
 		/* Trailing Ethernet padding is not IP; a length larger than the
 		 * frame is a truncated capture: count what crossed. */
-		bytes = ip_len < in_skb ? ip_len : in_skb;
+		bytes = p.ip_len < in_skb ? p.ip_len : in_skb;
 	}
 	/* A frame cut inside the L4 header still counts, without ports. */
-	if (l4_truncated)
+	if (p.l4_truncated)
 		count(FT_CTR_TRUNCATED, 1);
-	account_flow(&key, segs, bytes, flags, dscp);
-	return TC_ACT_UNSPEC;
-
-truncated_other:
-	count_iface(skb, dir, FT_FAMILY_OTHER);
-truncated:
-	count(FT_CTR_TRUNCATED, 1);
+	account_flow(&p.key, segs, bytes, p.flags, p.dscp);
 	return TC_ACT_UNSPEC;
 }
 

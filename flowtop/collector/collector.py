@@ -109,6 +109,7 @@ class KernelCollector:
         return self.interfaces()
 
     def _attach(self, ifindex: int, name: str) -> None:
+        self.program.reset_iface(ifindex)
         self.attacher.attach(ifindex, name)
         self._names[ifindex] = name
         self._seen[ifindex] = name
@@ -169,7 +170,7 @@ class KernelCollector:
         return Drain(keys, stats, now, interval)
 
     def interface_counters(self) -> list[InterfaceCounters]:
-        raw = self.program.iface_counters()
+        raw = self.program.iface_counters(self._seen)
         out = []
         names = self._seen
         for ifindex in sorted(names):

@@ -48,6 +48,12 @@ FLOW_STATS = np.dtype(
 IFACE_KEY = np.dtype([("ifindex", "<u4"), ("direction", "u1"), ("family", "u1"), ("pad", "<u2")])
 IFACE_STATS = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
+
+def iface_slot(ifindex: int, direction: int, family: int) -> int:
+    """FT_IFACE_SLOT() of flowtop.h: index into the iface_slots array."""
+    return ifindex * 6 + direction * 3 + family
+
+
 # enum ft_counter, in order.
 COUNTERS = (
     "flow_map_full",

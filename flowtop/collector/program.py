@@ -10,6 +10,7 @@ import ctypes as ct
 import errno
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,14 @@ def import_bcc() -> Any:
 class ProgramOptions:
     flow_map_size: int = 65536
     iface_map_size: int = 4096
+    iface_slots: int = 4096
 
     def cflags(self) -> list[str]:
         return [
             f"-I{BPF_DIR}",
             f"-DFT_FLOW_MAP_SIZE={self.flow_map_size}",
             f"-DFT_IFACE_MAP_SIZE={self.iface_map_size}",
+            f"-DFT_IFACE_SLOTS={self.iface_slots}",
         ]
 
 
@@ -119,6 +122,7 @@ class TcProgram:
             self._lib, options.flow_map_size, layout.FLOW_KEY, layout.FLOW_STATS
         )
         self._ifaces = self.bpf[b"iface_counters"]
+        self._slots = self.bpf[b"iface_slots"]
         self._counters = self.bpf[b"counters"]
 
     def _set_active(self, idx: int) -> None:
@@ -136,9 +140,20 @@ class TcProgram:
         self._set_active(1 - old)
         return self._drainer.drain(self._inner[old])
 
-    def iface_counters(self) -> dict[tuple[int, int, int], tuple[int, int]]:
+    def iface_counters(
+        self, ifindexes: Iterable[int]
+    ) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ifindex, direction, family) -> (packets, bytes), summed over CPUs."""
         out: dict[tuple[int, int, int], tuple[int, int]] = {}
+        for ifindex in ifindexes:
+            if ifindex >= self.options.iface_slots:
+                continue
+            for slot_key in _iface_slot_keys(ifindex):
+                per_cpu = self._slots[ct.c_int(layout.iface_slot(*slot_key))]
+                out[slot_key] = (
+                    sum(v.packets for v in per_cpu),
+                    sum(v.bytes for v in per_cpu),
+                )
         for k, per_cpu in self._ifaces.items():
             out[(k.ifindex, k.direction, k.family)] = (
                 sum(v.packets for v in per_cpu),
@@ -146,7 +161,11 @@ class TcProgram:
             )
         return out
 
-    def forget_iface(self, ifindex: int) -> None:
+    def reset_iface(self, ifindex: int) -> None:
+        """Zero an interface's counters (at attach: ifindexes can be reused)."""
+        if ifindex < self.options.iface_slots:
+            for slot_key in _iface_slot_keys(ifindex):
+                self._slots.clearitem(ct.c_int(layout.iface_slot(*slot_key)))
         for k in list(self._ifaces.keys()):
             if k.ifindex == ifindex:
                 with contextlib.suppress(KeyError):
@@ -160,6 +179,12 @@ class TcProgram:
 
     def close(self) -> None:
         self.bpf.cleanup()
+
+
+def _iface_slot_keys(ifindex: int) -> Iterator[tuple[int, int, int]]:
+    for direction in (layout.DIR_INGRESS, layout.DIR_EGRESS):
+        for family in range(len(layout.FAMILIES)):
+            yield (ifindex, direction, family)
 
 
 @contextlib.contextmanager
