@@ -1,9 +1,10 @@
 """The flow table: cumulative counters, rates, timeouts and flow-end records.
 
-Columnar: one numpy array per field, one row per flow, and a dict from the
-raw 48-byte kernel key to its row. Merging a drained interval is a handful
-of vectorised operations plus one dict lookup per drained key; nothing per
-flow is a Python object until somebody asks for records (top-N, dump, export).
+Columnar: one numpy array per field, one row per flow, and a vectorised hash
+index (flowindex.py) from the raw 48-byte kernel key to its row. Merging a
+drained interval is a handful of numpy passes, with no Python-level work per
+flow; nothing per flow is a Python object until somebody asks for records
+(top-N, dump, export).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowtop.collector import layout
+from flowtop.flowindex import FlowIndex, hash_words
 from flowtop.model import (
     TCP_FIN,
     TCP_RST,
@@ -148,8 +150,9 @@ class FlowTable:
         self.active_ns = int(active_timeout * NS)
         self.clock_offset = mono_to_unix_offset() if clock_offset is None else clock_offset
         self.forced_evictions = 0
-        self._index: dict[bytes, int] = {}
-        self._free: list[int] = []
+        self._index = FlowIndex(min(initial_capacity, max_flows))
+        self._free = np.zeros(0, dtype=np.int64)  # stack of free rows
+        self._nfree = 0
         self._cap = 0
         self._keys = np.zeros(0, dtype=layout.FLOW_KEY)
         self._c: dict[str, np.ndarray] = {n: np.zeros(0, dtype=t) for n, t in _COLUMNS.items()}
@@ -159,6 +162,10 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def _words(self) -> np.ndarray:
+        """The stored keys as (rows, 6) uint64 words, for the index."""
+        return self._keys.view("<u8").reshape(-1, 6)
 
     def _grow(self, need: int) -> None:
         new_cap = min(self.max_flows, max(need, self._cap + self._cap // 2, 64))
@@ -171,23 +178,29 @@ class FlowTable:
             grown = np.zeros(new_cap, dtype=col.dtype)
             grown[: self._cap] = col
             self._c[name] = grown
-        self._free.extend(range(new_cap - 1, self._cap - 1, -1))
+        free = np.zeros(new_cap, dtype=np.int64)
+        free[: self._nfree] = self._free[: self._nfree]
+        added = np.arange(new_cap - 1, self._cap - 1, -1, dtype=np.int64)
+        free[self._nfree : self._nfree + len(added)] = added
+        self._free = free
+        self._nfree += len(added)
+        self._index.reserve_rows(new_cap)
         self._cap = new_cap
 
     def _alloc(self, n: int) -> np.ndarray:
-        if len(self._free) < n:
-            self._grow(self._cap + n - len(self._free))
-        rows = self._free[-n:] if n else []
-        del self._free[len(self._free) - n :]
-        return np.array(rows[::-1], dtype=np.int64)
+        if self._nfree < n:
+            self._grow(self._cap + n - self._nfree)
+        rows = self._free[self._nfree - n : self._nfree][::-1].copy()
+        self._nfree -= n
+        return rows
 
     def _release(self, rows: np.ndarray) -> None:
         if len(rows) == 0:
             return
-        for kb in _split(self._keys[rows]):
-            del self._index[kb]
+        self._index.delete(rows)
         self._c["live"][rows] = False
-        self._free.extend(int(r) for r in rows)
+        self._free[self._nfree : self._nfree + len(rows)] = rows
+        self._nfree += len(rows)
 
     def _take(self, rows: np.ndarray, reason: EndReason, end: bool) -> FlowBatch:
         """Records for rows (deltas since their last export); removes them if end."""
@@ -224,25 +237,25 @@ class FlowTable:
         n = len(keys)
         if n == 0:
             return empty_batch(self.clock_offset)
-        kbytes = _split(keys)
-        index = self._index
-        rows = np.fromiter((index.get(k, -1) for k in kbytes), dtype=np.int64, count=n)
+        keys = np.ascontiguousarray(keys)
+        words = keys.view("<u8").reshape(-1, 6)
+        hashes = hash_words(words)
+        rows = self._index.lookup(words, hashes, self._words())
         new = np.flatnonzero(rows < 0)
         ended: list[FlowBatch] = []
         if len(new):
-            overflow = len(index) + len(new) - self.max_flows
+            overflow = len(self) + len(new) - self.max_flows
             if overflow > 0:
                 ended.append(self._evict(overflow, exclude=rows[rows >= 0]))
-            take = min(len(new), self.max_flows - len(index))
+            take = min(len(new), self.max_flows - len(self))
             if take < len(new):
                 # More new flows in one interval than the whole table holds.
                 self.forced_evictions += len(new) - take
                 new = new[:take]
             new_rows = self._alloc(len(new))
-            for i, r in zip(new.tolist(), new_rows.tolist(), strict=True):
-                index[kbytes[i]] = r
             rows[new] = new_rows
             self._keys[new_rows] = keys[new]
+            self._index.insert(hashes[new], new_rows, self._words())
             for name in ("packets", "bytes", "exp_packets", "exp_bytes", "flags"):
                 c[name][new_rows] = 0
             c["first_ns"][new_rows] = stats["first_seen_ns"][new]
@@ -362,10 +375,3 @@ class FlowTable:
             float(c["pps"][live].sum()),
             float(c["Bps"][live].sum()) * 8,
         )
-
-
-def _split(keys: np.ndarray) -> list[bytes]:
-    """Raw key bytes, one bytes object per key (the dict's key)."""
-    raw = keys.tobytes()
-    size = layout.FLOW_KEY.itemsize
-    return [raw[i : i + size] for i in range(0, len(raw), size)]
