@@ -1,0 +1,259 @@
+"""Shared helpers for the benchmarks: namespaces, veth pairs, cleanup, tables.
+
+Everything lives in network namespaces named ``ftb-<pid>-<random>-<role>``
+created here; nothing touches the root namespace's interfaces. Namespaces are
+deleted (with every process inside them, all started by the bench) on exit,
+on exceptions and on SIGTERM/SIGINT. Stale ``ftb-`` namespaces whose creator
+pid is dead are removed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PREFIX = "ftb-"
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        sys.exit("this benchmark needs root (BPF, network namespaces)")
+
+
+def run(
+    cmd: Sequence[str], check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"command failed ({proc.returncode}): {' '.join(cmd)}: {proc.stderr.strip()}"
+        )
+    return proc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _list_ns() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def _kill_ns_pids(name: str) -> None:
+    proc = run(["ip", "netns", "pids", name], check=False)
+    for tok in proc.stdout.split():
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(tok), signal.SIGKILL)
+
+
+def delete_netns(name: str) -> None:
+    if not name.startswith(PREFIX):
+        raise ValueError(f"refusing to delete a namespace we did not create: {name}")
+    if not os.path.exists(os.path.join(NETNS_DIR, name)):
+        return
+    _kill_ns_pids(name)
+    for _ in range(50):
+        proc = run(["ip", "netns", "del", name], check=False)
+        if proc.returncode == 0 or not os.path.exists(os.path.join(NETNS_DIR, name)):
+            return
+        time.sleep(0.05)
+
+
+def cleanup_stale() -> None:
+    """Deletes ftb- namespaces left by bench runs whose process is gone."""
+    for name in _list_ns():
+        parts = name.split("-")
+        try:
+            pid = int(parts[1])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            delete_netns(name)
+
+
+class Netns:
+    def __init__(self, role: str, tag: str) -> None:
+        self.name = f"{PREFIX}{os.getpid()}-{tag}-{role}"
+        run(["ip", "netns", "add", self.name])
+        self.ip("link", "set", "lo", "up")
+        for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"):
+            self.sysctl(key, 1)  # no ND/MLD chatter in the counters
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["ip", "-n", self.name, *args], check=check)
+
+    def exec(
+        self, *cmd: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
+        return run(["ip", "netns", "exec", self.name, *cmd], check=check, timeout=timeout)
+
+    def popen(self, cmd: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
+        return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
+
+    def sysctl(self, key: str, value: int | str) -> None:
+        self.exec("sysctl", "-q", "-w", f"{key}={value}")
+
+    def ifindex(self, ifname: str) -> int:
+        return int(json.loads(self.ip("-j", "link", "show", "dev", ifname).stdout)[0]["ifindex"])
+
+    def link_stats(self, ifname: str) -> dict[str, int]:
+        out = json.loads(self.ip("-s", "-j", "link", "show", "dev", ifname).stdout)[0]["stats64"]
+        return {
+            "rx_packets": out["rx"]["packets"],
+            "rx_dropped": out["rx"]["dropped"],
+            "tx_packets": out["tx"]["packets"],
+            "tx_dropped": out["tx"]["dropped"],
+        }
+
+    def delete(self) -> None:
+        delete_netns(self.name)
+
+
+class Pair:
+    """Two namespaces a, b joined by veth va (in a, 10.77.0.1) <-> vb (in b, 10.77.0.2)."""
+
+    A4 = "10.77.0.1"
+    B4 = "10.77.0.2"
+
+    def __init__(self) -> None:
+        tag = secrets.token_hex(3)
+        self.namespaces: list[Netns] = []
+        self.a = self._ns("a", tag)
+        self.b = self._ns("b", tag)
+        self.va, self.vb = "ftbva", "ftbvb"
+        self.a.ip(
+            "link", "add", self.va, "type", "veth", "peer", "name", self.vb, "netns", self.b.name
+        )
+        for ns, dev, addr in ((self.a, self.va, self.A4), (self.b, self.vb, self.B4)):
+            ns.ip("addr", "add", f"{addr}/24", "dev", dev)
+            ns.ip("link", "set", "dev", dev, "up")
+        # Static neighbours: no ARP in the counters.
+        mac_a = json.loads(self.a.ip("-j", "link", "show", "dev", self.va).stdout)[0]["address"]
+        mac_b = json.loads(self.b.ip("-j", "link", "show", "dev", self.vb).stdout)[0]["address"]
+        self.a.ip("neigh", "replace", self.B4, "lladdr", mac_b, "dev", self.va, "nud", "permanent")
+        self.b.ip("neigh", "replace", self.A4, "lladdr", mac_a, "dev", self.vb, "nud", "permanent")
+
+    def _ns(self, role: str, tag: str) -> Netns:
+        ns = Netns(role, tag)
+        self.namespaces.append(ns)
+        return ns
+
+    def delete(self) -> None:
+        for ns in self.namespaces:
+            with contextlib.suppress(Exception):
+                ns.delete()
+
+
+@contextlib.contextmanager
+def pair() -> Iterator[Pair]:
+    """A namespace pair, deleted on exit, exceptions and SIGTERM/SIGINT."""
+    cleanup_stale()
+
+    def _term(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, _term) for s in (signal.SIGTERM, signal.SIGHUP)}
+    p: Pair | None = None
+    try:
+        p = Pair.__new__(Pair)
+        p.namespaces = []
+        Pair.__init__(p)
+        yield p
+    finally:
+        if p is not None:
+            p.delete()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def entered(ns: Netns) -> Iterator[None]:
+    """Moves the calling thread into ns for the block (netlink sockets made
+    inside keep working in ns afterwards)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(os.path.join(NETNS_DIR, ns.name), os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+
+
+def stop_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 5
+) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+# --------------------------------------------------------------------------- #
+# output
+# --------------------------------------------------------------------------- #
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append(
+            "  ".join(c.rjust(widths[i]) if i else c.ljust(widths[i]) for i, c in enumerate(r))
+        )
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"

@@ -1,0 +1,372 @@
+"""Kernel cost of flowtop's TC programs against an empty TC program, same run.
+
+Two namespaces joined by a veth pair; on vb (namespace b) clsact ingress and
+egress each carry three cls_bpf direct-action filters:
+
+    prio 1  empty (before)     int empty(struct __sk_buff *skb) { return -1; }
+    prio 2  flowtop_ingress / flowtop_egress  (TcProgram + TcAttacher)
+    prio 3  empty (after)
+
+All return TC_ACT_UNSPEC, so every packet runs all three, and an empty
+program on either side of flowtop cancels any first/last position effect.
+With kernel.bpf_stats_enabled=1 the kernel accumulates run_time_ns and
+run_cnt per program; we read them with `bpftool prog show --json` at the
+start and end of each window and report ns per run (one run per skb).
+
+Phase 1 (the target): established flows. iperf3 UDP, 2 streams each way
+(--bidir), so vb ingress and egress both see steady traffic of few flows;
+flowtop's maps are swapped and drained every second as the engine would.
+Phase 2 (informational): every packet is a new flow (UDP to a new dport each
+packet), map drained every 0.25 s so inserts succeed rather than hit "map full".
+
+Target: flowtop / empty <= 2.5x (established flows, median of 3 rounds).
+Run: .venv/bin/python bench/kernel_cost.py   (root)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import _common as C
+from _common import Pair, entered
+
+TARGET = 2.5
+ROUNDS = 3
+WINDOW = 5.0
+WARMUP = 3.0
+NEW_WINDOW = 3.0
+
+EMPTY_SRC = b"""
+int empty_in_pre(struct __sk_buff *skb) { return -1; }
+int empty_in_post(struct __sk_buff *skb) { return -1; }
+int empty_eg_pre(struct __sk_buff *skb) { return -1; }
+int empty_eg_post(struct __sk_buff *skb) { return -1; }
+"""
+
+NEWFLOW_SENDER = r"""
+import socket, sys, time
+dst = sys.argv[1]; secs = float(sys.argv[2])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+payload = b"x" * 64
+end = time.monotonic() + secs
+n = 0
+port = 1
+while True:
+    for s in socks:
+        for _ in range(256):
+            s.sendto(payload, (dst, port))
+            port = port + 1 if port < 65000 else 1
+        n += 256
+    if time.monotonic() > end:
+        break
+print(n)
+"""
+
+
+def prog_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("prog_id:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no prog_id for fd {fd}")
+
+
+def snapshot(ids: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt), from bpftool."""
+    out = json.loads(C.run(["bpftool", "prog", "show", "--json"]).stdout)
+    by_id = {p["id"]: p for p in out}
+    return {
+        name: (int(by_id[i].get("run_time_ns", 0)), int(by_id[i].get("run_cnt", 0)))
+        for name, i in ids.items()
+    }
+
+
+def per_run(
+    a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]
+) -> dict[str, tuple[float, int]]:
+    """name -> (ns per run, runs) over the window between snapshots a and b."""
+    res = {}
+    for name in a:
+        dt = b[name][0] - a[name][0]
+        dn = b[name][1] - a[name][1]
+        res[name] = (dt / dn if dn else float("nan"), dn)
+    return res
+
+
+def drain_for(prog: Any, secs: float, drain_every: float) -> None:
+    """Sleep secs, swapping and draining flowtop's maps every drain_every (as the engine)."""
+    end = time.monotonic() + secs
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(drain_every, left))
+        prog.drain_flows()
+
+
+def window(
+    ids: dict[str, int], prog: Any, secs: float, drain_every: float
+) -> dict[str, tuple[float, int]]:
+    full0 = prog.counters()["flow_map_full"]
+    s0 = snapshot(ids)
+    drain_for(prog, secs, drain_every)
+    s1 = snapshot(ids)
+    prog.drain_flows()
+    res = per_run(s0, s1)
+    res["map_full"] = (0.0, prog.counters()["flow_map_full"] - full0)
+    return res
+
+
+def attach_empty(ipr: Any, ifindex: int, fd: int, parent: int, prio: int, name: str) -> None:
+    ipr.tc(
+        "add-filter",
+        "bpf",
+        ifindex,
+        fd=fd,
+        name=name,
+        parent=parent,
+        classid=1,
+        direct_action=True,
+        prio=prio,
+    )
+
+
+def main() -> int:
+    C.require_root()
+    import bcc
+    from pyroute2 import IPRoute
+
+    from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
+    from flowtop.collector.program import ProgramOptions, TcProgram
+
+    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(stats_path) as f:
+        old_stats = f.read().strip()
+    procs: list[subprocess.Popen[Any]] = []
+    prog = attacher = ipr = empty = None
+    try:
+        with open(stats_path, "w") as f:
+            f.write("1")
+        with C.pair() as p:
+            prog = TcProgram(ProgramOptions())
+            empty = bcc.BPF(text=EMPTY_SRC)
+            efd = {
+                n: empty.load_func(n.encode(), bcc.BPF.SCHED_CLS).fd
+                for n in ("empty_in_pre", "empty_in_post", "empty_eg_pre", "empty_eg_post")
+            }
+            ifindex = p.b.ifindex(p.vb)
+            with entered(p.b):
+                ipr = IPRoute()
+                attacher = TcAttacher(prog.ingress.fd, prog.egress.fd, priority=2)
+            attacher.attach(ifindex, p.vb)
+            attach_empty(ipr, ifindex, efd["empty_in_pre"], PARENT_INGRESS, 1, "ftb_empty_in_pre")
+            attach_empty(ipr, ifindex, efd["empty_in_post"], PARENT_INGRESS, 3, "ftb_empty_in_post")
+            attach_empty(ipr, ifindex, efd["empty_eg_pre"], PARENT_EGRESS, 1, "ftb_empty_eg_pre")
+            attach_empty(ipr, ifindex, efd["empty_eg_post"], PARENT_EGRESS, 3, "ftb_empty_eg_post")
+            ids = {
+                "flowtop_ingress": prog_id(prog.ingress.fd),
+                "flowtop_egress": prog_id(prog.egress.fd),
+            }
+            ids.update({n: prog_id(fd) for n, fd in efd.items()})
+
+            # ---- phase 1: established flows --------------------------------
+            srv = p.b.popen(
+                ["iperf3", "-s", "-1", "-B", Pair.B4],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(srv)
+            time.sleep(0.5)
+            total = WARMUP + ROUNDS * WINDOW + 3
+            cli = p.a.popen(
+                [
+                    "iperf3",
+                    "-c",
+                    Pair.B4,
+                    "-u",
+                    "-b",
+                    "60M",
+                    "-l",
+                    "1000",
+                    "-P",
+                    "2",
+                    "--bidir",
+                    "-t",
+                    str(int(total)),
+                    "--connect-timeout",
+                    "3000",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            procs.append(cli)
+            drain_for(prog, WARMUP, 1.0)
+            rounds = []
+            for _ in range(ROUNDS):
+                if cli.poll() is not None:
+                    raise RuntimeError(f"iperf3 client ended early: {cli.stderr.read().decode()}")
+                rounds.append(window(ids, prog, WINDOW, 1.0))
+            for proc in (cli, srv):
+                C.stop_process(proc)
+            # ---- phase 2: a new flow per packet (informational) -------------
+            prog.drain_flows()
+            sender = p.a.popen(
+                [sys.executable, "-c", NEWFLOW_SENDER, Pair.B4, str(ROUNDS * NEW_WINDOW + 2)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            procs.append(sender)
+            drain_for(prog, 1.0, 0.25)
+            new_rounds = [window(ids, prog, NEW_WINDOW, 0.25) for _ in range(ROUNDS)]
+            C.stop_process(sender)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                C.stop_process(proc)
+        if attacher is not None:
+            with contextlib.suppress(Exception):
+                attacher.detach_all()  # the namespace is gone already in the normal case
+            attacher.close()
+        if ipr is not None:
+            ipr.close()
+        if prog is not None:
+            prog.close()
+        if empty is not None:
+            empty.cleanup()
+        with open(stats_path, "w") as f:
+            f.write(old_stats)
+
+    # ---- report ---------------------------------------------------------------
+    print("flowtop kernel cost vs empty TC program (ns per program run = per skb)")
+    print(
+        f"established flows: iperf3 UDP 2+2 streams, {ROUNDS} rounds x {WINDOW:g} s, "
+        "maps drained every 1 s\n"
+    )
+    rows = []
+    ratios = []
+    for i, r in enumerate(rounds, 1):
+        for hook, ft, pre, post in (
+            ("ingress", "flowtop_ingress", "empty_in_pre", "empty_in_post"),
+            ("egress", "flowtop_egress", "empty_eg_pre", "empty_eg_post"),
+        ):
+            e = (r[pre][0] + r[post][0]) / 2
+            rows.append(
+                (
+                    i,
+                    hook,
+                    r[ft][1],
+                    f"{r[ft][0]:.1f}",
+                    f"{r[pre][0]:.1f}",
+                    f"{r[post][0]:.1f}",
+                    f"{r[ft][0] / e:.2f}x",
+                )
+            )
+        # Both hooks together, weighted by runs.
+        ft_ns = (
+            r["flowtop_ingress"][0] * r["flowtop_ingress"][1]
+            + r["flowtop_egress"][0] * r["flowtop_egress"][1]
+        )
+        ft_n = r["flowtop_ingress"][1] + r["flowtop_egress"][1]
+        e_ns = sum(r[n][0] * r[n][1] for n in efd)
+        assert r["map_full"][1] == 0, "flow map full during the established phase"
+        e_n = sum(r[n][1] for n in efd)
+        ratio = (ft_ns / ft_n) / (e_ns / e_n)
+        ratios.append(ratio)
+        rows.append(
+            (
+                i,
+                "both",
+                ft_n,
+                f"{ft_ns / ft_n:.1f}",
+                "",
+                f"{e_ns / e_n:.1f} (all 4)",
+                f"{ratio:.2f}x",
+            )
+        )
+    print(
+        C.table(
+            rows,
+            (
+                "round",
+                "hook",
+                "runs",
+                "flowtop ns",
+                "empty-pre ns",
+                "empty-post ns",
+                "flowtop/empty",
+            ),
+        )
+    )
+    med = C.median(ratios)
+    print(
+        f"\nmedian flowtop/empty (both hooks): {med:.2f}x   target <= {TARGET}x   "
+        f"{C.verdict(med <= TARGET)}"
+    )
+    med_ft = C.median(
+        [
+            (
+                r["flowtop_ingress"][0] * r["flowtop_ingress"][1]
+                + r["flowtop_egress"][0] * r["flowtop_egress"][1]
+            )
+            / (r["flowtop_ingress"][1] + r["flowtop_egress"][1])
+            for r in rounds
+        ]
+    )
+    med_e = C.median(
+        [sum(r[n][0] * r[n][1] for n in efd) / sum(r[n][1] for n in efd) for r in rounds]
+    )
+    print(
+        f"median absolute: flowtop {med_ft:.1f} ns/run, empty {med_e:.1f} ns/run, "
+        f"difference {med_ft - med_e:.1f} ns/run"
+    )
+
+    print(
+        f"\ninformational: a new flow per packet (ingress, insert path), {ROUNDS} x "
+        f"{NEW_WINDOW:g} s, maps drained every 0.25 s\n"
+    )
+    rows = []
+    for i, r in enumerate(new_rounds, 1):
+        e = (r["empty_in_pre"][0] + r["empty_in_post"][0]) / 2
+        rows.append(
+            (
+                i,
+                r["flowtop_ingress"][1],
+                f"{r['flowtop_ingress'][1] / NEW_WINDOW:.0f}",
+                r["map_full"][1],
+                f"{r['flowtop_ingress'][0]:.1f}",
+                f"{e:.1f}",
+                f"{r['flowtop_ingress'][0] / e:.2f}x",
+            )
+        )
+    print(
+        C.table(
+            rows,
+            (
+                "round",
+                "runs",
+                "pkt/s",
+                "map_full",
+                "flowtop_ingress ns",
+                "empty ns",
+                "flowtop/empty",
+            ),
+        )
+    )
+    med_new = C.median(
+        [
+            r["flowtop_ingress"][0] / ((r["empty_in_pre"][0] + r["empty_in_post"][0]) / 2)
+            for r in new_rounds
+        ]
+    )
+    print(f"median new-flow ratio: {med_new:.2f}x (informational, no target)")
+    print(f"\nRESULT kernel_cost: {med:.2f}x <= {TARGET}x  {C.verdict(med <= TARGET)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
