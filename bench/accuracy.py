@@ -68,7 +68,10 @@ int main(int argc, char **argv)
 		struct sockaddr_in me = { .sin_family = AF_INET, .sin_port = htons(base + i) };
 		inet_pton(AF_INET, src, &me.sin_addr);
 		fds[i] = socket(AF_INET, SOCK_DGRAM, 0);
-		if (fds[i] < 0 || bind(fds[i], (void *)&me, sizeof(me)) < 0) { perror("socket/bind"); return 1; }
+		if (fds[i] < 0 || bind(fds[i], (void *)&me, sizeof(me)) < 0) {
+			perror("socket/bind");
+			return 1;
+		}
 	}
 	char payload[100];
 	memset(payload, 'x', sizeof(payload));
@@ -83,7 +86,9 @@ int main(int argc, char **argv)
 		long due = pps * tick / 1000;
 		if (due > total) due = total;
 		while (sent + failed < due) {
-			if (sendto(fds[cur], payload, sizeof(payload), 0, (void *)&to, sizeof(to)) == sizeof(payload))
+			ssize_t r = sendto(fds[cur], payload, sizeof(payload), 0,
+					(void *)&to, sizeof(to));
+			if (r == sizeof(payload))
 				sent++;
 			else
 				failed++;
