@@ -6,7 +6,7 @@ buffers built with numpy in the layout.FLOW_KEY / layout.FLOW_STATS layout).
 The program is compiled with flow_map_size=131072 so they fit. No traffic and
 no attachment are needed: the map is the same one the TC programs fill.
 
-ours      TcProgram.drain_flows() (swap + BPF_MAP_LOOKUP_AND_DELETE_BATCH into
+ours      TcProgram.drain_flows() (swaps + BPF_MAP_LOOKUP_AND_DELETE_BATCH into
           numpy) + FlowTable.merge(): "new" = first merge into an empty table,
           "existing" = the same 100k keys merged again (they are all in the table).
 naive     bcc's `for k, v in table.items()` (get_next_key + lookup per key),
@@ -129,21 +129,22 @@ def main() -> int:
             r = {}
             table = FlowTable(max_flows=1_000_000)
             for phase in ("new", "existing"):
-                fill(lib, prog._inner[prog._active], keys, stats)
+                fill(lib, prog.active_flow_map()[1], keys, stats)
                 gc.collect()
                 t0 = time.perf_counter()
-                k, s = prog.drain_flows()
+                batches = prog.drain_flows()
                 t1 = time.perf_counter()
-                table.merge(k, s, 1.0)
+                table.merge_many(batches, 1.0)
                 t2 = time.perf_counter()
-                assert len(k) == N, f"drained {len(k)} of {N}"
+                drained = sum(len(k) for k, _ in batches)
+                assert drained == N, f"drained {drained} of {N}"
                 r[f"drain_{phase}"] = (t1 - t0) * 1e3
                 r[f"merge_{phase}"] = (t2 - t1) * 1e3
             assert len(table) == N
             assert int(table.totals()[0]) == 2 * int(stats["packets"].sum())
             # naive: same 100k entries in the active map, read twice
-            active = b"flows_a" if prog._active == 0 else b"flows_b"
-            fill(lib, prog._inner[prog._active], keys, stats)
+            active, active_fd = prog.active_flow_map()
+            fill(lib, active_fd, keys, stats)
             flows: dict[tuple, list[int]] = {}
             for phase in ("new", "existing"):
                 gc.collect()

@@ -39,7 +39,7 @@ struct flow_key {
 	__u16 dport;
 	__u16 vlan;
 	__u16 pad1;
-};
+} __attribute__((aligned(8)));
 
 /*
  * Per-flow counters for one collection interval. packets counts GSO/GRO
@@ -56,6 +56,15 @@ struct flow_stats {
 	__u64 tcp_flags;     /* OR of the TCP flags byte (CWR..FIN) */
 	__u8 dscp;           /* DSCP of the last packet seen */
 	__u8 pad[7];
+};
+
+/*
+ * One slot of the per-CPU flow cache: a flow and its counters for the
+ * current interval on this CPU. packets == 0 marks a free slot.
+ */
+struct flow_cache_entry {
+	struct flow_key key;
+	struct flow_stats stats;
 };
 
 /* Slot of an interface counter in the iface_slots array. */

@@ -8,6 +8,7 @@
  *   FT_FLOW_MAP_SIZE   entries of each interval flow map
  *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
  *   FT_IFACE_SLOTS     ifindexes below this use the interface counter array
+ *   FT_CACHE_SLOTS     slots of the per-CPU flow cache (power of two)
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -26,22 +27,45 @@
 #ifndef FT_IFACE_SLOTS
 #define FT_IFACE_SLOTS 4096
 #endif
+#ifndef FT_CACHE_SLOTS
+#define FT_CACHE_SLOTS 1024 /* a power of two */
+#endif
 
 /* Bytes pulled into the linear area when headers straddle into paged data:
  * Ethernet + 2 VLAN tags + IPv6 + extension headers + TCP with options. */
 #define FT_PULL_LEN 192
 
 /*
- * Two interval maps, flows_a and flows_b (key: struct flow_key, value:
- * struct flow_stats). flow_maps[0] points at the one being filled. Userspace
- * swaps the pointer; the kernel waits for an RCU grace period on every
- * update of a map-in-map, so when the swap returns no program still writes
- * to the old map and userspace drains it with lookup-and-delete batches
- * without racing any increment. Userspace deletes every entry.
+ * Double buffering. Everything a packet writes per interval lives in one of
+ * two generations: generation g is flow_maps[g] (a hash map) and
+ * cache_maps[g] (the per-CPU cache below). active_gen[0] says which one
+ * programs fill; a program reads it once per packet and uses that pair.
+ *
+ * Userspace flips active_gen, then rewrites a flow_maps slot with the map it
+ * already holds: the kernel waits for an RCU grace period on every update of
+ * a map-in-map, so when that returns every program that could have read the
+ * old generation has finished. The old pair is then read without racing any
+ * increment; userspace deletes every hash entry and zeroes the cache.
  */
+BPF_ARRAY(active_gen, __u32, 1);
+
+/* Interval flow maps (key: struct flow_key, value: struct flow_stats). */
 BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE);
 BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
-BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 1);
+BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 2);
+
+/*
+ * Per-CPU flow cache in front of the hash map (index: a hash of the flow
+ * key, value: struct flow_cache_entry). A hash map lookup on a 48-byte key
+ * is most of the per-packet cost; a few heavy flows carry most packets, and
+ * for them an inlined array lookup and a key compare replace it, with no
+ * atomics (the slot belongs to this CPU). A flow takes a slot only when the
+ * slot is free, so there is no eviction path: a flow whose slot is taken
+ * goes to the hash map for the rest of the interval. Index: generation.
+ */
+BPF_PERCPU_ARRAY(cache_a, struct flow_cache_entry, FT_CACHE_SLOTS);
+BPF_PERCPU_ARRAY(cache_b, struct flow_cache_entry, FT_CACHE_SLOTS);
+BPF_ARRAY_OF_MAPS(cache_maps, "cache_a", 2);
 
 /*
  * Interface counters, per CPU so increments need no atomics, cumulative.
@@ -110,14 +134,60 @@ static __always_inline void add_to_flow(struct flow_stats *st, __u64 segs, __u64
 		__sync_fetch_and_or(&st->tcp_flags, flags);
 }
 
+/* Counts the packet in this CPU's cache when its flow owns (or can take)
+ * its slot; returns 0 when the caller must use the hash map. */
+static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64 segs,
+					  __u64 bytes, __u64 flags, __u8 dscp, __u64 now)
+{
+	void *cache = cache_maps.lookup(&gen);
+	__u64 *w = (__u64 *)key;
+
+	if (!cache)
+		return 0;
+	/* Fibonacci hashing of the folded key words: cheap, and spreads ports. */
+	__u64 h = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5]) * 0x9E3779B97F4A7C15ULL;
+	__u32 slot = (h >> 32) & (FT_CACHE_SLOTS - 1);
+	struct flow_cache_entry *e = bpf_map_lookup_elem(cache, &slot);
+
+	if (!e)
+		return 0;
+	if (e->stats.packets == 0) {
+		__builtin_memcpy(&e->key, key, sizeof(*key));
+		e->stats.packets = segs;
+		e->stats.bytes = bytes;
+		e->stats.first_seen_ns = now;
+		e->stats.last_seen_ns = now;
+		e->stats.tcp_flags = flags;
+		e->stats.dscp = dscp;
+		return 1;
+	}
+	__u64 *k = (__u64 *)&e->key;
+
+	if (k[0] != w[0] || k[1] != w[1] || k[2] != w[2] || k[3] != w[3] || k[4] != w[4] ||
+	    k[5] != w[5])
+		return 0;
+	e->stats.packets += segs;
+	e->stats.bytes += bytes;
+	e->stats.last_seen_ns = now;
+	e->stats.tcp_flags |= flags;
+	e->stats.dscp = dscp;
+	return 1;
+}
+
 static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64 bytes,
 					 __u64 flags, __u8 dscp)
 {
-	int zero = 0;
-	void *flows = flow_maps.lookup(&zero);
+	__u32 zero = 0, gen = 0;
+	__u32 *g = active_gen.lookup(&zero);
 	/* Tick resolution (a few ms) is plenty for first/last seen and half the
 	 * price of the precise clock on every packet. */
 	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (g)
+		gen = *g & 1;
+	if (account_cached(gen, key, segs, bytes, flags, dscp, now))
+		return;
+	void *flows = flow_maps.lookup(&gen);
 
 	if (!flows) {
 		count(FT_CTR_NO_FLOW_MAP, 1);

@@ -47,7 +47,7 @@ class Engine:
         """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
         t0 = time.perf_counter()
         d = self.collector.drain()
-        ended = self.table.merge(d.keys, d.stats, d.interval)
+        ended = self.table.merge_many(d.batches, d.interval)
         expired = self.table.expire(d.now_ns)
         batch = FlowBatch.concat([ended, expired], self.table.clock_offset)
         self._emit(batch)
@@ -69,7 +69,7 @@ class Engine:
         """
         self.collector.stop_capture()
         d = self.collector.drain()
-        ended = self.table.merge(d.keys, d.stats, d.interval)
+        ended = self.table.merge_many(d.batches, d.interval)
         flushed = self.table.flush()
         batch = FlowBatch.concat([ended, flushed], self.table.clock_offset)
         self._emit(batch)

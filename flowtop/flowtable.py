@@ -229,24 +229,66 @@ class FlowTable:
     # -- updates ---------------------------------------------------------------
 
     def merge(self, keys: np.ndarray, stats: np.ndarray, interval: float) -> FlowBatch:
-        """Add one drained interval. Returns flows that ended (TCP FIN/RST, eviction)."""
+        """Add one drained interval with distinct keys (see merge_many)."""
+        return self.merge_many([(keys, stats)], interval)
+
+    def merge_many(
+        self, batches: list[tuple[np.ndarray, np.ndarray]], interval: float
+    ) -> FlowBatch:
+        """Add one drained interval given as batches, keys distinct within each.
+
+        Returns the flows that ended: TCP FIN/RST seen, or evicted for room.
+        """
         c = self._c
         live = c["live"]
         c["pps"][live] = 0.0
         c["Bps"][live] = 0.0
-        n = len(keys)
-        if n == 0:
-            return empty_batch(self.clock_offset)
+        ended: list[FlowBatch] = []
+        touched: list[np.ndarray] = []
+        fin: list[np.ndarray] = []
+        for keys, stats in batches:
+            if len(keys) == 0:
+                continue
+            rows, stats = self._upsert(keys, stats, touched, ended)
+            c["packets"][rows] += stats["packets"]
+            c["bytes"][rows] += stats["bytes"]
+            c["last_ns"][rows] = np.maximum(c["last_ns"][rows], stats["last_seen_ns"])
+            c["flags"][rows] |= stats["tcp_flags"].astype("u1")
+            c["dscp"][rows] = stats["dscp"]
+            if interval > 0:
+                c["pps"][rows] += stats["packets"] / interval
+                c["Bps"][rows] += stats["bytes"] / interval
+            touched.append(rows)
+            fin.append(rows[(stats["tcp_flags"] & (TCP_FIN | TCP_RST)) != 0])
+        if fin:
+            fin_rows = np.unique(np.concatenate(fin))
+            if len(fin_rows):
+                ended.append(self._take(fin_rows, EndReason.END_OF_FLOW, end=True))
+        return FlowBatch.concat(ended, self.clock_offset)
+
+    def _upsert(
+        self,
+        keys: np.ndarray,
+        stats: np.ndarray,
+        touched: list[np.ndarray],
+        ended: list[FlowBatch],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for keys, creating the missing ones (evicting if full).
+
+        Returns (rows, stats) for the keys that have a row; keys that found
+        no room even after eviction are counted as forced evictions.
+        """
+        c = self._c
         keys = np.ascontiguousarray(keys)
         words = keys.view("<u8").reshape(-1, 6)
         hashes = hash_words(words)
         rows = self._index.lookup(words, hashes, self._words())
         new = np.flatnonzero(rows < 0)
-        ended: list[FlowBatch] = []
         if len(new):
             overflow = len(self) + len(new) - self.max_flows
             if overflow > 0:
-                ended.append(self._evict(overflow, exclude=rows[rows >= 0]))
+                keep = np.concatenate([*touched, rows[rows >= 0]])
+                ended.append(self._evict(overflow, exclude=np.unique(keep)))
             take = min(len(new), self.max_flows - len(self))
             if take < len(new):
                 # More new flows in one interval than the whole table holds.
@@ -261,21 +303,15 @@ class FlowTable:
             c["first_ns"][new_rows] = stats["first_seen_ns"][new]
             c["exp_start_ns"][new_rows] = stats["first_seen_ns"][new]
             c["last_ns"][new_rows] = 0
+            c["pps"][new_rows] = 0.0
+            c["Bps"][new_rows] = 0.0
             c["live"][new_rows] = True
-        sel = rows >= 0
-        rows_s, st = rows[sel], stats[sel]
-        c["packets"][rows_s] += st["packets"]
-        c["bytes"][rows_s] += st["bytes"]
-        c["last_ns"][rows_s] = np.maximum(c["last_ns"][rows_s], st["last_seen_ns"])
-        c["flags"][rows_s] |= st["tcp_flags"].astype("u1")
-        c["dscp"][rows_s] = st["dscp"]
-        if interval > 0:
-            c["pps"][rows_s] = st["packets"] / interval
-            c["Bps"][rows_s] = st["bytes"] / interval
-        fin = rows_s[(st["tcp_flags"] & (TCP_FIN | TCP_RST)) != 0]
-        if len(fin):
-            ended.append(self._take(fin, EndReason.END_OF_FLOW, end=True))
-        return FlowBatch.concat(ended, self.clock_offset)
+        have = rows >= 0
+        rows, stats = rows[have], stats[have]
+        # A flow already in the table but first seen earlier in another batch
+        # of this interval (another CPU's cache) keeps its earliest start.
+        c["first_ns"][rows] = np.minimum(c["first_ns"][rows], stats["first_seen_ns"])
+        return rows, stats
 
     def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
         """Forced end of the n least recently seen flows to make room."""

@@ -31,8 +31,7 @@ GLOB_CHARS = set("*?[")
 class Drain:
     """One interval's worth of kernel data."""
 
-    keys: np.ndarray  # layout.FLOW_KEY
-    stats: np.ndarray  # layout.FLOW_STATS
+    batches: list[tuple[np.ndarray, np.ndarray]]  # (FLOW_KEY, FLOW_STATS) arrays
     now_ns: int  # CLOCK_MONOTONIC at the swap
     interval: float  # seconds since the previous drain
 
@@ -163,11 +162,11 @@ class KernelCollector:
     # -- data ------------------------------------------------------------------------
 
     def drain(self) -> Drain:
-        keys, stats = self.program.drain_flows()
+        batches = self.program.drain_flows()
         now = time.monotonic_ns()
         interval = (now - self._last_drain) / 1e9
         self._last_drain = now
-        return Drain(keys, stats, now, interval)
+        return Drain(batches, now, interval)
 
     def interface_counters(self) -> list[InterfaceCounters]:
         raw = self.program.iface_counters(self._seen)

@@ -45,6 +45,8 @@ FLOW_STATS = np.dtype(
     ]
 )
 
+FLOW_CACHE_ENTRY = np.dtype([("key", FLOW_KEY), ("stats", FLOW_STATS)])
+
 IFACE_KEY = np.dtype([("ifindex", "<u4"), ("direction", "u1"), ("family", "u1"), ("pad", "<u2")])
 IFACE_STATS = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
@@ -69,4 +71,5 @@ COUNTERS = (
 
 assert FLOW_KEY.itemsize == 48
 assert FLOW_STATS.itemsize == 48
+assert FLOW_CACHE_ENTRY.itemsize == 96
 assert IFACE_KEY.itemsize == 8

@@ -38,6 +38,7 @@ class ProgramOptions:
     flow_map_size: int = 65536
     iface_map_size: int = 4096
     iface_slots: int = 4096
+    cache_slots: int = 1024  # per CPU, a power of two
 
     def cflags(self) -> list[str]:
         return [
@@ -45,6 +46,7 @@ class ProgramOptions:
             f"-DFT_FLOW_MAP_SIZE={self.flow_map_size}",
             f"-DFT_IFACE_MAP_SIZE={self.iface_map_size}",
             f"-DFT_IFACE_SLOTS={self.iface_slots}",
+            f"-DFT_CACHE_SLOTS={self.cache_slots}",
         ]
 
 
@@ -95,6 +97,58 @@ class BatchDrainer:
         return keys, vals
 
 
+class CacheDrainer:
+    """Reads a per-CPU flow cache array with one batch lookup and zeroes it with
+    one batch update. Returns one (keys, stats) pair per CPU: each CPU's slots
+    hold distinct flows, but one flow can sit in several CPUs' caches."""
+
+    def __init__(self, lib: Any, slots: int, ncpus: int) -> None:
+        self._lib = lib
+        self._slots = slots
+        self._ncpus = ncpus
+        self._keys = np.arange(slots, dtype=np.uint32)
+        self._vals = np.zeros((slots, ncpus), dtype=layout.FLOW_CACHE_ENTRY)
+        self._zeros = np.zeros((slots, ncpus), dtype=layout.FLOW_CACHE_ENTRY)
+        self._out_keys = np.zeros(slots, dtype=np.uint32)
+
+    def drain(self, fd: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        count = ct.c_uint32(self._slots)
+        out_batch = ct.c_uint32(0)
+        res = self._lib.bpf_lookup_batch(
+            fd,
+            None,
+            ct.byref(out_batch),
+            self._out_keys.ctypes.data_as(ct.c_void_p),
+            self._vals.ctypes.data_as(ct.c_void_p),
+            ct.byref(count),
+        )
+        err = ct.get_errno()
+        if res != 0 and err != errno.ENOENT:
+            raise KernelFeatureError(f"reading the flow cache failed: {os.strerror(err)}")
+        if count.value != self._slots:
+            raise KernelFeatureError(
+                f"reading the flow cache returned {count.value} of {self._slots} slots"
+            )
+        out = []
+        for cpu in range(self._ncpus):
+            col = self._vals[:, cpu]
+            used = col[col["stats"]["packets"] > 0]
+            if len(used):
+                out.append((used["key"].copy(), used["stats"].copy()))
+        count.value = self._slots
+        res = self._lib.bpf_update_batch(
+            fd,
+            self._keys.ctypes.data_as(ct.c_void_p),
+            self._zeros.ctypes.data_as(ct.c_void_p),
+            ct.byref(count),
+        )
+        if res != 0:
+            raise KernelFeatureError(
+                f"clearing the flow cache failed: {os.strerror(ct.get_errno())}"
+            )
+        return out
+
+
 class TcProgram:
     """The compiled TC programs and their maps."""
 
@@ -114,31 +168,33 @@ class TcProgram:
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise KernelFeatureError(f"cannot compile or load the TC program: {exc}") from None
         self._lib = bcc.libbcc.lib
-        self._inner = [self.bpf[b"flows_a"].map_fd, self.bpf[b"flows_b"].map_fd]
-        self._outer = self.bpf[b"flow_maps"].map_fd
-        self._active = 0
-        self._set_active(0)
+        self._gen = _Generations(self._lib, self.bpf)
         self._drainer = BatchDrainer(
             self._lib, options.flow_map_size, layout.FLOW_KEY, layout.FLOW_STATS
         )
+        from bcc.utils import get_possible_cpus
+
+        ncpus = len(get_possible_cpus())
+        self._cache_drainer = CacheDrainer(self._lib, options.cache_slots, ncpus)
         self._ifaces = self.bpf[b"iface_counters"]
         self._slots = self.bpf[b"iface_slots"]
         self._counters = self.bpf[b"counters"]
 
-    def _set_active(self, idx: int) -> None:
-        # Updating an array-of-maps slot waits for an RCU grace period in the
-        # kernel: once this returns, no program still uses the old map.
-        key = ct.c_int(0)
-        val = ct.c_int(self._inner[idx])
-        if self._lib.bpf_update_elem(self._outer, ct.byref(key), ct.byref(val), 0) != 0:
-            raise KernelFeatureError(f"cannot switch flow maps: {os.strerror(ct.get_errno())}")
-        self._active = idx
+    def drain_flows(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Swap buffers and return the interval just ended as (keys, stats) batches.
 
-    def drain_flows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Swap interval maps and return (keys, stats) of the interval just ended."""
-        old = self._active
-        self._set_active(1 - old)
-        return self._drainer.drain(self._inner[old])
+        Keys are distinct within a batch, not across batches: the hash map
+        first, then each CPU's cache (a flow can be in all of them).
+        """
+        old_flows, old_cache = self._gen.flip()
+        batches = [self._drainer.drain(old_flows)]
+        batches.extend(self._cache_drainer.drain(old_cache))
+        return batches
+
+    def active_flow_map(self) -> tuple[bytes, int]:
+        """(name, fd) of the hash map the programs fill now (for tests and benches)."""
+        name = (b"flows_a", b"flows_b")[self._gen.active]
+        return name, self.bpf[name].map_fd
 
     def iface_counters(
         self, ifindexes: Iterable[int]
@@ -185,6 +241,41 @@ def _iface_slot_keys(ifindex: int) -> Iterator[tuple[int, int, int]]:
     for direction in (layout.DIR_INGRESS, layout.DIR_EGRESS):
         for family in range(len(layout.FAMILIES)):
             yield (ifindex, direction, family)
+
+
+class _Generations:
+    """The two generations of interval maps (see the comment in bpf/tc.c).
+
+    flip() makes the other generation active and returns the fds of the
+    retired one once no program can still be writing to it: the rewrite of
+    a map-in-map slot waits for an RCU grace period, one per flip.
+    """
+
+    def __init__(self, lib: Any, bpf: Any) -> None:
+        self._lib = lib
+        self._gen_fd = bpf[b"active_gen"].map_fd
+        self._flow_maps = bpf[b"flow_maps"].map_fd
+        self._flows = (bpf[b"flows_a"].map_fd, bpf[b"flows_b"].map_fd)
+        self._caches = (bpf[b"cache_a"].map_fd, bpf[b"cache_b"].map_fd)
+        cache_maps = bpf[b"cache_maps"].map_fd
+        for gen in (0, 1):
+            self._update(self._flow_maps, gen, self._flows[gen])
+            self._update(cache_maps, gen, self._caches[gen])
+        self.active = 0
+        self._update(self._gen_fd, 0, 0)
+
+    def _update(self, fd: int, key: int, value: int) -> None:
+        k, v = ct.c_uint32(key), ct.c_uint32(value)
+        if self._lib.bpf_update_elem(fd, ct.byref(k), ct.byref(v), 0) != 0:
+            raise KernelFeatureError(f"cannot switch maps: {os.strerror(ct.get_errno())}")
+
+    def flip(self) -> tuple[int, int]:
+        old = self.active
+        self._update(self._gen_fd, 0, 1 - old)
+        self.active = 1 - old
+        # The fence: same value, but the kernel waits for running programs.
+        self._update(self._flow_maps, old, self._flows[old])
+        return self._flows[old], self._caches[old]
 
 
 @contextlib.contextmanager

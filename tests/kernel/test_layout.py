@@ -42,6 +42,8 @@ def _numpy_layout(d: np.dtype) -> list[tuple[str, int, int]]:
         ("flows_a", layout.FLOW_KEY, layout.FLOW_STATS),
         ("flows_b", layout.FLOW_KEY, layout.FLOW_STATS),
         ("iface_counters", layout.IFACE_KEY, layout.IFACE_STATS),
+        ("iface_slots", np.dtype([("slot", "<u4")]), layout.IFACE_STATS),
+        ("cache_a", np.dtype([("slot", "<u4")]), layout.FLOW_CACHE_ENTRY),
     ],
 )
 def test_struct_layouts_match(program, table, key_dtype, val_dtype) -> None:  # type: ignore[no-untyped-def]
@@ -49,12 +51,11 @@ def test_struct_layouts_match(program, table, key_dtype, val_dtype) -> None:  # 
     leaf = t.sLeaf if hasattr(t, "sLeaf") else t.Leaf  # per-CPU maps: one value per CPU
     assert ct.sizeof(t.Key) == key_dtype.itemsize
     assert ct.sizeof(leaf) == val_dtype.itemsize
-    # bcc names anonymous padding differently; compare offsets and sizes in order,
-    # and names where bcc kept them.
-    for ours, theirs in (
-        (_numpy_layout(key_dtype), _ctypes_layout(t.Key)),
-        (_numpy_layout(val_dtype), _ctypes_layout(leaf)),
-    ):
+    pairs = [(val_dtype, leaf)]
+    if hasattr(t.Key, "_fields_"):  # array maps have a plain integer index
+        pairs.append((key_dtype, t.Key))
+    for dtype, ctype in pairs:
+        ours, theirs = _numpy_layout(dtype), _ctypes_layout(ctype)
         assert [(o, s) for _, o, s in ours] == [(o, s) for _, o, s in theirs]
         assert [n for n, _, _ in ours] == [n for n, _, _ in theirs]
 

@@ -159,3 +159,31 @@ def test_rows_are_reused_after_flows_end() -> None:
         t.merge(keys(50, sport0=round_ * 100), stats(50, t=T0 + round_ * NS), interval=1.0)
         t.flush()
     assert t._cap <= 128
+
+
+def test_merge_many_sums_one_flow_seen_in_several_batches() -> None:
+    """The hash map and each CPU's cache can all hold the same flow."""
+    t = table(max_flows=10)
+    k = keys(3)
+    s1 = stats(3, packets=1, nbytes=10, t=T0 + 5)
+    s2 = stats(2, packets=2, nbytes=20, t=T0)
+    s2["last_seen_ns"] = T0 + 9
+    ended = t.merge_many([(k, s1), (k[:2], s2), (k[:0], stats(0))], interval=1.0)
+    assert len(ended) == 0 and len(t) == 3
+    r = {x.key.sport: x for x in t.records()}
+    assert (r[1000].packets, r[1000].bytes, r[1000].pps) == (3, 30, 3.0)
+    assert r[1000].first_seen == pytest.approx(T0 / NS)
+    assert r[1000].last_seen == pytest.approx((T0 + 9) / NS)
+    assert (r[1002].packets, r[1002].bytes) == (1, 10)
+
+
+def test_eviction_spares_flows_touched_earlier_in_the_interval() -> None:
+    t = table(max_flows=4)
+    t.merge(keys(3), stats(3, t=T0), interval=1.0)  # old: 1000..1002
+    a = keys(1, sport0=1000)  # refreshed in batch 1
+    b = keys(2, sport0=3000)  # two new in batch 2: one old flow must go
+    ended = t.merge_many([(a, stats(1, t=T0 + NS)), (b, stats(2, t=T0 + NS))], interval=1.0)
+    gone = sorted(x.key.sport for x in ended.records())
+    assert len(gone) == 1 and gone[0] in (1001, 1002)
+    assert 1000 in {x.key.sport for x in t.records()}
+    assert len(t) == 4
