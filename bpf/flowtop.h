@@ -80,7 +80,8 @@ struct iface_key {
 
 /*
  * L2 counters as the device's own statistics (ip -s link) count them: one
- * packet and skb->len bytes per skb, Ethernet header included.
+ * packet and skb->len bytes per skb, Ethernet header included, plus the 4
+ * bytes of a received VLAN tag the kernel moved into skb->vlan_tci.
  */
 struct iface_stats {
 	__u64 packets;

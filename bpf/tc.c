@@ -31,9 +31,11 @@
 #define FT_CACHE_SLOTS 1024 /* a power of two */
 #endif
 
-/* Bytes pulled into the linear area when headers straddle into paged data:
- * Ethernet + 2 VLAN tags + IPv6 + extension headers + TCP with options. */
-#define FT_PULL_LEN 192
+/* Bytes pulled into the linear area when a header lies in paged data:
+ * Ethernet, 2 VLAN tags, IPv6 with a long extension chain (hop-by-hop
+ * options, an SRv6 routing header with a dozen segments) and TCP with
+ * options fit. Only frames that need it pay for the copy. */
+#define FT_PULL_LEN 1024
 
 /*
  * Double buffering. Everything a packet writes per interval lives in one of
@@ -94,6 +96,10 @@ static __always_inline void count(__u32 idx, __u64 n)
 static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family)
 {
 	__u32 ifindex = skb->ifindex;
+	/* A received tag the kernel moved out of the frame (vlan_tci) crossed
+	 * the wire and is in the device's own rx count: add it back. An egress
+	 * tag in vlan_tci is not on the frame yet, nor in the device's count. */
+	__u64 len = skb->len + (dir == FT_DIR_INGRESS && skb->vlan_present ? 4 : 0);
 	struct iface_stats *st;
 
 	if (ifindex < FT_IFACE_SLOTS) {
@@ -102,7 +108,7 @@ static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 fa
 		st = iface_slots.lookup(&slot);
 		if (st) {
 			st->packets += 1;
-			st->bytes += skb->len;
+			st->bytes += len;
 		}
 		return;
 	}
@@ -112,10 +118,10 @@ static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 fa
 
 	if (st) {
 		st->packets += 1;
-		st->bytes += skb->len;
+		st->bytes += len;
 		return;
 	}
-	struct iface_stats init = { .packets = 1, .bytes = skb->len };
+	struct iface_stats init = { .packets = 1, .bytes = len };
 
 	if (iface_counters.update(&k, &init) != 0)
 		count(FT_CTR_IFACE_MAP_FULL, 1);
@@ -399,8 +405,20 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	 * back. Its length fields may describe the whole aggregate (or be 0 for
 	 * BIG TCP), so take the length from the skb instead. */
 	__u32 in_skb = skb->len - p.l3_off;
-	__u64 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	__u64 segs = skb->gso_segs;
 	__u64 bytes;
+
+	/* Untrusted GSO packets (a virtio-net header from a VM's tap or an
+	 * AF_PACKET socket) carry gso_size but no segment count until the
+	 * stack segments them: work it out the way segmentation will. */
+	if (segs == 0 && skb->gso_size > 0) {
+		__u32 hdrs = p.l4_off + p.l4_hdr;
+
+		if (skb->len > hdrs)
+			segs = (skb->len - hdrs + skb->gso_size - 1) / skb->gso_size;
+	}
+	if (segs < 1)
+		segs = 1;
 
 	if (segs > 1) {
 		__u32 hdrs = p.l4_off - p.l3_off + p.l4_hdr;

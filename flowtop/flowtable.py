@@ -276,7 +276,8 @@ class FlowTable:
         """Rows for keys, creating the missing ones (evicting if full).
 
         Returns (rows, stats) for the keys that have a row; keys that found
-        no room even after eviction are counted as forced evictions.
+        no room even after eviction end at once (records in `ended`) and are
+        counted as forced evictions.
         """
         c = self._c
         keys = np.ascontiguousarray(keys)
@@ -291,8 +292,11 @@ class FlowTable:
                 ended.append(self._evict(overflow, exclude=np.unique(keep)))
             take = min(len(new), self.max_flows - len(self))
             if take < len(new):
-                # More new flows in one interval than the whole table holds.
-                self.forced_evictions += len(new) - take
+                # More new flows in one interval than the table holds: they
+                # end at once, counted and with their packets, never dropped.
+                spill = new[take:]
+                self.forced_evictions += len(spill)
+                ended.append(self._stats_batch(keys[spill], stats[spill]))
                 new = new[:take]
             new_rows = self._alloc(len(new))
             rows[new] = new_rows
@@ -312,6 +316,20 @@ class FlowTable:
         # of this interval (another CPU's cache) keeps its earliest start.
         c["first_ns"][rows] = np.minimum(c["first_ns"][rows], stats["first_seen_ns"])
         return rows, stats
+
+    def _stats_batch(self, keys: np.ndarray, stats: np.ndarray) -> FlowBatch:
+        """Records for drained flows that never get a row (no room)."""
+        return FlowBatch(
+            keys=keys.copy(),
+            packets=stats["packets"].copy(),
+            bytes=stats["bytes"].copy(),
+            start_ns=stats["first_seen_ns"].copy(),
+            end_ns=stats["last_seen_ns"].copy(),
+            flags=stats["tcp_flags"].astype("u1"),
+            dscp=stats["dscp"].copy(),
+            reason=np.full(len(keys), int(EndReason.LACK_OF_RESOURCES), dtype="u1"),
+            clock_offset=self.clock_offset,
+        )
 
     def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
         """Forced end of the n least recently seen flows to make room."""

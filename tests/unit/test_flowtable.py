@@ -133,11 +133,17 @@ def test_bounded_table_evicts_least_recent_and_counts() -> None:
     assert sorted(r.key.sport for r in t.records()) == [1002, 1003, 2000, 2001]
 
 
-def test_more_new_flows_than_capacity_in_one_interval_are_counted() -> None:
+def test_more_new_flows_than_capacity_in_one_interval_end_at_once() -> None:
     t = table(max_flows=3)
-    t.merge(keys(5), stats(5), interval=1.0)
+    ended = t.merge(keys(5), stats(5, packets=2, nbytes=80), interval=1.0)
     assert len(t) == 3
     assert t.forced_evictions == 2
+    recs = list(ended.records())
+    assert [(r.packets, r.bytes, r.end_reason) for r in recs] == [
+        (2, 80, EndReason.LACK_OF_RESOURCES)
+    ] * 2
+    # nothing lost: what the table holds plus what ended is what came in
+    assert sum(r.packets for r in t.records()) + sum(r.packets for r in recs) == 10
 
 
 def test_top_orders_and_limits() -> None:
