@@ -1,0 +1,302 @@
+"""Crafted frames (scapy) and a raw AF_PACKET sender for the kernel tests.
+
+Every builder returns `Frame`s: the bytes to put on the wire plus the ground
+truth flowtop should report for them (the flow key it belongs to and the IP
+octets it adds), so tests compare against what was sent, not against a
+second implementation of the parser.
+
+Crafted IP frames go to a *sink* address: on the peer's subnet but not
+assigned to it. The peer (forwarding off) drops them without answering, so
+no ICMP error or reassembly adds traffic of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scapy.all import (  # type: ignore[import-untyped]
+    IP,
+    TCP,
+    UDP,
+    Dot1AD,
+    Dot1Q,
+    Ether,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    Raw,
+    fragment,
+)
+
+from .netns import Netns, entered
+
+SINK4 = "10.200.1.250"
+SINK6 = "fd00:200:1::250"
+
+
+@dataclass(frozen=True)
+class Key:
+    """The part of a flow key a test can predict (ifindex/direction come from the run)."""
+
+    ip_version: int
+    proto: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+    vlan: int = 0
+
+
+@dataclass(frozen=True)
+class Frame:
+    data: bytes
+    key: Key | None  # None: no flow expected (truncated in IP header, malformed, ...)
+    ip_bytes: int  # IP octets flowtop should add to the flow
+
+    @property
+    def l2_len(self) -> int:
+        return len(self.data)
+
+
+def _eth(src_mac: str, dst_mac: str, vlans: Iterable[tuple[int, int]] = ()):  # type: ignore[no-untyped-def]
+    """Ethernet header with in-band tags [(tpid, vid), ...], outermost first."""
+    pkt = Ether(src=src_mac, dst=dst_mac)
+    for tpid, vid in vlans:
+        pkt = pkt / (Dot1AD(vlan=vid) if tpid == 0x88A8 else Dot1Q(vlan=vid))
+    return pkt
+
+
+def _frame(l2, ip_pkt, key: Key | None) -> Frame:  # type: ignore[no-untyped-def]
+    """Stacks l2/ip_pkt (scapy fills in every EtherType) and records the IP length."""
+    ip_raw = bytes(ip_pkt)
+    data = bytes(l2 / ip_pkt)
+    assert data.endswith(ip_raw)
+    return Frame(data, key, len(ip_raw))
+
+
+def udp(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    payload: int = 32,
+    vlans: Iterable[tuple[int, int]] = (),
+) -> Frame:
+    """One UDP datagram over IPv4 or IPv6, optionally VLAN/QinQ tagged."""
+    vlans = list(vlans)
+    l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    ip_pkt = l3 / UDP(sport=sport, dport=dport) / Raw(b"u" * payload)
+    vid = vlans[0][1] if vlans else 0
+    return _frame(
+        _eth(src_mac, dst_mac, vlans),
+        ip_pkt,
+        Key(6 if ":" in src else 4, 17, src, dst, sport, dport, vid),
+    )
+
+
+def tcp(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: str = "S",
+    payload: int = 0,
+) -> Frame:
+    l3 = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    ip_pkt = l3 / TCP(sport=sport, dport=dport, flags=flags) / Raw(b"t" * payload)
+    key = Key(6 if ":" in src else 4, 6, src, dst, sport, dport)
+    return _frame(_eth(src_mac, dst_mac), ip_pkt, key)
+
+
+def ipv4_fragments(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    payload: int,
+    fragsize: int,
+    ident: int = 4242,
+) -> list[Frame]:
+    """A UDP datagram split into IPv4 fragments: the first carries the ports,
+    the others are counted in the (0, 0) flow of the same addresses and proto."""
+    dgram = IP(src=src, dst=dst, id=ident) / UDP(sport=sport, dport=dport) / Raw(b"f" * payload)
+    out = []
+    for i, frag in enumerate(fragment(dgram, fragsize=fragsize)):
+        key = Key(4, 17, src, dst, sport, dport) if i == 0 else Key(4, 17, src, dst, 0, 0)
+        out.append(_frame(_eth(src_mac, dst_mac), frag, key))
+    return out
+
+
+def ipv6_ext(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    payload: int = 40,
+    ident: int = 77,
+) -> list[Frame]:
+    """IPv6 with hop-by-hop + destination options + routing + fragment headers.
+
+    Two fragments of one UDP datagram: the first (offset 0, M=1) has the UDP
+    header past four extension headers, so ports must be found; the second
+    (offset != 0) has none: flow (0, 0) with proto 17 from the fragment header.
+    """
+    first = (
+        IPv6(src=src, dst=dst)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrDestOpt()
+        / IPv6ExtHdrRouting(segleft=0)
+        / IPv6ExtHdrFragment(offset=0, m=1, id=ident)
+        / UDP(sport=sport, dport=dport, len=8 + payload + 64)
+        / Raw(b"6" * payload)
+    )
+    second = (
+        IPv6(src=src, dst=dst)
+        / IPv6ExtHdrFragment(nh=17, offset=(8 + payload) // 8, m=0, id=ident)
+        / Raw(b"7" * 64)
+    )
+    assert (8 + payload) % 8 == 0
+    return [
+        _frame(_eth(src_mac, dst_mac), first, Key(6, 17, src, dst, sport, dport)),
+        _frame(_eth(src_mac, dst_mac), second, Key(6, 17, src, dst, 0, 0)),
+    ]
+
+
+def ipv6_dstopts_chain(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    n_ext: int,
+    payload: int = 8,
+) -> Frame:
+    """IPv6 with `n_ext` destination-options headers in a row before UDP."""
+    pkt = IPv6(src=src, dst=dst)
+    for _ in range(n_ext):
+        pkt = pkt / IPv6ExtHdrDestOpt()
+    ip_pkt = pkt / UDP(sport=sport, dport=dport) / Raw(b"e" * payload)
+    return _frame(_eth(src_mac, dst_mac), ip_pkt, Key(6, 17, src, dst, sport, dport))
+
+
+def truncated_in_ip(src_mac: str, dst_mac: str, src: str, dst: str) -> Frame:
+    """An IPv4 frame that ends 10 bytes into the IP header: no flow, `truncated`."""
+    ip_pkt = IP(src=src, dst=dst) / UDP(sport=1, dport=2) / Raw(b"x" * 20)
+    full = bytes(_eth(src_mac, dst_mac) / ip_pkt)
+    return Frame(full[: 14 + 10], None, 0)
+
+
+def truncated_in_tcp(
+    src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int
+) -> Frame:
+    """IPv4 + 10 bytes of a 20-byte TCP header. tc.c counts it in the flow
+    without ports (0, 0) with the IP bytes that crossed, and in `truncated`."""
+    ip_pkt = IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S")
+    full = bytes(_eth(src_mac, dst_mac) / ip_pkt)
+    data = full[: 14 + 20 + 10]
+    return Frame(data, Key(4, 6, src, dst, 0, 0), 20 + 10)
+
+
+def malformed_ihl(src_mac: str, dst_mac: str, src: str, dst: str, ihl: int = 4) -> Frame:
+    """IPv4 with IHL < 5: `malformed`, no flow."""
+    ip_pkt = IP(src=src, dst=dst, ihl=ihl) / UDP(sport=3, dport=4) / Raw(b"m" * 20)
+    return Frame(bytes(_eth(src_mac, dst_mac) / ip_pkt), None, 0)
+
+
+def non_ip(src_mac: str, dst_mac: str, size: int = 60) -> Frame:
+    """A local-experimental EtherType frame (0x88b5): interface family 'other'."""
+    data = bytes(Ether(src=src_mac, dst=dst_mac, type=0x88B5) / Raw(b"n" * (size - 14)))
+    return Frame(data, None, 0)
+
+
+def udp_burst(
+    src_mac: str,
+    dst_mac: str,
+    src: str,
+    dst: str,
+    n_flows: int,
+    dport: int = 9999,
+    sport_base: int = 20000,
+    payload: int = 18,
+) -> list[Frame]:
+    """`n_flows` distinct UDP flows (source ports sport_base..), one frame each.
+
+    Built once with scapy and patched per source port (UDP checksum zeroed,
+    which IPv4 allows), so thousands of frames cost milliseconds, not seconds.
+    """
+    proto = udp(src_mac, dst_mac, src, dst, sport_base, dport, payload)
+    raw = bytearray(proto.data)
+    is6 = ":" in src
+    l4 = 14 + (40 if is6 else 20)
+    if not is6:
+        raw[l4 + 6 : l4 + 8] = b"\x00\x00"
+    out = []
+    for i in range(n_flows):
+        sp = sport_base + i
+        raw[l4 : l4 + 2] = sp.to_bytes(2, "big")
+        out.append(Frame(bytes(raw), Key(6 if is6 else 4, 17, src, dst, sp, dport), proto.ip_bytes))
+    return out
+
+
+class Sender:
+    """Raw AF_PACKET socket on an interface inside a namespace."""
+
+    def __init__(self, ns: Netns, ifname: str) -> None:
+        with entered(ns.name):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE
+        self.sock.bind((ifname, 0))
+
+    def send(self, frames: Iterable[Frame | bytes], repeat: int = 1) -> int:
+        n = 0
+        for _ in range(repeat):
+            for f in frames:
+                data = f.data if isinstance(f, Frame) else f
+                sent = self.sock.send(data)
+                assert sent == len(data)
+                n += 1
+        return n
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def send_frames(ns: Netns, ifname: str, frames: Iterable[Frame | bytes], repeat: int = 1) -> int:
+    with Sender(ns, ifname) as s:
+        return s.send(frames, repeat)
+
+
+def raw_ip(src_mac: str, dst_mac: str, ip_pkt, key: Key | None) -> Frame:  # type: ignore[no-untyped-def]
+    """Any scapy IP/IPv6 packet in an Ethernet frame, with the key it must land in."""
+    return _frame(_eth(src_mac, dst_mac), ip_pkt, key)
+
+
+def padded(frame: Frame, to: int = 60) -> Frame:
+    """The frame with zero Ethernet padding up to `to` bytes: the padding is
+    not IP, so the flow's bytes stay the IP total length."""
+    return Frame(frame.data + b"\0" * max(0, to - len(frame.data)), frame.key, frame.ip_bytes)
+
+
+def short_payload(frame: Frame, cut: int) -> Frame:
+    """Headers intact but the last `cut` payload bytes missing, so the IP total
+    length claims more than crossed: the flow gets the bytes that crossed."""
+    return Frame(frame.data[:-cut], frame.key, frame.ip_bytes - cut)
