@@ -10,7 +10,6 @@ pid is dead are removed at start.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
@@ -18,7 +17,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.kernel import netns  # noqa: E402  (the namespace lifecycle the tests use)
+
 PREFIX = "ftb-"
 NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def require_root() -> None:
@@ -49,53 +47,13 @@ def run(
     return proc
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _list_ns() -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(PREFIX))
-    except FileNotFoundError:
-        return []
-
-
-def _kill_ns_pids(name: str) -> None:
-    proc = run(["ip", "netns", "pids", name], check=False)
-    for tok in proc.stdout.split():
-        with contextlib.suppress(ValueError, ProcessLookupError):
-            os.kill(int(tok), signal.SIGKILL)
-
-
 def delete_netns(name: str) -> None:
-    if not name.startswith(PREFIX):
-        raise ValueError(f"refusing to delete a namespace we did not create: {name}")
-    if not os.path.exists(os.path.join(NETNS_DIR, name)):
-        return
-    _kill_ns_pids(name)
-    for _ in range(50):
-        proc = run(["ip", "netns", "del", name], check=False)
-        if proc.returncode == 0 or not os.path.exists(os.path.join(NETNS_DIR, name)):
-            return
-        time.sleep(0.05)
+    netns.delete_netns(name, PREFIX)
 
 
 def cleanup_stale() -> None:
     """Deletes ftb- namespaces left by bench runs whose process is gone."""
-    for name in _list_ns():
-        parts = name.split("-")
-        try:
-            pid = int(parts[1])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            delete_netns(name)
+    netns.cleanup_stale(own_pid=None, prefix=PREFIX)
 
 
 class Netns:
@@ -193,29 +151,10 @@ def pair() -> Iterator[Pair]:
             signal.signal(s, h)
 
 
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def entered(ns: Netns) -> Iterator[None]:
+def entered(ns: Netns) -> contextlib.AbstractContextManager[None]:
     """Moves the calling thread into ns for the block (netlink sockets made
     inside keep working in ns afterwards)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(os.path.join(NETNS_DIR, ns.name), os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+    return netns.entered(ns.name)
 
 
 def stop_process(

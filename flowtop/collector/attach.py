@@ -50,7 +50,8 @@ class TcFilter:
         return int(m.group(2)) if m else -1
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,7 +206,7 @@ def remove_stale(ipr: IPRoute, ifindex: int, everyone: bool = False) -> int:
     for f in list(list_flowtop_filters(ipr, ifindex)):
         if f.pid == os.getpid():
             continue
-        if everyone or not _pid_alive(f.pid):
+        if everyone or not pid_alive(f.pid):
             removed += _delete_filter(ipr, f)
     return removed
 

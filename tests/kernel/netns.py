@@ -30,6 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowtop.collector.attach import pid_alive
+
 PREFIX = "ftt-"
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -79,16 +81,6 @@ def entered(ns: str) -> Iterator[None]:
         os.close(own)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_ns_pids(name: str) -> None:
     proc = run(["ip", "netns", "pids", name], check=False)
     for tok in proc.stdout.split():
@@ -96,9 +88,9 @@ def _kill_ns_pids(name: str) -> None:
             os.kill(int(tok), signal.SIGKILL)
 
 
-def delete_netns(name: str) -> None:
+def delete_netns(name: str, prefix: str = PREFIX) -> None:
     """Kills every process inside `name` (all ours) and deletes the namespace."""
-    if not name.startswith(PREFIX):
+    if not name.startswith(prefix):
         raise ValueError(f"refusing to delete a namespace we did not create: {name}")
     if not os.path.exists(os.path.join(NETNS_DIR, name)):
         return
@@ -110,24 +102,24 @@ def delete_netns(name: str) -> None:
         time.sleep(0.05)
 
 
-def list_test_netns() -> list[str]:
+def list_test_netns(prefix: str = PREFIX) -> list[str]:
     try:
-        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(PREFIX))
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
     except FileNotFoundError:
         return []
 
 
-def cleanup_stale(own_pid: int | None = None) -> list[str]:
-    """Deletes `ftt-` namespaces of this process (own_pid) or of dead creators."""
+def cleanup_stale(own_pid: int | None = None, prefix: str = PREFIX) -> list[str]:
+    """Deletes `prefix` namespaces of this process (own_pid) or of dead creators."""
     removed = []
-    for name in list_test_netns():
+    for name in list_test_netns(prefix):
         parts = name.split("-")
         try:
             creator = int(parts[1])
         except (IndexError, ValueError):
             creator = -1
-        if creator == own_pid or creator < 0 or not _pid_alive(creator):
-            delete_netns(name)
+        if creator == own_pid or creator < 0 or not pid_alive(creator):
+            delete_netns(name, prefix)
             removed.append(name)
     return removed
 
