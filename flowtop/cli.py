@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="refresh interval in seconds (default 1)",
     )
+    p.add_argument("--theme", default="flowtop-dark", metavar="NAME", help="colour theme")
+    p.add_argument("--no-resolve", action="store_true", help="start with reverse DNS names off")
+    p.add_argument("--record", metavar="FILE", help="also write what the view shows to FILE")
+    p.add_argument("--replay", metavar="FILE", help="play a recording back (no root needed)")
+    p.add_argument("--speed", type=float, default=1.0, metavar="N", help="replay speed (default 1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     dump = sub.add_parser("dump", help="collect for a while, then print flows")
@@ -106,9 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             from flowtop.commands import run_dump
 
             return run_dump(_config(args, args.interval), args.duration, args.json)
+        if args.replay and args.record:
+            raise ConfigError("--record and --replay do not go together")
+        if args.speed <= 0:
+            raise ConfigError("--speed must be positive")
         from flowtop.commands import run_live
 
-        return run_live(_config(args, args.delay))
+        return run_live(
+            _config(args, args.delay),
+            theme=args.theme,
+            resolve=not args.no_resolve,
+            record=args.record,
+            replay=args.replay,
+            speed=args.speed,
+        )
     except FlowtopError as exc:
         print(f"flowtop: error: {exc}", file=sys.stderr)
         return exc.exit_code

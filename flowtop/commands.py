@@ -2,48 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
-import time
+from types import FrameType
 
-from flowtop.collector.collector import KernelCollector
 from flowtop.config import CollectorConfig
-from flowtop.dump import FlowAccumulator, emit, human
-from flowtop.engine import Engine, StopSignal
-from flowtop.flowtable import FlowTable
-from flowtop.model import proto_name
+from flowtop.dump import FlowAccumulator, emit
+from flowtop.engine import StopSignal
 from flowtop.sanitize import clean
+from flowtop.sources import build_engine
+from flowtop.view import ViewSource
 
 log = logging.getLogger("flowtop")
-
-
-def _engine(cfg: CollectorConfig) -> Engine:
-    collector = KernelCollector(
-        interfaces=cfg.interfaces, flow_map_size=cfg.map_size, tc_priority=cfg.tc_priority
-    )
-    table = FlowTable(
-        max_flows=cfg.max_flows,
-        idle_timeout=cfg.idle_timeout,
-        active_timeout=cfg.active_timeout,
-    )
-    return Engine(collector, table, interval=cfg.interval)
-
-
-def _started(engine: Engine) -> list[str]:
-    names = engine.collector.start()
-    if not names:
-        log.warning("no interface matches yet; waiting for one to appear")
-    return names
 
 
 def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
     stop = StopSignal()
     stop.install()
-    engine = _engine(cfg)
+    engine, collector = build_engine(cfg)
     acc = FlowAccumulator(engine.table.clock_offset)
     engine.sinks.append(acc)
     try:
-        names = _started(engine)
+        names = collector.start()
+        if not names:
+            log.warning("no interface matches yet; waiting for one to appear")
         if not stop.is_set():
             print(
                 f"flowtop: collecting on {', '.join(clean(n) for n in names) or '(none yet)'} "
@@ -55,43 +39,47 @@ def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
         engine.shutdown()
         ifaces = engine.interface_counters()
         health = engine.health()
-        ifname = dict(engine.collector._seen)
+        ifname = collector.names()
     finally:
-        engine.collector.close()
+        collector.close()
     emit(acc.per_key(), ifname, ifaces, health, as_json)
     return 0
 
 
-def run_live(cfg: CollectorConfig) -> int:
-    """Plain-text live view; the Textual UI replaces it."""
-    stop = StopSignal()
-    stop.install()
-    engine = _engine(cfg)
-    tty = sys.stdout.isatty()
+def run_live(
+    cfg: CollectorConfig,
+    theme: str,
+    resolve: bool,
+    record: str | None = None,
+    replay: str | None = None,
+    speed: float = 1.0,
+) -> int:
+    """The Textual live view over the kernel (or a recording); q detaches and exits."""
+    from flowtop.tui.app import FlowtopApp  # Textual only for the live view
 
-    def show(e: Engine) -> None:
-        _pk, _by, pps, bps = e.table.totals()
-        h = e.health()
-        lines = [
-            f"flowtop  {time.strftime('%H:%M:%S')}  on {', '.join(e.collector.interfaces())}  "
-            f"flows {len(e.table)}  {human(bps, 'b/s')}  {human(pps, 'p/s')}  "
-            f"lost {h.problems}",
-            f"{'PROTO':7} {'SRC':40} {'DST':40} {'RATE':>10} {'BYTES':>10}",
-        ]
-        for r in e.table.top(20, by="bps"):
-            k = r.key
-            lines.append(
-                f"{proto_name(k.proto):7} {f'{k.src}:{k.sport}':40} {f'{k.dst}:{k.dport}':40} "
-                f"{human(r.bps, 'b/s'):>10} {human(r.bytes, 'B'):>10}"
-            )
-        text = "\n".join(lines)
-        sys.stdout.write(("\x1b[H\x1b[2J" if tty else "") + text + "\n")
-        sys.stdout.flush()
+    source: ViewSource
+    if replay:
+        from flowtop.record import ReplaySource
 
+        source = ReplaySource(replay, speed)
+    else:
+        from flowtop.sources import LiveSource
+
+        source = LiveSource(cfg, record=record)
+    app = FlowtopApp(source, theme=theme, resolve=resolve)
+
+    def _terminate(_signum: int, _frame: FrameType | None) -> None:
+        # SIGTERM/SIGHUP (the SSH session died): leave the way `q` does, so
+        # that the filters come off.
+        try:
+            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
+        except RuntimeError:
+            app.exit()
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _terminate)
     try:
-        _started(engine)
-        engine.run(stop, on_tick=show)
-        engine.shutdown()
+        app.run()
     finally:
-        engine.collector.close()
-    return 0
+        source.close()
+    return app.return_code or 0

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
 
-from flowtop.collector.collector import KernelCollector
+from flowtop.collector.collector import Drain
 from flowtop.flowtable import FlowBatch, FlowTable
 from flowtop.model import CollectorHealth, InterfaceCounters
 
@@ -26,6 +26,28 @@ log = logging.getLogger("flowtop.engine")
 
 class Sink(Protocol):
     def flows_ended(self, batch: FlowBatch) -> None: ...
+
+
+class Collector(Protocol):
+    """Where drains come from: the kernel (KernelCollector) or a recording."""
+
+    def start(self) -> list[str]: ...
+
+    def drain(self) -> Drain: ...
+
+    def wait(self, timeout: float, wake_fd: int | None = None) -> None: ...
+
+    def names(self) -> dict[int, str]: ...
+
+    def interfaces(self) -> list[str]: ...
+
+    def interface_counters(self) -> list[InterfaceCounters]: ...
+
+    def health(self, forced_evictions: int = 0) -> CollectorHealth: ...
+
+    def stop_capture(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -37,16 +59,18 @@ class EngineStats:
 
 @dataclass
 class Engine:
-    collector: KernelCollector
+    collector: Collector
     table: FlowTable
     interval: float = 1.0
     sinks: list[Sink] = field(default_factory=list)
     stats: EngineStats = field(default_factory=EngineStats)
+    last_drain: Drain | None = None
 
     def step(self) -> FlowBatch:
         """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
         t0 = time.perf_counter()
         d = self.collector.drain()
+        self.last_drain = d
         ended = self.table.merge_many(d.batches, d.interval)
         expired = self.table.expire(d.now_ns)
         batch = FlowBatch.concat([ended, expired], self.table.clock_offset)

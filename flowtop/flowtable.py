@@ -415,6 +415,20 @@ class FlowTable:
             order = np.argsort(vals, kind="stable")
         return [self._record(int(r)) for r in live[order]]
 
+    def live_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(rows, keys, columns) of every live flow, copies the caller may keep."""
+        rows = np.flatnonzero(self._c["live"])
+        cols = {
+            "packets": self._c["packets"][rows],
+            "bytes": self._c["bytes"][rows],
+            "first_ns": self._c["first_ns"][rows],
+            "last_ns": self._c["last_ns"][rows],
+            "pps": self._c["pps"][rows].astype(np.float64),
+            "Bps": self._c["Bps"][rows].astype(np.float64),
+            "flags": self._c["flags"][rows],
+        }
+        return rows, self._keys[rows], cols
+
     def records(self) -> Iterator[FlowRecord]:
         for r in np.flatnonzero(self._c["live"]):
             yield self._record(int(r))

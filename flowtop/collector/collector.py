@@ -117,6 +117,10 @@ class KernelCollector:
     def interfaces(self) -> list[str]:
         return [self._names[i] for i in sorted(self._names)]
 
+    def names(self) -> dict[int, str]:
+        """ifindex -> name of every interface attached during this run."""
+        return dict(self._seen)
+
     def ifname(self, ifindex: int) -> str:
         return self._seen.get(ifindex, f"if{ifindex}")
 

@@ -1,0 +1,301 @@
+"""The view's filter language: tcpdump-like terms, compiled to numpy masks.
+
+    expr  := or
+    or    := and (("or" | "||") and)*
+    and   := unary (("and" | "&&") unary)*
+    unary := ("not" | "!") unary | "(" expr ")" | term
+    term  := host A | src [host] A | dst [host] A
+           | net CIDR | src net CIDR | dst net CIDR
+           | port P | sport P | dport P | src port P | dst port P
+           | proto NAME|N | tcp | udp | icmp | icmpv6 | sctp
+           | iface NAME (glob) | in | out | vlan N
+
+A is an IPv4 or IPv6 address, P a port number or a service name from
+/etc/services. A parsed filter evaluates over a whole table at once: it
+gets the key columns and returns a boolean mask, no Python per flow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowtop.errors import FlowtopError
+
+PROTOCOLS = {
+    "icmp": 1,
+    "igmp": 2,
+    "tcp": 6,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "icmp6": 58,
+    "sctp": 132,
+}
+
+_TOKEN = re.compile(r"\s*(\(|\)|&&|\|\||!|[^\s()!&|]+)")
+
+
+class FilterError(FlowtopError):
+    """A filter expression that does not parse; says what and where."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """What a filter can look at, one entry per flow (row)."""
+
+    keys: np.ndarray  # layout.FLOW_KEY records
+    ifnames: Mapping[int, str]  # ifindex -> name
+
+    def addr(self, which: str) -> np.ndarray:
+        """(n, 2) uint64 words of the src or dst address."""
+        raw = np.ascontiguousarray(self.keys[which])
+        return raw.view("<u8").reshape(-1, 2)
+
+
+Mask = Callable[[Columns], np.ndarray]
+
+
+def _all(c: Columns) -> np.ndarray:
+    return np.ones(len(c.keys), dtype=bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    text: str
+    mask: Mask
+
+    def __call__(self, cols: Columns) -> np.ndarray:
+        return self.mask(cols)
+
+
+def _net_words(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[np.ndarray, np.ndarray]:
+    """(value, mask) as two little-endian uint64 words over the 16-byte address field."""
+    size = 4 if net.version == 4 else 16
+    value = bytearray(16)
+    mask = bytearray(16)
+    value[:size] = net.network_address.packed
+    mask[:size] = net.netmask.packed
+    return (
+        np.frombuffer(bytes(value), dtype="<u8").copy(),
+        np.frombuffer(bytes(mask), dtype="<u8").copy(),
+    )
+
+
+def _in_net(which: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Mask:
+    value, mask = _net_words(net)
+
+    def f(c: Columns) -> np.ndarray:
+        a = c.addr(which)
+        same: np.ndarray = ((a & mask) == value).all(axis=1)
+        version: np.ndarray = c.keys["ip_version"] == net.version
+        out: np.ndarray = same & version
+        return out
+
+    return f
+
+
+def _either(a: Mask, b: Mask) -> Mask:
+    return lambda c: a(c) | b(c)
+
+
+def _both(a: Mask, b: Mask) -> Mask:
+    return lambda c: a(c) & b(c)
+
+
+def _negate(a: Mask) -> Mask:
+    return lambda c: ~a(c)
+
+
+def _field_eq(field: str, value: int) -> Mask:
+    return lambda c: c.keys[field] == value
+
+
+def _port(field: str | None, port: int) -> Mask:
+    def f(c: Columns) -> np.ndarray:
+        # ICMP keys carry type/code in dport: ports only mean ports for L4 with them.
+        has_ports = ~np.isin(c.keys["proto"], (1, 58))
+        hit: np.ndarray
+        if field is None:
+            hit = (c.keys["sport"] == port) | (c.keys["dport"] == port)
+        else:
+            hit = c.keys[field] == port
+        return hit & has_ports
+
+    return f
+
+
+def _iface(pattern: str) -> Mask:
+    def f(c: Columns) -> np.ndarray:
+        idx = [i for i, n in c.ifnames.items() if fnmatch.fnmatchcase(n, pattern)]
+        return np.isin(c.keys["ifindex"], idx)
+
+    return f
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.toks: list[tuple[str, int]] = []
+        pos = 0
+        while pos < len(text):
+            m = _TOKEN.match(text, pos)
+            if m is None or not m.group(1):
+                if text[pos:].strip():
+                    raise FilterError(f"unexpected character {text[pos]!r} (at {pos + 1})")
+                break
+            self.toks.append((m.group(1), m.start(1)))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self) -> str | None:
+        return self.toks[self.i][0].lower() if self.i < len(self.toks) else None
+
+    def where(self) -> str:
+        if self.i < len(self.toks):
+            return f"at {self.toks[self.i][1] + 1}"
+        return "at the end"
+
+    def take(self) -> str:
+        tok = self.toks[self.i][0]
+        self.i += 1
+        return tok
+
+    def need(self, what: str) -> str:
+        if self.i >= len(self.toks):
+            raise FilterError(f"expected {what} ({self.where()})")
+        return self.take()
+
+    def parse(self) -> Mask:
+        if not self.toks:
+            return _all
+        m = self.parse_or()
+        if self.i < len(self.toks):
+            raise FilterError(f"unexpected {self.toks[self.i][0]!r} ({self.where()})")
+        return m
+
+    def parse_or(self) -> Mask:
+        m = self.parse_and()
+        while self.peek() in ("or", "||"):
+            self.take()
+            m = _either(m, self.parse_and())
+        return m
+
+    def parse_and(self) -> Mask:
+        m = self.parse_unary()
+        while self.peek() in ("and", "&&"):
+            self.take()
+            m = _both(m, self.parse_unary())
+        return m
+
+    def parse_unary(self) -> Mask:
+        tok = self.peek()
+        if tok in ("not", "!"):
+            self.take()
+            return _negate(self.parse_unary())
+        if tok == "(":
+            self.take()
+            m = self.parse_or()
+            if self.peek() != ")":
+                raise FilterError(f"expected ')' ({self.where()})")
+            self.take()
+            return m
+        return self.parse_term()
+
+    def parse_term(self) -> Mask:
+        where = self.where()
+        tok = self.need("a filter term")
+        word = tok.lower()
+        if word in ("src", "dst"):
+            nxt = self.peek()
+            if nxt == "net":
+                self.take()
+                return _in_net(word, self.network())
+            if nxt == "port":
+                self.take()
+                return _port("sport" if word == "src" else "dport", self.port())
+            if nxt == "host":
+                self.take()
+            return _in_net(word, self.host())
+        if word == "host":
+            net = self.host()
+            return _either(_in_net("src", net), _in_net("dst", net))
+        if word == "net":
+            net = self.network()
+            return _either(_in_net("src", net), _in_net("dst", net))
+        if word == "port":
+            return _port(None, self.port())
+        if word in ("sport", "dport"):
+            return _port(word, self.port())
+        if word == "proto":
+            return _field_eq("proto", self.protocol(self.need("a protocol name or number")))
+        if word in PROTOCOLS:
+            return _field_eq("proto", PROTOCOLS[word])
+        if word == "iface":
+            return _iface(self.need("an interface name"))
+        if word == "in":
+            return _field_eq("direction", 0)
+        if word == "out":
+            return _field_eq("direction", 1)
+        if word == "vlan":
+            return _field_eq("vlan", self.number("a VLAN ID", 0, 4095))
+        raise FilterError(f"unknown filter term {tok!r} ({where})")
+
+    def host(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        where = self.where()
+        tok = self.need("an address")
+        try:
+            addr = ipaddress.ip_address(tok)
+        except ValueError:
+            raise FilterError(f"not an IP address: {tok!r} ({where})") from None
+        return ipaddress.ip_network(addr)
+
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        where = self.where()
+        tok = self.need("a network (CIDR)")
+        try:
+            return ipaddress.ip_network(tok, strict=False)
+        except ValueError:
+            raise FilterError(f"not a network: {tok!r} ({where})") from None
+
+    def number(self, what: str, lo: int, hi: int) -> int:
+        where = self.where()
+        tok = self.need(what)
+        if not tok.isdigit() or not lo <= int(tok) <= hi:
+            raise FilterError(f"expected {what} ({lo}-{hi}), not {tok!r} ({where})")
+        return int(tok)
+
+    def port(self) -> int:
+        where = self.where()
+        tok = self.need("a port number or service name")
+        if tok.isdigit():
+            if int(tok) > 65535:
+                raise FilterError(f"port out of range: {tok} ({where})")
+            return int(tok)
+        try:
+            return socket.getservbyname(tok.lower())
+        except OSError:
+            raise FilterError(f"unknown service: {tok!r} ({where})") from None
+
+    def protocol(self, tok: str) -> int:
+        word = tok.lower()
+        if word in PROTOCOLS:
+            return PROTOCOLS[word]
+        if word.isdigit() and int(word) <= 255:
+            return int(word)
+        raise FilterError(f"unknown protocol: {tok!r}")
+
+
+def parse(text: str) -> Filter:
+    """Compile a filter expression; raises FilterError with what and where."""
+    return Filter(text, _Parser(text).parse())

@@ -1,0 +1,80 @@
+"""The live ViewSource: the kernel collector behind the view, optionally recorded."""
+
+from __future__ import annotations
+
+import time
+
+from flowtop.collector.collector import KernelCollector
+from flowtop.config import CollectorConfig
+from flowtop.engine import Engine, StopSignal
+from flowtop.flowtable import FlowTable
+from flowtop.record import Recorder
+from flowtop.view import TableSource
+
+
+def build_engine(cfg: CollectorConfig) -> tuple[Engine, KernelCollector]:
+    collector = KernelCollector(
+        interfaces=cfg.interfaces, flow_map_size=cfg.map_size, tc_priority=cfg.tc_priority
+    )
+    table = FlowTable(
+        max_flows=cfg.max_flows,
+        idle_timeout=cfg.idle_timeout,
+        active_timeout=cfg.active_timeout,
+    )
+    return Engine(collector, table, interval=cfg.interval), collector
+
+
+class LiveSource(TableSource):
+    """Steps the kernel collector every interval; close() detaches."""
+
+    def __init__(self, cfg: CollectorConfig, record: str | None = None) -> None:
+        engine, self.collector = build_engine(cfg)
+        super().__init__(engine)
+        self._stop = StopSignal()
+        self._recorder: Recorder | None = None
+        self._closed = False
+        try:
+            self.collector.start()
+            if record:
+                self._recorder = Recorder(
+                    record, self.host, cfg.interval, engine.table.clock_offset
+                )
+        except BaseException:
+            self.collector.close()
+            raise
+        self._next = time.monotonic() + self.interval
+
+    def step(self) -> None:
+        left = self._next - time.monotonic()
+        if left > 0:
+            self.collector.wait(left, self._stop.fileno)
+        if self._stop.is_set():
+            return
+        with self._lock:
+            self.engine.step()
+            self._after_step()
+            if self._recorder is not None and self.engine.last_drain is not None:
+                self._recorder.frame(
+                    self.engine.last_drain,
+                    self.collector.names(),
+                    self.engine.interface_counters(),
+                    self.collector.program.counters(),
+                )
+        now = time.monotonic()
+        self._next += self.interval
+        if self._next < now:
+            self._next = now + self.interval
+
+    def close(self) -> None:
+        """Detach, take the last drain, end every flow; safe to call twice."""
+        self._stop.set()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self.engine.shutdown()
+            finally:
+                self.collector.close()
+                if self._recorder is not None:
+                    self._recorder.close()
