@@ -50,24 +50,49 @@ class FilterError(FlowtopError):
     exit_code = 2
 
 
+# Where each key field sits in the (n, 6) little-endian uint64 view of
+# layout.FLOW_KEY: (word, shift, mask). Reading a field is a shift and a mask
+# over one column, much cheaper than gathering structured records.
+KEY_FIELDS = {
+    "ifindex": (0, 0, 0xFFFFFFFF),
+    "direction": (0, 32, 0xFF),
+    "ip_version": (0, 40, 0xFF),
+    "proto": (0, 48, 0xFF),
+    "sport": (5, 0, 0xFFFF),
+    "dport": (5, 16, 0xFFFF),
+    "vlan": (5, 32, 0xFFFF),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Columns:
     """What a filter can look at, one entry per flow (row)."""
 
-    keys: np.ndarray  # layout.FLOW_KEY records
+    words: np.ndarray  # (n, 6) uint64 view of layout.FLOW_KEY records
     ifnames: Mapping[int, str]  # ifindex -> name
+
+    @classmethod
+    def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
+        return cls(np.ascontiguousarray(keys).view("<u8").reshape(-1, 6), ifnames)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def field(self, name: str) -> np.ndarray:
+        word, shift, mask = KEY_FIELDS[name]
+        out: np.ndarray = (self.words[:, word] >> np.uint64(shift)) & np.uint64(mask)
+        return out
 
     def addr(self, which: str) -> np.ndarray:
         """(n, 2) uint64 words of the src or dst address."""
-        raw = np.ascontiguousarray(self.keys[which])
-        return raw.view("<u8").reshape(-1, 2)
+        return self.words[:, 1:3] if which == "src" else self.words[:, 3:5]
 
 
 Mask = Callable[[Columns], np.ndarray]
 
 
 def _all(c: Columns) -> np.ndarray:
-    return np.ones(len(c.keys), dtype=bool)
+    return np.ones(len(c), dtype=bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +123,7 @@ def _in_net(which: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> M
     def f(c: Columns) -> np.ndarray:
         a = c.addr(which)
         same: np.ndarray = ((a & mask) == value).all(axis=1)
-        version: np.ndarray = c.keys["ip_version"] == net.version
+        version: np.ndarray = c.field("ip_version") == net.version
         out: np.ndarray = same & version
         return out
 
@@ -118,18 +143,18 @@ def _negate(a: Mask) -> Mask:
 
 
 def _field_eq(field: str, value: int) -> Mask:
-    return lambda c: c.keys[field] == value
+    return lambda c: c.field(field) == value
 
 
 def _port(field: str | None, port: int) -> Mask:
     def f(c: Columns) -> np.ndarray:
         # ICMP keys carry type/code in dport: ports only mean ports for L4 with them.
-        has_ports = ~np.isin(c.keys["proto"], (1, 58))
+        has_ports = ~np.isin(c.field("proto"), (1, 58))
         hit: np.ndarray
         if field is None:
-            hit = (c.keys["sport"] == port) | (c.keys["dport"] == port)
+            hit = (c.field("sport") == port) | (c.field("dport") == port)
         else:
-            hit = c.keys[field] == port
+            hit = c.field(field) == port
         return hit & has_ports
 
     return f
@@ -138,7 +163,7 @@ def _port(field: str | None, port: int) -> Mask:
 def _iface(pattern: str) -> Mask:
     def f(c: Columns) -> np.ndarray:
         idx = [i for i, n in c.ifnames.items() if fnmatch.fnmatchcase(n, pattern)]
-        return np.isin(c.keys["ifindex"], idx)
+        return np.isin(c.field("ifindex"), idx)
 
     return f
 

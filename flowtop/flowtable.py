@@ -415,10 +415,33 @@ class FlowTable:
             order = np.argsort(vals, kind="stable")
         return [self._record(int(r)) for r in live[order]]
 
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self._c["live"])
+
+    def column(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """One column (see gather() for names) at rows, a copy."""
+        if name in ("pps", "Bps"):
+            return self._c[name][rows].astype(np.float64)
+        return self._c[name][rows]
+
+    def keys_at(self, rows: np.ndarray) -> np.ndarray:
+        return self._keys[rows]
+
+    def words_at(self, rows: np.ndarray) -> np.ndarray:
+        """Keys at rows as (n, 6) uint64 words (faster to gather than records)."""
+        return self._words()[rows]
+
     def live_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(rows, keys, columns) of every live flow, copies the caller may keep."""
         rows = np.flatnonzero(self._c["live"])
-        cols = {
+        return (rows, *self.gather(rows))
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Keys and the view's columns at rows (copies)."""
+        return self._keys[rows], self.gather_columns(rows)
+
+    def gather_columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {
             "packets": self._c["packets"][rows],
             "bytes": self._c["bytes"][rows],
             "first_ns": self._c["first_ns"][rows],
@@ -427,7 +450,6 @@ class FlowTable:
             "Bps": self._c["Bps"][rows].astype(np.float64),
             "flags": self._c["flags"][rows],
         }
-        return rows, self._keys[rows], cols
 
     def records(self) -> Iterator[FlowRecord]:
         for r in np.flatnonzero(self._c["live"]):

@@ -28,7 +28,7 @@ def cols() -> Columns:
         k[i]["src"] = ipaddress.ip_address(s).packed.ljust(16, b"\0")
         k[i]["dst"] = ipaddress.ip_address(t).packed.ljust(16, b"\0")
         k[i]["sport"], k[i]["dport"], k[i]["vlan"] = sp, dp, vl
-    return Columns(k, NAMES)
+    return Columns.from_keys(k, NAMES)
 
 
 def hits(expr: str) -> list[int]:

@@ -240,3 +240,19 @@ def test_not_a_recording(tmp_path: Path) -> None:
         ReplaySource(str(p))
     with pytest.raises(RecordingError, match="cannot read"):
         ReplaySource(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("n", [10, 5000, 100_000])
+@pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0])
+def test_smallest_matches_a_full_sort(n: int, zeros: float) -> None:
+    from flowtop.view import _smallest
+
+    rng = np.random.default_rng(n)
+    vals = rng.integers(1, 50_000, n).astype(np.float64)
+    vals[rng.random(n) < zeros] = 0.0
+    vals = -vals  # as the view does for descending order
+    for k in (1, 100):
+        got = _smallest(vals, k)
+        kth = np.sort(vals)[min(k, n) - 1]
+        expect = np.flatnonzero(vals <= kth)
+        assert np.array_equal(np.sort(got), expect)
