@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowtop.collector import layout  # noqa: E402
-from flowtop.filterexpr import parse  # noqa: E402
-from flowtop.flowtable import FlowTable  # noqa: E402
-from flowtop.view import ViewQuery, query_table  # noqa: E402
+from flowtop.collector import layout
+from flowtop.filterexpr import parse
+from flowtop.flowtable import FlowTable
+from flowtop.view import ViewQuery, query_table
 
 SIZES = (1_000, 10_000, 100_000)
 RUNS = 15

@@ -425,11 +425,13 @@ class FlowTable:
         return self._c[name][rows]
 
     def keys_at(self, rows: np.ndarray) -> np.ndarray:
-        return self._keys[rows]
+        out: np.ndarray = self._keys[rows]
+        return out
 
     def words_at(self, rows: np.ndarray) -> np.ndarray:
         """Keys at rows as (n, 6) uint64 words (faster to gather than records)."""
-        return self._words()[rows]
+        out: np.ndarray = self._words()[rows]
+        return out
 
     def live_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(rows, keys, columns) of every live flow, copies the caller may keep."""

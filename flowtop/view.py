@@ -19,9 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
+from flowtop.collector import layout
 from flowtop.engine import Engine
 from flowtop.filterexpr import Columns, Filter, FilterError, parse
-from flowtop.collector import layout
 from flowtop.flowindex import hash_words
 from flowtop.flowtable import NS, FlowTable
 from flowtop.model import InterfaceCounters, proto_name
