@@ -420,9 +420,8 @@ class FlowTable:
 
     def column(self, name: str, rows: np.ndarray) -> np.ndarray:
         """One column (see gather() for names) at rows, a copy."""
-        if name in ("pps", "Bps"):
-            return self._c[name][rows].astype(np.float64)
-        return self._c[name][rows]
+        out: np.ndarray = self._c[name][rows]
+        return out.astype(np.float64) if name in ("pps", "Bps") else out
 
     def keys_at(self, rows: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._keys[rows]
