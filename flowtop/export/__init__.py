@@ -1,0 +1,1 @@
+"""Flow exporters fed by the engine's flow-end batches (IPFIX in ipfix/)."""
