@@ -8,10 +8,11 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import NoReturn
 
 from flowtop import __version__
-from flowtop.config import CollectorConfig
+from flowtop.config import DEFAULT_PATH, CollectorConfig, Config, load, parse_endpoint
 from flowtop.errors import ConfigError, FlowtopError
 
 
@@ -46,12 +47,38 @@ def _collector_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S")
     p.add_argument("--active-timeout", type=float, default=None, metavar="S")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"TOML config file (default {DEFAULT_PATH}, if it exists)",
+    )
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ipfix",
+        action="append",
+        metavar="HOST:PORT",
+        help="send IPFIX to this collector (repeatable)",
+    )
+    p.add_argument("--ipfix-transport", choices=("udp", "tcp"), default=None)
+    p.add_argument(
+        "--prometheus",
+        metavar="[ADDR:]PORT",
+        help="serve Prometheus metrics (loopback unless ADDR is given)",
+    )
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="no screen: run the collector and the exports (a service)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flowtop", description="top for network flows (eBPF, TC)")
     p.add_argument("--version", action="version", version=f"flowtop {__version__}")
     _collector_options(p)
+    _export_options(p)
     p.add_argument(
         "-d",
         "--delay",
@@ -84,15 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace, interval: float | None) -> CollectorConfig:
-    return CollectorConfig.from_options(
+def _config(args: argparse.Namespace, interval: float | None) -> Config:
+    """The config file with the command line on top."""
+    cfg = load(args.config)
+    collector = CollectorConfig.from_options(
         interfaces=args.interfaces,
         interval=interval,
         tc_priority=args.tc_priority,
         max_flows=args.max_flows,
         idle_timeout=args.idle_timeout,
         active_timeout=args.active_timeout,
+        base=cfg.collector,
     )
+    ipfix = cfg.ipfix
+    if getattr(args, "ipfix", None):
+        ipfix = replace(ipfix, collectors=tuple(parse_endpoint(e, "--ipfix") for e in args.ipfix))
+    if getattr(args, "ipfix_transport", None):
+        ipfix = replace(ipfix, transport=args.ipfix_transport)
+    prom = cfg.prometheus
+    if getattr(args, "prometheus", None):
+        listen = parse_endpoint(args.prometheus, "--prometheus", default_host="127.0.0.1")
+        prom = replace(prom, listen=listen)
+    return replace(cfg, collector=collector, ipfix=ipfix, prometheus=prom)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--duration must be positive")
             from flowtop.commands import run_dump
 
-            return run_dump(_config(args, args.interval), args.duration, args.json)
+            return run_dump(_config(args, args.interval).collector, args.duration, args.json)
+        if args.export_only:
+            if args.replay or args.record:
+                raise ConfigError("--export-only does not record or replay")
+            from flowtop.service import run_export_only
+
+            cfg = _config(args, args.delay)
+            return run_export_only(cfg, reload=lambda: _config(args, args.delay))
         if args.replay and args.record:
             raise ConfigError("--record and --replay do not go together")
         if args.speed <= 0:
@@ -118,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from flowtop.commands import run_live
 
         return run_live(
-            _config(args, args.delay),
+            _config(args, args.delay) if not args.replay else Config(),
             theme=args.theme,
             resolve=not args.no_resolve,
             record=args.record,

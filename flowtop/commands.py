@@ -8,7 +8,7 @@ import signal
 import sys
 from types import FrameType
 
-from flowtop.config import CollectorConfig
+from flowtop.config import CollectorConfig, Config
 from flowtop.dump import FlowAccumulator, emit
 from flowtop.engine import StopSignal
 from flowtop.sanitize import clean
@@ -47,7 +47,7 @@ def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
 
 
 def run_live(
-    cfg: CollectorConfig,
+    cfg: Config,
     theme: str,
     resolve: bool,
     record: str | None = None,
@@ -65,7 +65,12 @@ def run_live(
     else:
         from flowtop.sources import LiveSource
 
-        source = LiveSource(cfg, record=record)
+        outputs = None
+        if cfg.ipfix.collectors or cfg.prometheus.listen is not None:
+            from flowtop.outputs import Outputs
+
+            outputs = Outputs(cfg)
+        source = LiveSource(cfg.collector, record=record, outputs=outputs)
     app = FlowtopApp(source, theme=theme, resolve=resolve)
 
     def _terminate(_signum: int, _frame: FrameType | None) -> None:

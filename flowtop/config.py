@@ -1,12 +1,24 @@
-"""Configuration as frozen dataclasses; all validation lives here."""
+"""Configuration: TOML file + command line -> frozen dataclasses.
+
+All validation lives here. Unknown sections and keys are rejected with their
+name; values are checked for type and range; the command line overrides the
+file. A file that group or others can write is refused: a service reads it
+as root.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import ipaddress
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 from flowtop.errors import ConfigError
 
+DEFAULT_PATH = "/etc/flowtop/flowtop.toml"
 # The kernel keeps flows of one interval only; a map this size holds 65536
 # distinct flows per second at the default interval.
 DEFAULT_MAP_SIZE = 65536
@@ -48,15 +60,247 @@ class CollectorConfig:
         max_flows: int | None = None,
         idle_timeout: float | None = None,
         active_timeout: float | None = None,
+        base: CollectorConfig | None = None,
     ) -> CollectorConfig:
-        base = cls()
+        """base (defaults, or the config file's values) with what was given on top."""
+        base = base or cls()
         mf = base.max_flows if max_flows is None else max_flows
         return cls(
-            interfaces=tuple(interfaces or ()),
+            interfaces=tuple(interfaces) if interfaces else base.interfaces,
             interval=base.interval if interval is None else interval,
             tc_priority=base.tc_priority if tc_priority is None else tc_priority,
             max_flows=mf,
-            map_size=max(1, min(mf, DEFAULT_MAP_SIZE)),
+            map_size=max(1, min(mf, base.map_size)),
             idle_timeout=base.idle_timeout if idle_timeout is None else idle_timeout,
             active_timeout=base.active_timeout if active_timeout is None else active_timeout,
         )
+
+
+Endpoint = tuple[str, int]
+
+
+def parse_endpoint(text: str, what: str, default_host: str | None = None) -> Endpoint:
+    """HOST:PORT, [V6]:PORT, or PORT alone when default_host is given."""
+    host: str | None
+    port_s: str
+    if text.startswith("["):
+        host, sep, port_s = text[1:].partition("]:")
+        if not sep:
+            raise ConfigError(f"{what}: expected [ADDRESS]:PORT, not {text!r}")
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    elif text.isdigit() and default_host is not None:
+        host, port_s = default_host, text
+    else:
+        form = "[ADDRESS:]PORT" if default_host is not None else "HOST:PORT"
+        raise ConfigError(f"{what}: expected {form}, not {text!r}")
+    if not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ConfigError(f"{what}: bad port in {text!r}")
+    if not host:
+        raise ConfigError(f"{what}: no host in {text!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not all(part.isalnum() or "-" in part for part in host.split(".")):
+            raise ConfigError(f"{what}: not a host name or address: {host!r}") from None
+    return host, int(port_s)
+
+
+@dataclass(frozen=True, slots=True)
+class IpfixConfig:
+    collectors: tuple[Endpoint, ...] = ()
+    transport: str = "udp"
+    domain_id: int = 1
+    max_message_size: int = 1400
+    template_refresh: float = 60.0  # seconds (UDP)
+    template_refresh_messages: int = 100  # messages (UDP); 0 = off
+    options_interval: float = 60.0  # reliability statistics, seconds
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("udp", "tcp"):
+            raise ConfigError(f"ipfix.transport must be udp or tcp, not {self.transport!r}")
+        if not 0 <= self.domain_id <= 0xFFFFFFFF:
+            raise ConfigError(f"ipfix.domain_id must be 0..4294967295, not {self.domain_id}")
+        if not 256 <= self.max_message_size <= 65535:
+            raise ConfigError(
+                f"ipfix.max_message_size must be 256..65535, not {self.max_message_size}"
+            )
+        if not 1 <= self.template_refresh <= 86400:
+            raise ConfigError(
+                f"ipfix.template_refresh must be 1..86400 s, not {self.template_refresh}"
+            )
+        if self.template_refresh_messages < 0:
+            raise ConfigError("ipfix.template_refresh_messages must not be negative")
+        if not 1 <= self.options_interval <= 86400:
+            raise ConfigError(
+                f"ipfix.options_interval must be 1..86400 s, not {self.options_interval}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusConfig:
+    listen: Endpoint | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_series: int = 500
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("prometheus.tls_cert and prometheus.tls_key go together")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"prometheus: cannot read {path}")
+        if not 10 <= self.max_series <= 100_000:
+            raise ConfigError(f"prometheus.max_series must be 10..100000, not {self.max_series}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
+    ipfix: IpfixConfig = field(default_factory=IpfixConfig)
+    prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    path: str | None = None  # the file it came from
+
+
+# -- the file -------------------------------------------------------------------------------
+
+
+def _num(lo: float, hi: float) -> Callable[[str, Any], float]:
+    def check(key: str, v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{key} must be a number, not {type(v).__name__}")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key} must be between {lo:g} and {hi:g}, not {v}")
+        return float(v)
+
+    return check
+
+
+def _int(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{key} must be a whole number, not {v!r}")
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key} must be between {lo} and {hi}, not {v}")
+        return v
+
+    return check
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{key} must be a string, not {type(v).__name__}")
+    return v
+
+
+def _strs(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{key} must be a list of strings")
+    return tuple(v)
+
+
+def _endpoints(key: str, v: Any) -> tuple[Endpoint, ...]:
+    return tuple(parse_endpoint(x, key) for x in _strs(key, v))
+
+
+def _listen(key: str, v: Any) -> Endpoint:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    return parse_endpoint(_str(key, v), key, default_host="127.0.0.1")
+
+
+# section -> key -> (dataclass field, checker)
+SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
+    "interfaces": {"include": ("interfaces", _strs)},
+    "collector": {
+        "interval": ("interval", _num(0.05, 3600)),
+        "idle_timeout": ("idle_timeout", _num(0.1, 86400)),
+        "active_timeout": ("active_timeout", _num(0.1, 86400)),
+        "max_flows": ("max_flows", _int(1, 50_000_000)),
+        "map_size": ("map_size", _int(1, 16_777_216)),
+        "tc_priority": ("tc_priority", _int(1, 65535)),
+    },
+    "ipfix": {
+        "collectors": ("collectors", _endpoints),
+        "transport": ("transport", _str),
+        "domain_id": ("domain_id", _int(0, 0xFFFFFFFF)),
+        "max_message_size": ("max_message_size", _int(256, 65535)),
+        "template_refresh": ("template_refresh", _num(1, 86400)),
+        "template_refresh_messages": ("template_refresh_messages", _int(0, 1_000_000)),
+        "options_interval": ("options_interval", _num(1, 86400)),
+    },
+    "prometheus": {
+        "listen": ("listen", _listen),
+        "tls_cert": ("tls_cert", _str),
+        "tls_key": ("tls_key", _str),
+        "max_series": ("max_series", _int(10, 100_000)),
+    },
+}
+
+
+def read_file(path: str, explicit: bool) -> Mapping[str, Any]:
+    """The parsed TOML, {} when the default file does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file not found: {path}") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config {path} is not a regular file")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"config {path} is writable by group or others (mode {st.st_mode & 0o777:04o}); "
+            f"run: chmod go-w {path}"
+        )
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+
+
+def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
+    """Config from parsed TOML; every key checked, unknown ones rejected."""
+    values: dict[str, dict[str, Any]] = {s: {} for s in SCHEMA}
+    for section, body in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SCHEMA)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}] must be a table")
+        for key, value in body.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                raise ConfigError(
+                    f"unknown config key {section}.{key} (known: {', '.join(SCHEMA[section])})"
+                )
+            name, check = spec
+            values[section][name] = check(f"{section}.{key}", value)
+    coll = dict(values["interfaces"], **values["collector"])
+    return Config(
+        collector=CollectorConfig(**coll),
+        ipfix=IpfixConfig(**values["ipfix"]),
+        prometheus=PrometheusConfig(**values["prometheus"]),
+        path=path,
+    )
+
+
+def load(path: str | None) -> Config:
+    """The config file (the default path when None; missing default = defaults)."""
+    explicit = path is not None
+    p = path or DEFAULT_PATH
+    data = read_file(p, explicit)
+    return from_mapping(data, p if data or explicit else None)
+
+
+def with_overrides(cfg: Config, **kw: Any) -> Config:
+    """Replace the given (non-None) top-level parts."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in fields(cls)]

@@ -7,6 +7,7 @@ them (flow-end batches, and the table itself for top-N queries).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Protocol
+
+import numpy as np
 
 from flowtop.collector.collector import Drain
 from flowtop.flowtable import FlowBatch, FlowTable
@@ -65,19 +68,34 @@ class Engine:
     sinks: list[Sink] = field(default_factory=list)
     stats: EngineStats = field(default_factory=EngineStats)
     last_drain: Drain | None = None
+    # Called after every step (metrics); the engine's thread.
+    observers: list[Callable[[Engine], None]] = field(default_factory=list)
+    # (proto, address, port) of sockets whose flows must not be measured:
+    # flowtop's own export traffic.
+    exclude: Callable[[], list[tuple[int, str, int]]] | None = None
 
     def step(self) -> FlowBatch:
         """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
         t0 = time.perf_counter()
-        d = self.collector.drain()
-        self.last_drain = d
+        d = self._drain()
         ended = self.table.merge_many(d.batches, d.interval)
         expired = self.table.expire(d.now_ns)
         batch = FlowBatch.concat([ended, expired], self.table.clock_offset)
         self._emit(batch)
         self.stats.polls += 1
         self.stats.last_poll_seconds = time.perf_counter() - t0
+        for observe in self.observers:
+            observe(self)
         return batch
+
+    def _drain(self) -> Drain:
+        d = self.collector.drain()
+        if self.exclude is not None:
+            own = self.exclude()
+            if own:
+                d = Drain([exclude_sockets(k, s, own) for k, s in d.batches], d.now_ns, d.interval)
+        self.last_drain = d
+        return d
 
     def _emit(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
@@ -92,7 +110,7 @@ class Engine:
         Detaching first means nothing counted after the last drain is lost.
         """
         self.collector.stop_capture()
-        d = self.collector.drain()
+        d = self._drain()
         ended = self.table.merge_many(d.batches, d.interval)
         flushed = self.table.flush()
         batch = FlowBatch.concat([ended, flushed], self.table.clock_offset)
@@ -110,11 +128,12 @@ class Engine:
         stop: StopSignal,
         duration: float | None = None,
         on_tick: Callable[[Engine], None] | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> None:
-        """Poll every interval until stop is set or duration has passed."""
+        """Poll every interval until stop is set, duration has passed or until()."""
         end = None if duration is None else time.monotonic() + duration
         next_tick = time.monotonic() + self.interval
-        while not stop.is_set():
+        while not stop.is_set() and not (until is not None and until()):
             now = time.monotonic()
             deadline = next_tick if end is None else min(next_tick, end)
             if deadline > now:
@@ -130,6 +149,24 @@ class Engine:
                 next_tick = now + self.interval
 
 
+def exclude_sockets(
+    keys: np.ndarray, stats: np.ndarray, own: list[tuple[int, str, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop flows to or from the given (proto, address, port) sockets."""
+    drop = np.zeros(len(keys), dtype=bool)
+    for proto, addr, port in own:
+        ip = ipaddress.ip_address(addr)
+        if ip.is_unspecified:
+            continue
+        raw = np.frombuffer(ip.packed.ljust(16, b"\0"), dtype="V16")[0]
+        same = (keys["proto"] == proto) & (keys["ip_version"] == ip.version)
+        drop |= same & (keys["src"] == raw) & (keys["sport"] == port)
+        drop |= same & (keys["dst"] == raw) & (keys["dport"] == port)
+    if not drop.any():
+        return keys, stats
+    return keys[~drop], stats[~drop]
+
+
 class StopSignal:
     """SIGINT/SIGTERM (and callers) set it; it wakes the engine's wait at once."""
 
@@ -137,6 +174,7 @@ class StopSignal:
         self._event = threading.Event()
         self._r, self._w = os.pipe()
         os.set_blocking(self._w, False)
+        os.set_blocking(self._r, False)
         self.signal: int | None = None
 
     def install(self) -> None:
@@ -152,6 +190,11 @@ class StopSignal:
         with contextlib.suppress(BlockingIOError):
             os.write(self._w, b"x")
 
+    def wake(self) -> None:
+        """Interrupt a wait without stopping (a signal that wants attention)."""
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._w, b"w")
+
     def is_set(self) -> bool:
         return self._event.is_set()
 
@@ -161,3 +204,7 @@ class StopSignal:
 
     def wait_with(self, waiter: Callable[[float, int], None], timeout: float) -> None:
         waiter(timeout, self._r)
+        if not self.is_set():
+            # A wake() without stop: consume it so the next wait waits.
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._r, 64)

@@ -158,6 +158,10 @@ class FlowTable:
         self._c: dict[str, np.ndarray] = {n: np.zeros(0, dtype=t) for n, t in _COLUMNS.items()}
         self._grow(min(initial_capacity, max_flows))
 
+    def set_timeouts(self, idle_timeout: float, active_timeout: float) -> None:
+        self.idle_ns = int(idle_timeout * NS)
+        self.active_ns = int(active_timeout * NS)
+
     # -- storage ---------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from flowtop.collector.collector import KernelCollector
 from flowtop.config import CollectorConfig
 from flowtop.engine import Engine, StopSignal
 from flowtop.flowtable import FlowTable
 from flowtop.record import Recorder
+
+if TYPE_CHECKING:
+    from flowtop.outputs import Outputs
 from flowtop.view import TableSource
 
 
@@ -27,13 +31,18 @@ def build_engine(cfg: CollectorConfig) -> tuple[Engine, KernelCollector]:
 class LiveSource(TableSource):
     """Steps the kernel collector every interval; close() detaches."""
 
-    def __init__(self, cfg: CollectorConfig, record: str | None = None) -> None:
+    def __init__(
+        self, cfg: CollectorConfig, record: str | None = None, outputs: Outputs | None = None
+    ) -> None:
         engine, self.collector = build_engine(cfg)
         super().__init__(engine)
         self._stop = StopSignal()
         self._recorder: Recorder | None = None
+        self._outputs = outputs
         self._closed = False
         try:
+            if outputs is not None:
+                outputs.attach(engine)
             self.collector.start()
             if record:
                 self._recorder = Recorder(
@@ -78,3 +87,5 @@ class LiveSource(TableSource):
                 self.collector.close()
                 if self._recorder is not None:
                     self._recorder.close()
+                if self._outputs is not None:
+                    self._outputs.close(1.5)

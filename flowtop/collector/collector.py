@@ -107,6 +107,23 @@ class KernelCollector:
                 log.warning("skipping %s: %s", name, exc)
         return self.interfaces()
 
+    def reselect(self, patterns: Sequence[str] | None) -> None:
+        """A new interface selection (config reload): attach and detach to match."""
+        self.selector = InterfaceSelector(patterns)
+        links = self._links()
+        for ifindex, name, flags in links:
+            wanted = self.selector.matches(name, flags)
+            if wanted and ifindex not in self._names:
+                try:
+                    self._attach(ifindex, name)
+                except FlowtopError as exc:
+                    self.attach_errors += 1
+                    log.warning("cannot attach to %s: %s", name, exc)
+            elif not wanted and ifindex in self._names:
+                self.attacher.detach(ifindex)
+                del self._names[ifindex]
+                log.info("detached from %s", name)
+
     def _attach(self, ifindex: int, name: str) -> None:
         self.program.reset_iface(ifindex)
         self.attacher.attach(ifindex, name)

@@ -1,0 +1,130 @@
+"""The exports an engine feeds: IPFIX to collectors, Prometheus /metrics.
+
+Built from Config, hooked into an Engine (sinks, observers, the exclusion of
+flowtop's own export sockets), replaced on reload, closed with a flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from flowtop.config import Config, IpfixConfig, PrometheusConfig
+from flowtop.engine import Engine
+from flowtop.export.ipfix import IpfixExporter
+from flowtop.export.prometheus import FlowMetrics, MetricsServer
+
+log = logging.getLogger("flowtop")
+
+
+def _proto(transport: str) -> int:
+    return socket.IPPROTO_TCP if transport == "tcp" else socket.IPPROTO_UDP
+
+
+class Outputs:
+    def __init__(self, cfg: Config) -> None:
+        self.ipfix_cfg = cfg.ipfix
+        self.prom_cfg = cfg.prometheus
+        self.ipfix: IpfixExporter | None = None
+        self.metrics: FlowMetrics | None = None
+        self.server: MetricsServer | None = None
+        self._engine: Engine | None = None
+        try:
+            self._start_ipfix(cfg.ipfix)
+            self._start_prometheus(cfg.prometheus)
+        except BaseException:
+            self.close(0.5)
+            raise
+
+    def _start_ipfix(self, c: IpfixConfig) -> None:
+        if not c.collectors:
+            return
+        self.ipfix = IpfixExporter(
+            list(c.collectors),
+            c.transport,
+            domain_id=c.domain_id,
+            max_message_size=c.max_message_size,
+            template_refresh=c.template_refresh,
+            template_refresh_messages=c.template_refresh_messages or None,
+            options_interval=c.options_interval,
+        )
+        where = ", ".join(f"{h}:{p}" for h, p in c.collectors)
+        log.info("exporting IPFIX over %s to %s (domain %d)", c.transport, where, c.domain_id)
+
+    def _start_prometheus(self, c: PrometheusConfig) -> None:
+        if c.listen is None:
+            return
+        self.metrics = self.metrics or FlowMetrics(c.max_series)
+        host, port = c.listen
+        self.server = MetricsServer(self.metrics, host, port, c.tls_cert, c.tls_key)
+        scheme = "https" if c.tls_cert else "http"
+        log.info("serving Prometheus metrics on %s://%s:%d/metrics", scheme, host, port)
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+        if self.ipfix is not None:
+            engine.sinks.append(self.ipfix)
+        engine.observers.append(self._observe)
+        engine.exclude = self.own_sockets
+
+    def own_sockets(self) -> list[tuple[int, str, int]]:
+        if self.ipfix is None:
+            return []
+        proto = _proto(self.ipfix.transport)
+        return [(proto, addr, port) for addr, port in self.ipfix.local_addresses()]
+
+    def _observe(self, engine: Engine) -> None:
+        if self.metrics is None:
+            return
+        if engine.last_drain is not None:
+            self.metrics.add_drain(engine.last_drain)
+        exporter: dict[str, int] = {}
+        if self.ipfix is not None:
+            st = self.ipfix.stats()
+            exporter = {
+                "records_sent": st.records_sent,
+                "records_not_sent": st.not_sent_flows,
+                "errors": st.send_errors + st.connect_errors,
+            }
+        self.metrics.publish(
+            engine.collector.names(),
+            engine.interface_counters(),
+            len(engine.table),
+            engine.health(),
+            engine.stats.last_poll_seconds,
+            engine.stats.polls,
+            exporter,
+        )
+
+    def reload(self, cfg: Config, timeout: float = 1.0) -> None:
+        """New settings: restart only what changed; flow state is the engine's."""
+        if cfg.ipfix != self.ipfix_cfg:
+            old = self.ipfix
+            if old is not None and self._engine is not None:
+                self._engine.sinks.remove(old)
+            self.ipfix = None
+            self._start_ipfix(cfg.ipfix)
+            if self.ipfix is not None and self._engine is not None:
+                self._engine.sinks.append(self.ipfix)
+            if old is not None:
+                old.close(timeout)
+            self.ipfix_cfg = cfg.ipfix
+        if cfg.prometheus != self.prom_cfg:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
+            if self.metrics is not None:
+                self.metrics.max_series = cfg.prometheus.max_series
+            self._start_prometheus(cfg.prometheus)
+            self.prom_cfg = cfg.prometheus
+
+    def close(self, timeout: float) -> None:
+        """Flush what is queued for collectors (within timeout), stop listening."""
+        if self.ipfix is not None:
+            self.ipfix.close(timeout)
+            st = self.ipfix.stats()
+            log.info(
+                "IPFIX: %d records sent, %d flows not sent", st.records_sent, st.not_sent_flows
+            )
+        if self.server is not None:
+            self.server.close()
