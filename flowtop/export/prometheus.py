@@ -230,12 +230,14 @@ class MetricsServer:
             self._server, self._thread = start_http_server(
                 port, addr=host, registry=self.registry, certfile=certfile, keyfile=keyfile
             )
+        except ssl.SSLError as exc:
+            # prometheus_client re-raises with its own message in args[0].
+            why = str(exc.args[0] if exc.args else exc).replace("\n", " ")
+            raise ConfigError(f"Prometheus TLS: {why}") from None
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen for Prometheus on {host}:{port}: {exc.strerror or exc}"
             ) from None
-        except ssl.SSLError as exc:
-            raise ConfigError(f"Prometheus TLS: {exc.reason or exc}") from None
         self.address: tuple[Any, ...] = self._server.server_address
 
     def close(self) -> None:

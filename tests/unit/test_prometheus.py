@@ -105,3 +105,35 @@ def test_http_listener_serves_and_port_in_use_is_one_error() -> None:
             MetricsServer(m, "127.0.0.1", port)
     finally:
         srv.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_tls_listener(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ssl
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    srv = MetricsServer(published(FlowMetrics()), "127.0.0.1", 0, str(cert), str(key))
+    try:
+        port = srv.address[1]
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        body = urllib.request.urlopen(
+            f"https://127.0.0.1:{port}/metrics", timeout=5, context=ctx
+        ).read()
+        assert b"flowtop_active_flows 7.0" in body
+        with pytest.raises(OSError):  # plain HTTP to a TLS listener gets nothing
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        srv.close()
+
+
+def test_bad_tls_files_are_one_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="Prometheus TLS"):
+        MetricsServer(published(FlowMetrics()), "127.0.0.1", 0, str(junk), str(junk))
