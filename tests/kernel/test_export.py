@@ -251,3 +251,44 @@ def test_bad_config_is_one_line_and_nonzero(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [
         "flowtop: error: prometheus.listen: expected [ADDRESS:]PORT, not 'nope'"
     ]
+
+
+def test_live_view_source_exports_in_the_background(quiet_pair: Pair) -> None:
+    """What the TUI runs on (LiveSource) feeds IPFIX and Prometheus as well."""
+    from export.collectors import UdpCollector, decode_all  # tests/ is on sys.path
+
+    from flowtop.config import CollectorConfig, Config, IpfixConfig, PrometheusConfig
+    from flowtop.outputs import Outputs
+    from flowtop.sources import LiveSource
+    from flowtop.view import ViewQuery
+
+    p = quiet_pair
+    with entered(p.a.name):
+        col = UdpCollector()
+        with col:
+            cfg = Config(
+                collector=CollectorConfig(interfaces=("va",), interval=0.2),
+                ipfix=IpfixConfig(collectors=(("127.0.0.1", col.port),)),
+                prometheus=PrometheusConfig(listen=("127.0.0.1", PROM_PORT + 1)),
+            )
+            src = LiveSource(cfg.collector, outputs=Outputs(cfg))
+            try:
+                sent = _send(p, 3, 10, 100)
+                for _ in range(3):
+                    src.step()
+                snap = src.snapshot(ViewQuery(filter=f"dst {B} and dport {SINK}"))
+                assert sum(r.bytes for r in snap.rows) == sent
+                body = urllib.request.urlopen(
+                    f"http://127.0.0.1:{PROM_PORT + 1}/metrics", timeout=5
+                ).read()
+                assert (
+                    b'flowtop_flow_bytes_total{direction="egress",ifname="va",proto="udp"}' in body
+                )
+            finally:
+                src.close()
+            col.wait_flows(3)
+            _msgs, flows = decode_all(col.messages())
+    ours = [f for f in flows if f.get(11) == SINK]
+    assert sum(int(f[1]) for f in ours) == sent  # octetDeltaCount
+    for hook in ("ingress", "egress"):
+        assert flowtop_filters(p.a, "va", hook) == []
