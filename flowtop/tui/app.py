@@ -1,0 +1,238 @@
+"""FlowtopApp: owns the source, the engine worker and the view state.
+
+Threading: one `engine` thread worker steps the source and posts a snapshot per
+interval; a key that changes the query starts a short `query` thread worker for
+an immediate snapshot. Sources must allow `snapshot()` while another thread is in
+`step()` (TableSource takes its own lock); `_snap_lock` keeps snapshot calls
+themselves one at a time. The UI thread never calls the source.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from flowtop.errors import ConfigError
+from flowtop.tui import themes
+from flowtop.tui.format import Display
+from flowtop.tui.history import RateHistory
+from flowtop.tui.messages import NamesResolved, SnapshotReady
+from flowtop.tui.resolver import Lookup, Resolver, gethostbyaddr
+from flowtop.tui.screens.detail import DetailScreen
+from flowtop.tui.screens.help import HelpScreen
+from flowtop.tui.screens.main import MainScreen
+from flowtop.view import Snapshot, ViewQuery, ViewSource
+
+MIN_LIMIT = 50  # rows asked of the engine: a screenful and some
+
+
+class FlowtopApp(App[None]):
+    CSS_PATH = Path(__file__).with_name("flowtop.tcss")
+    TITLE = "flowtop"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("t", "next_theme", "Theme"),
+    ]
+
+    def __init__(
+        self,
+        source: ViewSource,
+        theme: str | None = None,
+        resolve: bool = True,
+        lookup: Lookup = gethostbyaddr,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.theme_names = []
+        for t in themes.load_themes():
+            self.register_theme(t)
+            self.theme_names.append(t.name)
+        self.theme = self._theme_name(themes.pick_default(theme))
+        self.view_query = ViewQuery(limit=MIN_LIMIT)
+        self.display_opts = Display(resolve=resolve)
+        self.paused = False
+        self.latest: Snapshot | None = None  # newest from the engine
+        self.shown: Snapshot | None = None  # what the screen shows (held while paused)
+        self.history = RateHistory()
+        self.detail_key: str | None = None
+        self.snapshots = 0  # received, for tests and benchmarks
+        self._snap_lock = threading.Lock()
+        self._lookup = lookup
+        self._resolver: Resolver | None = None
+        self._names_pending = threading.Event()
+
+    def _theme_name(self, name: str) -> str:
+        if name in self.theme_names:
+            return name
+        if f"flowtop-{name}" in self.theme_names:
+            return f"flowtop-{name}"
+        raise ConfigError(f"unknown theme {name!r}; themes: {', '.join(self.theme_names)}")
+
+    def get_default_screen(self) -> Screen[Any]:
+        return MainScreen()
+
+    @property
+    def main(self) -> MainScreen:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, MainScreen)
+        return screen
+
+    def start_engine(self) -> None:
+        """Called by the main screen once its widgets exist."""
+        self.main.show(None, self.history, self.display_opts, self.paused)
+        self._engine()
+
+    def on_resize(self) -> None:
+        limit = max(MIN_LIMIT, self.size.height)
+        if limit != self.view_query.limit:
+            self.change_query(limit=limit)
+        elif self.shown is not None:
+            self._draw()
+
+    # -- engine side (threads) --------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine", name="engine")
+    def _engine(self) -> None:
+        worker = get_current_worker()
+        self._publish(requested=False)
+        while not worker.is_cancelled:
+            self.source.step()
+            if worker.is_cancelled:
+                return
+            self._publish(requested=False)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="query", name="query")
+    def _requery(self) -> None:
+        self._publish(requested=True)
+
+    def _publish(self, requested: bool) -> None:
+        query, key = self.view_query, self.detail_key
+        with self._snap_lock:
+            snap = self.source.snapshot(query)
+            history = tuple(self.source.history(key)) if key is not None else None
+        self.post_message(SnapshotReady(snap, history, key, requested))
+
+    @on(Worker.StateChanged)
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.notify(
+                f"{event.worker.name} stopped: {error}", severity="error", timeout=30, markup=False
+            )
+
+    # -- UI side ----------------------------------------------------------------------
+
+    @on(SnapshotReady)
+    def _snapshot_ready(self, message: SnapshotReady) -> None:
+        snap = message.snapshot
+        self.snapshots += 1
+        self.history.add(snap)  # interfaces and TCP do not depend on the query
+        if snap.query != self.view_query:
+            return  # answers a query the user has changed since
+        fresh = (
+            self.latest is None or snap.time != self.latest.time or snap.query != self.latest.query
+        )
+        self.latest = snap
+        if (not self.paused and fresh) or message.requested:
+            self.shown = snap
+            self._draw()
+        if isinstance(self.screen, DetailScreen) and message.history_key == self.detail_key:
+            rows = {r.key: r for r in snap.rows}
+            self.screen.update(
+                rows.get(self.screen.row_key), message.history, self.display_opts, snap.time
+            )
+
+    def _draw(self) -> None:
+        self.main.show(self.shown, self.history, self.display_opts, self.paused)
+
+    def change_query(self, **changes: Any) -> None:
+        """Replaces the query (atomically, the worker reads it) and asks for rows now."""
+        self.view_query = replace(self.view_query, **changes)
+        self._requery()
+
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused and self.latest is not None:
+            self.shown = self.latest  # catch up
+        self._draw()
+
+    def toggle_display(self, field: str) -> None:
+        self.display_opts = replace(
+            self.display_opts, **{field: not getattr(self.display_opts, field)}
+        )
+        self._draw()
+        flags = self.display_opts
+        state = {
+            "cumulative": "totals since first seen" if flags.cumulative else "rates",
+            "bits": "bits" if flags.bits else "bytes",
+            "resolve": "names on" if flags.resolve else "numeric (no names)",
+        }[field]
+        self.notify(state, timeout=1.5)
+
+    def open_detail(self, key: str) -> None:
+        if self.shown is None:
+            return
+        row = next((r for r in self.shown.rows if r.key == key), None)
+        if row is None:
+            return
+        self.detail_key = key
+        screen = DetailScreen(row, self.names, self.display_opts, self.shown.time)
+
+        def closed(_: None) -> None:
+            self.detail_key = None
+
+        self.push_screen(screen, closed)
+        self._requery()  # fetch its history now
+
+    # -- names ------------------------------------------------------------------------
+
+    def names(self, addr: str) -> str | None:
+        """The resolved name of an address, if known (never blocks)."""
+        if not self.display_opts.resolve:
+            return None
+        if self._resolver is None:
+            self._resolver = Resolver(on_resolved=self._names_ready, lookup=self._lookup)
+        return self._resolver.name(addr)
+
+    def _names_ready(self) -> None:
+        # Resolver thread: coalesce a burst of answers into one redraw.
+        if not self._names_pending.is_set():
+            self._names_pending.set()
+            self.post_message(NamesResolved())
+
+    @on(NamesResolved)
+    def _names_resolved(self) -> None:
+        self._names_pending.clear()
+        if self.shown is not None:
+            self._draw()
+
+    # -- app keys ---------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(
+            HelpScreen(
+                [("Main view", list(MainScreen.BINDINGS)), ("Anywhere", list(self.BINDINGS))]
+            )
+        )
+
+    def action_next_theme(self) -> None:
+        i = self.theme_names.index(self.theme) if self.theme in self.theme_names else -1
+        self.theme = self.theme_names[(i + 1) % len(self.theme_names)]
+        self.notify(f"theme: {self.theme}", timeout=1.5)
+
+    async def action_quit(self) -> None:
+        if self._resolver is not None:
+            self._resolver.close()
+        self.exit()

@@ -1,0 +1,184 @@
+"""Which top-talker columns to show at a width, and each cell's text (no Textual).
+
+Columns a grouping drops (every row has None there) are left out; RTT,
+retransmits and ASN/country only appear when some row has a value. What does
+not fit the width goes, least important first: in rate mode the totals go
+before the rates, in cumulative mode the rates go first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from flowtop.sanitize import clean
+from flowtop.tui import format as fmt
+from flowtop.tui.format import Display
+from flowtop.view import ViewRow
+
+Names = Callable[[str], str | None]  # address -> resolved (clean) name or None
+GAP = 1  # blank cells between two columns (the table has no cell padding)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: str
+    label: str
+    width: int  # minimum width
+    sort: str | None  # flowtop.view.SORT_KEYS entry, None when not sortable
+    numeric: bool = False
+    grow: int = 0  # extra width it may take when there is room
+
+
+def _addr(which: str) -> Callable[[ViewRow, Display, Names], str]:
+    def f(r: ViewRow, d: Display, names: Names) -> str:
+        a: str | None = getattr(r, which)
+        if a is None:
+            return ""
+        return (names(a) or a) if d.resolve else a
+
+    return f
+
+
+def _iface(r: ViewRow, d: Display, names: Names) -> str:
+    """Direction first ('in  eth1', 'out veth0'): a cut then shortens the name, not it."""
+    if r.iface is None:
+        return ""
+    name = clean_name(r.iface)
+    return f"{r.direction:<3} {name}" if r.direction else name
+
+
+@lru_cache(maxsize=1024)
+def clean_name(name: str) -> str:
+    """Interface names come from the system: cleaned again here (cheap, cached)."""
+    return clean(name)
+
+
+def _asn(which: str) -> Callable[[ViewRow, Display, Names], str]:
+    def f(r: ViewRow, d: Display, names: Names) -> str:
+        asn: int | None = getattr(r, f"{which}_asn")
+        cc: str | None = getattr(r, f"{which}_country")
+        parts = [f"AS{asn}" if asn is not None else "", cc or ""]
+        return " ".join(p for p in parts if p)
+
+    return f
+
+
+CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
+    "src": _addr("src"),
+    "sport": lambda r, d, n: fmt.port(r.sport, r.proto, r.proto_name, d.resolve),
+    "dst": _addr("dst"),
+    "dport": lambda r, d, n: fmt.port(r.dport, r.proto, r.proto_name, d.resolve),
+    "proto": lambda r, d, n: r.proto_name or ("" if r.proto is None else str(r.proto)),
+    "iface": _iface,
+    "flows": lambda r, d, n: fmt.count(r.flows),
+    "rate": lambda r, d, n: fmt.rate(r.bps, d.bits),
+    "pps": lambda r, d, n: fmt.count(r.pps),
+    "bytes": lambda r, d, n: fmt.volume(r.bytes, d.bits),
+    "packets": lambda r, d, n: fmt.count(r.packets),
+    "rtt": lambda r, d, n: fmt.rtt(r.rtt_us),
+    "retrans": lambda r, d, n: "" if r.retransmits is None else fmt.count(r.retransmits),
+    "src_as": _asn("src"),
+    "dst_as": _asn("dst"),
+}
+
+COLUMNS: dict[str, Column] = {
+    c.key: c
+    for c in (
+        Column("src", "Source", 15, "src", grow=24),
+        Column("sport", "SPort", 5, "sport", grow=7),
+        Column("dst", "Destination", 15, "dst", grow=24),
+        Column("dport", "DPort", 5, "dport", grow=7),
+        Column("proto", "Proto", 6, "proto"),
+        Column("iface", "Iface", 13, "iface", grow=8),
+        Column("flows", "Flows", 5, "flows", numeric=True),
+        Column("rate", "Rate", 9, "bps", numeric=True),
+        Column("pps", "Pkt/s", 6, "pps", numeric=True),
+        Column("bytes", "Total", 7, "bytes", numeric=True),
+        Column("packets", "Pkts", 6, "packets", numeric=True),
+        Column("rtt", "RTT", 7, None, numeric=True),
+        Column("retrans", "Retr", 5, None, numeric=True),
+        Column("src_as", "Src AS", 10, None),
+        Column("dst_as", "Dst AS", 10, None),
+    )
+}
+KEY_COLUMNS = ("src", "sport", "dst", "dport", "proto", "iface")
+# What each column needs from a row to be worth showing.
+_PRESENT: dict[str, Callable[[ViewRow], bool]] = {
+    "src": lambda r: r.src is not None,
+    "sport": lambda r: r.sport is not None,
+    "dst": lambda r: r.dst is not None,
+    "dport": lambda r: r.dport is not None,
+    "proto": lambda r: r.proto is not None,
+    "iface": lambda r: r.iface is not None,
+    "rtt": lambda r: r.rtt_us is not None,
+    "retrans": lambda r: r.retransmits is not None,
+    "src_as": lambda r: r.src_asn is not None or r.src_country is not None,
+    "dst_as": lambda r: r.dst_asn is not None or r.dst_country is not None,
+}
+# Which key columns each grouping keeps (used when there are no rows yet).
+GROUP_COLUMNS = {
+    "flow": KEY_COLUMNS,
+    "src": ("src",),
+    "dst": ("dst",),
+    "pair": ("src", "dst"),
+    "port": ("dport", "proto"),
+    "proto": ("proto",),
+    "iface": ("iface",),
+}
+
+
+def _span(cols: Sequence[Column]) -> int:
+    return sum(c.width + GAP for c in cols)
+
+
+def choose(
+    rows: Sequence[ViewRow], group_by: str, display: Display, width: int
+) -> tuple[Column, ...]:
+    """The columns to show, in order, with widths filling `width` cells."""
+    keys = [k for k in GROUP_COLUMNS.get(group_by, KEY_COLUMNS)]
+    if rows:
+        keys = [k for k in KEY_COLUMNS if any(_PRESENT[k](r) for r in rows)]
+    metrics = ["rate", "pps", "bytes", "packets"]
+    if display.cumulative:
+        metrics = ["bytes", "packets", "rate", "pps"]
+    if group_by != "flow":
+        metrics.insert(1, "flows")
+    extras = [
+        k for k in ("rtt", "retrans", "src_as", "dst_as") if any(_PRESENT[k](r) for r in rows)
+    ]
+    wanted = keys + metrics[:1]  # never dropped
+    optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:]
+    cols = [COLUMNS[k] for k in wanted]
+    for k in optional:
+        if _span([*cols, COLUMNS[k]]) <= width:
+            cols.append(COLUMNS[k])
+    order = [k for k in (*KEY_COLUMNS, *metrics, "rtt", "retrans", "src_as", "dst_as")]
+    cols.sort(key=lambda c: order.index(c.key))
+    return tuple(_grow(cols, width))
+
+
+def _grow(cols: list[Column], width: int) -> list[Column]:
+    """Hands spare width out one cell at a time to the columns that may grow."""
+    spare = width - _span(cols)
+    extra = dict.fromkeys((c.key for c in cols), 0)
+    growing = [c for c in cols if c.grow]
+    while spare > 0 and growing:
+        for c in list(growing):
+            if spare <= 0:
+                break
+            if extra[c.key] >= c.grow:
+                growing.remove(c)
+                continue
+            extra[c.key] += 1
+            spare -= 1
+    return [Column(c.key, c.label, c.width + extra[c.key], c.sort, c.numeric, 0) for c in cols]
+
+
+def cell(col: Column, row: ViewRow, display: Display, names: Names) -> str:
+    """A cell's plain text, cut to the column width ('…' marks a cut)."""
+    text = CELLS[col.key](row, display, names)
+    if len(text) > col.width:
+        text = text[: col.width - 1] + "…"
+    return text

@@ -1,0 +1,24 @@
+"""Messages from the engine worker to the UI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from flowtop.view import Snapshot
+
+
+@dataclass
+class SnapshotReady(Message):
+    """A snapshot for the current query; `requested` when it answers a query change."""
+
+    snapshot: Snapshot
+    history: tuple[tuple[float, float], ...] | None = None
+    history_key: str | None = None
+    requested: bool = False
+
+
+@dataclass
+class NamesResolved(Message):
+    """New reverse-DNS names are in the resolver's cache."""

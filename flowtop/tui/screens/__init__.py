@@ -1,0 +1,1 @@
+"""Screens: main view, flow detail, group-by picker, help."""

@@ -1,0 +1,172 @@
+"""Enter on a row: its full key, counters, TCP flags, first/last seen, rate history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual_plotext import PlotextPlot
+
+from flowtop.tui import format as fmt
+from flowtop.tui.columns import Names, clean_name
+from flowtop.tui.format import Display
+from flowtop.view import ViewRow
+
+
+def _addr(a: str | None, names: Names, d: Display) -> str:
+    if a is None:
+        return "*"
+    name = names(a) if d.resolve else None
+    return f"{a} ({name})" if name else a
+
+
+def title(row: ViewRow, names: Names, d: Display) -> str:
+    """The row's key in one line: 'tcp 10.0.0.1:443 -> 10.0.0.2:5123 on eth1 in'."""
+    parts = []
+    if row.proto_name or row.proto is not None:
+        parts.append(row.proto_name or str(row.proto))
+    src = _addr(row.src, names, d)
+    dst = _addr(row.dst, names, d)
+    sport = fmt.port(row.sport, row.proto, row.proto_name, False)
+    dport = fmt.port(row.dport, row.proto, row.proto_name, False)
+    parts.append(f"{src}{':' + sport if sport else ''} -> {dst}{':' + dport if dport else ''}")
+    if row.iface:
+        parts.append(f"on {clean_name(row.iface)} {row.direction or ''}".rstrip())
+    if row.vlan:
+        parts.append(f"vlan {row.vlan}")
+    return " ".join(parts)
+
+
+def facts(row: ViewRow, names: Names, d: Display, now: float, present: bool) -> Table:
+    t = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+    t.add_column(style="bold", no_wrap=True)
+    t.add_column(overflow="fold")
+
+    def port(p: int | None) -> str:
+        if p is None:
+            return "*"
+        name = fmt.port(p, row.proto, row.proto_name, True)
+        num = fmt.port(p, row.proto, row.proto_name, False)
+        return num if name == num else f"{num} ({name})"
+
+    iface = f"{clean_name(row.iface or '*')} {row.direction or ''}"
+    vlan = "*" if row.vlan is None else str(row.vlan)
+    retrans = "n/a" if row.retransmits is None else str(row.retransmits)
+    pairs = [
+        ("source", _addr(row.src, names, d), "source port", port(row.sport)),
+        ("destination", _addr(row.dst, names, d), "destination port", port(row.dport)),
+        ("protocol", row.proto_name or "*", "interface", iface),
+        ("rate", fmt.rate(row.bps, d.bits), "packets/s", fmt.count(row.pps)),
+        ("total", fmt.volume(row.bytes, d.bits), "packets", f"{row.packets:,}"),
+        ("bytes", f"{row.bytes:,}", "flows", f"{row.flows:,}"),
+        ("first seen", fmt.timestamp(row.first_seen), "last seen", fmt.timestamp(row.last_seen)),
+        ("duration", fmt.age(row.last_seen - row.first_seen), "idle", fmt.age(now - row.last_seen)),
+        ("TCP flags", fmt.tcp_flags(row.tcp_flags), "vlan", vlan),
+        ("RTT", fmt.rtt(row.rtt_us) or "n/a", "retransmits", retrans),
+    ]  # fmt: skip
+    if row.src_asn is not None or row.src_country:
+        pairs.append(("source AS", f"AS{row.src_asn} {row.src_country or ''}", "", ""))
+    if row.dst_asn is not None or row.dst_country:
+        pairs.append(("destination AS", f"AS{row.dst_asn} {row.dst_country or ''}", "", ""))
+    for a, b, c, e in pairs:
+        t.add_row(Text(a), Text(b), Text(c), Text(e))
+    if not present:
+        t.add_row(Text("note"), Text("not in the current top rows; figures as last seen"), "", "")
+    return t
+
+
+class DetailScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape,enter,backspace", "close", "Back"),
+    ]
+
+    def __init__(self, row: ViewRow, names: Names, display: Display, now: float) -> None:
+        super().__init__()
+        self.row = row
+        self.names = names
+        self.display_opts = display
+        self.now = now
+        self.present = True
+        self.history: Sequence[tuple[float, float]] = ()
+        self._ready = False
+
+    @property
+    def row_key(self) -> str:
+        return self.row.key
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="detail-box"):
+            yield Static(id="detail-title")
+            yield Static(id="detail-facts")
+            yield PlotextPlot(id="detail-chart")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._ready = True
+        self._redraw()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def update(
+        self,
+        row: ViewRow | None,
+        history: Sequence[tuple[float, float]] | None,
+        display: Display,
+        now: float,
+    ) -> None:
+        """Fresh figures for this row (None: it left the top rows, keep the last ones)."""
+        self.present = row is not None
+        if row is not None:
+            self.row = row
+        if history is not None:
+            self.history = history
+        self.display_opts = display
+        self.now = now
+        self._redraw()
+
+    def _redraw(self) -> None:
+        if not self._ready:
+            return  # on_mount draws what arrived until then
+        try:
+            title_widget = self.query_one("#detail-title", Static)
+        except NoMatches:  # the screen is going away
+            return
+        d = self.display_opts
+        title_widget.update(Text(title(self.row, self.names, d), no_wrap=False, overflow="fold"))
+        self.query_one("#detail-facts", Static).update(
+            facts(self.row, self.names, d, self.now, self.present)
+        )
+        chart = self.query_one("#detail-chart", PlotextPlot)
+        plt = chart.plt
+        plt.clear_data()
+        values = [v if d.bits else v / 8 for _, v in self.history]
+        scale, prefix = 1.0, ""
+        for div, p in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if values and max(values) >= div:
+                scale, prefix = div, p
+                break
+        unit = f"{prefix}b/s" if d.bits else f"{prefix}B/s"
+        plt.title(f"rate, last 60 s ({unit})")
+        if self.history:
+            t_end = self.history[-1][0]
+            xs = [t - t_end for t, _ in self.history]
+            ys = [v / scale for v in values]
+            colour = self.app.get_css_variables().get("flowtop-rx", "#808080").lstrip("#")
+            try:
+                rgb = (int(colour[0:2], 16), int(colour[2:4], 16), int(colour[4:6], 16))
+            except ValueError:
+                rgb = (128, 128, 128)
+            plt.plot(xs, ys, marker="braille", color=rgb)
+            plt.xlim(-60, 0)
+            plt.xlabel("seconds")
+        chart.refresh()

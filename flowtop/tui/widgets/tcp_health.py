@@ -1,0 +1,100 @@
+"""TCP health: RTT distribution and retransmits over time (plotext), or a plain note.
+
+Compact (one line) on small terminals, charts when there is room. Rows carry
+`rtt_us`/`retransmits` only once the kernel side measures them; until then the
+panel says so instead of drawing empty axes.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from flowtop.tui import format as fmt
+from flowtop.tui.history import RateHistory
+
+NO_DATA = "TCP health: no TCP data available (no RTT or retransmit measurements yet)"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
+
+
+def summary(history: RateHistory) -> str:
+    if not history.has_tcp:
+        return NO_DATA
+    rtts = list(history.rtts_us)
+    parts = ["TCP health:"]
+    if rtts:
+        parts.append(
+            f"RTT p50 {fmt.rtt(_percentile(rtts, 0.5))}  p90 {fmt.rtt(_percentile(rtts, 0.9))}"
+            f"  max {fmt.rtt(max(rtts))} ({len(rtts)} rows)"
+        )
+    if history.retransmits:
+        parts.append(f"  retransmits {fmt.count(history.retransmits[-1][1])} in shown rows")
+    return " ".join(parts)
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    h = hex_colour.lstrip("#")
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+class TcpHealth(Vertical):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.history: RateHistory | None = None
+        self._summary = NO_DATA
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(NO_DATA, no_wrap=True, overflow="ellipsis"), id="tcp-summary")
+        with Horizontal(id="tcp-charts"):
+            yield PlotextPlot(id="tcp-rtt")
+            yield PlotextPlot(id="tcp-retrans")
+
+    def set(self, history: RateHistory, charts: bool) -> None:
+        self.history = history
+        text = summary(history)
+        if text != self._summary:
+            self._summary = text
+            self.query_one("#tcp-summary", Static).update(
+                Text(text, no_wrap=True, overflow="ellipsis")
+            )
+        show = charts and history.has_tcp
+        self.set_class(show, "-charts")
+        if show:
+            self._draw()
+
+    def _colour(self, name: str) -> tuple[int, int, int]:
+        value = self.app.get_css_variables().get(name, "#808080")
+        try:
+            return _rgb(value)
+        except ValueError:
+            return (128, 128, 128)
+
+    def _draw(self) -> None:
+        h = self.history
+        if h is None:
+            return
+        rtt = self.query_one("#tcp-rtt", PlotextPlot)
+        plt = rtt.plt
+        plt.clear_data()
+        plt.title("RTT distribution (ms)")
+        if h.rtts_us:
+            plt.hist([v / 1000.0 for v in h.rtts_us], bins=20, color=self._colour("flowtop-rx"))
+        rtt.refresh()
+        ret = self.query_one("#tcp-retrans", PlotextPlot)
+        plt = ret.plt
+        plt.clear_data()
+        plt.title("retransmits (shown rows)")
+        if h.retransmits:
+            t0 = h.retransmits[-1][0]
+            xs = [t - t0 for t, _ in h.retransmits]
+            ys = [float(v) for _, v in h.retransmits]
+            plt.plot(xs, ys, marker="braille", color=self._colour("flowtop-tx"))
+            plt.xlabel("seconds")
+        ret.refresh()

@@ -1,0 +1,93 @@
+"""Named scenes of the real app on the fake source: snapshot tests and screenshots.
+
+Each scene is (source options, app options, terminal size, what to do before the
+picture). The same list drives tests/tui/test_snapshots.py and
+scripts/screenshots.py, so the README's pictures are what the tests check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from textual.pilot import Pilot
+
+from flowtop.tui import FlowtopApp
+from tests.tui.conftest import no_dns
+from tests.tui.fakesource import FakeSource
+from tests.tui.helpers import settle
+
+Steps = Callable[[Pilot[None]], Awaitable[None]]
+
+
+async def _nothing(pilot: Pilot[None]) -> None:
+    await settle(pilot)
+
+
+def _keys(*keys: str) -> Steps:
+    async def run(pilot: Pilot[None]) -> None:
+        await settle(pilot)
+        for k in keys:
+            await pilot.press(k)
+            await pilot.pause(0.05)
+        await settle(pilot)
+        await pilot.pause(0.2)
+
+    return run
+
+
+async def _bad_filter(pilot: Pilot[None]) -> None:
+    await settle(pilot)
+    await pilot.press("slash", *"host 10.0.0.1 and port", "enter")
+    await pilot.pause(0.2)
+
+
+async def _names(pilot: Pilot[None]) -> None:
+    await settle(pilot)
+    for _ in range(40):
+        await pilot.pause(0.05)
+    await settle(pilot)
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    size: tuple[int, int] = (80, 24)
+    source: dict[str, Any] = field(default_factory=dict)
+    app: dict[str, Any] = field(default_factory=dict)
+    steps: Steps = _nothing
+
+    def make_app(self) -> FlowtopApp:
+        src_opts = {"flows": 120, "frames": 8, **self.source}
+        app_opts = {"lookup": no_dns, "resolve": False, **self.app}
+        return FlowtopApp(FakeSource(**src_opts), **app_opts)
+
+
+SCENES = (
+    Scene("main-80x24"),
+    Scene("main-160x48", size=(160, 48)),
+    Scene("names-120x30", size=(120, 30), app={"resolve": True}, steps=_names),
+    Scene("filter-80x24", steps=_keys("slash", *"udp or icmp", "enter")),
+    Scene("filter-error-80x24", steps=_bad_filter),
+    Scene("groupby-picker-80x24", steps=_keys("g")),
+    Scene("groupby-src-80x24", steps=_keys("g", "s")),
+    Scene("groupby-port-120x30", size=(120, 30), steps=_keys("g", "o")),
+    Scene("detail-120x36", size=(120, 36), steps=_keys("down", "enter")),
+    Scene("tcp-160x48", size=(160, 48), source={"tcp": True}),
+    Scene("cumulative-bytes-80x24", steps=_keys("c", "b")),
+    Scene("paused-80x24", steps=_keys("p")),
+    Scene("help-80x24", steps=_keys("question_mark")),
+    Scene("unhealthy-80x24", source={"problems": {"flow_map_full": 12, "no_flow_map": 3}}),
+    Scene("theme-dark-100x30", size=(100, 30), source={"tcp": True}, app={"theme": "flowtop-dark"}),
+    Scene(
+        "theme-light-100x30", size=(100, 30), source={"tcp": True}, app={"theme": "flowtop-light"}
+    ),
+    Scene(
+        "theme-high-contrast-100x30",
+        size=(100, 30),
+        source={"tcp": True},
+        app={"theme": "flowtop-high-contrast"},
+    ),
+    Scene("theme-mono-100x30", size=(100, 30), source={"tcp": True}, app={"theme": "flowtop-mono"}),
+)
