@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="refresh interval in seconds (default 1)",
     )
-    p.add_argument("--theme", default="flowtop-dark", metavar="NAME", help="colour theme")
+    p.add_argument(
+        "--theme",
+        default=None,
+        metavar="NAME",
+        help="dark, light, high-contrast or mono (default dark; mono under NO_COLOR)",
+    )
     p.add_argument("--no-resolve", action="store_true", help="start with reverse DNS names off")
     p.add_argument("--record", metavar="FILE", help="also write what the view shows to FILE")
     p.add_argument("--replay", metavar="FILE", help="play a recording back (no root needed)")

@@ -48,7 +48,7 @@ def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
 
 def run_live(
     cfg: Config,
-    theme: str,
+    theme: str | None,
     resolve: bool,
     record: str | None = None,
     replay: str | None = None,

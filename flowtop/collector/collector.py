@@ -66,8 +66,14 @@ class KernelCollector:
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
         self._ipr = IPRoute()
-        self._check_explicit()
-        self.program = TcProgram(ProgramOptions(flow_map_size=flow_map_size))
+        try:
+            self._check_explicit()
+            self.program = TcProgram(ProgramOptions(flow_map_size=flow_map_size))
+        except BaseException:
+            # A half-built collector must not leave netlink sockets behind:
+            # pyroute2's event loop complains about them at exit.
+            self._ipr.close()
+            raise
         self.attacher = TcAttacher(self.program.ingress.fd, self.program.egress.fd, tc_priority)
         self._events = IPRoute()
         self._events.bind(groups=RTMGRP_LINK)
