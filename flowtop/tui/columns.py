@@ -67,7 +67,8 @@ def _asn(which: str) -> Callable[[ViewRow, Display, Names], str]:
 
 CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "src": _addr("src"),
-    "sport": lambda r, d, n: fmt.port(r.sport, r.proto, r.proto_name, d.resolve),
+    # ICMP has no source port: its key keeps type/code in dport only.
+    "sport": lambda r, d, n: fmt.source_port(r.sport, r.proto, r.proto_name, d.resolve),
     "dst": _addr("dst"),
     "dport": lambda r, d, n: fmt.port(r.dport, r.proto, r.proto_name, d.resolve),
     "proto": lambda r, d, n: r.proto_name or ("" if r.proto is None else str(r.proto)),

@@ -95,6 +95,15 @@ def port(number: int | None, proto: int | None, proto_name: str | None, names: b
     return str(number)
 
 
+def source_port(
+    number: int | None, proto: int | None, proto_name: str | None, names: bool
+) -> str:
+    """The source side: blank for ICMP, whose type/code shows as the destination port."""
+    if proto in _PORTLESS:
+        return ""
+    return port(number, proto, proto_name, names)
+
+
 def timestamp(unix: float) -> str:
     """Local wall-clock time with milliseconds."""
     if unix <= 0:

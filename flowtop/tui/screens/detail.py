@@ -34,7 +34,7 @@ def title(row: ViewRow, names: Names, d: Display) -> str:
         parts.append(row.proto_name or str(row.proto))
     src = _addr(row.src, names, d)
     dst = _addr(row.dst, names, d)
-    sport = fmt.port(row.sport, row.proto, row.proto_name, False)
+    sport = fmt.source_port(row.sport, row.proto, row.proto_name, False)
     dport = fmt.port(row.dport, row.proto, row.proto_name, False)
     parts.append(f"{src}{':' + sport if sport else ''} -> {dst}{':' + dport if dport else ''}")
     if row.iface:
