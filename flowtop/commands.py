@@ -76,6 +76,7 @@ def run_live(
     def _terminate(_signum: int, _frame: FrameType | None) -> None:
         # SIGTERM/SIGHUP (the SSH session died): leave the way `q` does, so
         # that the filters come off.
+        source.stop()
         try:
             asyncio.get_running_loop().call_soon_threadsafe(app.exit)
         except RuntimeError:

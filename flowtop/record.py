@@ -260,6 +260,9 @@ class ReplaySource(TableSource):
             self._after_step()
             return True
 
+    def stop(self) -> None:
+        self._closed.set()
+
     def close(self) -> None:
         self._closed.set()
         with self._lock:

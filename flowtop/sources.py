@@ -74,6 +74,9 @@ class LiveSource(TableSource):
         if self._next < now:
             self._next = now + self.interval
 
+    def stop(self) -> None:
+        self._stop.set()
+
     def close(self) -> None:
         """Detach, take the last drain, end every flow; safe to call twice."""
         self._stop.set()

@@ -130,6 +130,8 @@ class ViewSource(Protocol):
 
     def history(self, row_key: str) -> list[tuple[float, float]]: ...
 
+    def stop(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -536,6 +538,9 @@ class TableSource:
     def history(self, row_key: str) -> list[tuple[float, float]]:
         with self._lock:
             return list(self._history.get(row_key, ()))
+
+    def stop(self) -> None:
+        """Make a step() in progress return now (no more steps are wanted)."""
 
     def close(self) -> None:
         raise NotImplementedError

@@ -235,4 +235,9 @@ class FlowtopApp(App[None]):
     async def action_quit(self) -> None:
         if self._resolver is not None:
             self._resolver.close()
+        # Wake the engine worker from its wait so that quitting does not
+        # take up to a whole refresh interval (the CLI detaches afterwards).
+        stop = getattr(self.source, "stop", None)
+        if stop is not None:
+            stop()
         self.exit()
