@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -134,6 +134,8 @@ class FlowtopApp(App[None]):
 
     @on(SnapshotReady)
     def _snapshot_ready(self, message: SnapshotReady) -> None:
+        if not self._screen_stack:
+            return  # a worker's last answer arriving while the app shuts down
         snap = message.snapshot
         self.snapshots += 1
         self.history.add(snap)  # interfaces and TCP do not depend on the query
@@ -146,11 +148,13 @@ class FlowtopApp(App[None]):
         if (not self.paused and fresh) or message.requested:
             self.shown = snap
             self._draw()
-        if isinstance(self.screen, DetailScreen) and message.history_key == self.detail_key:
+        try:
+            screen = self.screen
+        except ScreenStackError:  # the app is shutting down between the two checks
+            return
+        if isinstance(screen, DetailScreen) and message.history_key == self.detail_key:
             rows = {r.key: r for r in snap.rows}
-            self.screen.update(
-                rows.get(self.screen.row_key), message.history, self.display_opts, snap.time
-            )
+            screen.update(rows.get(screen.row_key), message.history, self.display_opts, snap.time)
 
     def _draw(self) -> None:
         self.main.show(self.shown, self.history, self.display_opts, self.paused)

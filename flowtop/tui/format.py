@@ -95,9 +95,7 @@ def port(number: int | None, proto: int | None, proto_name: str | None, names: b
     return str(number)
 
 
-def source_port(
-    number: int | None, proto: int | None, proto_name: str | None, names: bool
-) -> str:
+def source_port(number: int | None, proto: int | None, proto_name: str | None, names: bool) -> str:
     """The source side: blank for ICMP, whose type/code shows as the destination port."""
     if proto in _PORTLESS:
         return ""
