@@ -36,15 +36,7 @@ def require_root() -> None:
         sys.exit("this benchmark needs root (BPF, network namespaces)")
 
 
-def run(
-    cmd: Sequence[str], check: bool = True, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(
-            f"command failed ({proc.returncode}): {' '.join(cmd)}: {proc.stderr.strip()}"
-        )
-    return proc
+run = netns.run  # one command runner for benches and tests
 
 
 def delete_netns(name: str) -> None:

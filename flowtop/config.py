@@ -13,7 +13,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from flowtop.errors import ConfigError
@@ -295,12 +295,3 @@ def load(path: str | None) -> Config:
     p = path or DEFAULT_PATH
     data = read_file(p, explicit)
     return from_mapping(data, p if data or explicit else None)
-
-
-def with_overrides(cfg: Config, **kw: Any) -> Config:
-    """Replace the given (non-None) top-level parts."""
-    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in fields(cls)]

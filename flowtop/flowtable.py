@@ -427,19 +427,10 @@ class FlowTable:
         out: np.ndarray = self._c[name][rows]
         return out.astype(np.float64) if name in ("pps", "Bps") else out
 
-    def keys_at(self, rows: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._keys[rows]
-        return out
-
     def words_at(self, rows: np.ndarray) -> np.ndarray:
         """Keys at rows as (n, 6) uint64 words (faster to gather than records)."""
         out: np.ndarray = self._words()[rows]
         return out
-
-    def live_columns(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(rows, keys, columns) of every live flow, copies the caller may keep."""
-        rows = np.flatnonzero(self._c["live"])
-        return (rows, *self.gather(rows))
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Keys and the view's columns at rows (copies)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -140,13 +138,3 @@ def test_resolver_caches_cleans_and_never_blocks() -> None:
     assert r.name("192.0.2.1") == "[2Jhost.example"
     assert calls.count("192.0.2.1") == 1
     r.close()
-
-
-def test_engine_modules_do_not_import_textual() -> None:
-    code = (
-        "import sys, flowtop.view, flowtop.engine, flowtop.filterexpr;"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('textual', 'rich')];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
