@@ -73,3 +73,33 @@ assert FLOW_KEY.itemsize == 48
 assert FLOW_STATS.itemsize == 48
 assert FLOW_CACHE_ENTRY.itemsize == 96
 assert IFACE_KEY.itemsize == 8
+
+# TCP health samples: what the sock_ops tracker (local sockets) and the TC
+# program's passive RTT code (any TCP crossing an attached hook) report, one
+# record per connection and sending direction, cumulative for the connection.
+# key: a FLOW_KEY with ifindex=0, direction=0, vlan=0, proto=6; src/sport is
+# the sender of the data the retransmit/segment counters describe (for
+# sock_ops: the local socket), dst/dport its peer.
+TCP_SOURCE_NONE = 0
+TCP_SOURCE_SOCKOPS = 1
+TCP_SOURCE_PASSIVE = 2
+TCP_SOURCES = ("", "sockops", "passive")
+
+TCP_SAMPLE = np.dtype(
+    [
+        ("key", FLOW_KEY),
+        ("srtt_us", "<u4"),  # smoothed RTT of the whole path (both halves), 0 = none yet
+        ("rttvar_us", "<u4"),
+        ("min_rtt_us", "<u4"),  # minimum RTT seen on the connection, 0 = none yet
+        ("rtt_samples", "<u4"),  # RTT samples so far (fresh sample: it grew)
+        ("retrans", "<u8"),  # segments src retransmitted
+        ("data_segs", "<u8"),  # data segments src sent (the ratio's denominator)
+        ("rto", "<u4"),  # retransmission timeouts of src's socket (sock_ops only)
+        ("source", "u1"),  # TCP_SOURCE_*
+        ("server", "u1"),  # 1: dst is the server (src opened), 2: src is, 0: unknown
+        ("state", "u1"),  # TCP state (sock_ops), 0 when unknown
+        ("pad", "u1"),
+        ("last_ns", "<u8"),  # CLOCK_MONOTONIC of the last update
+    ]
+)
+assert TCP_SAMPLE.itemsize == 96
