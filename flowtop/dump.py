@@ -64,6 +64,7 @@ class FlowAccumulator:
             dscp=allb.dscp[last_idx],
             reason=allb.reason[last_idx],
             clock_offset=self._offset,
+            ext=None if allb.ext is None else allb.ext[last_idx],
         )
 
 

@@ -23,8 +23,46 @@ import numpy as np
 from flowtop.collector.collector import Drain
 from flowtop.flowtable import FlowBatch, FlowTable
 from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
 
 log = logging.getLogger("flowtop.engine")
+
+
+class Enricher(Protocol):
+    """What the engine needs of flowtop.enrich.Enricher."""
+
+    def lookup(self, addrs: np.ndarray, versions: np.ndarray) -> np.ndarray: ...
+
+    def entity(self, eid: int) -> EntityLike: ...
+
+    def maybe_reload(self) -> bool: ...
+
+
+class EntityLike(Protocol):
+    @property
+    def asn(self) -> int | None: ...
+
+    @property
+    def label(self) -> str | None: ...
+
+
+def group_namer(enricher: Enricher) -> GroupNamer:
+    """Health groups from enrichment: a CIDR label, else the ASN, else the prefix."""
+
+    def name(addr: bytes, version: int) -> str:
+        eid = int(
+            enricher.lookup(
+                np.frombuffer(addr.ljust(16, b"\0"), dtype="V16"), np.array([version], "u1")
+            )[0]
+        )
+        e = enricher.entity(eid)
+        if e.label:
+            return e.label
+        if e.asn:
+            return f"AS{e.asn}"
+        return prefix_group(addr, version)
+
+    return name
 
 
 class Sink(Protocol):
@@ -73,12 +111,56 @@ class Engine:
     # (proto, address, port) of sockets whose flows must not be measured:
     # flowtop's own export traffic.
     exclude: Callable[[], list[tuple[int, str, int]]] | None = None
+    # ASN/geo/labels for both ends of every flow (flowtop.enrich.Enricher).
+    enricher: Enricher | None = None
+    tcp_health: HealthTracker | None = None
+    last_tcp: TcpUpdate = field(default_factory=TcpUpdate)
+
+    def __post_init__(self) -> None:
+        if self.tcp_health is None:
+            self.tcp_health = HealthTracker(ifname=self.ifname)
+        if self.enricher is not None:
+            self.tcp_health.set_group_namer(group_namer(self.enricher))
+
+    def ifname(self, ifindex: int) -> str:
+        return self.collector.names().get(ifindex, str(ifindex))
+
+    def set_enricher(self, enricher: Enricher | None) -> None:
+        """Replaces the enricher (reload); live flows are looked up again."""
+        self.enricher = enricher
+        assert self.tcp_health is not None
+        self.tcp_health.set_group_namer(group_namer(enricher) if enricher else prefix_group)
+        self._forget_enrichment()
+
+    def _forget_enrichment(self) -> None:
+        rows = self.table.live_rows()
+        self.table.set_column("src_ent", rows, -1)
+        self.table.set_column("dst_ent", rows, -1)
+
+    def _merged(self, d: Drain) -> None:
+        """TCP samples and enrichment onto the merged rows (before FIN flows leave)."""
+        self.last_tcp = join(self.table, d.tcp, d.now_ns)
+        if self.enricher is None:
+            return
+        if self.enricher.maybe_reload():
+            self._forget_enrichment()
+            assert self.tcp_health is not None
+            self.tcp_health.set_group_namer(group_namer(self.enricher))
+        live = self.table.live_rows()
+        rows = live[self.table.column("src_ent", live) < 0]
+        if len(rows):
+            keys = self.table.keys_at(rows)
+            ver = keys["ip_version"]
+            self.table.set_column("src_ent", rows, self.enricher.lookup(keys["src"], ver))
+            self.table.set_column("dst_ent", rows, self.enricher.lookup(keys["dst"], ver))
 
     def step(self) -> FlowBatch:
         """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
         t0 = time.perf_counter()
         d = self._drain()
-        ended = self.table.merge_many(d.batches, d.interval)
+        ended = self.table.merge_many(d.batches, d.interval, on_merged=lambda: self._merged(d))
+        assert self.tcp_health is not None
+        self.tcp_health.update(self.last_tcp, d.now_ns / 1e9)
         expired = self.table.expire(d.now_ns)
         batch = FlowBatch.concat([ended, expired], self.table.clock_offset)
         self._emit(batch)
@@ -93,13 +175,22 @@ class Engine:
         if self.exclude is not None:
             own = self.exclude()
             if own:
-                d = Drain([exclude_sockets(k, s, own) for k, s in d.batches], d.now_ns, d.interval)
+                d = Drain(
+                    [exclude_sockets(k, s, own) for k, s in d.batches], d.now_ns, d.interval, d.tcp
+                )
         self.last_drain = d
         return d
 
     def _emit(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
             return
+        if self.enricher is not None and batch.ext is not None:
+            # Flows that never had a row (no room) were not looked up yet.
+            miss = batch.ext["src_ent"] < 0
+            if miss.any():
+                ver = batch.keys["ip_version"][miss]
+                batch.ext["src_ent"][miss] = self.enricher.lookup(batch.keys["src"][miss], ver)
+                batch.ext["dst_ent"][miss] = self.enricher.lookup(batch.keys["dst"][miss], ver)
         self.stats.ended += len(batch)
         for sink in self.sinks:
             sink.flows_ended(batch)
@@ -111,7 +202,7 @@ class Engine:
         """
         self.collector.stop_capture()
         d = self._drain()
-        ended = self.table.merge_many(d.batches, d.interval)
+        ended = self.table.merge_many(d.batches, d.interval, on_merged=lambda: self._merged(d))
         flushed = self.table.flush()
         batch = FlowBatch.concat([ended, flushed], self.table.clock_offset)
         self._emit(batch)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -42,6 +43,24 @@ _COLUMNS: dict[str, str] = {
     "dscp": "u1",
     "live": "?",
 }
+# What a flow gains beyond counters: TCP health (joined from sock_ops or the
+# passive RTT code, cumulative for the connection) and enrichment (ids into
+# the Enricher's entity table). Flow-end records carry them as `ext`.
+EXT = np.dtype(
+    [
+        ("rtt_us", "<u4"),  # smoothed path RTT, 0 = unknown
+        ("rtt_min_us", "<u4"),
+        ("rtt_src", "u1"),  # layout.TCP_SOURCE_*: where the RTT came from
+        ("retr_src", "u1"),  # where retrans/rto came from, 0 = unknown
+        ("rtt_samples", "<u4"),
+        ("retrans", "<u8"),  # segments this flow's sender retransmitted
+        ("data_segs", "<u8"),
+        ("rto", "<u4"),
+        ("src_ent", "<i4"),  # Enricher entity ids, -1 = not looked up
+        ("dst_ent", "<i4"),
+    ]
+)
+EXT_NAMES: tuple[str, ...] = EXT.names or ()
 SORT_COLUMNS = ("bytes", "packets", "bps", "pps", "first_seen", "last_seen")
 
 
@@ -88,12 +107,17 @@ class FlowBatch:
     dscp: np.ndarray
     reason: np.ndarray  # EndReason values
     clock_offset: float
+    ext: np.ndarray | None = None  # EXT per record; None: nothing known
+
+    def ext_or_empty(self) -> np.ndarray:
+        return self.ext if self.ext is not None else empty_ext(len(self.keys))
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def records(self) -> Iterator[FlowRecord]:
         off = self.clock_offset
+        ext = self.ext_or_empty()
         for i in range(len(self.keys)):
             yield FlowRecord(
                 key=decode_key(self.keys[i]),
@@ -104,6 +128,7 @@ class FlowBatch:
                 tcp_flags=int(self.flags[i]),
                 dscp=int(self.dscp[i]),
                 end_reason=EndReason(int(self.reason[i])),
+                **ext_fields(ext[i]),
             )
 
     @staticmethod
@@ -111,10 +136,50 @@ class FlowBatch:
         if not batches:
             return empty_batch(clock_offset)
         cols = {f: np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS}
-        return FlowBatch(**cols, clock_offset=clock_offset)
+        ext = None
+        if any(b.ext is not None for b in batches):
+            ext = np.concatenate([b.ext_or_empty() for b in batches])
+        return FlowBatch(**cols, clock_offset=clock_offset, ext=ext)
+
+    def select(self, keep: np.ndarray) -> FlowBatch:
+        cols = {f: getattr(self, f)[keep] for f in _BATCH_FIELDS}
+        ext = None if self.ext is None else self.ext[keep]
+        return FlowBatch(**cols, clock_offset=self.clock_offset, ext=ext)
 
 
 _BATCH_FIELDS = ("keys", "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "reason")
+
+
+def empty_ext(n: int) -> np.ndarray:
+    ext = np.zeros(n, dtype=EXT)
+    ext["src_ent"] = -1
+    ext["dst_ent"] = -1
+    return ext
+
+
+class ExtFields(TypedDict):
+    rtt_us: int | None
+    rtt_min_us: int | None
+    rtt_source: str | None
+    retransmits: int | None
+    rto: int | None
+    src_ent: int
+    dst_ent: int
+
+
+def ext_fields(e: np.void) -> ExtFields:
+    """FlowRecord keyword arguments for one EXT row."""
+    rtt_src = int(e["rtt_src"])
+    retr_src = int(e["retr_src"])
+    return {
+        "rtt_us": int(e["rtt_us"]) if rtt_src and e["rtt_us"] else None,
+        "rtt_min_us": int(e["rtt_min_us"]) if rtt_src and e["rtt_min_us"] else None,
+        "rtt_source": layout.TCP_SOURCES[rtt_src] if rtt_src else None,
+        "retransmits": int(e["retrans"]) if retr_src else None,
+        "rto": int(e["rto"]) if retr_src == layout.TCP_SOURCE_SOCKOPS else None,
+        "src_ent": int(e["src_ent"]),
+        "dst_ent": int(e["dst_ent"]),
+    }
 
 
 def empty_batch(clock_offset: float) -> FlowBatch:
@@ -156,6 +221,7 @@ class FlowTable:
         self._cap = 0
         self._keys = np.zeros(0, dtype=layout.FLOW_KEY)
         self._c: dict[str, np.ndarray] = {n: np.zeros(0, dtype=t) for n, t in _COLUMNS.items()}
+        self._c.update({n: np.zeros(0, dtype=EXT[n]) for n in EXT_NAMES})
         self._grow(min(initial_capacity, max_flows))
 
     def set_timeouts(self, idle_timeout: float, active_timeout: float) -> None:
@@ -220,15 +286,21 @@ class FlowTable:
             dscp=c["dscp"][rows].copy(),
             reason=np.full(len(rows), int(reason), dtype="u1"),
             clock_offset=self.clock_offset,
+            ext=self.ext_at(rows),
         )
         if end:
             self._release(rows)
         # Zero-packet periods (no traffic since the last export) carry nothing.
         keep = batch.packets > 0
         if not keep.all():
-            cols = {f: getattr(batch, f)[keep] for f in _BATCH_FIELDS}
-            batch = FlowBatch(**cols, clock_offset=self.clock_offset)
+            batch = batch.select(keep)
         return batch
+
+    def ext_at(self, rows: np.ndarray) -> np.ndarray:
+        ext = np.zeros(len(rows), dtype=EXT)
+        for name in EXT_NAMES:
+            ext[name] = self._c[name][rows]
+        return ext
 
     # -- updates ---------------------------------------------------------------
 
@@ -237,10 +309,16 @@ class FlowTable:
         return self.merge_many([(keys, stats)], interval)
 
     def merge_many(
-        self, batches: list[tuple[np.ndarray, np.ndarray]], interval: float
+        self,
+        batches: list[tuple[np.ndarray, np.ndarray]],
+        interval: float,
+        on_merged: Callable[[], None] | None = None,
     ) -> FlowBatch:
         """Add one drained interval given as batches, keys distinct within each.
 
+        on_merged runs after the counters are in and before flows that saw
+        FIN/RST leave the table (TCP health and enrichment write their
+        columns then, so the last records carry them).
         Returns the flows that ended: TCP FIN/RST seen, or evicted for room.
         """
         c = self._c
@@ -264,6 +342,8 @@ class FlowTable:
                 c["Bps"][rows] += stats["bytes"] / interval
             touched.append(rows)
             fin.append(rows[(stats["tcp_flags"] & (TCP_FIN | TCP_RST)) != 0])
+        if on_merged is not None:
+            on_merged()
         if fin:
             fin_rows = np.unique(np.concatenate(fin))
             if len(fin_rows):
@@ -314,6 +394,8 @@ class FlowTable:
             c["pps"][new_rows] = 0.0
             c["Bps"][new_rows] = 0.0
             c["live"][new_rows] = True
+            for name in EXT_NAMES:
+                c[name][new_rows] = -1 if name.endswith("_ent") else 0
         have = rows >= 0
         rows, stats = rows[have], stats[have]
         # A flow already in the table but first seen earlier in another batch
@@ -333,6 +415,7 @@ class FlowTable:
             dscp=stats["dscp"].copy(),
             reason=np.full(len(keys), int(EndReason.LACK_OF_RESOURCES), dtype="u1"),
             clock_offset=self.clock_offset,
+            ext=empty_ext(len(keys)),
         )
 
     def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
@@ -387,6 +470,7 @@ class FlowTable:
             dscp=int(c["dscp"][row]),
             pps=float(c["pps"][row]),
             bps=float(c["Bps"][row]) * 8,
+            **ext_fields(self.ext_at(np.array([row]))[0]),
         )
 
     def _sort_values(self, by: str, rows: np.ndarray) -> np.ndarray:
@@ -426,6 +510,16 @@ class FlowTable:
         """One column (see gather() for names) at rows, a copy."""
         out: np.ndarray = self._c[name][rows]
         return out.astype(np.float64) if name in ("pps", "Bps") else out
+
+    def set_column(self, name: str, rows: np.ndarray, values: np.ndarray | int) -> None:
+        """Writes an EXT column (TCP health, enrichment) at rows."""
+        if name not in EXT_NAMES:
+            raise KeyError(name)
+        self._c[name][rows] = values
+
+    def keys_at(self, rows: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._keys[rows]
+        return out
 
     def words_at(self, rows: np.ndarray) -> np.ndarray:
         """Keys at rows as (n, 6) uint64 words (faster to gather than records)."""

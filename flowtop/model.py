@@ -96,6 +96,15 @@ class FlowRecord:
     pps: float = 0.0  # rates over the last interval
     bps: float = 0.0  # bits per second
     end_reason: EndReason | None = None
+    # TCP health (None: unknown or not TCP)
+    rtt_us: int | None = None
+    rtt_min_us: int | None = None
+    rtt_source: str | None = None  # "sockops" or "passive"
+    retransmits: int | None = None
+    rto: int | None = None
+    # Enricher entity ids of the two ends, -1: not looked up
+    src_ent: int = -1
+    dst_ent: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,11 +83,14 @@ class Recorder:
             ],
             "kernel": kernel,
             "batches": [len(k) for k, _ in drain.batches],
+            "tcp": 0 if drain.tcp is None else len(drain.tcp),
         }
         parts = [_blob(json.dumps(head).encode())]
         for keys, stats in drain.batches:
             parts.append(np.ascontiguousarray(keys).tobytes())
             parts.append(np.ascontiguousarray(stats).tobytes())
+        if drain.tcp is not None:
+            parts.append(np.ascontiguousarray(drain.tcp, dtype=layout.TCP_SAMPLE).tobytes())
         self._write(_blob(zlib.compress(b"".join(parts), 1)))
 
     def close(self) -> None:
@@ -162,12 +165,14 @@ def _decode(payload: bytes) -> Frame:
         stats = np.frombuffer(payload, dtype=layout.FLOW_STATS, count=count, offset=pos).copy()
         pos += count * vs
         batches.append((keys, stats))
+    ntcp = int(head.get("tcp", 0))  # recordings made before TCP health have none
+    tcp = np.frombuffer(payload, dtype=layout.TCP_SAMPLE, count=ntcp, offset=pos).copy()
     ifaces = [
         InterfaceCounters(int(i), str(name), str(fam), int(rp), int(rb), int(tp), int(tb))
         for i, name, fam, rp, rb, tp, tb in head["ifaces"]
     ]
     return Frame(
-        drain=Drain(batches, int(head["now_ns"]), float(head["interval"])),
+        drain=Drain(batches, int(head["now_ns"]), float(head["interval"]), tcp if ntcp else None),
         names={int(k): str(v) for k, v in head["names"].items()},
         ifaces=ifaces,
         kernel={str(k): int(v) for k, v in head["kernel"].items()},

@@ -34,6 +34,7 @@ class Drain:
     batches: list[tuple[np.ndarray, np.ndarray]]  # (FLOW_KEY, FLOW_STATS) arrays
     now_ns: int  # CLOCK_MONOTONIC at the swap
     interval: float  # seconds since the previous drain
+    tcp: np.ndarray | None = None  # layout.TCP_SAMPLE records (sock_ops and passive RTT)
 
 
 class InterfaceSelector:
