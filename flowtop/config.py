@@ -33,6 +33,8 @@ class CollectorConfig:
     map_size: int = DEFAULT_MAP_SIZE
     idle_timeout: float = 15.0
     active_timeout: float = 60.0
+    sockops: bool = True  # local TCP health from sock_ops + tracepoint
+    passive_rtt: bool = True  # passive RTT/retransmits in the TC program
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.interval <= 3600:
@@ -73,6 +75,8 @@ class CollectorConfig:
             map_size=max(1, min(mf, base.map_size)),
             idle_timeout=base.idle_timeout if idle_timeout is None else idle_timeout,
             active_timeout=base.active_timeout if active_timeout is None else active_timeout,
+            sockops=base.sockops,
+            passive_rtt=base.passive_rtt,
         )
 
 
@@ -155,10 +159,22 @@ class PrometheusConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EnrichConfig:
+    geoip_asn: str | None = None  # None: look in /usr/share/GeoIP, /var/lib/GeoIP
+    geoip_city: str | None = None
+    labels: str | None = None
+    resolve: bool | None = None  # reverse DNS; None: on in the live view, off elsewhere
+
+    def resolve_for(self, interactive: bool) -> bool:
+        return interactive if self.resolve is None else self.resolve
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     ipfix: IpfixConfig = field(default_factory=IpfixConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
     path: str | None = None  # the file it came from
 
 
@@ -193,6 +209,12 @@ def _str(key: str, v: Any) -> str:
     return v
 
 
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key} must be true or false, not {v!r}")
+    return v
+
+
 def _strs(key: str, v: Any) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise ConfigError(f"{key} must be a list of strings")
@@ -219,6 +241,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "max_flows": ("max_flows", _int(1, 50_000_000)),
         "map_size": ("map_size", _int(1, 16_777_216)),
         "tc_priority": ("tc_priority", _int(1, 65535)),
+        "sockops": ("sockops", _bool),
+        "passive_rtt": ("passive_rtt", _bool),
     },
     "ipfix": {
         "collectors": ("collectors", _endpoints),
@@ -234,6 +258,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "tls_cert": ("tls_cert", _str),
         "tls_key": ("tls_key", _str),
         "max_series": ("max_series", _int(10, 100_000)),
+    },
+    "enrich": {
+        "geoip_asn": ("geoip_asn", _str),
+        "geoip_city": ("geoip_city", _str),
+        "labels": ("labels", _str),
+        "resolve": ("resolve", _bool),
     },
 }
 
@@ -285,6 +315,7 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
         collector=CollectorConfig(**coll),
         ipfix=IpfixConfig(**values["ipfix"]),
         prometheus=PrometheusConfig(**values["prometheus"]),
+        enrich=EnrichConfig(**values["enrich"]),
         path=path,
     )
 

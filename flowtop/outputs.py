@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import TYPE_CHECKING
 
-from flowtop.config import Config, IpfixConfig, PrometheusConfig
+import numpy as np
+
+from flowtop.config import Config, EnrichConfig, IpfixConfig, PrometheusConfig
 from flowtop.engine import Engine
 from flowtop.export.ipfix import IpfixExporter
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
+
+if TYPE_CHECKING:
+    from flowtop.enrich import Enricher
 
 log = logging.getLogger("flowtop")
 
@@ -23,6 +29,9 @@ def _proto(transport: str) -> int:
 
 class Outputs:
     def __init__(self, cfg: Config) -> None:
+        # bgpSource/DestinationAsNumber go in the templates when there is an
+        # ASN database to fill them.
+        self.bgp = asn_database_expected(cfg.enrich)
         self.ipfix_cfg = cfg.ipfix
         self.prom_cfg = cfg.prometheus
         self.ipfix: IpfixExporter | None = None
@@ -47,6 +56,7 @@ class Outputs:
             template_refresh=c.template_refresh,
             template_refresh_messages=c.template_refresh_messages or None,
             options_interval=c.options_interval,
+            bgp=self.bgp,
         )
         where = ", ".join(f"{h}:{p}" for h, p in c.collectors)
         log.info("exporting IPFIX over %s to %s (domain %d)", c.transport, where, c.domain_id)
@@ -78,6 +88,9 @@ class Outputs:
             return
         if engine.last_drain is not None:
             self.metrics.add_drain(engine.last_drain)
+            if engine.enricher is not None:
+                self._add_remote(engine, engine.enricher)
+        self.metrics.add_tcp(engine.last_tcp)
         exporter: dict[str, int] = {}
         if self.ipfix is not None:
             st = self.ipfix.stats()
@@ -94,7 +107,31 @@ class Outputs:
             engine.stats.last_poll_seconds,
             engine.stats.polls,
             exporter,
+            engine.tcp_health.groups() if engine.tcp_health is not None else (),
         )
+
+    def _add_remote(self, engine: Engine, enricher: Enricher) -> None:
+        """This interval's bytes by remote AS and country (ingress: src, egress: dst)."""
+        assert self.metrics is not None and engine.last_drain is not None
+        for keys, stats in engine.last_drain.batches:
+            if len(keys) == 0:
+                continue
+            ingress = keys["direction"] == 0
+            remote = np.where(ingress, keys["src"], keys["dst"])
+            eids = enricher.lookup(remote, keys["ip_version"])
+            uniq, inv = np.unique(
+                np.stack([keys["direction"].astype(np.int64), eids.astype(np.int64)], axis=1),
+                axis=0,
+                return_inverse=True,
+            )
+            nbytes = np.bincount(inv.ravel(), weights=stats["bytes"].astype(np.float64))
+            ents = [enricher.entity(int(e)) for e in uniq[:, 1]]
+            self.metrics.add_remote(
+                uniq[:, 0],
+                np.array([e.asn or 0 for e in ents], dtype=np.int64),
+                np.array([e.country or "" for e in ents], dtype=object),
+                nbytes.astype(np.int64),
+            )
 
     def reload(self, cfg: Config, timeout: float = 1.0) -> None:
         """New settings: restart only what changed; flow state is the engine's."""
@@ -128,3 +165,9 @@ class Outputs:
             )
         if self.server is not None:
             self.server.close()
+
+
+def asn_database_expected(cfg: EnrichConfig) -> bool:
+    from flowtop.enrich.geo import KIND_ASN, find_default
+
+    return cfg.geoip_asn is not None or find_default(KIND_ASN) is not None

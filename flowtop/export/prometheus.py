@@ -14,7 +14,7 @@ series; flows of further combinations are counted in one series labelled
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -32,6 +33,7 @@ from flowtop import __version__
 from flowtop.collector.collector import Drain
 from flowtop.errors import ConfigError
 from flowtop.model import CollectorHealth, InterfaceCounters, proto_name
+from flowtop.tcphealth import DEGRADED, HEALTHY, HealthGroup, TcpUpdate
 
 OTHER = ("other", "other", "other")
 # Kernel counters exported as totals, with what they count.
@@ -57,6 +59,19 @@ class MetricsSnapshot:
     polls: int = 0
     exporter: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    # ifname -> (cumulative bucket counts, sum of seconds, count)
+    rtt: tuple[tuple[str, tuple[int, ...], float, int], ...] = ()
+    retransmits: tuple[tuple[str, int], ...] = ()  # ifname, segments
+    rto: tuple[tuple[str, int], ...] = ()
+    verdicts: tuple[tuple[str, str, int], ...] = ()  # scope, group, 1 = degraded
+    verdict_counts: tuple[tuple[str, int], ...] = ()  # verdict, groups
+    remote: tuple[tuple[tuple[str, str, str], int], ...] = ()  # (direction, asn, country), bytes
+
+
+# RTT histogram buckets, seconds: LAN to intercontinental to a bad day.
+RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# Health verdict series at most (interfaces first, then remote groups worst first).
+MAX_VERDICT_SERIES = 50
 
 
 class FlowMetrics:
@@ -68,6 +83,45 @@ class FlowMetrics:
         self._other = [0, 0]
         self._snapshot = MetricsSnapshot()
         self.errors: dict[str, int] = {}
+        self._rtt: dict[int, tuple[np.ndarray, list[float]]] = {}  # ifindex -> buckets, [sum, n]
+        self._retrans: dict[int, int] = {}
+        self._rto: dict[int, int] = {}
+        self._remote: dict[tuple[int, int, str], int] = {}
+        self._remote_other = [0, 0]
+
+    def add_tcp(self, upd: TcpUpdate) -> None:
+        """Fresh RTT samples into the histograms; retransmit and RTO deltas."""
+        if len(upd.rows) == 0:
+            return
+        for ifindex in np.unique(upd.ifindex).tolist():
+            on = upd.ifindex == ifindex
+            if len(self._rtt) < self.max_series or ifindex in self._rtt:
+                rtts = upd.rtt_us[on & upd.fresh_rtt] / 1e6
+                slot = self._rtt.setdefault(
+                    ifindex, (np.zeros(len(RTT_BUCKETS), np.int64), [0.0, 0])
+                )
+                if len(rtts):
+                    idx = np.searchsorted(RTT_BUCKETS, rtts, side="left")
+                    slot[0][:] += np.cumsum(np.bincount(idx, minlength=len(RTT_BUCKETS) + 1))[:-1]
+                    slot[1][0] += float(rtts.sum())
+                    slot[1][1] += len(rtts)
+            self._retrans[ifindex] = self._retrans.get(ifindex, 0) + int(upd.d_retrans[on].sum())
+            self._rto[ifindex] = self._rto.get(ifindex, 0) + int(upd.d_rto[on].sum())
+
+    def add_remote(
+        self, direction: np.ndarray, asn: np.ndarray, country: np.ndarray, nbytes: np.ndarray
+    ) -> None:
+        """Bytes by (direction, remote AS, remote country), at most max_series series."""
+        if len(direction) == 0:
+            return
+        ident = np.stack([direction.astype(np.int64), asn.astype(np.int64)], axis=1)
+        keys = [(int(d), int(a), str(c)) for (d, a), c in zip(ident.tolist(), country, strict=True)]
+        for k, b in zip(keys, nbytes.tolist(), strict=True):
+            slot = self._remote.get(k)
+            if slot is None and len(self._remote) >= self.max_series - 1:
+                self._remote_other[k[0] & 1] += int(b)
+                continue
+            self._remote[k] = (slot or 0) + int(b)
 
     def add_drain(self, drain: Drain) -> None:
         """Fold one interval's drained flows into the (ifindex, dir, proto) totals."""
@@ -103,7 +157,30 @@ class FlowMetrics:
         poll_seconds: float,
         polls: int,
         exporter: dict[str, int] | None = None,
+        verdicts_of: Sequence[HealthGroup] = (),
     ) -> None:
+        def ifn(i: int) -> str:
+            return names.get(i, f"if{i}")
+
+        verdicts = [
+            (g.scope, g.group, int(g.degraded)) for g in verdicts_of if g.scope == "interface"
+        ]
+        for g in verdicts_of:  # worst first
+            if g.scope != "interface" and len(verdicts) < MAX_VERDICT_SERIES:
+                verdicts.append((g.scope, g.group, int(g.degraded)))
+        counts = [(v, sum(1 for g in verdicts_of if g.verdict == v)) for v in (HEALTHY, DEGRADED)]
+        dirs = ("ingress", "egress")
+        remote = [
+            ((dirs[d & 1], f"AS{a}" if a else "unknown", c or "unknown"), b)
+            for (d, a, c), b in self._remote.items()
+        ]
+        for d, b in enumerate(self._remote_other):
+            if b:
+                remote.append(((dirs[d], "other", "other"), b))
+        rtt = tuple(
+            (ifn(i), tuple(int(x) for x in b), s_n[0], int(s_n[1]))
+            for i, (b, s_n) in self._rtt.items()
+        )
         flows = [
             (
                 (names.get(i, f"if{i}"), ("ingress", "egress")[d], proto_name(p)),
@@ -123,6 +200,12 @@ class FlowMetrics:
             polls=polls,
             exporter=dict(exporter or {}),
             errors=dict(self.errors),
+            rtt=rtt,
+            retransmits=tuple((ifn(i), n) for i, n in self._retrans.items()),
+            rto=tuple((ifn(i), n) for i, n in self._rto.items()),
+            verdicts=tuple(verdicts),
+            verdict_counts=tuple(counts),
+            remote=tuple(remote),
         )
 
     @property
@@ -203,6 +286,7 @@ class FlowtopCollector(Collector):
         for outcome in ("sent", "not_sent"):
             exp.add_metric([outcome], s.exporter.get(f"records_{outcome}", 0))
         yield exp
+        yield from self._tcp(s)
         errs = CounterMetricFamily("flowtop_errors", "errors by subsystem", labels=["subsystem"])
         merged = dict(s.errors)
         merged["drain"] = s.health.drain_errors
@@ -211,6 +295,55 @@ class FlowtopCollector(Collector):
         for sub, n in sorted(merged.items()):
             errs.add_metric([sub], n)
         yield errs
+
+    @staticmethod
+    def _tcp(s: MetricsSnapshot) -> Iterator[Metric]:
+        rtt = HistogramMetricFamily(
+            "flowtop_tcp_rtt_seconds",
+            "smoothed TCP round-trip times, one observation per connection with a new "
+            "sample per interval (sock_ops for local sockets, passive for forwarded TCP)",
+            labels=["ifname"],
+        )
+        for ifname, buckets, total, count in s.rtt:
+            les = [(f"{b:g}", c) for b, c in zip(RTT_BUCKETS, buckets, strict=True)]
+            rtt.add_metric([ifname], [*les, ("+Inf", count)], total)
+        yield rtt
+        retr = CounterMetricFamily(
+            "flowtop_tcp_retransmits", "TCP segments retransmitted", labels=["ifname"]
+        )
+        for ifname, n in s.retransmits:
+            retr.add_metric([ifname], n)
+        yield retr
+        rto = CounterMetricFamily(
+            "flowtop_tcp_rto", "TCP retransmission timeouts of local sockets", labels=["ifname"]
+        )
+        for ifname, n in s.rto:
+            rto.add_metric([ifname], n)
+        yield rto
+        verdict = GaugeMetricFamily(
+            "flowtop_health_degraded",
+            f"1 when the network health verdict is degraded (interfaces, then the worst "
+            f"remote groups; at most {MAX_VERDICT_SERIES} series)",
+            labels=["scope", "group"],
+        )
+        for scope, group, bad in s.verdicts:
+            verdict.add_metric([scope, group], bad)
+        yield verdict
+        counts = GaugeMetricFamily(
+            "flowtop_health_groups", "interfaces and remote groups by verdict", labels=["verdict"]
+        )
+        for v, n in s.verdict_counts:
+            counts.add_metric([v], n)
+        yield counts
+        remote = CounterMetricFamily(
+            "flowtop_remote_bytes",
+            "IP bytes by direction and the remote end's AS and country (ingress: source, "
+            "egress: destination), bounded by max_series",
+            labels=["direction", "asn", "country"],
+        )
+        for labels, n in s.remote:
+            remote.add_metric(list(labels), n)
+        yield remote
 
 
 class MetricsServer:

@@ -137,3 +137,64 @@ def test_bad_tls_files_are_one_error(tmp_path) -> None:  # type: ignore[no-untyp
     junk.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="Prometheus TLS"):
         MetricsServer(published(FlowMetrics()), "127.0.0.1", 0, str(junk), str(junk))
+
+
+def test_tcp_health_metrics() -> None:
+    from flowtop.tcphealth import HealthGroup, TcpUpdate
+
+    m = FlowMetrics()
+    upd = TcpUpdate(
+        rows=np.arange(4),
+        ifindex=np.array([2, 2, 2, 3], dtype=np.uint32),
+        fresh_rtt=np.array([True, True, False, True]),
+        rtt_us=np.array([800, 30_000, 5_000, 3_000_000], dtype=np.uint32),
+        d_retrans=np.array([1, 0, 4, 2]),
+        d_segs=np.array([10, 0, 40, 20]),
+        d_rto=np.array([0, 0, 1, 0]),
+        remote=np.zeros(4, "V16"),
+        remote_ver=np.full(4, 4, np.uint8),
+        conn=np.arange(4),
+    )
+    m.add_tcp(upd)
+    m.add_tcp(upd)
+    bad = HealthGroup(
+        "remote", "AS64500", "degraded", "RTT 4.0x baseline", 4e4, 5e4, 1e4, 0.0, 0, 0, 0
+    )
+    ok = HealthGroup("interface", "eth1", "healthy", "", 1e3, 1e3, 1e3, 0.0, 0, 0, 0)
+    m.publish({2: "eth1", 3: "eth2"}, [], 0, CollectorHealth(), 0.0, 1, None, [bad, ok])
+    text = exposition(m)
+    # eth1: 0.8 ms and 30 ms, twice; the non-fresh 5 ms sample is not observed again.
+    assert 'flowtop_tcp_rtt_seconds_bucket{ifname="eth1",le="0.001"} 2.0' in text
+    assert 'flowtop_tcp_rtt_seconds_bucket{ifname="eth1",le="0.02"} 2.0' in text
+    assert 'flowtop_tcp_rtt_seconds_bucket{ifname="eth1",le="0.05"} 4.0' in text
+    assert 'flowtop_tcp_rtt_seconds_count{ifname="eth1"} 4.0' in text
+    assert 'flowtop_tcp_rtt_seconds_bucket{ifname="eth2",le="2"} 0.0' in text
+    assert 'flowtop_tcp_rtt_seconds_bucket{ifname="eth2",le="+Inf"} 2.0' in text
+    assert 'flowtop_tcp_retransmits_total{ifname="eth1"} 10.0' in text
+    assert 'flowtop_tcp_rto_total{ifname="eth1"} 2.0' in text
+    assert 'flowtop_health_degraded{group="AS64500",scope="remote"} 1.0' in text
+    assert 'flowtop_health_degraded{group="eth1",scope="interface"} 0.0' in text
+    assert 'flowtop_health_groups{verdict="degraded"} 1.0' in text
+    res = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_remote_bytes_are_bounded() -> None:
+    m = FlowMetrics(max_series=10)
+    n = 50
+    m.add_remote(
+        np.zeros(n, np.int64),
+        np.arange(64500, 64500 + n),
+        np.array(["US"] * n, dtype=object),
+        np.full(n, 100),
+    )
+    m.publish({}, [], 0, CollectorHealth(), 0.0, 1)
+    text = exposition(m)
+    lines = [ln for ln in text.splitlines() if ln.startswith("flowtop_remote_bytes_total{")]
+    assert len(lines) == 10
+    assert (
+        'flowtop_remote_bytes_total{asn="other",country="other",direction="ingress"} 4100.0' in text
+    )
+    assert sum(float(ln.split()[-1]) for ln in lines) == 5000

@@ -95,6 +95,7 @@ class IpfixExporter:
             options_interval,
             max_queue_flows,
         )
+        self.bgp = bgp
         self.v4 = flow_template(4, bgp)
         self.v6 = flow_template(6, bgp)
         self.templates: tuple[Template, ...] = (self.v4, self.v6, EXPORTER_RELIABILITY)
@@ -133,7 +134,14 @@ class IpfixExporter:
             self.start()
 
     def _encode(self, batch: FlowBatch) -> tuple[list[EncodedRecords], np.ndarray]:
-        return split_by_version(batch, self.v4, self.v6)
+        extra = None
+        if self.bgp and batch.ext is not None:
+            # AS numbers of both ends, from enrichment (0 when unknown).
+            extra = {
+                "bgpSourceAsNumber": batch.ext["src_asn"],
+                "bgpDestinationAsNumber": batch.ext["dst_asn"],
+            }
+        return split_by_version(batch, self.v4, self.v6, extra)
 
     def start(self) -> None:
         for link in self._links:
