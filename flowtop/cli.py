@@ -54,6 +54,18 @@ def _collector_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _enrich_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--geoip-asn", metavar="PATH", help="MaxMind ASN database (.mmdb)")
+    p.add_argument("--geoip-city", metavar="PATH", help="MaxMind City or Country database")
+    p.add_argument("--labels", metavar="FILE", help="CIDR labels: NAME PREFIX... [zone=Z] per line")
+    p.add_argument(
+        "--resolve",
+        action="store_true",
+        default=None,
+        help="reverse DNS names (default: on in the live view, off in dump/--export-only)",
+    )
+
+
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ipfix",
@@ -78,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="flowtop", description="top for network flows (eBPF, TC)")
     p.add_argument("--version", action="version", version=f"flowtop {__version__}")
     _collector_options(p)
+    _enrich_options(p)
     _export_options(p)
     p.add_argument(
         "-d",
@@ -101,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dump = sub.add_parser("dump", help="collect for a while, then print flows")
     _collector_options(dump)
+    _enrich_options(dump)
     dump.add_argument("--duration", type=float, default=5.0, metavar="S")
     dump.add_argument("--json", action="store_true", help="one JSON object per line")
     dump.add_argument(
@@ -137,7 +151,15 @@ def _config(args: argparse.Namespace, interval: float | None) -> Config:
     if getattr(args, "prometheus", None):
         listen = parse_endpoint(args.prometheus, "--prometheus", default_host="127.0.0.1")
         prom = replace(prom, listen=listen)
-    return replace(cfg, collector=collector, ipfix=ipfix, prometheus=prom)
+    enrich = cfg.enrich
+    for opt in ("geoip_asn", "geoip_city", "labels"):
+        if getattr(args, opt, None) is not None:
+            enrich = replace(enrich, **{opt: getattr(args, opt)})
+    if getattr(args, "resolve", None):
+        enrich = replace(enrich, resolve=True)
+    if getattr(args, "no_resolve", False):
+        enrich = replace(enrich, resolve=False)
+    return replace(cfg, collector=collector, ipfix=ipfix, prometheus=prom, enrich=enrich)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -155,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--duration must be positive")
             from flowtop.commands import run_dump
 
-            return run_dump(_config(args, args.interval).collector, args.duration, args.json)
+            return run_dump(_config(args, args.interval), args.duration, args.json)
         if args.export_only:
             if args.replay or args.record:
                 raise ConfigError("--export-only does not record or replay")

@@ -6,22 +6,29 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from flowtop.config import CollectorConfig, Config
-from flowtop.dump import FlowAccumulator, emit
+from flowtop.config import Config
+from flowtop.dump import Extras, FlowAccumulator, emit
 from flowtop.engine import StopSignal
+from flowtop.flowtable import FlowBatch
 from flowtop.sanitize import clean
 from flowtop.sources import build_engine
 from flowtop.view import ViewSource
 
+if TYPE_CHECKING:
+    from flowtop.enrich.dns import ReverseResolver
+
 log = logging.getLogger("flowtop")
 
 
-def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
+def run_dump(cfg: Config, duration: float, as_json: bool) -> int:
     stop = StopSignal()
     stop.install()
-    engine, collector = build_engine(cfg)
+    engine, collector = build_engine(cfg.collector, cfg.enrich)
+    resolver = None
     acc = FlowAccumulator(engine.table.clock_offset)
     engine.sinks.append(acc)
     try:
@@ -40,10 +47,40 @@ def run_dump(cfg: CollectorConfig, duration: float, as_json: bool) -> int:
         ifaces = engine.interface_counters()
         health = engine.health()
         ifname = collector.names()
+        flows = acc.per_key()
+        if cfg.enrich.resolve_for(interactive=False):
+            resolver = resolve_all(flows)
+        assert engine.tcp_health is not None
+        extras = Extras(
+            entity_of=engine.enricher.entity if engine.enricher is not None else None,
+            name_of=resolver.name if resolver is not None else None,
+            health=engine.tcp_health.groups(),
+        )
+        emit(flows, ifname, ifaces, health, as_json, extras=extras)
     finally:
         collector.close()
-    emit(acc.per_key(), ifname, ifaces, health, as_json)
+        if resolver is not None:
+            resolver.close()
+        if engine.enricher is not None:
+            engine.enricher.close()
     return 0
+
+
+def resolve_all(flows: FlowBatch, budget: float = 3.0) -> ReverseResolver:
+    """A resolver that has had up to `budget` seconds for every address of flows."""
+    from flowtop.enrich.dns import ReverseResolver
+
+    resolver = ReverseResolver()
+    addrs = {str(r.key.src) for r in flows.records()} | {str(r.key.dst) for r in flows.records()}
+    for a in addrs:
+        resolver.name(a)
+    end = time.monotonic() + budget
+    while time.monotonic() < end:
+        st = resolver.stats()
+        if st["queued"] == 0 and st["inflight"] == 0:
+            break
+        time.sleep(0.02)
+    return resolver
 
 
 def run_live(

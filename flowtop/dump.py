@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from flowtop.model import (
     tcp_flags_str,
 )
 from flowtop.sanitize import clean
+from flowtop.tcphealth import HealthGroup
 
 
 class FlowAccumulator:
@@ -79,9 +81,38 @@ def endpoint(addr: object, port: int, proto: int, ip_version: int) -> str:
     return f"{a}:{port}"
 
 
-def flow_json(r: FlowRecord, ifname: str) -> dict[str, object]:
+class EntityLike(Protocol):
+    asn: int | None
+    as_org: str | None
+    country: str | None
+    city: str | None
+    label: str | None
+
+
+EntityOf = Callable[[int], EntityLike | None]
+NameOf = Callable[[str], str | None]
+
+
+def _ends(r: FlowRecord, entity_of: EntityOf | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for end, eid in (("src", r.src_ent), ("dst", r.dst_ent)):
+        e = entity_of(eid) if entity_of is not None and eid >= 0 else None
+        out[f"{end}_asn"] = e.asn if e else None
+        out[f"{end}_as_org"] = e.as_org if e else None
+        out[f"{end}_country"] = e.country if e else None
+        out[f"{end}_city"] = e.city if e else None
+        out[f"{end}_label"] = e.label if e else None
+    return out
+
+
+def flow_json(
+    r: FlowRecord,
+    ifname: str,
+    entity_of: EntityOf | None = None,
+    name_of: NameOf | None = None,
+) -> dict[str, object]:
     k = r.key
-    return {
+    d = {
         "type": "flow",
         "iface": clean(ifname),
         "ifindex": k.ifindex,
@@ -99,7 +130,26 @@ def flow_json(r: FlowRecord, ifname: str) -> dict[str, object]:
         "first_seen": iso(r.first_seen),
         "last_seen": iso(r.last_seen),
         "tcp_flags": r.tcp_flags,
+        "rtt_us": r.rtt_us,
+        "rtt_min_us": r.rtt_min_us,
+        "retransmits": r.retransmits,
+        "rto": r.rto,
+        "rtt_source": r.rtt_source,
+        **_ends(r, entity_of),
     }
+    if name_of is not None:
+        d["src_name"] = name_of(str(k.src))
+        d["dst_name"] = name_of(str(k.dst))
+    return d
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What dump prints beyond counters: names of entities, DNS names, health."""
+
+    entity_of: EntityOf | None = None
+    name_of: NameOf | None = None
+    health: Sequence[HealthGroup] = ()
 
 
 def write_json(
@@ -108,9 +158,13 @@ def write_json(
     ifname: dict[int, str],
     ifaces: list[InterfaceCounters],
     health: CollectorHealth,
+    extras: Extras = Extras(),
 ) -> None:
     for r in records:
-        out.write(json.dumps(flow_json(r, ifname.get(r.key.ifindex, str(r.key.ifindex)))) + "\n")
+        iface = ifname.get(r.key.ifindex, str(r.key.ifindex))
+        out.write(json.dumps(flow_json(r, iface, extras.entity_of, extras.name_of)) + "\n")
+    for g in extras.health:
+        out.write(json.dumps(g.as_dict()) + "\n")
     for ic in ifaces:
         out.write(
             json.dumps(
@@ -144,9 +198,22 @@ def write_table(
     ifname: dict[int, str],
     ifaces: list[InterfaceCounters],
     health: CollectorHealth,
+    extras: Extras = Extras(),
 ) -> None:
+    records = list(records)
+    tcp = any(r.rtt_us is not None or r.retransmits is not None for r in records)
+    ent = extras.entity_of
+
+    def asn(eid: int) -> str:
+        e = ent(eid) if ent is not None and eid >= 0 else None
+        if e is None:
+            return ""
+        return e.label or (f"AS{e.asn}" if e.asn else "") + (f" {e.country}" if e.country else "")
+
     rows: list[tuple[str, ...]] = [
         ("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")
+        + (("RTT_MS", "RETR") if tcp else ())
+        + (("SRC_AS", "DST_AS") if ent is not None else ())
     ]
     for r in records:
         k = r.key
@@ -165,8 +232,17 @@ def write_table(
                 tcp_flags_str(r.tcp_flags) if k.proto == 6 else "",
                 str(k.vlan) if k.vlan else "",
             )
+            + (
+                (
+                    f"{r.rtt_us / 1000:.2f}" if r.rtt_us is not None else "",
+                    str(r.retransmits) if r.retransmits is not None else "",
+                )
+                if tcp
+                else ()
+            )
+            + ((clean(asn(r.src_ent)), clean(asn(r.dst_ent))) if ent is not None else ())
         )
-    _print_rows(out, rows, right={5, 6})
+    _print_rows(out, rows, right={5, 6, 9, 10} if tcp else {5, 6})
     out.write("\n")
     irows: list[tuple[str, ...]] = [
         ("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
@@ -187,6 +263,21 @@ def write_table(
     out.write("\n")
     stats = health.as_dict()
     lost = {k: v for k, v in stats.items() if v}
+    if extras.health:
+        hrows: list[tuple[str, ...]] = [("SCOPE", "GROUP", "VERDICT", "P50_MS", "RETR%", "REASON")]
+        for g in extras.health:
+            hrows.append(
+                (
+                    g.scope,
+                    clean(g.group),
+                    g.verdict,
+                    f"{g.rtt_p50_us / 1000:.2f}" if g.rtt_p50_us is not None else "",
+                    f"{g.retransmit_ratio * 100:.2f}" if g.retransmit_ratio is not None else "",
+                    clean(g.reason),
+                )
+            )
+        _print_rows(out, hrows, right={3, 4})
+        out.write("\n")
     out.write(
         "collector: "
         + (", ".join(f"{k}={v}" for k, v in sorted(lost.items())) if lost else "nothing lost")
@@ -214,6 +305,7 @@ def emit(
     health: CollectorHealth,
     as_json: bool,
     out: TextIO = sys.stdout,
+    extras: Extras = Extras(),
 ) -> None:
     records = sorted_records(batch)
-    (write_json if as_json else write_table)(out, records, ifname, ifaces, health)
+    (write_json if as_json else write_table)(out, records, ifname, ifaces, health, extras)

@@ -16,34 +16,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from flowtop.collector.collector import Drain
 from flowtop.flowtable import FlowBatch, FlowTable
 from flowtop.model import CollectorHealth, InterfaceCounters
+
+if TYPE_CHECKING:
+    from flowtop.enrich import Enricher
+
 from flowtop.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
 
 log = logging.getLogger("flowtop.engine")
-
-
-class Enricher(Protocol):
-    """What the engine needs of flowtop.enrich.Enricher."""
-
-    def lookup(self, addrs: np.ndarray, versions: np.ndarray) -> np.ndarray: ...
-
-    def entity(self, eid: int) -> EntityLike: ...
-
-    def maybe_reload(self) -> bool: ...
-
-
-class EntityLike(Protocol):
-    @property
-    def asn(self) -> int | None: ...
-
-    @property
-    def label(self) -> str | None: ...
 
 
 def group_namer(enricher: Enricher) -> GroupNamer:
@@ -151,8 +137,10 @@ class Engine:
         if len(rows):
             keys = self.table.keys_at(rows)
             ver = keys["ip_version"]
-            self.table.set_column("src_ent", rows, self.enricher.lookup(keys["src"], ver))
-            self.table.set_column("dst_ent", rows, self.enricher.lookup(keys["dst"], ver))
+            for end in ("src", "dst"):
+                eids = self.enricher.lookup(keys[end], ver)
+                self.table.set_column(f"{end}_ent", rows, eids)
+                self.table.set_column(f"{end}_asn", rows, self.enricher.asn_of(eids))
 
     def step(self) -> FlowBatch:
         """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
@@ -189,8 +177,10 @@ class Engine:
             miss = batch.ext["src_ent"] < 0
             if miss.any():
                 ver = batch.keys["ip_version"][miss]
-                batch.ext["src_ent"][miss] = self.enricher.lookup(batch.keys["src"][miss], ver)
-                batch.ext["dst_ent"][miss] = self.enricher.lookup(batch.keys["dst"][miss], ver)
+                for end in ("src", "dst"):
+                    eids = self.enricher.lookup(batch.keys[end][miss], ver)
+                    batch.ext[f"{end}_ent"][miss] = eids
+                    batch.ext[f"{end}_asn"][miss] = self.enricher.asn_of(eids)
         self.stats.ended += len(batch)
         for sink in self.sinks:
             sink.flows_ended(batch)

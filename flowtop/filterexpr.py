@@ -9,6 +9,7 @@
            | port P | sport P | dport P | src port P | dst port P
            | proto NAME|N | tcp | udp | icmp | icmpv6 | sctp
            | iface NAME (glob) | in | out | vlan N
+           | [src|dst] asn N | [src|dst] country CC | [src|dst] label NAME (glob)
 
 A is an IPv4 or IPv6 address, P a port number or a service name from
 /etc/services. A parsed filter evaluates over a whole table at once: it
@@ -23,6 +24,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -64,16 +66,35 @@ KEY_FIELDS = {
 }
 
 
+class EntityAttrs(Protocol):
+    """Per-entity attribute arrays (index: entity id), from the enricher."""
+
+    def attr(self, name: str) -> np.ndarray: ...  # "asn", "country", "label"
+
+
 @dataclass(frozen=True, slots=True)
 class Columns:
     """What a filter can look at, one entry per flow (row)."""
 
     words: np.ndarray  # (n, 6) uint64 view of layout.FLOW_KEY records
     ifnames: Mapping[int, str]  # ifindex -> name
+    # Entity ids of both ends and what they mean; None without enrichment.
+    ents: tuple[np.ndarray, np.ndarray] | None = None
+    entities: EntityAttrs | None = None
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
         return cls(np.ascontiguousarray(keys).view("<u8").reshape(-1, 6), ifnames)
+
+    def entity_attr(self, which: str, name: str) -> np.ndarray:
+        """An entity attribute of the src or dst end of every row."""
+        if self.ents is None or self.entities is None:
+            raise FilterError(f"{name}: no enrichment (give --geoip-asn/--geoip-city/--labels)")
+        eids = self.ents[0 if which == "src" else 1]
+        values = self.entities.attr(name)
+        # Id 0 is "nothing known"; -1 (not looked up yet) means the same here.
+        out: np.ndarray = values[np.maximum(eids, 0)]
+        return out
 
     def __len__(self) -> int:
         return len(self.words)
@@ -160,6 +181,26 @@ def _port(field: str | None, port: int) -> Mask:
     return f
 
 
+def _entity(which: str | None, name: str, test: Callable[[np.ndarray], np.ndarray]) -> Mask:
+    def f(c: Columns) -> np.ndarray:
+        if which is not None:
+            return test(c.entity_attr(which, name))
+        out: np.ndarray = test(c.entity_attr("src", name)) | test(c.entity_attr("dst", name))
+        return out
+
+    return f
+
+
+def _glob(pattern: str) -> Callable[[np.ndarray], np.ndarray]:
+    def test(values: np.ndarray) -> np.ndarray:
+        uniq, inv = np.unique(values.astype(str), return_inverse=True)
+        hit = np.array([bool(u) and fnmatch.fnmatchcase(u, pattern) for u in uniq], dtype=bool)
+        out: np.ndarray = hit[inv.ravel()] if len(uniq) else np.zeros(len(values), dtype=bool)
+        return out
+
+    return test
+
+
 def _iface(pattern: str) -> Mask:
     def f(c: Columns) -> np.ndarray:
         idx = [i for i, n in c.ifnames.items() if fnmatch.fnmatchcase(n, pattern)]
@@ -243,6 +284,8 @@ class _Parser:
         word = tok.lower()
         if word in ("src", "dst"):
             nxt = self.peek()
+            if nxt in ("asn", "as", "country", "label"):
+                return self.entity_term(word, self.take().lower())
             if nxt == "net":
                 self.take()
                 return _in_net(word, self.network())
@@ -274,7 +317,27 @@ class _Parser:
             return _field_eq("direction", 1)
         if word == "vlan":
             return _field_eq("vlan", self.number("a VLAN ID", 0, 4095))
+        if word in ("asn", "as", "country", "label"):
+            return self.entity_term(None, word)
         raise FilterError(f"unknown filter term {tok!r} ({where})")
+
+    def entity_term(self, which: str | None, word: str) -> Mask:
+        if word in ("asn", "as"):
+            where = self.where()
+            tok = self.need("an AS number")
+            num = tok[2:] if tok.lower().startswith("as") else tok
+            if not num.isdigit() or int(num) > 0xFFFFFFFF:
+                raise FilterError(f"not an AS number: {tok!r} ({where})")
+            asn = int(num)
+            return _entity(which, "asn", lambda v: v == asn)
+        if word == "country":
+            where = self.where()
+            tok = self.need("a country code")
+            if len(tok) != 2 or not tok.isalpha():
+                raise FilterError(f"not a two-letter country code: {tok!r} ({where})")
+            cc = tok.upper()
+            return _entity(which, "country", lambda v: v == cc)
+        return _entity(which, "label", _glob(self.need("a label name")))
 
     def host(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         where = self.where()

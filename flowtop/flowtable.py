@@ -58,6 +58,8 @@ EXT = np.dtype(
         ("rto", "<u4"),
         ("src_ent", "<i4"),  # Enricher entity ids, -1 = not looked up
         ("dst_ent", "<i4"),
+        ("src_asn", "<u4"),  # from the entities, for IPFIX bgp*AsNumber; 0 = unknown
+        ("dst_asn", "<u4"),
     ]
 )
 EXT_NAMES: tuple[str, ...] = EXT.names or ()
@@ -539,6 +541,11 @@ class FlowTable:
             "pps": self._c["pps"][rows].astype(np.float64),
             "Bps": self._c["Bps"][rows].astype(np.float64),
             "flags": self._c["flags"][rows],
+            "rtt_us": self._c["rtt_us"][rows],
+            "retrans": self._c["retrans"][rows],
+            "retr_src": self._c["retr_src"][rows],
+            "src_ent": self._c["src_ent"][rows],
+            "dst_ent": self._c["dst_ent"][rows],
         }
 
     def records(self) -> Iterator[FlowRecord]:

@@ -2,30 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from flowtop.collector.collector import KernelCollector
-from flowtop.config import CollectorConfig
+from flowtop.config import CollectorConfig, EnrichConfig
 from flowtop.engine import Engine, StopSignal
 from flowtop.flowtable import FlowTable
 from flowtop.record import Recorder
 
 if TYPE_CHECKING:
+    from flowtop.enrich import Enricher
     from flowtop.outputs import Outputs
 from flowtop.view import TableSource
 
+log = logging.getLogger("flowtop")
 
-def build_engine(cfg: CollectorConfig) -> tuple[Engine, KernelCollector]:
+
+def make_enricher(cfg: EnrichConfig) -> Enricher:
+    """ASN/geo databases, labels and local networks; a bad database is a warning."""
+    from flowtop.enrich import Enricher, EnrichOptions
+
+    return Enricher(
+        EnrichOptions(geoip_asn=cfg.geoip_asn, geoip_city=cfg.geoip_city, labels=cfg.labels),
+        warn=lambda msg: log.warning("%s", msg),
+    )
+
+
+def build_engine(
+    cfg: CollectorConfig, enrich: EnrichConfig | None = None
+) -> tuple[Engine, KernelCollector]:
+    enricher = make_enricher(enrich) if enrich is not None else None
     collector = KernelCollector(
-        interfaces=cfg.interfaces, flow_map_size=cfg.map_size, tc_priority=cfg.tc_priority
+        interfaces=cfg.interfaces,
+        flow_map_size=cfg.map_size,
+        tc_priority=cfg.tc_priority,
+        sockops=cfg.sockops,
+        passive_rtt=cfg.passive_rtt,
     )
     table = FlowTable(
         max_flows=cfg.max_flows,
         idle_timeout=cfg.idle_timeout,
         active_timeout=cfg.active_timeout,
     )
-    return Engine(collector, table, interval=cfg.interval), collector
+    engine = Engine(collector, table, interval=cfg.interval, enricher=enricher)
+    return engine, collector
 
 
 class LiveSource(TableSource):

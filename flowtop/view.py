@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -26,8 +26,14 @@ from flowtop.flowindex import hash_words
 from flowtop.flowtable import NS, FlowTable
 from flowtop.model import InterfaceCounters, proto_name
 from flowtop.sanitize import clean
+from flowtop.tcphealth import HealthGroup
 
-GROUPS = ("flow", "src", "dst", "pair", "port", "proto", "iface")
+if TYPE_CHECKING:
+    from flowtop.enrich import Enricher, Entity
+
+GROUPS = ("flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label")
+# Groups by what enrichment knows of each flow's remote end.
+ENTITY_GROUPS = ("asn", "country", "label")
 SORT_KEYS = (
     "bps",
     "pps",
@@ -42,6 +48,8 @@ SORT_KEYS = (
     "iface",
     "first_seen",
     "last_seen",
+    "rtt",
+    "retrans",
 )
 HISTORY_SECONDS = 60
 HISTORY_KEYS = 2000
@@ -88,6 +96,9 @@ class ViewRow:
     src_country: str | None = None
     dst_asn: int | None = None
     dst_country: str | None = None
+    src_label: str | None = None
+    dst_label: str | None = None
+    group: str | None = None  # the value of an asn/country/label group
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +130,7 @@ class Snapshot:
     health: dict[str, int]
     problems: int
     filter_error: str | None = None
+    tcp_health: tuple[HealthGroup, ...] = ()  # worst first
 
 
 class ViewSource(Protocol):
@@ -158,7 +170,63 @@ _GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "port": ("proto", "service"),
     "proto": ("proto",),
     "iface": ("iface",),
+    "asn": (),
+    "country": (),
+    "label": (),
 }
+
+
+class EntityArrays:
+    """The enricher's entities as numpy arrays (index: entity id), rebuilt as it grows."""
+
+    def __init__(self, enricher: Enricher) -> None:
+        self._enricher = enricher
+        self._n = -1
+        self._attrs: dict[str, np.ndarray] = {}
+
+    def _refresh(self) -> None:
+        ents = self._enricher.entities
+        if len(ents) == self._n:
+            return
+        self._attrs = {
+            "asn": np.array([e.asn or 0 for e in ents], dtype=np.int64),
+            "country": np.array([e.country or "" for e in ents], dtype=object),
+            "label": np.array([e.label or "" for e in ents], dtype=object),
+            "local": np.array([e.local for e in ents], dtype=bool),
+        }
+        labels = {v: i for i, v in enumerate(sorted(set(self._attrs["label"].tolist())))}
+        self._attrs["label_id"] = np.array(
+            [labels[v] for v in self._attrs["label"].tolist()], dtype=np.int64
+        )
+        self._attrs["country_id"] = np.array(
+            [
+                int.from_bytes(c.encode()[:4].ljust(4, b"\0"), "little")
+                for c in self._attrs["country"].tolist()
+            ],
+            dtype=np.int64,
+        )
+        self._n = len(ents)
+
+    def attr(self, name: str) -> np.ndarray:
+        self._refresh()
+        return self._attrs[name]
+
+    def entity(self, eid: int) -> Entity:
+        return self._enricher.entity(max(eid, 0))
+
+
+def _remote_ents(
+    words: np.ndarray, ents: tuple[np.ndarray, np.ndarray], ea: EntityArrays
+) -> np.ndarray:
+    """The entity of each flow's remote end: the end that is not local; when
+    both or neither are, the source of ingress and the destination of egress."""
+    src, dst = np.maximum(ents[0], 0), np.maximum(ents[1], 0)
+    local = ea.attr("local")
+    sl, dl = local[src], local[dst]
+    ingress = _field(words, "direction") == 0
+    use_src = np.where(sl != dl, dl, ingress)
+    out: np.ndarray = np.where(use_src, src, dst)
+    return out
 
 
 def _field(words: np.ndarray, name: str) -> np.ndarray:
@@ -188,6 +256,11 @@ def _group_words(words: np.ndarray, group: str) -> np.ndarray:
 @dataclass
 class _Agg:
     words: np.ndarray  # one representative flow key per row, as words
+    rtt: np.ndarray  # worst (largest) known RTT of the row's flows, 0 = none
+    retrans: np.ndarray  # retransmits summed over flows that know them
+    retr_known: np.ndarray  # flows of the row that know their retransmits
+    src_ent: np.ndarray  # entity ids of a representative flow (-1 = none)
+    dst_ent: np.ndarray
     packets: np.ndarray
     bytes: np.ndarray
     pps: np.ndarray
@@ -199,10 +272,18 @@ class _Agg:
     ids: np.ndarray  # u64 identity of each row (flow or group)
 
 
-def _aggregate(words: np.ndarray, cols: dict[str, np.ndarray], group: str) -> _Agg:
+def _aggregate(
+    words: np.ndarray, cols: dict[str, np.ndarray], group: str, gid: np.ndarray | None = None
+) -> _Agg:
+    known = (cols["retr_src"] > 0).astype(np.int64)
     if group == "flow":
         return _Agg(
             words,
+            cols["rtt_us"],
+            cols["retrans"],
+            known,
+            cols["src_ent"],
+            cols["dst_ent"],
             cols["packets"],
             cols["bytes"],
             cols["pps"],
@@ -213,7 +294,8 @@ def _aggregate(words: np.ndarray, cols: dict[str, np.ndarray], group: str) -> _A
             np.ones(len(words), dtype=np.int64),
             hash_words(words),
         )
-    gid = hash_words(_group_words(words, group))
+    if gid is None:
+        gid = hash_words(_group_words(words, group))
     # One sort, then every reduction runs over contiguous runs of a group.
     order = np.argsort(gid, kind="stable")
     g = gid[order]
@@ -223,8 +305,14 @@ def _aggregate(words: np.ndarray, cols: dict[str, np.ndarray], group: str) -> _A
         out: np.ndarray = ufunc.reduceat(col[order], starts)
         return out
 
+    rep = order[starts]
     return _Agg(
-        words[order[starts]],
+        words[rep],
+        red(np.maximum, cols["rtt_us"]),
+        red(np.add, cols["retrans"] * known),
+        red(np.add, known),
+        cols["src_ent"][rep],
+        cols["dst_ent"][rep],
         red(np.add, cols["packets"]),
         red(np.add, cols["bytes"]),
         red(np.add, cols["pps"]),
@@ -249,6 +337,8 @@ def _sort_order(
         "flows": a.flows,
         "first_seen": a.first_ns,
         "last_seen": a.last_ns,
+        "rtt": a.rtt,
+        "retrans": a.retrans,
     }
     if by in counters or by in ("sport", "dport", "proto"):
         col = counters[by] if by in counters else _field(a.words, by)
@@ -283,7 +373,50 @@ def _addr(raw: bytes, version: int) -> str:
     return str(ipaddress.IPv6Address(raw))
 
 
-def _row(a: _Agg, i: int, group: str, offset: float, ifnames: Mapping[int, str]) -> ViewRow:
+def _ends(a: _Agg, i: int, ea: EntityArrays | None, shown: tuple[str, ...]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if ea is None:
+        return out
+    for end in ("src", "dst"):
+        eid = int((a.src_ent if end == "src" else a.dst_ent)[i])
+        if end not in shown or eid < 0:
+            continue
+        e = ea.entity(eid)
+        out[f"{end}_asn"] = e.asn
+        out[f"{end}_country"] = e.country
+        out[f"{end}_label"] = e.label
+    return out
+
+
+class _Nothing:
+    asn: int | None = None
+    as_org: str | None = None
+    country: str | None = None
+    label: str | None = None
+
+
+_NOTHING = _Nothing()
+
+
+def _group_value(group: str, e: Entity | _Nothing) -> str:
+    if group == "asn":
+        if not e.asn:
+            return "unknown AS"
+        return f"AS{e.asn} {e.as_org}" if e.as_org else f"AS{e.asn}"
+    if group == "country":
+        return e.country or "unknown country"
+    return e.label or "(no label)"
+
+
+def _row(
+    a: _Agg,
+    i: int,
+    group: str,
+    offset: float,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
+    group_eid: np.ndarray | None = None,
+) -> ViewRow:
     k = np.ascontiguousarray(a.words[i]).view(layout.FLOW_KEY)[0]
     shown = _GROUP_COLUMNS[group]
     ver = int(k["ip_version"])
@@ -293,6 +426,11 @@ def _row(a: _Agg, i: int, group: str, offset: float, ifnames: Mapping[int, str])
     dport = int(k["dport"]) if ports else None
     if "service" in shown:
         dport = int(service_port(a.words[i : i + 1])[0])
+    gval = None
+    if group in ENTITY_GROUPS:
+        eid = int(group_eid[i]) if group_eid is not None else 0
+        gval = _group_value(group, ea.entity(eid) if ea is not None else _NOTHING)
+    rtt = int(a.rtt[i])
     return ViewRow(
         key=f"{group}:{int(a.ids[i]):016x}",
         src=_addr(bytes(k["src"]), ver) if "src" in shown else None,
@@ -312,6 +450,10 @@ def _row(a: _Agg, i: int, group: str, offset: float, ifnames: Mapping[int, str])
         first_seen=int(a.first_ns[i]) / NS + offset,
         last_seen=int(a.last_ns[i]) / NS + offset,
         tcp_flags=int(a.flags[i]),
+        rtt_us=float(rtt) if rtt else None,
+        retransmits=int(a.retrans[i]) if a.retr_known[i] else None,
+        group=gval,
+        **_ends(a, i, ea, shown),  # type: ignore[arg-type]
     )
 
 
@@ -326,15 +468,20 @@ _FLOW_SORT_COLUMNS = {
 }
 
 
+def _ents(table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return table.column("src_ent", rows), table.column("dst_ent", rows)
+
+
 def _matching(
-    table: FlowTable, flt: Filter, ifnames: Mapping[int, str]
+    table: FlowTable, flt: Filter, ifnames: Mapping[int, str], ea: EntityArrays | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Live rows passing the filter (and their key words, when read)."""
     rows = table.live_rows()
     if not flt.text or len(rows) == 0:
         return rows, None
     words = table.words_at(rows)
-    keep = flt(Columns(words, ifnames))
+    ents = _ents(table, rows) if ea is not None else None
+    keep = flt(Columns(words, ifnames, ents, ea))
     return rows[keep], words[keep]
 
 
@@ -367,7 +514,11 @@ def _smallest(vals: np.ndarray, k: int) -> np.ndarray:
 
 
 def _top_flows(
-    table: FlowTable, query: ViewQuery, flt: Filter, ifnames: Mapping[int, str]
+    table: FlowTable,
+    query: ViewQuery,
+    flt: Filter,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The flow view sorted by a counter: only the top rows are gathered.
 
@@ -375,7 +526,7 @@ def _top_flows(
     other columns only for the rows on screen, so a refresh costs little
     more with 100k flows than with 1k.
     """
-    rows, _ = _matching(table, flt, ifnames)
+    rows, _ = _matching(table, flt, ifnames, ea)
     matched = len(rows)
     if matched == 0:
         return [], 0
@@ -389,23 +540,44 @@ def _top_flows(
     sel = rows[top]
     agg = _aggregate(table.words_at(sel), table.gather_columns(sel), "flow")
     order = np.lexsort((agg.ids, vals[top]))[:limit]
-    return [_row(agg, int(i), "flow", table.clock_offset, ifnames) for i in order], matched
+    off = table.clock_offset
+    return [_row(agg, int(i), "flow", off, ifnames, ea) for i in order], matched
 
 
 def query_table(
-    table: FlowTable, query: ViewQuery, flt: Filter, ifnames: Mapping[int, str]
+    table: FlowTable,
+    query: ViewQuery,
+    flt: Filter,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The query's top rows and how many rows (flows or groups) matched."""
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
-        return _top_flows(table, query, flt, ifnames)
-    rows, words = _matching(table, flt, ifnames)
+        return _top_flows(table, query, flt, ifnames, ea)
+    rows, words = _matching(table, flt, ifnames, ea)
     if len(rows) == 0:
         return [], 0
     if words is None:
         words = table.words_at(rows)
-    agg = _aggregate(words, table.gather_columns(rows), query.group_by)
+    gid = None
+    group_eid = None
+    if query.group_by in ENTITY_GROUPS:
+        if ea is not None:
+            remote = _remote_ents(words, _ents(table, rows), ea)
+            attr = {"asn": "asn", "country": "country_id", "label": "label_id"}[query.group_by]
+            gid = ea.attr(attr)[remote].astype(np.uint64)
+        else:
+            remote = np.zeros(len(rows), dtype=np.int64)
+            gid = np.zeros(len(rows), dtype=np.uint64)
+        order0 = np.argsort(gid, kind="stable")
+        g = gid[order0]
+        starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+        group_eid = remote[order0[starts]]
+    agg = _aggregate(words, table.gather_columns(rows), query.group_by, gid)
     order = _sort_order(agg, query.sort, query.descending, query.limit, ifnames)
-    out = [_row(agg, int(i), query.group_by, table.clock_offset, ifnames) for i in order]
+    out = [
+        _row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid) for i in order
+    ]
     return out, len(agg.ids)
 
 
@@ -471,6 +643,8 @@ class TableSource:
         self._interfaces: tuple[InterfaceRow, ...] = ()
         self._history: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
         self._now = time.time()
+        self._ea: EntityArrays | None = None
+        self._ea_of: object = None
 
     # subclasses say what time it is (replay: the recorded time)
     def now(self) -> float:
@@ -501,7 +675,13 @@ class TableSource:
             if error is None:
                 self._filter = flt
             ifnames = dict(self.engine.collector.names())
-            rows, matched = query_table(self.engine.table, query, flt, ifnames)
+            ea = self._entity_arrays()
+            try:
+                rows, matched = query_table(self.engine.table, query, flt, ifnames, ea)
+            except FilterError as exc:  # a term the data cannot answer (no enrichment)
+                error = str(exc)
+                self._filter = parse("")
+                rows, matched = query_table(self.engine.table, query, self._filter, ifnames, ea)
             self._remember(rows)
             health = self.engine.health()
             counters = health.as_dict()
@@ -519,7 +699,17 @@ class TableSource:
                 health=counters,
                 problems=health.problems,
                 filter_error=error,
+                tcp_health=tuple(self.engine.tcp_health.groups() if self.engine.tcp_health else ()),
             )
+
+    def _entity_arrays(self) -> EntityArrays | None:
+        enricher = self.engine.enricher
+        if enricher is None:
+            return None
+        if self._ea is None or self._ea_of is not enricher:
+            self._ea = EntityArrays(enricher)
+            self._ea_of = enricher
+        return self._ea
 
     def _remember(self, rows: list[ViewRow]) -> None:
         for r in rows:

@@ -9,6 +9,7 @@ import select
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pyroute2 import IPRoute
@@ -17,6 +18,9 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from flowtop.collector import layout
 from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher
 from flowtop.collector.program import ProgramOptions, TcProgram
+
+if TYPE_CHECKING:
+    from flowtop.collector.sockops import SockOpsTracker
 from flowtop.errors import FlowtopError, InterfaceError
 from flowtop.model import CollectorHealth, InterfaceCounters
 
@@ -62,14 +66,21 @@ class KernelCollector:
         interfaces: Sequence[str] | None = None,
         flow_map_size: int = 65536,
         tc_priority: int = DEFAULT_PRIORITY,
+        sockops: bool = True,
+        passive_rtt: bool = True,
     ) -> None:
         self.selector = InterfaceSelector(interfaces)
+        self._want_sockops = sockops
+        self.sockops: SockOpsTracker | None = None
+        self.sockops_error: str | None = None
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
         self._ipr = IPRoute()
         try:
             self._check_explicit()
-            self.program = TcProgram(ProgramOptions(flow_map_size=flow_map_size))
+            self.program = TcProgram(
+                ProgramOptions(flow_map_size=flow_map_size, passive_rtt=passive_rtt)
+            )
         except BaseException:
             # A half-built collector must not leave netlink sockets behind:
             # pyroute2's event loop complains about them at exit.
@@ -112,6 +123,7 @@ class KernelCollector:
                     raise
                 self.attach_errors += 1
                 log.warning("skipping %s: %s", name, exc)
+        self._start_sockops()
         return self.interfaces()
 
     def reselect(self, patterns: Sequence[str] | None) -> None:
@@ -189,12 +201,32 @@ class KernelCollector:
 
     # -- data ------------------------------------------------------------------------
 
+    def _start_sockops(self) -> None:
+        """Local TCP health; without it flowtop still runs (passive RTT only)."""
+        if not self._want_sockops:
+            return
+        from flowtop.collector.sockops import SockOpsTracker
+
+        tracker = SockOpsTracker()
+        try:
+            tracker.start()
+        except FlowtopError as exc:
+            tracker.close()
+            self.sockops_error = str(exc)
+            log.warning("local TCP health (sock_ops) disabled: %s", exc)
+            return
+        self.sockops = tracker
+
     def drain(self) -> Drain:
         batches = self.program.drain_flows()
         now = time.monotonic_ns()
         interval = (now - self._last_drain) / 1e9
         self._last_drain = now
-        return Drain(batches, now, interval)
+        parts = [self.program.tcp_samples(now)]
+        if self.sockops is not None:
+            parts.append(self.sockops.read(now))
+        tcp = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return Drain(batches, now, interval, tcp)
 
     def interface_counters(self) -> list[InterfaceCounters]:
         raw = self.program.iface_counters(self._seen)
@@ -210,8 +242,11 @@ class KernelCollector:
         return out
 
     def health(self, forced_evictions: int = 0) -> CollectorHealth:
+        kernel = self.program.counters()
+        if self.sockops is not None:
+            kernel.update({f"sockops_{k}": v for k, v in self.sockops.counters().items()})
         return CollectorHealth(
-            kernel=self.program.counters(),
+            kernel=kernel,
             forced_evictions=forced_evictions,
             drain_errors=self.drain_errors,
             attach_errors=self.attach_errors,
@@ -233,4 +268,6 @@ class KernelCollector:
                 self._events.close()
             with contextlib.suppress(Exception):
                 self._ipr.close()
+            if self.sockops is not None:
+                self.sockops.close()
             self.program.close()

@@ -15,6 +15,9 @@ from .test_flowtable import T0, keys, stats
 FIELDS = [
     "type", "iface", "ifindex", "direction", "ip_version", "proto", "proto_name", "src", "dst",
     "sport", "dport", "vlan", "packets", "bytes", "first_seen", "last_seen", "tcp_flags",
+    "rtt_us", "rtt_min_us", "retransmits", "rto", "rtt_source",
+    "src_asn", "src_as_org", "src_country", "src_city", "src_label",
+    "dst_asn", "dst_as_org", "dst_country", "dst_city", "dst_label",
 ]  # fmt: skip
 
 
@@ -90,3 +93,47 @@ def test_empty_run() -> None:
     out = io.StringIO()
     emit(FlowAccumulator(0.0).per_key(), {}, [], CollectorHealth(), as_json=True, out=out)
     assert [json.loads(x)["type"] for x in out.getvalue().splitlines()] == ["stats"]
+
+
+def test_json_enrichment_names_and_health_lines() -> None:
+    from flowtop.dump import Extras
+    from flowtop.enrich.enricher import Entity
+    from flowtop.tcphealth import HealthGroup
+
+    b = run_table().per_key()
+    assert b.ext is not None
+    b.ext["src_ent"] = 1  # every source: a hostile AS name, cleaned by the enricher
+    b.ext["dst_ent"] = -1  # never looked up: nulls
+    b.ext["rtt_us"], b.ext["rtt_min_us"], b.ext["rtt_src"] = 1500, 900, 2
+    b.ext["retrans"], b.ext["retr_src"] = 7, 2
+    ent = Entity(asn=64500, as_org="Example", country="NL", city="Amsterdam", label="db")
+    health = HealthGroup("remote", "AS64500", "degraded", "2.0% retransmits to AS64500",
+                         1500.0, 2500.0, 900.0, 0.02, 7, 350, 0)  # fmt: skip
+    extras = Extras(
+        entity_of=lambda eid: ent if eid == 1 else None,
+        name_of=lambda a: "host.example" if a.endswith(".1") else None,
+        health=[health],
+    )
+    out = io.StringIO()
+    emit(b, {7: "veth0"}, [], CollectorHealth(), as_json=True, out=out, extras=extras)
+    lines = [json.loads(x) for x in out.getvalue().splitlines()]
+    f = next(x for x in lines if x["type"] == "flow")
+    assert list(f) == [*FIELDS, "src_name", "dst_name"]
+    assert (f["rtt_us"], f["rtt_min_us"], f["rtt_source"], f["retransmits"], f["rto"]) == (
+        1500, 900, "passive", 7, None,
+    )  # fmt: skip
+    assert (f["src_asn"], f["src_as_org"], f["src_country"], f["src_city"], f["src_label"]) == (
+        64500, "Example", "NL", "Amsterdam", "db",
+    )  # fmt: skip
+    assert f["dst_asn"] is None and f["dst_label"] is None
+    (h,) = [x for x in lines if x["type"] == "health"]
+    assert h == {
+        "type": "health", "scope": "remote", "group": "AS64500", "verdict": "degraded",
+        "reason": "2.0% retransmits to AS64500", "rtt_p50_us": 1500, "rtt_p95_us": 2500,
+        "rtt_baseline_us": 900, "retransmit_ratio": 0.02, "retransmits": 7,
+        "data_segments": 350, "rto": 0,
+    }  # fmt: skip
+    table = io.StringIO()
+    emit(b, {7: "veth0"}, [], CollectorHealth(), as_json=False, out=table, extras=extras)
+    text = table.getvalue()
+    assert "RTT_MS" in text and "SRC_AS" in text and "2.0% retransmits to AS64500" in text
