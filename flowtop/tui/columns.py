@@ -59,7 +59,8 @@ def _asn(which: str) -> Callable[[ViewRow, Display, Names], str]:
     def f(r: ViewRow, d: Display, names: Names) -> str:
         asn: int | None = getattr(r, f"{which}_asn")
         cc: str | None = getattr(r, f"{which}_country")
-        parts = [f"AS{asn}" if asn is not None else "", cc or ""]
+        label: str | None = getattr(r, f"{which}_label")
+        parts = [label or (f"AS{asn}" if asn else ""), cc or ""]
         return " ".join(p for p in parts if p)
 
     return f
@@ -82,6 +83,7 @@ CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "retrans": lambda r, d, n: "" if r.retransmits is None else fmt.count(r.retransmits),
     "src_as": _asn("src"),
     "dst_as": _asn("dst"),
+    "group": lambda r, d, n: clean_name(r.group or ""),
 }
 
 COLUMNS: dict[str, Column] = {
@@ -98,15 +100,17 @@ COLUMNS: dict[str, Column] = {
         Column("pps", "Pkt/s", 6, "pps", numeric=True),
         Column("bytes", "Total", 7, "bytes", numeric=True),
         Column("packets", "Pkts", 6, "packets", numeric=True),
-        Column("rtt", "RTT", 7, None, numeric=True),
-        Column("retrans", "Retr", 5, None, numeric=True),
+        Column("group", "Group", 18, None, grow=30),
+        Column("rtt", "RTT", 7, "rtt", numeric=True),
+        Column("retrans", "Retr", 5, "retrans", numeric=True),
         Column("src_as", "Src AS", 10, None),
         Column("dst_as", "Dst AS", 10, None),
     )
 }
-KEY_COLUMNS = ("src", "sport", "dst", "dport", "proto", "iface")
+KEY_COLUMNS = ("group", "src", "sport", "dst", "dport", "proto", "iface")
 # What each column needs from a row to be worth showing.
 _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
+    "group": lambda r: r.group is not None,
     "src": lambda r: r.src is not None,
     "sport": lambda r: r.sport is not None,
     "dst": lambda r: r.dst is not None,
@@ -115,18 +119,21 @@ _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "iface": lambda r: r.iface is not None,
     "rtt": lambda r: r.rtt_us is not None,
     "retrans": lambda r: r.retransmits is not None,
-    "src_as": lambda r: r.src_asn is not None or r.src_country is not None,
-    "dst_as": lambda r: r.dst_asn is not None or r.dst_country is not None,
+    "src_as": lambda r: bool(r.src_asn or r.src_country or r.src_label),
+    "dst_as": lambda r: bool(r.dst_asn or r.dst_country or r.dst_label),
 }
 # Which key columns each grouping keeps (used when there are no rows yet).
 GROUP_COLUMNS = {
-    "flow": KEY_COLUMNS,
+    "flow": KEY_COLUMNS[1:],
     "src": ("src",),
     "dst": ("dst",),
     "pair": ("src", "dst"),
     "port": ("dport", "proto"),
     "proto": ("proto",),
     "iface": ("iface",),
+    "asn": ("group",),
+    "country": ("group",),
+    "label": ("group",),
 }
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from flowtop.collector import layout
 from flowtop.flowtable import NS, FlowTable
 from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.tcphealth import HealthGroup
 from flowtop.view import Snapshot, TableSource, ViewQuery
 
 T0 = 1_763_000_000.0  # 2025-11-13 02:13:20 UTC
@@ -49,11 +50,27 @@ class FakeCollector:
         return out
 
 
+TCP_HEALTH = (
+    HealthGroup(
+        "remote", "AS64500", "degraded", "2.4% retransmits to AS64500",
+        41_000.0, 88_000.0, 9_800.0, 0.024, 120, 5000, 1,
+    ),
+    HealthGroup(
+        "interface", "eth1", "healthy", "1 of 2 destinations degraded (AS64500)",
+        12_000.0, 80_000.0, 9_800.0, 0.011, 121, 11000, 1,
+    ),
+    HealthGroup("remote", "198.51.100.0/24", "healthy", "", 9_900.0, 11_000.0, 9_800.0,
+                0.0, 1, 6000, 0),
+)  # fmt: skip
+
+
 @dataclass
 class FakeEngine:
     table: FlowTable
     collector: FakeCollector
     interval: float
+    enricher: None = None
+    tcp_health: None = None
 
     def interface_counters(self) -> list[InterfaceCounters]:
         return self.collector.interface_counters()
@@ -182,7 +199,10 @@ class FakeSource(TableSource):
             )
         if self.raw_ifnames:  # as if a source forgot to clean: the UI must cope
             rows = tuple(replace(r, iface=self._raw_name(r.iface)) if r.iface else r for r in rows)
-        return replace(snap, rows=rows)
+        health = snap.tcp_health
+        if self.tcp:
+            health = TCP_HEALTH
+        return replace(snap, rows=rows, tcp_health=health)
 
     def _raw_name(self, cleaned: str) -> str:
         from flowtop.sanitize import clean

@@ -11,7 +11,7 @@ import pytest
 from flowtop.errors import ConfigError
 from flowtop.tui import FlowtopApp, themes
 from flowtop.tui import format as fmt
-from flowtop.tui.columns import KEY_COLUMNS, choose
+from flowtop.tui.columns import GROUP_COLUMNS, KEY_COLUMNS, choose
 from flowtop.tui.format import Display
 from flowtop.tui.resolver import Resolver
 from flowtop.view import ViewQuery
@@ -46,7 +46,7 @@ def test_columns_fit_80_and_keep_essentials() -> None:
     rows = src.snapshot(ViewQuery()).rows
     cols = choose(rows, "flow", Display(), 79)
     keys = [c.key for c in cols]
-    assert keys[: len(KEY_COLUMNS)] == list(KEY_COLUMNS)
+    assert keys[: len(GROUP_COLUMNS["flow"])] == list(GROUP_COLUMNS["flow"])
     assert "rate" in keys
     assert sum(c.width + 1 for c in cols) <= 79
     cum = [c.key for c in choose(rows, "flow", Display(cumulative=True), 79)]
@@ -138,3 +138,30 @@ def test_resolver_caches_cleans_and_never_blocks() -> None:
     assert r.name("192.0.2.1") == "[2Jhost.example"
     assert calls.count("192.0.2.1") == 1
     r.close()
+
+
+def test_group_column_for_entity_groups() -> None:
+    from dataclasses import replace
+
+    src = FakeSource(flows=10)
+    src.advance()
+    rows = [replace(r, group="AS64500 Example \x1b[2J") for r in src.snapshot(ViewQuery()).rows]
+    cols = choose(rows[:1], "asn", Display(), 79)
+    assert cols[0].key == "group"
+    from flowtop.tui.columns import cell
+
+    text = cell(replace(cols[0], width=40), rows[0], Display(), lambda a: None)
+    assert text == "AS64500 Example [2J"  # the ESC is gone
+
+
+def test_health_summary_names_the_worst_group() -> None:
+    from flowtop.tui.history import RateHistory
+    from flowtop.tui.widgets.tcp_health import summary
+    from tests.tui.fakesource import TCP_HEALTH
+
+    line = summary(RateHistory(), TCP_HEALTH)
+    assert line == "TCP health: 1 of 3 degraded: 2.4% retransmits to AS64500"
+    lines = summary(RateHistory(), TCP_HEALTH, lines=3).splitlines()
+    assert lines[1].startswith("degraded remote    AS64500  p50 41.0ms p95 88.0ms")
+    assert "retr 2.40%" in lines[1]
+    assert lines[2].startswith("healthy  interface eth1")

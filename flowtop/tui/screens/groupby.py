@@ -19,6 +19,9 @@ CHOICES = (
     ("port", "o", "service / port"),
     ("proto", "r", "protocol"),
     ("iface", "i", "interface and direction"),
+    ("asn", "a", "remote AS (needs an ASN database)"),
+    ("country", "c", "remote country (needs a City/Country database)"),
+    ("label", "l", "remote CIDR label (needs --labels)"),
 )
 
 

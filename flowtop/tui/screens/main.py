@@ -87,7 +87,7 @@ class MainScreen(Screen[None]):
                 app.names,
                 max(20, table.size.width - 1 if table.size.width else self.app.size.width - 1),
             )
-            self.query_one(TcpHealth).set(history, charts=tall)
+            self.query_one(TcpHealth).set(history, charts=tall, groups=snap.tcp_health)
             if snap.filter_error:
                 self.query_one(FilterBar).show_error(snap.filter_error)
 

@@ -79,6 +79,13 @@ class StatusHeader(Widget):
             )
         else:
             t.append("ok", self._style("ok"))
+        if s.tcp_health:
+            worst = s.tcp_health[0]
+            t.append("  network ", label)
+            if worst.degraded:
+                t.append(f" DEGRADED: {clean(worst.reason, 80)} ", self._style("warn"))
+            else:
+                t.append("healthy", self._style("ok"))
         t.append("  shown ", label)
         t.append(f"{len(s.rows)}/{fmt.count(s.matched)}", value)
         t.append("  by ", label)

@@ -7,12 +7,16 @@ panel says so instead of drawing empty axes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from flowtop.sanitize import clean
+from flowtop.tcphealth import HealthGroup
 from flowtop.tui import format as fmt
 from flowtop.tui.history import RateHistory
 
@@ -24,7 +28,29 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))]
 
 
-def summary(history: RateHistory) -> str:
+def _group_line(g: HealthGroup) -> str:
+    parts = [f"{g.verdict:<8} {g.scope:<9} {clean(g.group, 32)}"]
+    if g.rtt_p50_us is not None:
+        parts.append(f"p50 {fmt.rtt(g.rtt_p50_us)} p95 {fmt.rtt(g.rtt_p95_us)}")
+    if g.rtt_baseline_us:
+        parts.append(f"base {fmt.rtt(g.rtt_baseline_us)}")
+    if g.retransmit_ratio is not None:
+        parts.append(f"retr {g.retransmit_ratio * 100:.2f}%")
+    if g.reason:
+        parts.append(clean(g.reason, 80))
+    return "  ".join(parts)
+
+
+def summary(history: RateHistory, groups: Sequence[HealthGroup] = (), lines: int = 1) -> str:
+    """One line (or up to `lines`): the verdict first, then the worst groups."""
+    if groups:
+        bad = [g for g in groups if g.degraded]
+        head = (
+            f"TCP health: {len(bad)} of {len(groups)} degraded: {clean(bad[0].reason, 100)}"
+            if bad
+            else f"TCP health: healthy ({len(groups)} interfaces and remote groups)"
+        )
+        return "\n".join([head, *(_group_line(g) for g in groups[: max(0, lines - 1)])])
     if not history.has_tcp:
         return NO_DATA
     rtts = list(history.rtts_us)
@@ -56,15 +82,17 @@ class TcpHealth(Vertical):
             yield PlotextPlot(id="tcp-rtt")
             yield PlotextPlot(id="tcp-retrans")
 
-    def set(self, history: RateHistory, charts: bool) -> None:
+    def set(
+        self, history: RateHistory, charts: bool, groups: Sequence[HealthGroup] = ()
+    ) -> None:
         self.history = history
-        text = summary(history)
+        text = summary(history, groups, lines=6 if charts else 1)
         if text != self._summary:
             self._summary = text
             self.query_one("#tcp-summary", Static).update(
                 Text(text, no_wrap=True, overflow="ellipsis")
             )
-        show = charts and history.has_tcp
+        show = charts and (history.has_tcp or bool(groups))
         self.set_class(show, "-charts")
         if show:
             self._draw()
