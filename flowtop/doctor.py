@@ -252,6 +252,45 @@ def check_mounts() -> Iterator[Result]:
         yield warn("cgroup v2", why, "mount -t cgroup2 none /sys/fs/cgroup/unified")
 
 
+def check_tcp_health() -> Iterator[Result]:
+    tp = [Path(d, "events/tcp/tcp_retransmit_skb") for d in TRACEFS_DIRS]
+    if any(p.is_dir() for p in tp):
+        yield ok("tcp tracepoint", "tcp:tcp_retransmit_skb available (retransmit events)")
+    else:
+        yield warn(
+            "tcp tracepoint",
+            "tcp:tcp_retransmit_skb not found; local retransmits come from sock_ops only",
+            "mount -t tracefs tracefs /sys/kernel/tracing",
+        )
+
+
+def check_enrichment() -> Iterator[Result]:
+    from flowtop.enrich.geo import KIND_ASN, KIND_CITY, find_default
+
+    for kind, what, option in (
+        (KIND_ASN, "ASN", "--geoip-asn"),
+        (KIND_CITY, "City", "--geoip-city"),
+    ):
+        path = find_default(kind)
+        if path is None:
+            yield warn(
+                f"geoip {kind}",
+                f"no {what} database in /usr/share/GeoIP or /var/lib/GeoIP; "
+                f"{what} enrichment needs {option} PATH",
+                "install GeoLite2 databases (geoipupdate) or pass the path",
+            )
+            continue
+        try:
+            from flowtop.enrich.geo import MmdbDatabase
+
+            db = MmdbDatabase(path, kind)
+            detail = f"{path}"
+            db.close()
+            yield ok(f"geoip {kind}", detail)
+        except Exception as exc:
+            yield warn(f"geoip {kind}", f"{path}: {exc}; {what} enrichment disabled", "replace it")
+
+
 CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_privileges,
     check_kernel,
@@ -260,6 +299,8 @@ CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_bcc_import,
     check_bcc_compile,
     check_mounts,
+    check_tcp_health,
+    check_enrichment,
 )
 
 
