@@ -1,0 +1,95 @@
+"""Service names: /etc/services as libc reads it, the built-in fallback, hostile files."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from flowtop.enrich import services
+from flowtop.enrich.services import BUILTIN, load_services, parse_services, service_name
+
+PROTOS = {"tcp": 6, "udp": 17}
+
+
+UseFile = Callable[[Path], None]
+
+
+@pytest.fixture
+def services_file(monkeypatch: pytest.MonkeyPatch) -> Iterator[UseFile]:
+    """Points the module at another services file for one test, then back."""
+
+    def use(path: Path) -> None:
+        monkeypatch.setattr(services, "SERVICES_PATH", str(path))
+        services._system.cache_clear()
+
+    yield use
+    services._system.cache_clear()
+
+
+@pytest.mark.skipif(not Path("/etc/services").exists(), reason="no /etc/services here")
+def test_system_file_agrees_with_libc() -> None:
+    """Every tcp/udp port of /etc/services gets the name getservbyport(3) gives."""
+    table = load_services("/etc/services")
+    checked = 0
+    for (port, proto), name in table.items():
+        pname = {6: "tcp", 17: "udp"}.get(proto)
+        if pname is None:
+            continue
+        try:
+            want = socket.getservbyport(port, pname)
+        except OSError:
+            continue  # NSS not reading files: nothing to compare
+        assert name == want and service_name(port, proto) == want, (port, pname)
+        checked += 1
+    assert checked > 100
+    assert service_name(22, 6) == "ssh" and service_name(53, 17) == "domain"
+
+
+def test_builtin_fallback_when_the_file_is_missing(services_file: UseFile, tmp_path: Path) -> None:
+    services_file(tmp_path / "none")
+    assert service_name(443, 6) == "https"
+    assert service_name(6379, 6) == "redis"
+    assert service_name(51820, 17) == "wireguard"
+    assert service_name(51820, 6) is None
+    assert service_name(443, 132) == "https"  # sctp borrows the tcp names
+    assert service_name(40000, 6) is None
+    assert service_name(53, 1) is None  # ICMP has no ports
+
+
+def test_file_entries_win_and_fallback_fills_gaps(services_file: UseFile, tmp_path: Path) -> None:
+    f = tmp_path / "services"
+    f.write_text("myweb 443/tcp\nfirst 7000/udp\nsecond 7000/udp\n")
+    services_file(f)
+    assert service_name(443, 6) == "myweb"
+    assert service_name(443, 17) == "https"  # not in the file: built in
+    assert service_name(7000, 17) == "first"  # first entry wins, like libc
+
+
+def test_hostile_and_malformed_lines() -> None:
+    text = (
+        "\x1b[2Jevil\u202e 1000/tcp\n"
+        "[bold]x[/bold] 1001/tcp\n"
+        "noport /tcp\n"
+        "badproto 1002/xyz\n"
+        "big 70000/tcp\n"
+        "neg -5/tcp\n"
+        "unicode-digits \u0661\u0662/tcp\n"
+        "\x1b[0m 1003/tcp\n"
+        "sctp-only 1004/sctp\n"
+        "   # just a comment\n"
+    )
+    table = parse_services(text)
+    assert table == {
+        (1000, 6): "evil",
+        (1001, 6): "[bold]x[/bold]",
+        (1004, 132): "sctp-only",
+    }
+
+
+def test_builtin_names_are_plain() -> None:
+    for (port, proto), name in BUILTIN.items():
+        assert 0 < port < 65536 and proto in (6, 17, 132)
+        assert name.isascii() and name.replace("-", "").isalnum(), name
