@@ -89,6 +89,8 @@ class ReverseResolver:
         netns: str | None = None,
         on_resolved: Callable[[], None] | None = None,
     ) -> None:
+        """on_resolved: called from a worker thread when a new or changed name
+        arrives (a UI wakes its refresh with it; it must be thread-safe)."""
         self.timeout = timeout
         self.queue_max = queue_max
         self.cache_max = cache_max
@@ -174,8 +176,11 @@ class ReverseResolver:
         self._wake.notify()
 
     def stats(self) -> dict[str, int]:
-        """queued, inflight, done (answered: names + negative), names, negative,
-        failed (timeouts, errors), dropped (queue full), invalid, cache_size."""
+        """Counters: queued and inflight (now); done (answered: names +
+        negative), names, negative (NXDOMAIN, no PTR), failed (timeouts,
+        SERVFAIL, malformed replies); dropped (requests refused because the
+        queue was full: an address is asked for again at a later call and
+        counts again); invalid (not an IP address); cache_size."""
         with self._lock:
             out = dict(self._counts)
             out["queued"] = len(self._queue)

@@ -237,7 +237,7 @@ class MmdbDatabase:
         try:
             self._check_metadata()
             self._tree = self._tree_view()
-            self._v4_start, self._v4_depth = self._ipv4_start()
+            self._v4_start = self._ipv4_start()
             self._extract = _EXTRACT[kind]
             # record value (tree record) -> result id; results[0] = nothing known
             self.results: list[tuple[Any, ...]] = [(None, None)]
@@ -286,16 +286,17 @@ class MmdbDatabase:
             built = "?"
         self.build = built
 
-    def _ipv4_start(self) -> tuple[int, int]:
-        """Node reached by 96 zero bits (IPv4 addresses in an IPv6 tree), and its depth."""
+    def _ipv4_start(self) -> int:
+        """Node (or record) reached by 96 zero bits: where IPv4 addresses start
+        in an IPv6 tree."""
         if self.ip_version == 4:
-            return 0, 0
+            return 0
         node, depth = 0, 0
         zero = np.zeros(1, dtype=np.uint64)
         while depth < 96 and node < self.node_count:
             node = int(self._records(np.array([node], dtype=np.int64), zero)[0])
             depth += 1
-        return node, depth
+        return node
 
     def _trial(self) -> None:
         """Looks up PROBES (tree walk + record decode) so that a broken database

@@ -203,7 +203,8 @@ def test_names_through_a_real_server(server: PtrServer) -> None:
     for i, (labels, _) in enumerate(HOSTILE):
         server.set(f"192.0.2.{i + 1}", Reply(labels))
     server.set("2001:db8::1", Reply((b"v6", b"example")))
-    r = make(server)
+    woken = threading.Semaphore(0)
+    r = make(server, on_resolved=woken.release)
     try:
         for i, (_, want) in enumerate(HOSTILE):
             assert resolve(r, f"192.0.2.{i + 1}") == want
@@ -213,6 +214,8 @@ def test_names_through_a_real_server(server: PtrServer) -> None:
         assert st["names"] == len(HOSTILE) + 1 and st["negative"] == 1
         assert st["failed"] == 0 and st["dropped"] == 0 and st["inflight"] == 0
         assert server.clients == {"127.0.0.1"}
+        # one wake-up per name that arrived, none for the NXDOMAIN
+        assert sum(woken.acquire(blocking=False) for _ in range(100)) == len(HOSTILE) + 1
     finally:
         r.close(2)
 

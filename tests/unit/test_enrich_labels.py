@@ -251,3 +251,39 @@ def test_local_networks_detected_like_ip_addr() -> None:
     assert set(e.local_networks) == want
     lo = flow_addrs([ipaddress.ip_address("127.0.0.1")])
     assert e.entity(int(e.lookup(*lo)[0])).local is True
+
+
+def test_address_cache_survives_hash_collisions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The address cache keys on a 64-bit hash and compares full addresses;
+    with a hash that collides all the time the answers must not change."""
+    from flowtop.enrich import enricher as mod
+
+    path = tmp_path / "labels.txt"
+    path.write_text("".join(f"n{i} 10.0.{i}.0/24\nm{i} fd00:0:0:{i:x}::/64\n" for i in range(64)))
+    rnd = random.Random(3)
+    ips: list[IP] = []
+    for _ in range(3000):
+        i = rnd.randrange(70)
+        if rnd.random() < 0.5:
+            ips.append(ipaddress.IPv4Address(f"10.0.{i}.{rnd.randrange(256)}"))
+        else:
+            ips.append(ipaddress.IPv6Address(f"fd00:0:0:{i:x}::{rnd.randrange(1 << 16):x}"))
+    opts = EnrichOptions(labels=str(path), search_default_paths=False, local_networks=[])
+    good = Enricher(opts)
+    want = [good.entity(i) for i in good.lookup(*flow_addrs(ips)).tolist()]
+    assert len({w.label for w in want}) > 100
+    monkeypatch.setattr(mod, "_hash", lambda hi, lo: lo & np.uint64(3))
+    bad = Enricher(opts)
+    for _ in range(2):  # cold, then through the cache
+        got = [bad.entity(i) for i in bad.lookup(*flow_addrs(ips)).tolist()]
+        assert got == want
+    small = Enricher(
+        EnrichOptions(
+            labels=str(path), search_default_paths=False, local_networks=[], cache_max=100
+        )
+    )
+    got = [small.entity(i) for i in small.lookup(*flow_addrs(ips[:500])).tolist()]
+    got += [small.entity(i) for i in small.lookup(*flow_addrs(ips[500:])).tolist()]
+    assert got == want and small.stats()["cache_clears"] >= 1
