@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flowtop.collector import layout
 from flowtop.enrich import Enricher, EnrichOptions, Entity
 from flowtop.enrich.geo import (
     KIND_ASN,
@@ -194,6 +195,10 @@ def test_known_values() -> None:
     assert e.entity(int(ids[1])) == Entity(country="GB", city="London")
     assert e.entity(int(ids[2])).country == "JP"
     assert e.asn_of(np.array([ids[0], -1, 10**6])).tolist() == [1221, 0, 0]
+    # straight from the fields of flow keys (strided views of a record array)
+    keys = np.zeros(3, dtype=layout.FLOW_KEY)
+    keys["dst"], keys["ip_version"] = flow_addrs(ips)
+    assert (e.lookup(keys["dst"], keys["ip_version"]) == ids).all()
     e.close()
 
 
