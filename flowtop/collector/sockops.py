@@ -15,6 +15,8 @@ replaces it. A cgroup attachment outlives a crashed process, so each start
 removes ``ftsops_*`` programs whose owner is gone: the pid in the name must be
 a live process that still holds the program (an fd with its prog_id in
 /proc/<pid>/fdinfo), which a reused pid does not. Nothing else is touched.
+(A flowtop in another pid namespace attached to the same cgroup would look
+dead from here: run one flowtop per cgroup v2 hierarchy.)
 """
 
 from __future__ import annotations
