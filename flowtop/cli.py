@@ -226,9 +226,14 @@ def _detach(everyone: bool) -> int:
         from flowtop.errors import NotRootError
 
         raise NotRootError("flowtop detach needs root (or CAP_NET_ADMIN)")
+    from flowtop.collector.sockops import remove_stale
+
     removed = detach_everywhere(everyone=everyone)
     for name, n in removed:
         print(f"removed {n} flowtop filter(s) from {name}")
-    if not removed:
-        print("no flowtop filters to remove")
+    progs = remove_stale(everyone=everyone)
+    for what in progs:
+        print(f"removed sock_ops program {what}")
+    if not removed and not progs:
+        print("no flowtop filters or sock_ops programs to remove")
     return 0

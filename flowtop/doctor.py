@@ -253,6 +253,14 @@ def check_mounts() -> Iterator[Result]:
 
 
 def check_tcp_health() -> Iterator[Result]:
+    if Path("/sys/kernel/btf/vmlinux").is_file():
+        yield ok("kernel btf", "/sys/kernel/btf/vmlinux (sock_ops reads the RTT variance)")
+    else:
+        yield warn(
+            "kernel btf",
+            "no /sys/kernel/btf/vmlinux; local TCP RTT variance is reported as 0",
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        )
     tp = [Path(d, "events/tcp/tcp_retransmit_skb") for d in TRACEFS_DIRS]
     if any(p.is_dir() for p in tp):
         yield ok("tcp tracepoint", "tcp:tcp_retransmit_skb available (retransmit events)")

@@ -10,9 +10,10 @@ themselves one at a time. The UI thread never calls the source.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from textual import on, work
 from textual.app import App, ScreenStackError
@@ -25,13 +26,28 @@ from flowtop.tui import themes
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
 from flowtop.tui.messages import NamesResolved, SnapshotReady
-from flowtop.tui.resolver import Lookup, Resolver, gethostbyaddr
 from flowtop.tui.screens.detail import DetailScreen
 from flowtop.tui.screens.help import HelpScreen
 from flowtop.tui.screens.main import MainScreen
 from flowtop.view import Snapshot, ViewQuery, ViewSource
 
 MIN_LIMIT = 50  # rows asked of the engine: a screenful and some
+
+
+class NameSource(Protocol):
+    def name(self, addr: str) -> str | None: ...
+
+    def close(self, timeout: float = 0.0) -> None: ...
+
+
+ResolverFactory = Callable[[Callable[[], None]], NameSource]
+
+
+def dns_resolver(on_resolved: Callable[[], None]) -> NameSource:
+    """Reverse DNS for the view: asynchronous, TTL-cached, bounded (flowtop.enrich.dns)."""
+    from flowtop.enrich.dns import ReverseResolver
+
+    return ReverseResolver(on_resolved=on_resolved)
 
 
 class FlowtopApp(App[None]):
@@ -49,7 +65,7 @@ class FlowtopApp(App[None]):
         source: ViewSource,
         theme: str | None = None,
         resolve: bool = True,
-        lookup: Lookup = gethostbyaddr,
+        resolver: ResolverFactory | None = None,
     ) -> None:
         super().__init__()
         self.source = source
@@ -67,8 +83,8 @@ class FlowtopApp(App[None]):
         self.detail_key: str | None = None
         self.snapshots = 0  # received, for tests and benchmarks
         self._snap_lock = threading.Lock()
-        self._lookup = lookup
-        self._resolver: Resolver | None = None
+        self._make_resolver = resolver or dns_resolver
+        self._resolver: NameSource | None = None
         self._names_pending = threading.Event()
 
     def _theme_name(self, name: str) -> str:
@@ -205,7 +221,7 @@ class FlowtopApp(App[None]):
         if not self.display_opts.resolve:
             return None
         if self._resolver is None:
-            self._resolver = Resolver(on_resolved=self._names_ready, lookup=self._lookup)
+            self._resolver = self._make_resolver(self._names_ready)
         return self._resolver.name(addr)
 
     def _names_ready(self) -> None:

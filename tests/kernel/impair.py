@@ -42,13 +42,15 @@ def loss(
     if daddr:
         fam = "ip6" if ":" in daddr else "ip"
         match += f"{fam} daddr {daddr} "
+    # nft takes `mod 100 < N` for N up to 99 only: 100% is a plain drop.
+    pick = "" if percent == 100 else f"numgen random mod 100 < {percent} "
     _nft(
         ns,
         f"""
         table inet {TABLE} {{
           chain {hook} {{
             type filter hook {hook} priority 0; policy accept;
-            {match}numgen random mod 100 < {percent} counter drop
+            {match}{pick}counter drop
           }}
         }}
         """,

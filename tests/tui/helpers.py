@@ -8,13 +8,14 @@ from textual.pilot import Pilot
 
 from flowtop.tui import FlowtopApp
 from flowtop.tui.widgets.talkers import TalkersTable
+from tests.tui.fakedns import resolver_of
 from tests.tui.fakesource import FakeSource
 
 
 def make_app(source: FakeSource | None = None, **kw: object) -> FlowtopApp:
     from tests.tui.conftest import no_dns
 
-    kw.setdefault("lookup", no_dns)
+    kw.setdefault("resolver", resolver_of(no_dns))
     return FlowtopApp(source or FakeSource(), **kw)  # type: ignore[arg-type]
 
 

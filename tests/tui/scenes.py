@@ -15,6 +15,7 @@ from textual.pilot import Pilot
 
 from flowtop.tui import FlowtopApp
 from tests.tui.conftest import no_dns
+from tests.tui.fakedns import resolver_of
 from tests.tui.fakesource import FakeSource
 from tests.tui.helpers import settle
 
@@ -60,7 +61,7 @@ class Scene:
 
     def make_app(self) -> FlowtopApp:
         src_opts = {"flows": 120, "frames": 8, **self.source}
-        app_opts = {"lookup": no_dns, "resolve": False, **self.app}
+        app_opts = {"resolver": resolver_of(no_dns), "resolve": False, **self.app}
         return FlowtopApp(FakeSource(**src_opts), **app_opts)
 
 

@@ -60,7 +60,8 @@ CORE_MODULES = (
     "flowtop.engine", "flowtop.commands", "flowtop.flowtable", "flowtop.dump", "flowtop.view",
     "flowtop.filterexpr", "flowtop.record", "flowtop.sources", "flowtop.outputs",
     "flowtop.service", "flowtop.collector.collector", "flowtop.export.ipfix",
-    "flowtop.export.prometheus",
+    "flowtop.export.prometheus", "flowtop.enrich", "flowtop.enrich.dns", "flowtop.tcphealth",
+    "flowtop.collector.sockops",
 )  # fmt: skip
 
 

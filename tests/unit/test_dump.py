@@ -57,7 +57,7 @@ def test_json_lines_have_exactly_the_documented_fields() -> None:
     assert flows[0]["first_seen"] == "1970-01-01T00:16:40.000+00:00"
     assert flows[0]["proto_name"] == "tcp" and flows[0]["direction"] == "ingress"
     (iface,) = [x for x in lines if x["type"] == "interface"]
-    assert iface["iface"] == "veth[31m0"  # ESC removed
+    assert iface["iface"] == "veth0"  # the whole escape sequence removed
     (st,) = [x for x in lines if x["type"] == "stats"]
     assert st["flow_map_full"] == 2 and st["forced_evictions"] == 1
 
@@ -84,7 +84,8 @@ def test_table_output_lists_flows_interfaces_and_losses() -> None:
 
 
 def test_clean_removes_controls_and_bidi() -> None:
-    assert clean("a\x1b]52;c;ZZ\x07b\u202ec\x00d") == "a]52;c;ZZbcd"
+    assert clean("a\x1b]52;c;ZZ\x07b\u202ec\x00d") == "abcd"  # the whole OSC 52 goes
+    assert clean("\x1b[2Jx\x9b31my\u2028z") == "xyz"
     assert len(clean("x" * 1000)) == 253
     assert clean("[bold]ok[/bold]") == "[bold]ok[/bold]"  # markup is the view's job
 

@@ -82,9 +82,7 @@ class TcpHealth(Vertical):
             yield PlotextPlot(id="tcp-rtt")
             yield PlotextPlot(id="tcp-retrans")
 
-    def set(
-        self, history: RateHistory, charts: bool, groups: Sequence[HealthGroup] = ()
-    ) -> None:
+    def set(self, history: RateHistory, charts: bool, groups: Sequence[HealthGroup] = ()) -> None:
         self.history = history
         text = summary(history, groups, lines=6 if charts else 1)
         if text != self._summary:

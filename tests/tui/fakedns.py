@@ -1,15 +1,11 @@
-"""Reverse DNS that never blocks the UI: a few daemon threads, a bounded queue, a cache.
-
-`name(addr)` answers from the cache at once (None while a lookup is pending or when
-there is no name) and queues a lookup for addresses it has not seen. Answers are
-cleaned (`flowtop.sanitize.clean`) before anything can show them. Daemon threads,
-because gethostbyaddr cannot be interrupted and must not hold up the exit.
+"""A stand-in for flowtop.enrich.dns.ReverseResolver in UI tests: names come
+from a function instead of DNS (the real resolver has its own tests, with a DNS
+server in a namespace). Same contract: name() never blocks, answers are cleaned.
 """
 
 from __future__ import annotations
 
 import queue
-import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,18 +15,11 @@ from flowtop.sanitize import clean
 Lookup = Callable[[str], str | None]
 
 
-def gethostbyaddr(addr: str) -> str | None:
-    try:
-        return socket.gethostbyaddr(addr)[0]
-    except (OSError, UnicodeError, ValueError):
-        return None
-
-
 class Resolver:
     def __init__(
         self,
         on_resolved: Callable[[], None] | None = None,
-        lookup: Lookup = gethostbyaddr,
+        lookup: Lookup = lambda _addr: None,
         workers: int = 4,
         cache_size: int = 4096,
         queue_size: int = 256,
@@ -79,10 +68,15 @@ class Resolver:
             if name and self._on_resolved is not None:
                 self._on_resolved()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 0.0) -> None:
         """Stops the workers once they finish their lookup (never waits for them)."""
         for _ in self._threads:
             try:
                 self._queue.put_nowait(None)
             except queue.Full:
                 break
+
+
+def resolver_of(lookup: Lookup) -> Callable[[Callable[[], None]], Resolver]:
+    """A FlowtopApp `resolver` factory that answers with lookup()."""
+    return lambda on_resolved: Resolver(on_resolved=on_resolved, lookup=lookup)
