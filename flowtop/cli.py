@@ -191,10 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--speed must be positive")
         from flowtop.commands import run_live
 
+        cfg = _config(args, args.delay) if not args.replay else Config()
         return run_live(
-            _config(args, args.delay) if not args.replay else Config(),
+            cfg,
             theme=args.theme,
-            resolve=not args.no_resolve,
+            resolve=cfg.enrich.resolve_for(interactive=True) and not args.no_resolve,
             record=args.record,
             replay=args.replay,
             speed=args.speed,

@@ -107,7 +107,7 @@ def run_live(
             from flowtop.outputs import Outputs
 
             outputs = Outputs(cfg)
-        source = LiveSource(cfg.collector, record=record, outputs=outputs)
+        source = LiveSource(cfg.collector, record=record, outputs=outputs, enrich=cfg.enrich)
     app = FlowtopApp(source, theme=theme, resolve=resolve)
 
     def _terminate(_signum: int, _frame: FrameType | None) -> None:

@@ -82,11 +82,16 @@ def endpoint(addr: object, port: int, proto: int, ip_version: int) -> str:
 
 
 class EntityLike(Protocol):
-    asn: int | None
-    as_org: str | None
-    country: str | None
-    city: str | None
-    label: str | None
+    @property
+    def asn(self) -> int | None: ...
+    @property
+    def as_org(self) -> str | None: ...
+    @property
+    def country(self) -> str | None: ...
+    @property
+    def city(self) -> str | None: ...
+    @property
+    def label(self) -> str | None: ...
 
 
 EntityOf = Callable[[int], EntityLike | None]

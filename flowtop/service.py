@@ -12,13 +12,14 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import FrameType
 
 from flowtop.config import Config
 from flowtop.engine import StopSignal
 from flowtop.errors import FlowtopError
 from flowtop.outputs import Outputs
-from flowtop.sources import build_engine
+from flowtop.sources import build_engine, make_enricher
 
 log = logging.getLogger("flowtop")
 FLUSH_SECONDS = 1.5  # of the 2 s a service manager allows between TERM and KILL
@@ -37,7 +38,7 @@ def run_export_only(cfg: Config, reload: Callable[[], Config]) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     if not cfg.ipfix.collectors and cfg.prometheus.listen is None:
         log.warning("no IPFIX collector and no Prometheus listener: collecting for nothing")
-    engine, collector = build_engine(cfg.collector)
+    engine, collector = build_engine(cfg.collector, cfg.enrich)
     outputs: Outputs | None = None
     try:
         outputs = Outputs(cfg)
@@ -78,6 +79,12 @@ def _reload(cfg: Config, reload: Callable[[], Config], engine, collector, output
     ]
     if unchanged:
         log.warning("%s change on restart only", " and ".join(unchanged))
+    if new.enrich != cfg.enrich:
+        try:
+            engine.set_enricher(make_enricher(new.enrich))
+        except FlowtopError as exc:  # a bad labels file: keep what runs
+            log.error("config reload: %s; keeping the previous enrichment", exc)
+            new = replace(new, enrich=cfg.enrich)
     try:
         outputs.reload(new)
     except FlowtopError as exc:

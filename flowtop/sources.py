@@ -54,9 +54,13 @@ class LiveSource(TableSource):
     """Steps the kernel collector every interval; close() detaches."""
 
     def __init__(
-        self, cfg: CollectorConfig, record: str | None = None, outputs: Outputs | None = None
+        self,
+        cfg: CollectorConfig,
+        record: str | None = None,
+        outputs: Outputs | None = None,
+        enrich: EnrichConfig | None = None,
     ) -> None:
-        engine, self.collector = build_engine(cfg)
+        engine, self.collector = build_engine(cfg, enrich)
         super().__init__(engine)
         self._stop = StopSignal()
         self._recorder: Recorder | None = None
