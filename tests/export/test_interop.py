@@ -20,10 +20,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowtop.export.ipfix import IpfixExporter
-from flowtop.flowtable import FlowBatch
+from flowtop.flowtable import _BATCH_FIELDS, FlowBatch
 from flowtop.model import Direction, FlowRecord
 
 from . import pcap
@@ -251,3 +252,25 @@ def test_nfcapd_nfdump_read_what_we_send(tmp_path: Path) -> None:
         for r in rows
     )  # fmt: skip
     assert got == sorted(_nfdump_view(r) for r in b.records())
+
+
+@needs_tshark
+def test_tshark_decodes_bgp_as_numbers_from_enrichment(tmp_path: Path) -> None:
+    """With an ASN database the templates carry bgpSource/DestinationAsNumber,
+    filled from the records' enrichment columns (0 where unknown)."""
+    from flowtop.flowtable import empty_ext
+
+    b = many(50, v6_every=5, seed=11)
+    ext = empty_ext(len(b))
+    ext["src_asn"] = np.arange(len(b)) * 7 + 64500
+    ext["dst_asn"][::2] = 4_200_000_000  # 32-bit AS numbers
+    b = FlowBatch(**{f: getattr(b, f) for f in _BATCH_FIELDS}, clock_offset=b.clock_offset, ext=ext)
+    raw, local = export_udp(b, bgp=True)
+    path = tmp_path / "bgp.pcap"
+    pcap.write(path, local, COLLECTOR, raw)
+    headers = [p["_source"]["layers"]["cflow"] for p in json.loads(tshark(path, "-T", "json"))]
+    flows = [f for f in _walk(headers) if "cflow.octets" in f]
+    assert len(flows) == len(b)
+    got = sorted((int(str(f["cflow.srcas"])), int(str(f["cflow.dstas"]))) for f in flows)
+    want = sorted(zip(ext["src_asn"].tolist(), ext["dst_asn"].tolist(), strict=True))
+    assert got == want
