@@ -30,6 +30,8 @@ import platform
 import re
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,12 +198,78 @@ def pick_cgroup2(mounts: list[str]) -> str | None:
 
 
 def find_cgroup2() -> str | None:
-    """The cgroup v2 mount to attach sock_ops to, or None without one."""
+    """The cgroup v2 mount to attach sock_ops to, or None without one.
+
+    A process in a mount namespace of its own where no cgroup2 is mounted
+    (`ip netns exec` remounts /sys, which hides /sys/fs/cgroup) gets the
+    cgroup root from a private mount made in a throw-away child (see
+    _private_cgroup2): "/proc/self/fd/N" names it like a path.
+    """
     try:
-        text = Path("/proc/self/mountinfo").read_text()
+        mine = pick_cgroup2(cgroup2_mounts(Path("/proc/self/mountinfo").read_text()))
     except OSError:
+        mine = None
+    return mine if mine is not None else _private_cgroup2()
+
+
+def _mount_tracefs(where: Path) -> None:
+    """Mounts tracefs at its usual place when it is not there (as `make setup`
+    does; under `ip netns exec`, /sys is a fresh sysfs without it)."""
+    libc = ct.CDLL(None, use_errno=True)
+    if where.is_dir() and libc.mount(b"tracefs", bytes(where), b"tracefs", 0, None) == 0:
+        log.info("mounted tracefs at %s", where)
+
+
+_PRIVATE_CG: list[int] = []  # the fd of the private cgroup2 root, once made
+
+_PRIVATE_MOUNT = r"""
+import ctypes, os, socket, sys, tempfile
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNS, MS_REC, MS_PRIVATE, MNT_DETACH = 0x20000, 0x4000, 1 << 18, 2
+if libc.unshare(CLONE_NEWNS) or libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None):
+    sys.exit(1)
+d = tempfile.mkdtemp(prefix="flowtop-cg-")
+try:
+    if libc.mount(b"cgroup2", d.encode(), b"cgroup2", 0, None):
+        sys.exit(2)
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    libc.umount2(d.encode(), MNT_DETACH)
+finally:
+    os.rmdir(d)
+socket.send_fds(socket.socket(fileno=int(sys.argv[1])), [b"c"], [fd])
+"""
+
+
+def _private_cgroup2() -> str | None:
+    """The cgroup v2 root through a mount nobody else sees: a child process
+    unshares its mount namespace, mounts cgroup2 on a temporary directory,
+    passes an fd of it back, unmounts and removes the directory."""
+    if _PRIVATE_CG:
+        return f"/proc/self/fd/{_PRIVATE_CG[0]}"
+    if os.geteuid() != 0:
         return None
-    return pick_cgroup2(cgroup2_mounts(text))
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PRIVATE_MOUNT, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        mine.settimeout(5)
+        _msg, fds, _flags, _addr = socket.recv_fds(mine, 1, 1)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        mine.close()
+        theirs.close()
+    if not fds:
+        return None
+    _PRIVATE_CG.append(fds[0])
+    return f"/proc/self/fd/{fds[0]}"
 
 
 # -- BTF: where tcp_sock.mdev_us is on the running kernel -------------------------
@@ -581,6 +649,8 @@ class SockOpsTracker:
             raise KernelFeatureError(f"{cgroup} is not a cgroup v2 directory")
         tracefs = Path(bcc.TRACEFS)
         tp_format = tracefs / "events" / "tcp" / "tcp_retransmit_skb" / "format"
+        if not (tracefs / "events").is_dir():
+            _mount_tracefs(tracefs)
         if not (tracefs / "events").is_dir():
             raise KernelFeatureError(
                 "tracefs is not mounted at /sys/kernel/tracing "
