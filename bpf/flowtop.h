@@ -102,7 +102,111 @@ enum ft_counter {
 	FT_CTR_IPV6_EXT_LIMIT = 6,  /* more IPv6 extension headers than we walk */
 	FT_CTR_NO_FLOW_MAP = 7,     /* no active interval map (should never happen) */
 	FT_CTR_NON_IP = 8,          /* frames that are not IP (ARP, LLDP, ...) */
-	FT_CTR_MAX = 9,
+	/* Passive TCP RTT/retransmit tracking (bpf/tcprtt.h). */
+	FT_CTR_TCP_CONN_NEW = 9,       /* connections inserted in tcp_conns (userspace
+				        * works out LRU evictions from it) */
+	FT_CTR_TCP_CONN_MAP_FULL = 10, /* connection insert failed: not tracked */
+	FT_CTR_TCP_TS_STALE = 11,      /* TSval never echoed within 1 s: sample given up */
+	FT_CTR_MAX = 12,
+};
+
+/*
+ * Passive TCP tracking (bpf/tcprtt.h): one entry per connection, whichever
+ * interface and hook its packets cross, so a forwarded packet seen twice
+ * (ingress of one leg, egress of the other) lands in the same entry.
+ *
+ * Canonical connection key: the two (address, port) endpoints ordered, the
+ * lower first (addresses compared as two 64-bit words, then ports). An
+ * endpoint's index (0 or 1) names the direction it sends: direction d goes
+ * from endpoint d to endpoint 1 - d. Addresses as in struct flow_key; no
+ * ifindex and no VLAN, which can differ between the legs of a router.
+ * (addr0/addr1 rather than addr[2][16]: bcc's Python types get 2-D arrays
+ * wrong.)
+ */
+struct tcp_conn_key {
+	__u8 addr0[16];
+	__u8 addr1[16];
+	__u16 port0;    /* host order */
+	__u16 port1;
+	__u8 ip_version;
+	__u8 pad[3];
+};
+
+/* struct tcp_half.flags */
+#define FT_HALF_SEEN 0x01    /* the direction has an observation point */
+#define FT_HALF_SEQ 0x02     /* seq_end is valid */
+#define FT_HALF_TS 0x04      /* ts_last is valid (the sender uses timestamps) */
+#define FT_HALF_FIN 0x08     /* the sender sent a FIN */
+#define FT_HALF_ACK_DUE 0x10 /* the client's direction: SYN/ACK seen, its ACK not yet */
+
+/*
+ * One direction of a connection, as its packets see it at the observation
+ * point (obs_ifindex, obs_hook: where the direction was first seen), which
+ * is the only place its sequence and timestamp logic runs. Everything a
+ * packet of an established connection reads or writes is here, in 56 bytes;
+ * RTT figures, written once per sample, are in struct tcp_rtt.
+ */
+struct tcp_half {
+	__u32 obs_ifindex;
+	__u8 obs_hook;       /* FT_DIR_* of the observation point */
+	__u8 flags;          /* FT_HALF_* */
+	__u16 pad;
+	__u32 seq_end;       /* highest sequence end (seq + length) seen */
+	__u32 ts_last;       /* highest TSval seen */
+	__u32 ts_pending;    /* TSval waiting for its echo ... */
+	__u32 pad2;
+	__u64 ts_time_ns;    /* ... first seen then; 0: no sample pending */
+	__u64 data_segs;     /* segments with payload, retransmissions included (atomic) */
+	__u64 retrans;       /* segments sent again (atomic) */
+	__u64 last_ns;       /* CLOCK_MONOTONIC_COARSE of the last packet at obs point */
+};
+
+/*
+ * The RTT between the box and the receiver of one direction ("half" of the
+ * path: box -> receiver -> box), measured by the receiver echoing the
+ * sender's TSval, or by the handshake.
+ */
+struct tcp_rtt {
+	__u64 srtt_ns;       /* smoothed (EWMA, gain 1/8), 0: no sample yet */
+	__u64 mdev_ns;       /* mean deviation (EWMA, gain 1/4) */
+	__u64 min_ns;        /* smallest sample */
+	__u64 next_start_ns; /* rate limit: no new sample starts before this */
+	__u32 samples;       /* completed samples (handshake included) */
+	__u32 pad;
+};
+
+/* struct tcp_conn.flags */
+#define FT_CONN_RST 0x01          /* a RST was seen */
+#define FT_CONN_SYN_AGAIN 0x02    /* the SYN was sent again: handshake half ambiguous */
+#define FT_CONN_SYNACK_AGAIN 0x04 /* the SYN/ACK was sent again */
+
+/*
+ * One direction d: its sender's state and the RTT to its receiver. The
+ * 64 bytes before `half` (the RTT, written once per sample, and padding)
+ * keep the two directions' halves, written by every packet and often on
+ * different CPUs, out of each other's cache lines, and half 0 out of the
+ * key's (read by every lookup), wherever the entry starts.
+ */
+struct tcp_side {
+	struct tcp_rtt rtt;
+	__u8 pad[24];
+	struct tcp_half half;
+};
+
+/*
+ * Value of tcp_conns. Handshake times are the first sighting of each packet
+ * (CLOCK_MONOTONIC, bpf_ktime_get_ns), 0 when not seen: SYN/ACK - SYN is the
+ * server's half, ACK - SYN/ACK the client's.
+ */
+struct tcp_conn {
+	__u64 syn_ns;
+	__u64 synack_ns;
+	__u64 ack_ns;
+	__u32 isn;                 /* the client's initial sequence number */
+	__u8 client;               /* 0: unknown, 1: endpoint 0 sent the SYN, 2: endpoint 1 */
+	__u8 flags;                /* FT_CONN_* */
+	__u8 pad[2];
+	struct tcp_side side[2];   /* index: direction */
 };
 
 #endif /* FLOWTOP_H */

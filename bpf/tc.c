@@ -9,6 +9,8 @@
  *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
  *   FT_IFACE_SLOTS     ifindexes below this use the interface counter array
  *   FT_CACHE_SLOTS     slots of the per-CPU flow cache (power of two)
+ *   FT_PASSIVE_RTT     1: passive TCP RTT/retransmits (bpf/tcprtt.h), 0: without
+ *   FT_TCP_CONN_MAP_SIZE  entries of its connection map
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -29,6 +31,12 @@
 #endif
 #ifndef FT_CACHE_SLOTS
 #define FT_CACHE_SLOTS 1024 /* a power of two */
+#endif
+#ifndef FT_PASSIVE_RTT
+#define FT_PASSIVE_RTT 1
+#endif
+#ifndef FT_TCP_CONN_MAP_SIZE
+#define FT_TCP_CONN_MAP_SIZE 65536
 #endif
 
 /* Bytes pulled into the linear area when a header lies in paged data:
@@ -92,6 +100,48 @@ static __always_inline void count(__u32 idx, __u64 n)
 	if (v)
 		*v += n;
 }
+
+#if FT_PASSIVE_RTT
+/*
+ * Passive TCP tracking's connections (key: struct tcp_conn_key, value:
+ * struct tcp_conn; see bpf/tcprtt.h). An LRU hash: connections that end
+ * without a FIN or RST the box sees would fill a plain hash. Userspace
+ * deletes closed and idle entries (TcProgram.tcp_samples) and infers LRU
+ * evictions from FT_CTR_TCP_CONN_NEW.
+ */
+BPF_TABLE("lru_hash", struct tcp_conn_key, struct tcp_conn, tcp_conns, FT_TCP_CONN_MAP_SIZE);
+
+/* One all-zero struct tcp_conn, never written: the initial value of a new
+ * entry, without 272 bytes of zeroes on the BPF stack. */
+BPF_ARRAY(tcp_conn_zero, struct tcp_conn, 1);
+
+/* Accessors for tcprtt.h: bcc rewrites map calls in this file only. */
+static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k)
+{
+	return tcp_conns.lookup(k);
+}
+
+static __always_inline struct tcp_conn *tcp_conn_zero_value(void)
+{
+	__u32 zero = 0;
+
+	return tcp_conn_zero.lookup(&zero);
+}
+
+/* 0, -EEXIST (another CPU was first) or the insert's error. */
+static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
+{
+	struct tcp_conn *init = tcp_conn_zero_value();
+
+	if (!init)
+		return -ENOENT;
+	return tcp_conns.insert(k, init);
+}
+#endif
+
+/* Passive TCP RTT and retransmits: needs count(), the flow key and the
+ * accessors above. */
+#include "tcprtt.h"
 
 static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family)
 {
@@ -241,6 +291,7 @@ struct pkt {
 	__u8 dscp;
 	__u8 family;       /* FT_FAMILY_* for the interface counters */
 	__u8 l4_truncated; /* IP header fine, L4 header cut: count without ports */
+	struct ft_tcpseg tcp; /* sequence and timestamps for the passive RTT code */
 };
 
 enum parse_status {
@@ -331,6 +382,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		/* The flags byte follows doff/res1 in the 13th octet. */
 		p->flags = ((__u8 *)th)[13];
 		p->l4_hdr = th->doff * 4;
+		ft_tcp_parse(th, c.end, &p->tcp);
 		break;
 	}
 	case IPPROTO_UDP:
@@ -361,6 +413,30 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	}
 	}
 	return PARSE_OK;
+}
+
+/* Hands a complete TCP header to the passive RTT code with its payload
+ * length: from the skb for a GSO packet (its IP length may describe the
+ * aggregate, or be 0 for BIG TCP), else from the IP header (a frame can
+ * carry Ethernet padding). */
+static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u64 segs,
+				      __u8 dir)
+{
+	__u32 l4len;
+
+	if (p->key.proto != IPPROTO_TCP || p->l4_hdr < sizeof(struct tcphdr))
+		return;
+	if (segs > 1) {
+		l4len = skb->len - p->l4_off;
+	} else {
+		__u32 in_skb = skb->len - p->l3_off;
+		__u32 ip = p->ip_len < in_skb ? p->ip_len : in_skb;
+		__u32 hdr = p->l4_off - p->l3_off;
+
+		l4len = ip > hdr ? ip - hdr : 0;
+	}
+	ft_tcp_track(&p->key, &p->tcp, p->flags, l4len > p->l4_hdr ? l4len - p->l4_hdr : 0, segs,
+		     dir);
 }
 
 static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
@@ -433,6 +509,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	if (p.l4_truncated)
 		count(FT_CTR_TRUNCATED, 1);
 	account_flow(&p.key, segs, bytes, p.flags, p.dscp);
+	track_tcp(skb, &p, segs, dir);
 	return TC_ACT_UNSPEC;
 }
 

@@ -67,6 +67,9 @@ COUNTERS = (
     "ipv6_ext_limit",
     "no_flow_map",
     "non_ip",
+    "tcp_conn_new",
+    "tcp_conn_map_full",
+    "tcp_ts_stale",
 )
 
 assert FLOW_KEY.itemsize == 48
@@ -103,3 +106,75 @@ TCP_SAMPLE = np.dtype(
     ]
 )
 assert TCP_SAMPLE.itemsize == 96
+
+# Passive TCP tracking in the TC program (bpf/tcprtt.h): struct tcp_conn_key,
+# struct tcp_half and struct tcp_conn of flowtop.h. Direction d of a
+# connection goes from endpoint d (addr<d>, port<d>) to endpoint 1 - d.
+TCP_CONN_KEY = np.dtype(
+    [
+        ("addr0", "V16"),
+        ("addr1", "V16"),
+        ("port0", "<u2"),
+        ("port1", "<u2"),
+        ("ip_version", "u1"),
+        ("pad", "V3"),
+    ]
+)
+
+HALF_SEEN = 0x01
+HALF_SEQ = 0x02
+HALF_TS = 0x04
+HALF_FIN = 0x08
+HALF_ACK_DUE = 0x10
+
+TCP_HALF = np.dtype(
+    [
+        ("obs_ifindex", "<u4"),
+        ("obs_hook", "u1"),
+        ("flags", "u1"),
+        ("pad", "V2"),
+        ("seq_end", "<u4"),
+        ("ts_last", "<u4"),
+        ("ts_pending", "<u4"),
+        ("pad2", "V4"),
+        ("ts_time_ns", "<u8"),
+        ("data_segs", "<u8"),
+        ("retrans", "<u8"),
+        ("last_ns", "<u8"),  # CLOCK_MONOTONIC_COARSE
+    ]
+)
+
+TCP_RTT = np.dtype(
+    [
+        ("srtt_ns", "<u8"),  # box <-> the direction's receiver, smoothed; 0 = none
+        ("mdev_ns", "<u8"),
+        ("min_ns", "<u8"),
+        ("next_start_ns", "<u8"),
+        ("samples", "<u4"),
+        ("pad", "V4"),
+    ]
+)
+
+CONN_RST = 0x01
+CONN_SYN_AGAIN = 0x02
+CONN_SYNACK_AGAIN = 0x04
+
+TCP_SIDE = np.dtype([("rtt", TCP_RTT), ("pad", "V24"), ("half", TCP_HALF)])
+
+TCP_CONN = np.dtype(
+    [
+        ("syn_ns", "<u8"),  # handshake, CLOCK_MONOTONIC; 0 = not seen
+        ("synack_ns", "<u8"),
+        ("ack_ns", "<u8"),
+        ("isn", "<u4"),
+        ("client", "u1"),  # 0 unknown, 1: endpoint 0 sent the SYN, 2: endpoint 1
+        ("flags", "u1"),
+        ("pad", "V2"),
+        ("side", TCP_SIDE, (2,)),  # index: direction
+    ]
+)
+assert TCP_CONN_KEY.itemsize == 40
+assert TCP_HALF.itemsize == 56
+assert TCP_RTT.itemsize == 40
+assert TCP_SIDE.itemsize == 120
+assert TCP_CONN.itemsize == 272

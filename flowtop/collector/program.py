@@ -39,6 +39,8 @@ class ProgramOptions:
     iface_map_size: int = 4096
     iface_slots: int = 4096
     cache_slots: int = 1024  # per CPU, a power of two
+    passive_rtt: bool = True  # passive TCP RTT/retransmits (bpf/tcprtt.h)
+    tcp_conn_map_size: int = 65536  # connections it tracks (LRU)
 
     def cflags(self) -> list[str]:
         return [
@@ -47,6 +49,8 @@ class ProgramOptions:
             f"-DFT_IFACE_MAP_SIZE={self.iface_map_size}",
             f"-DFT_IFACE_SLOTS={self.iface_slots}",
             f"-DFT_CACHE_SLOTS={self.cache_slots}",
+            f"-DFT_PASSIVE_RTT={int(self.passive_rtt)}",
+            f"-DFT_TCP_CONN_MAP_SIZE={self.tcp_conn_map_size}",
         ]
 
 
@@ -149,6 +153,210 @@ class CacheDrainer:
         return out
 
 
+class BatchReader:
+    """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (nothing deleted) into
+    numpy arrays. The buffers are kept and grown as needed: fresh memory
+    costs a page fault per 4 KiB, more than the decoding. What read()
+    returns are views, valid until the next read()."""
+
+    def __init__(self, lib: Any, capacity: int, key_dtype: np.dtype, val_dtype: np.dtype) -> None:
+        self._lib = lib
+        self._keys = np.zeros(capacity, dtype=key_dtype)
+        self._vals = np.zeros(capacity, dtype=val_dtype)
+
+    def _grow(self, keep: int) -> None:
+        keys = np.zeros(2 * len(self._keys), dtype=self._keys.dtype)
+        vals = np.zeros(2 * len(self._vals), dtype=self._vals.dtype)
+        keys[:keep] = self._keys[:keep]
+        vals[:keep] = self._vals[:keep]
+        self._keys, self._vals = keys, vals
+
+    def read(self, fd: int) -> tuple[np.ndarray, np.ndarray]:
+        in_batch = ct.c_uint32(0)
+        out_batch = ct.c_uint32(0)
+        count = ct.c_uint32(0)
+        first = True
+        total = 0
+        ks, vs = self._keys.itemsize, self._vals.itemsize
+        while True:
+            if total == len(self._keys):
+                self._grow(total)
+            count.value = len(self._keys) - total
+            res = self._lib.bpf_lookup_batch(
+                fd,
+                None if first else ct.byref(in_batch),
+                ct.byref(out_batch),
+                ct.c_void_p(self._keys.ctypes.data + total * ks),
+                ct.c_void_p(self._vals.ctypes.data + total * vs),
+                ct.byref(count),
+            )
+            err = ct.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    break
+                if err == errno.ENOSPC and count.value == 0:
+                    self._grow(total)  # one hash bucket holds more than the room left
+                    continue
+                raise KernelFeatureError(f"reading a BPF map failed: {os.strerror(err or -res)}")
+            first = False
+            in_batch.value = out_batch.value
+        return self._keys[:total], self._vals[:total]
+
+
+# A connection nobody has sent anything on for this long is forgotten (it is
+# picked up again, without its handshake, if it wakes up).
+TCP_IDLE_NS = 300 * 1_000_000_000
+
+
+class TcpConnTable:
+    """Userspace side of the passive TCP tracker (bpf/tcprtt.h): reads the
+    connection map, turns it into layout.TCP_SAMPLE records and deletes what
+    is finished.
+
+    A closed connection (FIN both ways, or RST) is reported with its final
+    figures once more, at the next read, and deleted then: the last ACK
+    and any retransmitted FIN still land in the entry meanwhile. Idle ones
+    (TCP_IDLE_NS) go at once. LRU evictions are what the kernel inserted
+    minus what we deleted minus what is left; the figure is a lower bound
+    while inserts race the read, exact when they don't.
+    """
+
+    def __init__(self, lib: Any, bpf: Any) -> None:
+        self._lib = lib
+        self._fd = bpf[b"tcp_conns"].map_fd
+        self._reader = BatchReader(lib, 4096, layout.TCP_CONN_KEY, layout.TCP_CONN)
+        self._closed: set[bytes] = set()  # reported closed once; deleted at the next read
+        self.deleted = 0
+        self.evicted = 0
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        """The map's entries (views, valid until the next read)."""
+        return self._reader.read(self._fd)
+
+    def samples(self, now_ns: int, inserted: int, idle_ns: int = TCP_IDLE_NS) -> np.ndarray:
+        keys, vals = self.read()
+        self.evicted = max(self.evicted, inserted - self.deleted - len(keys))
+        out = conn_samples(keys, vals)
+        half = vals["side"]["half"]
+        closed = ((vals["flags"] & layout.CONN_RST) != 0) | (
+            (half["flags"][:, 0] & half["flags"][:, 1] & layout.HALF_FIN) != 0
+        )
+        idle = half["last_ns"].max(axis=1).astype(np.int64) + idle_ns < now_ns
+        raw = keys.view(f"V{layout.TCP_CONN_KEY.itemsize}")
+        go = idle.copy()
+        if self._closed:
+            was = np.fromiter((k in self._closed for k in raw[closed].tolist()), bool)
+            go[np.flatnonzero(closed)[was]] = True
+        self._closed = set(raw[closed & ~go].tolist())
+        if go.any():
+            self._delete(np.ascontiguousarray(keys[go]))
+        return out
+
+    def _delete(self, keys: np.ndarray) -> None:
+        done, n = 0, len(keys)
+        size = layout.TCP_CONN_KEY.itemsize
+        base = keys.ctypes.data
+        while done < n:
+            count = ct.c_uint32(n - done)
+            res = self._lib.bpf_delete_batch(
+                self._fd, ct.c_void_p(base + done * size), ct.byref(count)
+            )
+            err = ct.get_errno()
+            self.deleted += count.value
+            done += count.value
+            if res != 0:
+                if err != errno.ENOENT:
+                    raise KernelFeatureError(
+                        f"deleting TCP connections failed: {os.strerror(err or -res)}"
+                    )
+                done += 1  # evicted since we read it: the kernel was first
+
+
+def _with_words(dtype: np.dtype, fields: dict[str, str]) -> np.dtype:
+    """dtype with the named 16-byte address fields seen as two uint64 words:
+    numpy copies V16 fields an element at a time, uint64 pairs in bulk."""
+    assert dtype.fields is not None
+    names = list(dtype.fields)
+    formats: list[Any] = []
+    offsets = []
+    for n in names:
+        sub, off = dtype.fields[n][:2]
+        formats.append(("<u8", (2,)) if n in fields else sub)
+        offsets.append(off)
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": dtype.itemsize}
+    )
+
+
+_CONN_KEY_W = _with_words(layout.TCP_CONN_KEY, {"addr0": "", "addr1": ""})
+_FLOW_KEY_W = _with_words(layout.FLOW_KEY, {"src": "", "dst": ""})
+_SAMPLE_W = np.dtype(
+    {
+        "names": ["key"],
+        "formats": [_FLOW_KEY_W],
+        "offsets": [0],
+        "itemsize": layout.TCP_SAMPLE.itemsize,
+    }
+)
+
+
+def conn_samples(keys: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """layout.TCP_SAMPLE records of connections (layout.TCP_CONN_KEY/TCP_CONN):
+    one per direction that carried data, src = that direction's sender.
+
+    The RTT fields describe the whole path, the same in both records: the
+    sum of the two halves' smoothed RTTs (mean deviations, minima), 0 until
+    both halves have a sample; rtt_samples counts both halves' samples.
+    """
+    half = vals["side"]["half"]
+    rtt = vals["side"]["rtt"]
+    u32 = np.iinfo(np.uint32).max
+
+    def pair(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return col[:, 0], col[:, 1]
+
+    s0, s1 = pair(rtt["srtt_ns"])
+    both = (s0 > 0) & (s1 > 0)
+
+    def us(col: np.ndarray, floor: int) -> np.ndarray:
+        a, b = pair(col)
+        v = np.where(both, np.maximum((a + b) // 1000, floor), 0)
+        return np.minimum(v, u32).astype(np.uint32)
+
+    srtt_us = us(rtt["srtt_ns"], 1)
+    rttvar_us = us(rtt["mdev_ns"], 0)
+    min_us = us(rtt["min_ns"], 1)
+    n0, n1 = pair(rtt["samples"])
+    samples = np.minimum(n0.astype(np.uint64) + n1, u32)
+    l0, l1 = pair(half["last_ns"])
+    last = np.maximum(l0, l1)
+    kw = keys.view(_CONN_KEY_W)
+    client = vals["client"]
+    sels = [np.flatnonzero(half["data_segs"][:, d] > 0) for d in (0, 1)]
+    out = np.zeros(len(sels[0]) + len(sels[1]), dtype=layout.TCP_SAMPLE)
+    for d, sel in enumerate(sels):
+        rec = out[: len(sel)] if d == 0 else out[len(sels[0]) :]
+        k = rec.view(_SAMPLE_W)["key"]
+        k["ip_version"] = keys["ip_version"][sel]
+        k["proto"] = 6
+        k["src"] = kw[f"addr{d}"][sel]
+        k["dst"] = kw[f"addr{1 - d}"][sel]
+        k["sport"] = keys[f"port{d}"][sel]
+        k["dport"] = keys[f"port{1 - d}"][sel]
+        rec["srtt_us"] = srtt_us[sel]
+        rec["rttvar_us"] = rttvar_us[sel]
+        rec["min_rtt_us"] = min_us[sel]
+        rec["rtt_samples"] = samples[sel]
+        rec["retrans"] = half["retrans"][sel, d]
+        rec["data_segs"] = half["data_segs"][sel, d]
+        rec["source"] = layout.TCP_SOURCE_PASSIVE
+        c = client[sel]
+        rec["server"] = np.where(c == d + 1, 1, np.where(c == 2 - d, 2, 0))
+        rec["last_ns"] = last[sel]
+    return out
+
+
 class TcProgram:
     """The compiled TC programs and their maps."""
 
@@ -179,6 +387,7 @@ class TcProgram:
         self._ifaces = self.bpf[b"iface_counters"]
         self._slots = self.bpf[b"iface_slots"]
         self._counters = self.bpf[b"counters"]
+        self._tcp = TcpConnTable(self._lib, self.bpf) if options.passive_rtt else None
 
     def drain_flows(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Swap buffers and return the interval just ended as (keys, stats) batches.
@@ -231,7 +440,29 @@ class TcProgram:
         out = {}
         for i, name in enumerate(layout.COUNTERS):
             out[name] = int(sum(self._counters[ct.c_int(i)]))
+        # Not a kernel counter: worked out by tcp_samples() (see TcpConnTable).
+        out["tcp_conn_evicted"] = self._tcp.evicted if self._tcp is not None else 0
         return out
+
+    def _counter(self, name: str) -> int:
+        return int(sum(self._counters[ct.c_int(layout.COUNTERS.index(name))]))
+
+    def tcp_samples(self, now_ns: int) -> np.ndarray:
+        """layout.TCP_SAMPLE records of the connections the passive tracker
+        follows (two per connection when data went both ways), cumulative per
+        connection; deletes closed connections (after reporting them once
+        more) and idle ones. now_ns: time.monotonic_ns(). Empty when the
+        program was built without passive RTT."""
+        if self._tcp is None:
+            return np.zeros(0, dtype=layout.TCP_SAMPLE)
+        return self._tcp.samples(now_ns, self._counter("tcp_conn_new"))
+
+    def tcp_conns(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw connection map: (layout.TCP_CONN_KEY, layout.TCP_CONN) arrays."""
+        if self._tcp is None:
+            return np.zeros(0, dtype=layout.TCP_CONN_KEY), np.zeros(0, dtype=layout.TCP_CONN)
+        keys, vals = self._tcp.read()
+        return keys.copy(), vals.copy()
 
     def close(self) -> None:
         self.bpf.cleanup()

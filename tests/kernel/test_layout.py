@@ -44,6 +44,8 @@ def _numpy_layout(d: np.dtype) -> list[tuple[str, int, int]]:
         ("iface_counters", layout.IFACE_KEY, layout.IFACE_STATS),
         ("iface_slots", np.dtype([("slot", "<u4")]), layout.IFACE_STATS),
         ("cache_a", np.dtype([("slot", "<u4")]), layout.FLOW_CACHE_ENTRY),
+        ("tcp_conns", layout.TCP_CONN_KEY, layout.TCP_CONN),
+        ("tcp_conn_zero", np.dtype([("slot", "<u4")]), layout.TCP_CONN),
     ],
 )
 def test_struct_layouts_match(program, table, key_dtype, val_dtype) -> None:  # type: ignore[no-untyped-def]
@@ -58,6 +60,16 @@ def test_struct_layouts_match(program, table, key_dtype, val_dtype) -> None:  # 
         ours, theirs = _numpy_layout(dtype), _ctypes_layout(ctype)
         assert [(o, s) for _, o, s in ours] == [(o, s) for _, o, s in theirs]
         assert [n for n, _, _ in ours] == [n for n, _, _ in theirs]
+
+
+def test_tcp_conn_nested_layouts_match(program) -> None:  # type: ignore[no-untyped-def]
+    """struct tcp_side (two in struct tcp_conn) and the tcp_rtt and tcp_half in it."""
+    leaf = program.bpf[b"tcp_conns"].Leaf
+    assert leaf.side.size == 2 * layout.TCP_SIDE.itemsize
+    side = dict(leaf._fields_)["side"]._type_
+    assert _numpy_layout(layout.TCP_SIDE) == _ctypes_layout(side)
+    for name, dtype in (("rtt", layout.TCP_RTT), ("half", layout.TCP_HALF)):
+        assert _numpy_layout(dtype) == _ctypes_layout(dict(side._fields_)[name])
 
 
 def test_counter_names_match_enum() -> None:
