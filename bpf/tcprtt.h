@@ -20,8 +20,9 @@
  * receiver: from a packet of d to the receiver's answer, both at their
  * observation points. The handshake gives one sample of each half (SYN to
  * SYN/ACK: the server's half; SYN/ACK to ACK: the client's), timestamps
- * the rest, as pping does: the first packet carrying a new TSval starts a
- * sample when none is pending, and the first packet of the other direction
+ * the rest, as pping does: the first data (or FIN) segment carrying a new
+ * TSval starts a sample when none is pending (a pure ACK does not: its echo
+ * waits for the peer's next data, which measures the application), and the first packet of the other direction
  * echoing it (TSecr == TSval) ends it. One sample pending per direction; a
  * new one starts no sooner than FT_RTT_GAP_DIV-th of the half's smoothed RTT
  * after the last one ended, and never sooner than FT_RTT_MIN_GAP_NS: at
@@ -397,6 +398,12 @@ static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s
 	if (!ft_seq_after(s->tsval, h->ts_last))
 		return;
 	h->ts_last = s->tsval;
+	/* Only a segment that occupies sequence space is answered at once: the
+	 * peer echoes a pure ACK's TSval in whatever it sends next, which for
+	 * an application-limited sender can be long after (ePPing skips them
+	 * too). A direction that only ever ACKs keeps its handshake half. */
+	if (payload == 0 && !(flags & FT_TCP_FIN))
+		return;
 	if (h->ts_time_ns) {
 		if ((__s64)(now - h->ts_time_ns) < (__s64)FT_TS_STALE_NS)
 			return;

@@ -134,6 +134,10 @@ class CollectorHealth:
             k.get("flow_map_full", 0)
             + k.get("iface_map_full", 0)
             + k.get("no_flow_map", 0)
+            + k.get("tcp_conn_map_full", 0)
+            + k.get("tcp_conn_evicted", 0)
+            + k.get("sockops_conn_map_full", 0)
+            + k.get("sockops_closed_map_full", 0)
             + self.forced_evictions
             + self.drain_errors
             + self.attach_errors

@@ -46,6 +46,10 @@ KERNEL_COUNTERS = {
     "malformed": "frames with an impossible header field",
     "ipv6_ext_limit": "IPv6 packets with more extension headers than flowtop walks",
     "non_ip": "frames that are not IP (counted on interfaces only)",
+    "tcp_conn_new": "connections the passive TCP tracker started following",
+    "tcp_conn_map_full": "connections the passive TCP tracker could not insert",
+    "tcp_conn_evicted": "passive TCP connections evicted from the full LRU map",
+    "tcp_ts_stale": "passive RTT samples given up (TSval never echoed within 1 s)",
 }
 
 
