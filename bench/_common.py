@@ -188,3 +188,18 @@ def median(xs: Sequence[float]) -> float:
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[None]:
+    """kernel.bpf_stats_enabled=1 (run_time_ns/run_cnt per program), restored after."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    with open(path) as f:
+        old = f.read().strip()
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        yield
+    finally:
+        with open(path, "w") as f:
+            f.write(old)

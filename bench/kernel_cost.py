@@ -280,15 +280,10 @@ def main() -> int:
     from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
     from flowtop.collector.program import ProgramOptions, TcProgram
 
-    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(stats_path) as f:
-        old_stats = f.read().strip()
     procs: list[subprocess.Popen[Any]] = []
     prog = attacher = ipr = empty = None
     try:
-        with open(stats_path, "w") as f:
-            f.write("1")
-        with C.pair() as p:
+        with C.bpf_stats(), C.pair() as p:
             prog = TcProgram(ProgramOptions())
             empty = bcc.BPF(text=EMPTY_SRC)
             efd = {
@@ -339,8 +334,6 @@ def main() -> int:
             prog.close()
         if empty is not None:
             empty.cleanup()
-        with open(stats_path, "w") as f:
-            f.write(old_stats)
 
     # ---- report ---------------------------------------------------------------
     print("flowtop kernel cost vs empty TC program (ns per program run = per skb)")

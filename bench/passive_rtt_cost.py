@@ -289,17 +289,8 @@ def user_part() -> list[tuple[int, float, float]]:
 
 def main() -> int:
     C.require_root()
-    stats_path = "/proc/sys/kernel/bpf_stats_enabled"
-    with open(stats_path) as f:
-        old_stats = f.read().strip()
-    try:
-        with open(stats_path, "w") as f:
-            f.write("1")
-        with C.pair() as p:
-            kern = kernel_part(p)
-    finally:
-        with open(stats_path, "w") as f:
-            f.write(old_stats)
+    with C.bpf_stats(), C.pair() as p:
+        kern = kernel_part(p)
     user = user_part()
 
     print("passive TCP RTT: kernel cost, FT_PASSIVE_RTT=1 vs the same program without it")

@@ -54,53 +54,6 @@ class ProgramOptions:
         ]
 
 
-class BatchDrainer:
-    """Drains a hash map with BPF_MAP_LOOKUP_AND_DELETE_BATCH into raw buffers.
-
-    One syscall per chunk instead of two per key, and the keys and values
-    arrive as contiguous bytes that numpy views without per-entry ctypes.
-    """
-
-    def __init__(self, lib: Any, capacity: int, key_dtype: np.dtype, val_dtype: np.dtype) -> None:
-        self._lib = lib
-        self._cap = capacity
-        self._kd = key_dtype
-        self._vd = val_dtype
-        self._keys = ct.create_string_buffer(capacity * key_dtype.itemsize)
-        self._vals = ct.create_string_buffer(capacity * val_dtype.itemsize)
-
-    def drain(self, fd: int) -> tuple[np.ndarray, np.ndarray]:
-        in_batch = ct.c_uint32(0)
-        out_batch = ct.c_uint32(0)
-        count = ct.c_uint32(0)
-        total = 0
-        first = True
-        ks, vs = self._kd.itemsize, self._vd.itemsize
-        while total < self._cap:
-            count.value = self._cap - total
-            res = self._lib.bpf_lookup_and_delete_batch(
-                fd,
-                None if first else ct.byref(in_batch),
-                ct.byref(out_batch),
-                ct.byref(self._keys, ks * total),
-                ct.byref(self._vals, vs * total),
-                ct.byref(count),
-            )
-            err = ct.get_errno()
-            total += count.value
-            if res != 0:
-                if err == errno.ENOENT:
-                    break
-                raise KernelFeatureError(
-                    f"draining the flow map failed: {os.strerror(err or -res)}"
-                )
-            first = False
-            in_batch.value = out_batch.value
-        keys = np.frombuffer(memoryview(self._keys), dtype=self._kd, count=total).copy()
-        vals = np.frombuffer(memoryview(self._vals), dtype=self._vd, count=total).copy()
-        return keys, vals
-
-
 class CacheDrainer:
     """Reads a per-CPU flow cache array with one batch lookup and zeroes it with
     one batch update. Returns one (keys, stats) pair per CPU: each CPU's slots
@@ -154,13 +107,24 @@ class CacheDrainer:
 
 
 class BatchReader:
-    """Reads a whole hash map with BPF_MAP_LOOKUP_BATCH (nothing deleted) into
-    numpy arrays. The buffers are kept and grown as needed: fresh memory
-    costs a page fault per 4 KiB, more than the decoding. What read()
-    returns are views, valid until the next read()."""
+    """Reads a whole hash map in one pass of BPF_MAP_LOOKUP_BATCH, or
+    BPF_MAP_LOOKUP_AND_DELETE_BATCH with delete=True: one syscall per chunk
+    instead of two per key, keys and values as contiguous bytes that numpy
+    views without per-entry ctypes. The buffers are kept and grown as
+    needed (fresh memory costs a page fault per 4 KiB, more than the
+    decoding): what read() returns are views, valid until the next read()."""
 
-    def __init__(self, lib: Any, capacity: int, key_dtype: np.dtype, val_dtype: np.dtype) -> None:
-        self._lib = lib
+    def __init__(
+        self,
+        lib: Any,
+        capacity: int,
+        key_dtype: np.dtype,
+        val_dtype: np.dtype,
+        delete: bool = False,
+        what: str = "a BPF map",
+    ) -> None:
+        self._op = lib.bpf_lookup_and_delete_batch if delete else lib.bpf_lookup_batch
+        self._what = what
         self._keys = np.zeros(capacity, dtype=key_dtype)
         self._vals = np.zeros(capacity, dtype=val_dtype)
 
@@ -182,7 +146,7 @@ class BatchReader:
             if total == len(self._keys):
                 self._grow(total)
             count.value = len(self._keys) - total
-            res = self._lib.bpf_lookup_batch(
+            res = self._op(
                 fd,
                 None if first else ct.byref(in_batch),
                 ct.byref(out_batch),
@@ -198,7 +162,7 @@ class BatchReader:
                 if err == errno.ENOSPC and count.value == 0:
                     self._grow(total)  # one hash bucket holds more than the room left
                     continue
-                raise KernelFeatureError(f"reading a BPF map failed: {os.strerror(err or -res)}")
+                raise KernelFeatureError(f"reading {self._what} failed: {os.strerror(err or -res)}")
             first = False
             in_batch.value = out_batch.value
         return self._keys[:total], self._vals[:total]
@@ -225,7 +189,9 @@ class TcpConnTable:
     def __init__(self, lib: Any, bpf: Any) -> None:
         self._lib = lib
         self._fd = bpf[b"tcp_conns"].map_fd
-        self._reader = BatchReader(lib, 4096, layout.TCP_CONN_KEY, layout.TCP_CONN)
+        self._reader = BatchReader(
+            lib, 4096, layout.TCP_CONN_KEY, layout.TCP_CONN, what="the TCP connection map"
+        )
         self._closed: set[bytes] = set()  # reported closed once; deleted at the next read
         self.deleted = 0
         self.evicted = 0
@@ -377,8 +343,13 @@ class TcProgram:
             raise KernelFeatureError(f"cannot compile or load the TC program: {exc}") from None
         self._lib = bcc.libbcc.lib
         self._gen = _Generations(self._lib, self.bpf)
-        self._drainer = BatchDrainer(
-            self._lib, options.flow_map_size, layout.FLOW_KEY, layout.FLOW_STATS
+        self._drainer = BatchReader(
+            self._lib,
+            options.flow_map_size,
+            layout.FLOW_KEY,
+            layout.FLOW_STATS,
+            delete=True,
+            what="the flow map",
         )
         from bcc.utils import get_possible_cpus
 
@@ -396,7 +367,8 @@ class TcProgram:
         first, then each CPU's cache (a flow can be in all of them).
         """
         old_flows, old_cache = self._gen.flip()
-        batches = [self._drainer.drain(old_flows)]
+        keys, stats = self._drainer.read(old_flows)
+        batches = [(keys.copy(), stats.copy())]  # the engine keeps them past the next drain
         batches.extend(self._cache_drainer.drain(old_cache))
         return batches
 

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from flowtop.collector import layout
-from flowtop.collector.program import BPF_DIR, _quiet_stderr, import_bcc
+from flowtop.collector.program import BPF_DIR, BatchReader, _quiet_stderr, import_bcc
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
 
 log = logging.getLogger(__name__)
@@ -529,61 +529,6 @@ def remove_stale(cgroup: str | None = None, everyone: bool = False) -> list[str]
 # -- the tracker ----------------------------------------------------------------------
 
 
-class _BatchReader:
-    """Reads every entry of a hash map with BPF_MAP_LOOKUP_BATCH (entries
-    stay) or BPF_MAP_LOOKUP_AND_DELETE_BATCH (delete): one syscall per chunk,
-    keys and values as contiguous bytes that numpy views without ctypes."""
-
-    def __init__(
-        self,
-        lib: Any,
-        capacity: int,
-        key_dtype: np.dtype,
-        val_dtype: np.dtype,
-        delete: bool,
-        what: str,
-    ) -> None:
-        self._op = lib.bpf_lookup_and_delete_batch if delete else lib.bpf_lookup_batch
-        self._cap = capacity
-        self._kd = key_dtype
-        self._vd = val_dtype
-        self._what = what
-        self._keys = ct.create_string_buffer(capacity * key_dtype.itemsize)
-        self._vals = ct.create_string_buffer(capacity * val_dtype.itemsize)
-
-    def read(self, fd: int) -> tuple[np.ndarray, np.ndarray]:
-        in_batch = ct.c_uint32(0)
-        out_batch = ct.c_uint32(0)
-        count = ct.c_uint32(0)
-        total = 0
-        first = True
-        ks, vs = self._kd.itemsize, self._vd.itemsize
-        while total < self._cap:
-            count.value = self._cap - total
-            res = self._op(
-                fd,
-                None if first else ct.byref(in_batch),
-                ct.byref(out_batch),
-                ct.byref(self._keys, ks * total),
-                ct.byref(self._vals, vs * total),
-                ct.byref(count),
-            )
-            err = ct.get_errno()
-            total += count.value
-            if res != 0:
-                # ENOENT: the end. ENOSPC: the next bucket holds more than
-                # the room left (entries added while we read); they stay in
-                # the map for the next read.
-                if err in (errno.ENOENT, errno.ENOSPC):
-                    break
-                raise KernelFeatureError(f"reading {self._what} failed: {os.strerror(err or -res)}")
-            first = False
-            in_batch.value = out_batch.value
-        keys = np.frombuffer(memoryview(self._keys), dtype=self._kd, count=total).copy()
-        vals = np.frombuffer(memoryview(self._vals), dtype=self._vd, count=total).copy()
-        return keys, vals
-
-
 class SockOpsTracker:
     """Per-connection TCP figures of this host's sockets (see the module doc).
 
@@ -620,8 +565,8 @@ class SockOpsTracker:
         self._prog_fd = -1
         self._cg_fd = -1
         self._attached = False
-        self._reader: _BatchReader | None = None
-        self._drainer: _BatchReader | None = None
+        self._reader: BatchReader | None = None
+        self._drainer: BatchReader | None = None
 
     def __enter__(self) -> SockOpsTracker:
         self.start()
@@ -702,10 +647,10 @@ class SockOpsTracker:
             ) from None
         self.prog_id = self._own_prog_id()
         lib = bcc.libbcc.lib
-        self._reader = _BatchReader(
-            lib, self.map_size, layout.FLOW_KEY, CONN, False, "the sock_ops connection map"
+        self._reader = BatchReader(
+            lib, self.map_size, layout.FLOW_KEY, CONN, what="the sock_ops connection map"
         )
-        self._drainer = _BatchReader(
+        self._drainer = BatchReader(
             lib, self.map_size, CLOSED_KEY, CONN_RECORD, True, "the sock_ops closed map"
         )
 
@@ -753,7 +698,7 @@ class SockOpsTracker:
         raw[:, ks:] = vals.view(np.uint8).reshape(len(vals), CONN.itemsize)
         live = raw.view(CONN_RECORD).reshape(len(keys))
         _ck, closed = self._drainer.read(self._bpf[b"closed"].map_fd)
-        return merge_records(live, closed)
+        return merge_records(live, closed.copy())
 
     def read(self, now_ns: int | None = None) -> np.ndarray:
         """layout.TCP_SAMPLE records, one per connection, cumulative.
