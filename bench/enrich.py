@@ -1,7 +1,7 @@
 """Enriching new flows: both ends of 100k flows through the Enricher.
 
 The Enricher gets MaxMind's ASN and City test databases (GeoLite2-ASN-Test,
-GeoIP2-City-Test from ../shared/testdata/mmdb), a labels file of 200 prefixes
+GeoIP2-City-Test from tests/data/mmdb), a labels file of 200 prefixes
 (IPv4 and IPv6, with zones) and two local networks.
 
 Address mix ("realistic"): the local end of each flow is one of 2,000 local
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import table, verdict
 from flowtop.enrich import Enricher, EnrichOptions
 
-MMDB = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "mmdb"
+MMDB = Path(__file__).resolve().parents[1] / "tests" / "data" / "mmdb"
 ASN_DB = MMDB / "GeoLite2-ASN-Test.mmdb"
 CITY_DB = MMDB / "GeoIP2-City-Test.mmdb"
 FLOWS = 100_000

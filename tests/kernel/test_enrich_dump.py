@@ -14,7 +14,8 @@ from .netns import Pair, entered
 
 pytestmark = pytest.mark.kernel
 
-MMDB = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mmdb"
+# MaxMind's test databases, vendored with their licences (tests/data/mmdb/README.md).
+MMDB = Path(__file__).resolve().parents[1] / "data" / "mmdb"
 TELSTRA = "1.128.0.1"  # GeoLite2-ASN-Test: 1.128.0.0/11 AS1221 Telstra Pty Ltd
 LONDON = "81.2.69.142"  # GeoIP2-City-Test: London, GB
 B = "10.200.1.2"

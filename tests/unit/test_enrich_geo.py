@@ -36,11 +36,8 @@ from flowtop.enrich.geo import (
 )
 from flowtop.enrich.text import safe_text
 
-MMDB = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mmdb"
-pytestmark = pytest.mark.skipif(
-    not (MMDB / "GeoLite2-ASN-Test.mmdb").exists(),
-    reason=f"MaxMind test databases not found in {MMDB} (shared test data)",
-)
+# MaxMind's test databases, vendored with their licences (tests/data/mmdb/README.md).
+MMDB = Path(__file__).resolve().parents[1] / "data" / "mmdb"
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 ASN_DBS = ("GeoLite2-ASN-Test", "GeoIP2-ISP-Test")
