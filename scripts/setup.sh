@@ -2,7 +2,8 @@
 # Set up everything flowtop needs on a Debian 12 / Ubuntu machine, as root.
 # Idempotent: a second run only checks and prints "ok" lines.
 #
-#   system packages (bcc, bpftool, iproute2, test ground-truth tools), kernel headers
+#   system packages (bcc, bpftool, iproute2, test ground-truth tools; man-db and zsh for
+#   the installed manual page and completion), kernel headers
 #   (with a fallback when the running kernel has no headers package), bpffs and tracefs
 #   mounts, and the repo's .venv with bcc linked in and flowtop installed editable.
 set -euo pipefail
@@ -17,6 +18,7 @@ MODDIR="/lib/modules/$KREL"
 PACKAGES=(
     python3-bpfcc libbpfcc bpftool iproute2 python3-venv python3-pip
     tshark nfdump iperf3 nftables tmux ethtool tcpdump iputils-ping prometheus
+    man-db zsh
 )
 
 step() { printf 'setup: %s\n' "$*"; }

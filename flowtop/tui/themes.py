@@ -1,4 +1,4 @@
-"""Themes: TOML files in the repository's `themes/` directory, as Textual `Theme`s.
+"""Themes: TOML files in `themes/` (shipped inside the package), as Textual `Theme`s.
 
 Colours live only there; widgets and .tcss use the theme's variables. A theme
 file is flat keys of `textual.theme.Theme` plus a `[variables]` table.
@@ -13,6 +13,7 @@ from typing import Any
 
 from textual.theme import Theme
 
+from flowtop import resources
 from flowtop.errors import ConfigError
 
 DEFAULT = "flowtop-dark"
@@ -26,11 +27,8 @@ _FIELDS = {
 
 
 def theme_dir() -> Path:
-    """$FLOWTOP_THEMES, else `themes/` next to the package (a checkout or editable install)."""
-    env = os.environ.get("FLOWTOP_THEMES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "themes"
+    """$FLOWTOP_THEMES, else the installed package's themes (see flowtop.resources)."""
+    return resources.themes_dir()
 
 
 def _theme(path: Path, data: dict[str, Any]) -> Theme:
