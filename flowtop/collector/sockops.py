@@ -26,7 +26,6 @@ import ctypes as ct
 import errno
 import logging
 import os
-import platform
 import re
 import socket
 import struct
@@ -38,6 +37,14 @@ from typing import Any
 import numpy as np
 
 from flowtop.collector import layout
+from flowtop.collector.bpfsys import (
+    BPF_PROG_ATTACH,
+    BPF_PROG_DETACH,
+    BPF_PROG_QUERY,
+    bpf,
+    prog_fd_by_id,
+    prog_name_of,
+)
 from flowtop.collector.program import BPF_DIR, BatchReader, _quiet_stderr, import_bcc
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
 
@@ -367,32 +374,9 @@ def tcp_sock_offset(member: str, path: str = BTF_PATH) -> int | None:
 
 # -- bpf(2): query, attach, detach --------------------------------------------------
 
-_NR_BPF = {
-    "x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "ppc64": 361,
-    "s390x": 351, "armv7l": 386, "i686": 357, "loongarch64": 280,
-}  # fmt: skip
-BPF_PROG_ATTACH = 8
-BPF_PROG_DETACH = 9
-BPF_PROG_GET_FD_BY_ID = 13
-BPF_OBJ_GET_INFO_BY_FD = 15
-BPF_PROG_QUERY = 16
 BPF_CGROUP_SOCK_OPS = 3
 BPF_F_ALLOW_MULTI = 1 << 1
 SO_NETNS_COOKIE = 71
-
-_libc = ct.CDLL(None, use_errno=True)
-_libc.syscall.restype = ct.c_long
-
-
-def _bpf(cmd: int, attr: Any) -> int:
-    nr = _NR_BPF.get(platform.machine())
-    if nr is None:
-        raise KernelFeatureError(f"no bpf(2) syscall number known for {platform.machine()}")
-    res = int(_libc.syscall(ct.c_long(nr), ct.c_int(cmd), attr, ct.c_uint(len(attr))))
-    if res < 0:
-        err = ct.get_errno()
-        raise OSError(err, os.strerror(err))
-    return res
 
 
 def _query_sock_ops(cgroup_fd: int) -> list[int]:
@@ -404,7 +388,7 @@ def _query_sock_ops(cgroup_fd: int) -> list[int]:
         struct.pack_into("<IIIIQI", attr, 0, cgroup_fd, BPF_CGROUP_SOCK_OPS, 0, 0,
                          ct.addressof(ids), cap)  # fmt: skip
         try:
-            _bpf(BPF_PROG_QUERY, attr)
+            bpf(BPF_PROG_QUERY, attr)
         except OSError as exc:
             if exc.errno == errno.ENOSPC and cap < 65536:
                 cap *= 16
@@ -414,31 +398,17 @@ def _query_sock_ops(cgroup_fd: int) -> list[int]:
         return list(ids[: min(count, cap)])
 
 
-def _prog_fd(prog_id: int) -> int:
-    attr = ct.create_string_buffer(12)
-    struct.pack_into("<III", attr, 0, prog_id, 0, 0)
-    return _bpf(BPF_PROG_GET_FD_BY_ID, attr)
-
-
-def _prog_name_of(fd: int) -> str:
-    info = ct.create_string_buffer(80)  # struct bpf_prog_info up to name[16]
-    attr = ct.create_string_buffer(16)
-    struct.pack_into("<IIQ", attr, 0, fd, len(info), ct.addressof(info))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
-    return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-
-
 def _attach(cgroup_fd: int, prog_fd: int) -> None:
     attr = ct.create_string_buffer(20)
     struct.pack_into("<IIIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_SOCK_OPS,
                      BPF_F_ALLOW_MULTI, 0)  # fmt: skip
-    _bpf(BPF_PROG_ATTACH, attr)
+    bpf(BPF_PROG_ATTACH, attr)
 
 
 def _detach(cgroup_fd: int, prog_fd: int) -> None:
     attr = ct.create_string_buffer(20)
     struct.pack_into("<IIIII", attr, 0, cgroup_fd, prog_fd, BPF_CGROUP_SOCK_OPS, 0, 0)
-    _bpf(BPF_PROG_DETACH, attr)
+    bpf(BPF_PROG_DETACH, attr)
 
 
 def holds_prog(pid: int, prog_id: int) -> bool:
@@ -496,11 +466,11 @@ def remove_stale(cgroup: str | None = None, everyone: bool = False) -> list[str]
             ) from None
         for prog_id in ids:
             try:
-                pfd = _prog_fd(prog_id)
+                pfd = prog_fd_by_id(prog_id)
             except OSError:
                 continue  # detached meanwhile
             try:
-                name = _prog_name_of(pfd)
+                name = prog_name_of(pfd)
                 m = PROG_NAME_RE.match(name)
                 if not m:
                     continue
@@ -673,9 +643,9 @@ class SockOpsTracker:
             os.close(self._cg_fd)
             self._cg_fd = -1
         if self._bpf is not None:
-            bpf, self._bpf = self._bpf, None
+            prog, self._bpf = self._bpf, None
             with contextlib.suppress(Exception):
-                bpf.cleanup()
+                prog.cleanup()
         self._prog_fd = -1
         self._reader = None
         self._drainer = None
