@@ -1,25 +1,35 @@
 """Kernel cost of flowtop's TC programs against an empty TC program, same run.
 
-Two namespaces joined by a veth pair; on vb (namespace b) clsact ingress and
-egress each carry three cls_bpf direct-action filters:
+Two namespaces joined by a veth pair; on vb (namespace b) the ingress and
+egress hooks each carry flowtop between two empty programs, attached in one
+of two ways, alternating within the run (so both see the same load):
 
-    prio 1  empty (before)     int empty(struct __sk_buff *skb) { return -1; }
-    prio 2  flowtop_ingress / flowtop_egress  (TcProgram + TcAttacher)
-    prio 3  empty (after)
+    clsact: cls_bpf direct-action filters
+        prio 1  empty (before)     int empty(struct __sk_buff *skb) { return -1; }
+        prio 2  flowtop_ingress / flowtop_egress  (TcProgram + TcAttacher)
+        prio 3  empty (after)
+    tcx: TCX links (Linux 6.6+)
+        head    empty (before)     (BPF_F_BEFORE, attached after flowtop)
+                flowtop_ingress / flowtop_egress  (TcProgram + TcxAttacher, at the head)
+        tail    empty (after)
 
-All return TC_ACT_UNSPEC, so every packet runs all three, and an empty
-program on either side of flowtop cancels any first/last position effect.
-With kernel.bpf_stats_enabled=1 the kernel accumulates run_time_ns and
-run_cnt per program; we read them with `bpftool prog show --json` at the
+All return TC_ACT_UNSPEC (TCX_NEXT), so every packet runs all three, and an
+empty program on either side of flowtop cancels any first/last position
+effect. Each attachment is compared with the empty programs attached the
+same way. With kernel.bpf_stats_enabled=1 the kernel accumulates run_time_ns
+and run_cnt per program; we read them with `bpftool prog show --json` at the
 start and end of each window and report ns per run (one run per skb).
 
 Phase 1 (the target): established flows. iperf3 UDP, 2 streams each way
 (--bidir), so vb ingress and egress both see steady traffic of few flows;
 flowtop's maps are swapped and drained every second as the engine would.
+Each round measures one window per attachment, the order alternating
+between rounds.
 Phase 2 (informational): every packet is a new flow (UDP to a new dport each
 packet), map drained every 0.25 s so inserts succeed rather than hit "map full".
 
-Target: flowtop / empty <= 2.5x (established flows, median of 3 rounds).
+Target: flowtop / empty <= 2.5x (established flows, median of 3 rounds), for
+each attachment. Without TCX in the kernel only clsact is measured.
 Run: .venv/bin/python bench/kernel_cost.py   (root)
 """
 
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +53,7 @@ LOADS = (("light: 2x2 streams at 60 Mbit/s", "60M"), ("busy: 2x2 streams unlimit
 ROUNDS = 3
 WINDOW = 5.0
 WARMUP = 3.0
+SETTLE = 0.5  # after switching the attachment, before a window
 NEW_WINDOW = 3.0
 
 EMPTY_SRC = b"""
@@ -139,10 +151,102 @@ def attach_empty(ipr: Any, ifindex: int, fd: int, parent: int, prio: int, name: 
     )
 
 
+class Hooks:
+    """vb's ingress and egress with flowtop between the empty programs, attached
+    as clsact filters or as TCX links (see the module docstring); use(mode)
+    takes everything off and puts it back the other way."""
+
+    def __init__(self, p: Pair, prog: Any, efd: dict[str, int]) -> None:
+        from pyroute2 import IPRoute
+
+        self.p, self.prog, self.efd = p, prog, efd
+        self.ifindex = p.b.ifindex(p.vb)
+        self.mode: str | None = None
+        self.attacher: Any = None
+        self.links: list[int] = []
+        with entered(p.b):
+            self.ipr = IPRoute()
+
+    def use(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        self.off()
+        with entered(self.p.b):
+            (self._clsact if mode == "clsact" else self._tcx)()
+        self.mode = mode
+
+    def _clsact(self) -> None:
+        from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
+
+        self.attacher = TcAttacher(self.prog.ingress.fd, self.prog.egress.fd, priority=2)
+        self.attacher.attach(self.ifindex, self.p.vb)
+        for hook, parent in (("in", PARENT_INGRESS), ("eg", PARENT_EGRESS)):
+            for prio, pos in ((1, "pre"), (3, "post")):
+                name = f"empty_{hook}_{pos}"
+                attach_empty(self.ipr, self.ifindex, self.efd[name], parent, prio, f"ftb_{name}")
+
+    def _tcx(self) -> None:
+        from flowtop.collector import tcx
+
+        self.attacher = tcx.TcxAttacher(
+            {("ingress", False): self.prog.ingress.fd, ("egress", False): self.prog.egress.fd}
+        )
+        self.attacher.attach(self.ifindex, self.p.vb)  # at the head
+        for hook, direction in (("in", "ingress"), ("eg", "egress")):
+            for pos, flags in (("pre", tcx.BPF_F_BEFORE), ("post", 0)):
+                self.links.append(
+                    tcx.link_create(
+                        self.efd[f"empty_{hook}_{pos}"],
+                        self.ifindex,
+                        tcx.ATTACH_TYPES[direction],
+                        flags,
+                    )
+                )
+
+    def off(self) -> None:
+        mode, self.mode = self.mode, None
+        try:
+            if mode == "clsact":
+                for hook in ("ingress", "egress"):
+                    for prio in ("1", "3"):
+                        cmd = ("tc", "filter", "del", "dev", self.p.vb, hook, "pref", prio)
+                        self.p.b.exec(*cmd, check=False)  # the namespace may be gone
+            for fd in self.links:
+                os.close(fd)
+            self.links.clear()
+            if self.attacher is not None:
+                self.attacher.detach_all()
+        finally:
+            if self.attacher is not None:
+                self.attacher.close()
+                self.attacher = None
+
+    def close(self) -> None:
+        try:
+            self.off()
+        finally:
+            self.ipr.close()
+
+
+def modes_available() -> tuple[tuple[str, ...], str]:
+    """The attachments this kernel has, and a note when TCX is missing."""
+    from flowtop.collector.tcx import tcx_supported
+
+    ok, why = tcx_supported()
+    return (("clsact", "tcx"), "") if ok else (("clsact",), f"TCX not measured: {why}")
+
+
 def established(
-    p: Pair, prog: Any, ids: dict[str, int], rate: str, procs: list[subprocess.Popen[Any]]
-) -> list[dict[str, tuple[float, int]]]:
-    """iperf3 UDP 2+2 streams at `rate` per stream; ROUNDS windows of per-run costs."""
+    p: Pair,
+    prog: Any,
+    hooks: Hooks,
+    modes: tuple[str, ...],
+    ids: dict[str, int],
+    rate: str,
+    procs: list[subprocess.Popen[Any]],
+) -> dict[str, list[dict[str, tuple[float, int]]]]:
+    """iperf3 UDP 2+2 streams at `rate` per stream; ROUNDS windows of per-run
+    costs per attachment mode, the modes' order alternating between rounds."""
     srv = p.b.popen(
         ["iperf3", "-s", "-1", "-B", Pair.B4],
         stdout=subprocess.DEVNULL,
@@ -150,7 +254,7 @@ def established(
     )
     procs.append(srv)
     time.sleep(0.5)
-    total = WARMUP + ROUNDS * WINDOW + 3
+    total = WARMUP + ROUNDS * len(modes) * (WINDOW + SETTLE + 0.5) + 3
     cli = p.a.popen(
         [
             "iperf3",
@@ -173,12 +277,16 @@ def established(
         stderr=subprocess.PIPE,
     )
     procs.append(cli)
+    hooks.use(modes[0])
     drain_for(prog, WARMUP, 1.0)
-    rounds = []
-    for _ in range(ROUNDS):
-        if cli.poll() is not None:
-            raise RuntimeError(f"iperf3 client ended early: {cli.stderr.read().decode()}")
-        rounds.append(window(ids, prog, WINDOW, 1.0))
+    rounds: dict[str, list[dict[str, tuple[float, int]]]] = {m: [] for m in modes}
+    for i in range(ROUNDS):
+        for mode in modes if i % 2 == 0 else modes[::-1]:
+            hooks.use(mode)
+            drain_for(prog, SETTLE, 1.0)
+            if cli.poll() is not None:
+                raise RuntimeError(f"iperf3 client ended early: {cli.stderr.read().decode()}")
+            rounds[mode].append(window(ids, prog, WINDOW, 1.0))
     for proc in (cli, srv):
         C.stop_process(proc)
     return rounds
@@ -272,74 +380,9 @@ def report_established(
     return med
 
 
-def main() -> int:
-    C.require_root()
-    import bcc
-    from pyroute2 import IPRoute
-
-    from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
-    from flowtop.collector.program import ProgramOptions, TcProgram
-
-    procs: list[subprocess.Popen[Any]] = []
-    prog = attacher = ipr = empty = None
-    try:
-        with C.bpf_stats(), C.pair() as p:
-            prog = TcProgram(ProgramOptions())
-            empty = bcc.BPF(text=EMPTY_SRC)
-            efd = {
-                n: empty.load_func(n.encode(), bcc.BPF.SCHED_CLS).fd
-                for n in ("empty_in_pre", "empty_in_post", "empty_eg_pre", "empty_eg_post")
-            }
-            ifindex = p.b.ifindex(p.vb)
-            with entered(p.b):
-                ipr = IPRoute()
-                attacher = TcAttacher(prog.ingress.fd, prog.egress.fd, priority=2)
-            attacher.attach(ifindex, p.vb)
-            attach_empty(ipr, ifindex, efd["empty_in_pre"], PARENT_INGRESS, 1, "ftb_empty_in_pre")
-            attach_empty(ipr, ifindex, efd["empty_in_post"], PARENT_INGRESS, 3, "ftb_empty_in_post")
-            attach_empty(ipr, ifindex, efd["empty_eg_pre"], PARENT_EGRESS, 1, "ftb_empty_eg_pre")
-            attach_empty(ipr, ifindex, efd["empty_eg_post"], PARENT_EGRESS, 3, "ftb_empty_eg_post")
-            ids = {
-                "flowtop_ingress": prog_id(prog.ingress.fd),
-                "flowtop_egress": prog_id(prog.egress.fd),
-            }
-            ids.update({n: prog_id(fd) for n, fd in efd.items()})
-
-            # ---- phase 1: established flows, light and busy link --------------
-            rounds_by_load: dict[str, list[dict[str, tuple[float, int]]]] = {}
-            for label, rate in LOADS:
-                rounds_by_load[label] = established(p, prog, ids, rate, procs)
-            # ---- phase 2: a new flow per packet (informational) -------------
-            prog.drain_flows()
-            sender = p.a.popen(
-                [sys.executable, "-c", NEWFLOW_SENDER, Pair.B4, str(ROUNDS * NEW_WINDOW + 2)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            procs.append(sender)
-            drain_for(prog, 1.0, 0.25)
-            new_rounds = [window(ids, prog, NEW_WINDOW, 0.25) for _ in range(ROUNDS)]
-            C.stop_process(sender)
-    finally:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                C.stop_process(proc)
-        if attacher is not None:
-            with contextlib.suppress(Exception):
-                attacher.detach_all()  # the namespace is gone already in the normal case
-            attacher.close()
-        if ipr is not None:
-            ipr.close()
-        if prog is not None:
-            prog.close()
-        if empty is not None:
-            empty.cleanup()
-
-    # ---- report ---------------------------------------------------------------
-    print("flowtop kernel cost vs empty TC program (ns per program run = per skb)")
-    meds = {label: report_established(label, rounds_by_load[label], efd) for label, _ in LOADS}
+def report_new_flows(label: str, new_rounds: list[dict[str, tuple[float, int]]]) -> float:
     print(
-        f"\ninformational: a new flow per packet (ingress, insert path), {ROUNDS} x "
+        f"\ninformational: a new flow per packet (ingress, insert path), {label}, {ROUNDS} x "
         f"{NEW_WINDOW:g} s, maps drained every 0.25 s\n"
     )
     rows = []
@@ -377,10 +420,96 @@ def main() -> int:
         ]
     )
     print(f"median new-flow ratio: {med_new:.2f}x (informational, no target)")
-    for label, med in meds.items():
-        print(
-            f"\nRESULT kernel_cost ({label}): {med:.2f}x <= {TARGET}x  {C.verdict(med <= TARGET)}"
+    return med_new
+
+
+ATTACHED = {"clsact": "attached with clsact (cls_bpf)", "tcx": "attached with TCX links"}
+
+
+def main() -> int:
+    C.require_root()
+    import bcc
+
+    from flowtop.collector.program import ProgramOptions, TcProgram
+
+    modes, note = modes_available()
+    procs: list[subprocess.Popen[Any]] = []
+    prog = hooks = empty = None
+    try:
+        with C.bpf_stats(), C.pair() as p:
+            prog = TcProgram(ProgramOptions())
+            empty = bcc.BPF(text=EMPTY_SRC)
+            efd = {
+                n: empty.load_func(n.encode(), bcc.BPF.SCHED_CLS).fd
+                for n in ("empty_in_pre", "empty_in_post", "empty_eg_pre", "empty_eg_post")
+            }
+            hooks = Hooks(p, prog, efd)
+            ids = {
+                "flowtop_ingress": prog_id(prog.ingress.fd),
+                "flowtop_egress": prog_id(prog.egress.fd),
+            }
+            ids.update({n: prog_id(fd) for n, fd in efd.items()})
+
+            # ---- phase 1: established flows, light and busy link --------------
+            rounds_by_load: dict[str, dict[str, list[dict[str, tuple[float, int]]]]] = {}
+            for label, rate in LOADS:
+                rounds_by_load[label] = established(p, prog, hooks, modes, ids, rate, procs)
+            # ---- phase 2: a new flow per packet (informational) -------------
+            prog.drain_flows()
+            secs = ROUNDS * len(modes) * (NEW_WINDOW + SETTLE + 0.5) + 2
+            sender = p.a.popen(
+                [sys.executable, "-c", NEWFLOW_SENDER, Pair.B4, str(secs)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            procs.append(sender)
+            drain_for(prog, 1.0, 0.25)
+            new_rounds: dict[str, list[dict[str, tuple[float, int]]]] = {m: [] for m in modes}
+            for i in range(ROUNDS):
+                for mode in modes if i % 2 == 0 else modes[::-1]:
+                    hooks.use(mode)
+                    drain_for(prog, SETTLE, 0.25)
+                    new_rounds[mode].append(window(ids, prog, NEW_WINDOW, 0.25))
+            C.stop_process(sender)
+            hooks.off()
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                C.stop_process(proc)
+        if hooks is not None:
+            with contextlib.suppress(Exception):
+                hooks.close()  # the namespace is gone already in the normal case
+        if prog is not None:
+            prog.close()
+        if empty is not None:
+            empty.cleanup()
+
+    # ---- report ---------------------------------------------------------------
+    print("flowtop kernel cost vs empty TC program (ns per program run = per skb)")
+    if note:
+        print(note)
+    meds = {
+        (label, mode): report_established(
+            f"{label}, {ATTACHED[mode]}", rounds_by_load[label][mode], efd
         )
+        for label, _ in LOADS
+        for mode in modes
+    }
+    new_meds = {mode: report_new_flows(ATTACHED[mode], new_rounds[mode]) for mode in modes}
+    print(
+        "\nside by side: median flowtop/empty, each against the empty programs attached "
+        "the same way\n"
+    )
+    print(
+        C.table(
+            [(label, *(f"{meds[(label, m)]:.2f}x" for m in modes)) for label, _ in LOADS]
+            + [("new flow per packet (informational)", *(f"{new_meds[m]:.2f}x" for m in modes))],
+            ("load", *modes),
+        )
+    )
+    for (label, mode), med in meds.items():
+        tag = label if mode == "clsact" else f"{label}, tcx"
+        print(f"\nRESULT kernel_cost ({tag}): {med:.2f}x <= {TARGET}x  {C.verdict(med <= TARGET)}")
     return 0
 
 
