@@ -14,6 +14,10 @@
 #define FT_DIR_INGRESS 0
 #define FT_DIR_EGRESS 1
 
+/* struct flow_stats.mpls: a label stack was seen; the low 24 bits are its
+ * top entry without the TTL. */
+#define FT_MPLS_PRESENT (1U << 24)
+
 /* Address family of an interface counter (struct iface_key.family). */
 #define FT_FAMILY_OTHER 0
 #define FT_FAMILY_IPV4 1
@@ -46,7 +50,9 @@ struct flow_key {
  * super-packets as their segments; bytes are IP octets (IP header and
  * payload, as IPFIX octetDeltaCount), with the headers of every segment.
  * packets, bytes and tcp_flags are updated atomically: several CPUs can hit
- * one flow at once.
+ * one flow at once. The MPLS label is not part of the flow key: packets of
+ * one 5-tuple on different label switched paths are one flow, which keeps
+ * the last label seen.
  */
 struct flow_stats {
 	__u64 packets;
@@ -55,7 +61,10 @@ struct flow_stats {
 	__u64 last_seen_ns;
 	__u64 tcp_flags;     /* OR of the TCP flags byte (CWR..FIN) */
 	__u8 dscp;           /* DSCP of the last packet seen */
-	__u8 pad[7];
+	__u8 pad[3];
+	/* The last packet's top MPLS label stack entry without its TTL (label
+	 * << 4 | TC << 1 | S) | FT_MPLS_PRESENT (1 << 24); 0: it had no label. */
+	__u32 mpls;
 };
 
 /*
@@ -79,9 +88,12 @@ struct iface_key {
 };
 
 /*
- * L2 counters as the device's own statistics (ip -s link) count them: one
- * packet and skb->len bytes per skb, Ethernet header included, plus the 4
- * bytes of a received VLAN tag the kernel moved into skb->vlan_tci.
+ * Counters as the device's own statistics (ip -s link) count them. On
+ * Ethernet: one packet per skb, skb->len bytes, Ethernet header included,
+ * plus the 4 bytes of a received VLAN tag the kernel moved into
+ * skb->vlan_tci. On a device without an Ethernet header (tun, WireGuard,
+ * PPP, IP tunnels): one packet per segment of a GSO packet (tun and PPP
+ * segment before counting), the bytes from the network header on.
  */
 struct iface_stats {
 	__u64 packets;
@@ -90,15 +102,22 @@ struct iface_stats {
 
 /*
  * Indexes into the `counters` per-CPU array: everything the data path could
- * not account for in a flow, so that userspace can report it.
+ * not account for in a flow, so that userspace can report it, and a few
+ * informational counts. Every packet a program sees is counted exactly
+ * once: in a flow (its segments), or in one of FLOW_MAP_FULL (its segments
+ * in LOST_PACKETS), TRUNCATED, MALFORMED, IPV6_EXT_LIMIT, NO_FLOW_MAP,
+ * NON_IP, MPLS_LIMIT, NET_SEEK_LIMIT. NO_PORTS is informational: those
+ * packets are in a flow. New counters go at the end (recordings and
+ * userspace index by position).
  */
 enum ft_counter {
 	FT_CTR_FLOW_MAP_FULL = 0,   /* flow insert failed: the interval map is full */
 	FT_CTR_LOST_PACKETS = 1,    /* packets (segments) of those failed inserts */
 	FT_CTR_LOST_BYTES = 2,      /* IP bytes of those failed inserts */
 	FT_CTR_IFACE_MAP_FULL = 3,  /* interface counter insert failed */
-	FT_CTR_TRUNCATED = 4,       /* frame ended inside a header we needed */
-	FT_CTR_MALFORMED = 5,       /* impossible header field (IHL < 5, ...) */
+	FT_CTR_TRUNCATED = 4,       /* frame ended inside the L2 or IP headers */
+	FT_CTR_MALFORMED = 5,       /* impossible header field (IHL < 5, IPv4
+				     * total length < IHL, or 0 without GSO, ...) */
 	FT_CTR_IPV6_EXT_LIMIT = 6,  /* more IPv6 extension headers than we walk */
 	FT_CTR_NO_FLOW_MAP = 7,     /* no active interval map (should never happen) */
 	FT_CTR_NON_IP = 8,          /* frames that are not IP (ARP, LLDP, ...) */
@@ -107,7 +126,10 @@ enum ft_counter {
 				        * works out LRU evictions from it) */
 	FT_CTR_TCP_CONN_MAP_FULL = 10, /* connection insert failed: not tracked */
 	FT_CTR_TCP_TS_STALE = 11,      /* TSval never echoed within 1 s: sample given up */
-	FT_CTR_MAX = 12,
+	FT_CTR_NO_PORTS = 12,       /* in a flow, but the L4 header was cut: ports 0/0 */
+	FT_CTR_MPLS_LIMIT = 13,     /* MPLS label stack deeper than we walk */
+	FT_CTR_NET_SEEK_LIMIT = 14, /* no Ethernet header, network header not found */
+	FT_CTR_MAX = 15,
 };
 
 /*

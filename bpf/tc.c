@@ -1,7 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * flowtop TC data path: one program for clsact ingress and one for egress,
- * both calling handle_packet(). Flows are aggregated here, per collection
+ * flowtop TC data path: a program for ingress and one for egress of devices
+ * with an Ethernet header, and a pair for devices without one (tun,
+ * WireGuard, PPP, IP tunnels: skb->protocol says what the packet is), all
+ * calling handle_packet() with the direction and the device kind as
+ * compile-time constants, so the Ethernet programs carry no L3-device code.
+ * Userspace picks the pair per interface from its device type
+ * (flowtop/collector/devices.py). Flows are aggregated here, per collection
  * interval, and drained by userspace in batches; nothing is sent per packet.
  *
  * Build-time options come as -D cflags from flowtop/collector/program.py:
@@ -40,9 +45,9 @@
 #endif
 
 /* Bytes pulled into the linear area when a header lies in paged data:
- * Ethernet, 2 VLAN tags, IPv6 with a long extension chain (hop-by-hop
- * options, an SRv6 routing header with a dozen segments) and TCP with
- * options fit. Only frames that need it pay for the copy. */
+ * Ethernet, 2 VLAN tags, PPPoE or an MPLS stack, IPv6 with a long extension
+ * chain (hop-by-hop options, an SRv6 routing header with a dozen segments)
+ * and TCP with options fit. Only frames that need it pay for the copy. */
 #define FT_PULL_LEN 1024
 
 /*
@@ -143,13 +148,12 @@ static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
  * accessors above. */
 #include "tcprtt.h"
 
-static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family)
+/* Adds packets and len bytes to the interface counter (see struct
+ * iface_stats for what the callers count). */
+static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 family,
+					__u64 packets, __u64 len)
 {
 	__u32 ifindex = skb->ifindex;
-	/* A received tag the kernel moved out of the frame (vlan_tci) crossed
-	 * the wire and is in the device's own rx count: add it back. An egress
-	 * tag in vlan_tci is not on the frame yet, nor in the device's count. */
-	__u64 len = skb->len + (dir == FT_DIR_INGRESS && skb->vlan_present ? 4 : 0);
 	struct iface_stats *st;
 
 	if (ifindex < FT_IFACE_SLOTS) {
@@ -157,7 +161,7 @@ static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 fa
 
 		st = iface_slots.lookup(&slot);
 		if (st) {
-			st->packets += 1;
+			st->packets += packets;
 			st->bytes += len;
 		}
 		return;
@@ -167,24 +171,25 @@ static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 fa
 	st = iface_counters.lookup(&k);
 
 	if (st) {
-		st->packets += 1;
+		st->packets += packets;
 		st->bytes += len;
 		return;
 	}
-	struct iface_stats init = { .packets = 1, .bytes = len };
+	struct iface_stats init = { .packets = packets, .bytes = len };
 
 	if (iface_counters.update(&k, &init) != 0)
 		count(FT_CTR_IFACE_MAP_FULL, 1);
 }
 
 static __always_inline void add_to_flow(struct flow_stats *st, __u64 segs, __u64 bytes,
-					__u64 flags, __u8 dscp, __u64 now)
+					__u64 flags, __u8 dscp, __u32 mpls, __u64 now)
 {
 	__sync_fetch_and_add(&st->packets, segs);
 	__sync_fetch_and_add(&st->bytes, bytes);
 	/* Plain stores: the last writer wins, which is what "last" means. */
 	st->last_seen_ns = now;
 	st->dscp = dscp;
+	st->mpls = mpls;
 	/* Flags rarely change after the handshake: skip the locked op then. */
 	if ((st->tcp_flags | flags) != st->tcp_flags)
 		__sync_fetch_and_or(&st->tcp_flags, flags);
@@ -193,7 +198,8 @@ static __always_inline void add_to_flow(struct flow_stats *st, __u64 segs, __u64
 /* Counts the packet in this CPU's cache when its flow owns (or can take)
  * its slot; returns 0 when the caller must use the hash map. */
 static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64 segs,
-					  __u64 bytes, __u64 flags, __u8 dscp, __u64 now)
+					  __u64 bytes, __u64 flags, __u8 dscp, __u32 mpls,
+					  __u64 now)
 {
 	void *cache = cache_maps.lookup(&gen);
 	__u64 *w = (__u64 *)key;
@@ -215,6 +221,7 @@ static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64
 		e->stats.last_seen_ns = now;
 		e->stats.tcp_flags = flags;
 		e->stats.dscp = dscp;
+		e->stats.mpls = mpls;
 		return 1;
 	}
 	__u64 *k = (__u64 *)&e->key;
@@ -227,11 +234,12 @@ static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64
 	e->stats.last_seen_ns = now;
 	e->stats.tcp_flags |= flags;
 	e->stats.dscp = dscp;
+	e->stats.mpls = mpls;
 	return 1;
 }
 
 static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64 bytes,
-					 __u64 flags, __u8 dscp)
+					 __u64 flags, __u8 dscp, __u32 mpls)
 {
 	__u32 zero = 0, gen = 0;
 	__u32 *g = active_gen.lookup(&zero);
@@ -241,7 +249,7 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 
 	if (g)
 		gen = *g & 1;
-	if (account_cached(gen, key, segs, bytes, flags, dscp, now))
+	if (account_cached(gen, key, segs, bytes, flags, dscp, mpls, now))
 		return;
 	void *flows = flow_maps.lookup(&gen);
 
@@ -252,7 +260,7 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 	struct flow_stats *st = bpf_map_lookup_elem(flows, key);
 
 	if (st) {
-		add_to_flow(st, segs, bytes, flags, dscp, now);
+		add_to_flow(st, segs, bytes, flags, dscp, mpls, now);
 		return;
 	}
 	struct flow_stats init = {
@@ -262,6 +270,7 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 		.last_seen_ns = now,
 		.tcp_flags = flags,
 		.dscp = dscp,
+		.mpls = mpls,
 	};
 	int err = bpf_map_update_elem(flows, key, &init, BPF_NOEXIST);
 
@@ -271,7 +280,7 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 		/* Another CPU created the entry between our lookup and update. */
 		st = bpf_map_lookup_elem(flows, key);
 		if (st) {
-			add_to_flow(st, segs, bytes, flags, dscp, now);
+			add_to_flow(st, segs, bytes, flags, dscp, mpls, now);
 			return;
 		}
 	}
@@ -283,14 +292,17 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 /* What parse_packet() found; accounting happens once, after it. */
 struct pkt {
 	struct flow_key key;
-	__u32 l3_off;
+	__u32 l3_off;      /* the IP header, from skb->data */
 	__u32 l4_off;
-	__u32 ip_len;
+	__u32 ip_len;      /* from the IP header; ~0: take the skb's length */
 	__u32 l4_hdr;
 	__u64 flags;
 	__u8 dscp;
 	__u8 family;       /* FT_FAMILY_* for the interface counters */
 	__u8 l4_truncated; /* IP header fine, L4 header cut: count without ports */
+	__u8 pad;
+	__u32 mpls;        /* top MPLS label entry | FT_MPLS_PRESENT, 0: none */
+	__u32 dev_off;     /* no Ethernet header: where the network header is */
 	struct ft_tcpseg tcp; /* sequence and timestamps for the passive RTT code */
 };
 
@@ -300,10 +312,90 @@ enum parse_status {
 	PARSE_MALFORMED,
 	PARSE_EXT_LIMIT,
 	PARSE_NON_IP,
+	PARSE_MPLS_LIMIT,
+	PARSE_SEEK_LIMIT,
 };
 
-/* Parses headers in the linear area into p. Touches no map. */
-static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
+/*
+ * One u32 the verifier cannot see into (index 0; only forget_offset() uses
+ * it, nobody deletes it): a value read back from a map is unknown to it.
+ */
+BPF_PERCPU_ARRAY(opaque, __u32, 1);
+
+/*
+ * The cursor moved to the same place through an offset the verifier no
+ * longer knows. Paths that reach IP at different constant offsets (each
+ * MPLS depth, PPPoE, where an L3 device's network header was found) then
+ * share one verifier state, instead of having everything after them
+ * verified once per offset, which is past the verifier's budget. Costs an
+ * inlined array lookup, only off the Ethernet IPv4/IPv6 path. Returns the
+ * offset from skb->data, or FT_ETRUNC.
+ */
+static __always_inline int forget_offset(struct __sk_buff *skb, struct cursor *c)
+{
+	__u32 zero = 0;
+	__u32 *slot = opaque.lookup(&zero);
+	__u32 off = c->pos - (void *)(long)skb->data;
+
+	if (!slot)
+		return FT_ETRUNC;
+	*(volatile __u32 *)slot = off;
+	off = *(volatile __u32 *)slot;
+	if (off > FT_PULL_LEN)
+		return FT_ETRUNC;
+	c->pos = (void *)(long)skb->data + off;
+	return off;
+}
+
+/* A negative FT_E* status of parse.h as a parse_status. */
+static __always_inline int parse_error(int err)
+{
+	switch (err) {
+	case FT_EMALFORMED:
+		return PARSE_MALFORMED;
+	case FT_EEXTLIMIT:
+		return PARSE_EXT_LIMIT;
+	case FT_EMPLSLIMIT:
+		return PARSE_MPLS_LIMIT;
+	case FT_ESEEKLIMIT:
+		return PARSE_SEEK_LIMIT;
+	}
+	return PARSE_TRUNCATED;
+}
+
+/*
+ * Where the packet starts on a device without an Ethernet header: returns
+ * skb->protocol, which says what it is, with the cursor at the network
+ * header (seek_net()) when it is IP or MPLS. Negative: a FT_E* status.
+ */
+static __always_inline int parse_l3dev(struct __sk_buff *skb, struct cursor *c, struct pkt *p)
+{
+	int proto = skb->protocol;
+	__u64 net[2];
+	int off;
+
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6) &&
+	    proto != bpf_htons(ETH_P_MPLS_UC) && proto != bpf_htons(ETH_P_MPLS_MC))
+		return proto; /* not IP: nothing to find */
+
+	/* Fails when fewer than 16 bytes of the network header are in the
+	 * linear area: headers in paged data (the caller pulls them in and
+	 * asks again), or no IP header (none fits in 16 bytes). */
+	if (bpf_skb_load_bytes_relative(skb, 0, net, sizeof(net), BPF_HDR_START_NET) != 0)
+		return FT_ETRUNC;
+	off = seek_net(c, net);
+	if (off < 0)
+		return off;
+	off = forget_offset(skb, c);
+	if (off < 0)
+		return off;
+	p->dev_off = off;
+	return proto;
+}
+
+/* Parses headers in the linear area into p. Touches no map. l3: the device
+ * has no Ethernet header (a compile-time constant). */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p, const int l3)
 {
 	struct cursor c;
 	struct iphdr *iph = NULL;
@@ -314,29 +406,49 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	c.pos = (void *)(long)skb->data;
 	c.end = (void *)(long)skb->data_end;
 
-	if (skb->vlan_present)
-		p->key.vlan = skb->vlan_tci & 0x0fff;
+	if (l3) {
+		proto = parse_l3dev(skb, &c, p);
+		if (proto < 0)
+			return parse_error(proto);
+	} else {
+		if (skb->vlan_present)
+			p->key.vlan = skb->vlan_tci & 0x0fff;
 
-	proto = parse_ethhdr(&c);
-	if (proto < 0)
-		return PARSE_TRUNCATED;
-	proto = parse_vlans(&c, proto, &p->key.vlan);
-	if (proto < 0)
-		return PARSE_TRUNCATED;
+		proto = parse_ethhdr(&c);
+		if (proto < 0)
+			return PARSE_TRUNCATED;
+		proto = parse_vlans(&c, proto, &p->key.vlan);
+		if (proto < 0)
+			return PARSE_TRUNCATED;
+	}
+	/* PPPoE, MPLS: off the IPv4/IPv6 path, which pays two compares. */
+	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6)) {
+		proto = parse_encap(&c, proto, &p->mpls);
+		if (proto < 0)
+			return parse_error(proto);
+		if (forget_offset(skb, &c) < 0)
+			return PARSE_TRUNCATED;
+	}
 	l3_off = c.pos - (void *)(long)skb->data;
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		p->family = FT_FAMILY_IPV4;
 		l4proto = parse_iphdr(&c, &iph);
-		if (l4proto == -2)
-			return PARSE_MALFORMED;
 		if (l4proto < 0)
-			return PARSE_TRUNCATED;
+			return parse_error(l4proto);
 		p->key.ip_version = 4;
 		__builtin_memcpy(p->key.src, &iph->saddr, 4);
 		__builtin_memcpy(p->key.dst, &iph->daddr, 4);
 		p->ip_len = bpf_ntohs(iph->tot_len);
 		p->dscp = iph->tos >> 2;
+		if (p->ip_len < (__u32)(c.pos - (void *)iph)) {
+			/* Shorter than its own header: impossible. 0 is what a
+			 * GSO packet over 64 KiB carries (BIG TCP): its length
+			 * is the skb's; on any other packet it is malformed. */
+			if (p->ip_len != 0 || skb->gso_size == 0)
+				return PARSE_MALFORMED;
+			p->ip_len = ~0U;
+		}
 		/* Offset != 0: a later fragment, no L4 header in it. */
 		if (iph->frag_off & bpf_htons(0x1fff))
 			nonfirst_frag = 1;
@@ -344,12 +456,10 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		p->family = FT_FAMILY_IPV6;
 		l4proto = parse_ip6hdr(&c, &ip6h);
 		if (l4proto < 0)
-			return PARSE_TRUNCATED;
+			return parse_error(l4proto);
 		l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
-		if (l4proto == -3)
-			return PARSE_EXT_LIMIT;
 		if (l4proto < 0)
-			return PARSE_TRUNCATED;
+			return parse_error(l4proto);
 		p->key.ip_version = 6;
 		__builtin_memcpy(p->key.src, &ip6h->saddr, 16);
 		__builtin_memcpy(p->key.dst, &ip6h->daddr, 16);
@@ -439,10 +549,10 @@ static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u6
 		     dir);
 }
 
-static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
+static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const int l3)
 {
 	struct pkt p = {};
-	int st = parse_packet(skb, &p);
+	int st = parse_packet(skb, &p, l3);
 
 	/* A header cut off by the end of the linear area, not of the frame
 	 * (some drivers and tunnels leave headers in paged data): pull the
@@ -452,10 +562,22 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 	    skb->len > skb->data_end - skb->data) {
 		bpf_skb_pull_data(skb, skb->len < FT_PULL_LEN ? skb->len : FT_PULL_LEN);
 		__builtin_memset(&p, 0, sizeof(p));
-		st = parse_packet(skb, &p);
+		st = parse_packet(skb, &p, l3);
 	}
 
-	count_iface(skb, dir, p.family);
+	if (!l3) {
+		/* As an Ethernet device counts: one packet per skb (a GSO packet
+		 * crosses veth or a TSO NIC's driver whole) and the frame's bytes.
+		 * A received tag the kernel moved out of the frame (vlan_tci)
+		 * crossed the wire and is in the device's own rx count: add it
+		 * back. An egress tag in vlan_tci is not on the frame yet, nor in
+		 * the device's count. */
+		count_iface(skb, dir, p.family, 1,
+			    skb->len + (dir == FT_DIR_INGRESS && skb->vlan_present ? 4 : 0));
+	} else if (st != PARSE_OK) {
+		/* No Ethernet header: the bytes from the network header on. */
+		count_iface(skb, dir, p.family, 1, skb->len - p.dev_off);
+	}
 	switch (st) {
 	case PARSE_OK:
 		break;
@@ -467,6 +589,12 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		return TC_ACT_UNSPEC;
 	case PARSE_EXT_LIMIT:
 		count(FT_CTR_IPV6_EXT_LIMIT, 1);
+		return TC_ACT_UNSPEC;
+	case PARSE_MPLS_LIMIT:
+		count(FT_CTR_MPLS_LIMIT, 1);
+		return TC_ACT_UNSPEC;
+	case PARSE_SEEK_LIMIT:
+		count(FT_CTR_NET_SEEK_LIMIT, 1);
 		return TC_ACT_UNSPEC;
 	default:
 		count(FT_CTR_NON_IP, 1);
@@ -505,10 +633,21 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
 		 * frame is a truncated capture: count what crossed. */
 		bytes = p.ip_len < in_skb ? p.ip_len : in_skb;
 	}
-	/* A frame cut inside the L4 header still counts, without ports. */
+	if (l3) {
+		/* Devices without segmentation offload (tun, PPP) segment a GSO
+		 * packet in software before they count it on transmit, and the
+		 * tunnels count received packets before GRO merges them: one
+		 * packet per segment, each with its own headers from the network
+		 * header on (an outer header in front is not theirs). */
+		__u32 hdrs = p.l4_off - p.dev_off + p.l4_hdr;
+
+		count_iface(skb, dir, p.family, segs, skb->len - p.dev_off + (segs - 1) * hdrs);
+	}
+	/* A frame cut inside the L4 header still counts, without ports: in
+	 * its flow, and (informational, not a loss) in no_ports. */
 	if (p.l4_truncated)
-		count(FT_CTR_TRUNCATED, 1);
-	account_flow(&p.key, segs, bytes, p.flags, p.dscp);
+		count(FT_CTR_NO_PORTS, 1);
+	account_flow(&p.key, segs, bytes, p.flags, p.dscp, p.mpls);
 	track_tcp(skb, &p, segs, dir);
 	return TC_ACT_UNSPEC;
 }
@@ -517,10 +656,21 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir)
  * the hook (someone else's) classify the packet as if we were not there. */
 int flowtop_ingress(struct __sk_buff *skb)
 {
-	return handle_packet(skb, FT_DIR_INGRESS);
+	return handle_packet(skb, FT_DIR_INGRESS, 0);
 }
 
 int flowtop_egress(struct __sk_buff *skb)
 {
-	return handle_packet(skb, FT_DIR_EGRESS);
+	return handle_packet(skb, FT_DIR_EGRESS, 0);
+}
+
+/* Devices without an Ethernet header (see parse_l3dev()). */
+int flowtop_l3_ingress(struct __sk_buff *skb)
+{
+	return handle_packet(skb, FT_DIR_INGRESS, 1);
+}
+
+int flowtop_l3_egress(struct __sk_buff *skb)
+{
+	return handle_packet(skb, FT_DIR_EGRESS, 1);
 }

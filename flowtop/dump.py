@@ -67,6 +67,7 @@ class FlowAccumulator:
             reason=allb.reason[last_idx],
             clock_offset=self._offset,
             ext=None if allb.ext is None else allb.ext[last_idx],
+            mpls=None if allb.mpls is None else allb.mpls[last_idx],
         )
 
 
@@ -142,6 +143,9 @@ def flow_json(
         "rtt_source": r.rtt_source,
         **_ends(r, entity_of),
     }
+    if r.mpls_label is not None:
+        # Only on flows that carried a label stack (README, "What is counted").
+        d["mpls_label"] = r.mpls_label
     if name_of is not None:
         d["src_name"] = name_of(str(k.src))
         d["dst_name"] = name_of(str(k.dst))
@@ -207,6 +211,7 @@ def write_table(
 ) -> None:
     records = list(records)
     tcp = any(r.rtt_us is not None or r.retransmits is not None for r in records)
+    mpls = any(r.mpls_label is not None for r in records)
     ent = extras.entity_of
 
     def asn(eid: int) -> str:
@@ -217,6 +222,7 @@ def write_table(
 
     rows: list[tuple[str, ...]] = [
         ("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")
+        + (("MPLS",) if mpls else ())
         + (("RTT_MS", "RETR") if tcp else ())
         + (("SRC_AS", "DST_AS") if ent is not None else ())
     ]
@@ -237,6 +243,7 @@ def write_table(
                 tcp_flags_str(r.tcp_flags) if k.proto == 6 else "",
                 str(k.vlan) if k.vlan else "",
             )
+            + ((str(r.mpls_label) if r.mpls_label is not None else "",) if mpls else ())
             + (
                 (
                     f"{r.rtt_us / 1000:.2f}" if r.rtt_us is not None else "",
@@ -247,7 +254,8 @@ def write_table(
             )
             + ((clean(asn(r.src_ent)), clean(asn(r.dst_ent))) if ent is not None else ())
         )
-    _print_rows(out, rows, right={5, 6, 9, 10} if tcp else {5, 6})
+    first_tcp = 10 if mpls else 9
+    _print_rows(out, rows, right={5, 6, first_tcp, first_tcp + 1} if tcp else {5, 6})
     out.write("\n")
     irows: list[tuple[str, ...]] = [
         ("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")

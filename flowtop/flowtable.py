@@ -41,6 +41,7 @@ _COLUMNS: dict[str, str] = {
     "Bps": "<f4",
     "flags": "u1",
     "dscp": "u1",
+    "mpls": "<u4",  # layout.FLOW_STATS.mpls of the last packet (0: no MPLS)
     "live": "?",
 }
 # What a flow gains beyond counters: TCP health (joined from sock_ops or the
@@ -110,9 +111,13 @@ class FlowBatch:
     reason: np.ndarray  # EndReason values
     clock_offset: float
     ext: np.ndarray | None = None  # EXT per record; None: nothing known
+    mpls: np.ndarray | None = None  # layout.FLOW_STATS.mpls per record; None: none had MPLS
 
     def ext_or_empty(self) -> np.ndarray:
         return self.ext if self.ext is not None else empty_ext(len(self.keys))
+
+    def mpls_or_zeros(self) -> np.ndarray:
+        return self.mpls if self.mpls is not None else np.zeros(len(self.keys), dtype="<u4")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -120,6 +125,7 @@ class FlowBatch:
     def records(self) -> Iterator[FlowRecord]:
         off = self.clock_offset
         ext = self.ext_or_empty()
+        mpls = self.mpls_or_zeros()
         for i in range(len(self.keys)):
             yield FlowRecord(
                 key=decode_key(self.keys[i]),
@@ -130,6 +136,7 @@ class FlowBatch:
                 tcp_flags=int(self.flags[i]),
                 dscp=int(self.dscp[i]),
                 end_reason=EndReason(int(self.reason[i])),
+                mpls_label=layout.mpls_label(int(mpls[i])),
                 **ext_fields(ext[i]),
             )
 
@@ -141,15 +148,25 @@ class FlowBatch:
         ext = None
         if any(b.ext is not None for b in batches):
             ext = np.concatenate([b.ext_or_empty() for b in batches])
-        return FlowBatch(**cols, clock_offset=clock_offset, ext=ext)
+        mpls = None
+        if any(b.mpls is not None for b in batches):
+            mpls = np.concatenate([b.mpls_or_zeros() for b in batches])
+        return FlowBatch(**cols, clock_offset=clock_offset, ext=ext, mpls=mpls)
 
     def select(self, keep: np.ndarray) -> FlowBatch:
         cols = {f: getattr(self, f)[keep] for f in _BATCH_FIELDS}
         ext = None if self.ext is None else self.ext[keep]
-        return FlowBatch(**cols, clock_offset=self.clock_offset, ext=ext)
+        mpls = None if self.mpls is None else self.mpls[keep]
+        return FlowBatch(**cols, clock_offset=self.clock_offset, ext=ext, mpls=mpls)
 
 
 _BATCH_FIELDS = ("keys", "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "reason")
+
+
+def _some(mpls: np.ndarray) -> np.ndarray | None:
+    """A batch's MPLS column, None when no record has a label (the common case:
+    the exporters then skip the MPLS templates without looking)."""
+    return mpls if mpls.any() else None
 
 
 def empty_ext(n: int) -> np.ndarray:
@@ -289,6 +306,7 @@ class FlowTable:
             reason=np.full(len(rows), int(reason), dtype="u1"),
             clock_offset=self.clock_offset,
             ext=self.ext_at(rows),
+            mpls=_some(c["mpls"][rows]),
         )
         if end:
             self._release(rows)
@@ -339,6 +357,7 @@ class FlowTable:
             c["last_ns"][rows] = np.maximum(c["last_ns"][rows], stats["last_seen_ns"])
             c["flags"][rows] |= stats["tcp_flags"].astype("u1")
             c["dscp"][rows] = stats["dscp"]
+            c["mpls"][rows] = stats["mpls"]
             if interval > 0:
                 c["pps"][rows] += stats["packets"] / interval
                 c["Bps"][rows] += stats["bytes"] / interval
@@ -388,7 +407,7 @@ class FlowTable:
             rows[new] = new_rows
             self._keys[new_rows] = keys[new]
             self._index.insert(hashes[new], new_rows, self._words())
-            for name in ("packets", "bytes", "exp_packets", "exp_bytes", "flags"):
+            for name in ("packets", "bytes", "exp_packets", "exp_bytes", "flags", "mpls"):
                 c[name][new_rows] = 0
             c["first_ns"][new_rows] = stats["first_seen_ns"][new]
             c["exp_start_ns"][new_rows] = stats["first_seen_ns"][new]
@@ -418,6 +437,7 @@ class FlowTable:
             reason=np.full(len(keys), int(EndReason.LACK_OF_RESOURCES), dtype="u1"),
             clock_offset=self.clock_offset,
             ext=empty_ext(len(keys)),
+            mpls=_some(stats["mpls"].copy()),
         )
 
     def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
@@ -472,6 +492,7 @@ class FlowTable:
             dscp=int(c["dscp"][row]),
             pps=float(c["pps"][row]),
             bps=float(c["Bps"][row]) * 8,
+            mpls_label=layout.mpls_label(int(c["mpls"][row])),
             **ext_fields(self.ext_at(np.array([row]))[0]),
         )
 

@@ -6,6 +6,13 @@ a new run tell a filter left by a crashed (dead) flowtop from one owned by
 another flowtop still running. We create the clsact qdisc when it is missing
 and remove it again on detach only when we created it and nothing else is
 attached to it.
+
+Which program goes on a device depends on its type: Ethernet devices get the
+programs that parse Ethernet headers, every other device (tun, WireGuard,
+PPP, IP tunnels) the ones that start at the network header. devices.is_l3
+decides from the device type read over netlink at attach time; the program
+fds come from a callable (TcProgram.fd) so that this attacher and
+tcx.TcxAttacher pick programs the same way.
 """
 
 from __future__ import annotations
@@ -14,13 +21,14 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from flowtop.collector import devices
 from flowtop.errors import AttachError, InterfaceError
 
 PARENT_INGRESS = 0xFFFFFFF2
@@ -28,6 +36,12 @@ PARENT_EGRESS = 0xFFFFFFF3
 HOOKS = (("ingress", PARENT_INGRESS), ("egress", PARENT_EGRESS))
 NAME_RE = re.compile(r"^flowtop_(ingress|egress)_(\d+)$")
 DEFAULT_PRIORITY = 1
+
+# The program fd for (direction, l3): "ingress"/"egress", and whether the
+# device has no Ethernet header (TcProgram.fd).
+ProgFd = Callable[[str, bool], int]
+# Whether a device (ifindex, ifname) has no Ethernet header (devices.is_l3).
+IsL3 = Callable[[int, str], bool]
 
 
 def filter_name(direction: str, pid: int | None = None) -> str:
@@ -73,15 +87,37 @@ class Attachment:
     ifname: str
     created_qdisc: bool
     filters: list[TcFilter] = field(default_factory=list)
+    l3: bool = False  # the programs for devices without an Ethernet header
 
 
 class TcAttacher:
-    """Attaches the ingress/egress programs to interfaces by ifindex."""
+    """Attaches the ingress/egress programs to interfaces by ifindex.
 
-    def __init__(self, ingress_fd: int, egress_fd: int, priority: int = DEFAULT_PRIORITY) -> None:
-        self._fds = {"ingress": ingress_fd, "egress": egress_fd}
+    prog_fd(direction, l3) gives the program for a hook (TcProgram.fd);
+    is_l3(ifindex, ifname) says which kind a device is (default: devices.is_l3
+    over this attacher's netlink socket, so in the namespace it was made in).
+    The older form TcAttacher(ingress_fd, egress_fd[, priority]) still works
+    for devices with an Ethernet header (and refuses the others).
+    """
+
+    def __init__(
+        self,
+        prog_fd: ProgFd | int,
+        egress_fd: int | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        is_l3: IsL3 | None = None,
+    ) -> None:
+        if callable(prog_fd):
+            if egress_fd is not None:
+                raise TypeError("TcAttacher(prog_fd, ...): pass priority by keyword")
+            self._prog_fd: ProgFd = prog_fd
+        elif egress_fd is not None:
+            self._prog_fd = _ethernet_only({"ingress": prog_fd, "egress": egress_fd})
+        else:
+            raise TypeError("TcAttacher needs prog_fd(direction, l3) (TcProgram.fd)")
         self._priority = priority
         self._ipr = IPRoute()
+        self._is_l3: IsL3 = is_l3 or (lambda i, n: devices.is_l3(i, n, self._ipr))
         self.attached: dict[int, Attachment] = {}
 
     def close(self) -> None:
@@ -97,9 +133,11 @@ class TcAttacher:
     def attach(self, ifindex: int, ifname: str) -> Attachment:
         if ifindex in self.attached:
             return self.attached[ifindex]
+        l3 = self._is_l3(ifindex, ifname)
+        fds = {direction: self._prog_fd(direction, l3) for direction, _parent in HOOKS}
         remove_stale(self._ipr, ifindex)
         created = self._ensure_clsact(ifindex, ifname)
-        att = Attachment(ifindex, ifname, created)
+        att = Attachment(ifindex, ifname, created, l3=l3)
         self.attached[ifindex] = att
         try:
             for direction, parent in HOOKS:
@@ -108,7 +146,7 @@ class TcAttacher:
                     "add-filter",
                     "bpf",
                     ifindex,
-                    fd=self._fds[direction],
+                    fd=fds[direction],
                     name=name,
                     parent=parent,
                     classid=1,
@@ -160,6 +198,15 @@ class TcAttacher:
     def detach_all(self) -> None:
         for ifindex in list(self.attached):
             self.detach(ifindex)
+
+
+def _ethernet_only(fds: dict[str, int]) -> ProgFd:
+    def fd(direction: str, l3: bool) -> int:
+        if l3:
+            raise AttachError("no TC program for devices without an Ethernet header was given")
+        return fds[direction]
+
+    return fd
 
 
 def list_flowtop_filters(ipr: IPRoute, ifindex: int) -> Iterator[TcFilter]:

@@ -41,9 +41,21 @@ FLOW_STATS = np.dtype(
         ("last_seen_ns", "<u8"),
         ("tcp_flags", "<u8"),
         ("dscp", "u1"),
-        ("pad", "V7"),
+        ("pad", "V3"),
+        ("mpls", "<u4"),  # MPLS_PRESENT | top label entry >> 8 of the last packet; 0 = none
     ]
 )
+
+# FLOW_STATS.mpls: FT_MPLS_PRESENT, and the 24 bits IPFIX's
+# mplsTopLabelStackSection carries (label << 4 | traffic class << 1 | bottom).
+MPLS_PRESENT = 1 << 24
+MPLS_ENTRY_MASK = MPLS_PRESENT - 1
+
+
+def mpls_label(mpls: int) -> int | None:
+    """The 20-bit label of a FLOW_STATS.mpls value, None when there was none."""
+    return (mpls & MPLS_ENTRY_MASK) >> 4 if mpls & MPLS_PRESENT else None
+
 
 FLOW_CACHE_ENTRY = np.dtype([("key", FLOW_KEY), ("stats", FLOW_STATS)])
 
@@ -70,6 +82,26 @@ COUNTERS = (
     "tcp_conn_new",
     "tcp_conn_map_full",
     "tcp_ts_stale",
+    "no_ports",
+    "mpls_limit",
+    "net_seek_limit",
+)
+
+# Kernel counters of packets that are in no flow (each is one packet, except
+# lost_packets, which counts the segments of failed inserts; flow_map_full
+# counts those inserts and is left out so they are not counted twice). Over
+# non-GSO traffic, the packets of every flow plus these equal the packets the
+# programs saw (the interface counters), exactly. no_ports is not here: those
+# packets are in a flow (README.md, "What is counted").
+NOT_IN_FLOW = (
+    "lost_packets",
+    "truncated",
+    "malformed",
+    "ipv6_ext_limit",
+    "no_flow_map",
+    "non_ip",
+    "mpls_limit",
+    "net_seek_limit",
 )
 
 assert FLOW_KEY.itemsize == 48

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from flowtop import resources
 from flowtop.collector import layout
 from flowtop.errors import KernelFeatureError, NotRootError
 
-BPF_DIR = Path(os.environ.get("FLOWTOP_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+BPF_DIR: Path = resources.bpf_dir()
 
 
 def import_bcc() -> Any:
@@ -337,10 +338,21 @@ class TcProgram:
         try:
             with _quiet_stderr():
                 self.bpf = bcc.BPF(src_file=str(src).encode(), cflags=options.cflags())
+            # Devices with an Ethernet header, and without one (l3: tun,
+            # WireGuard, PPP, IP tunnels); the attacher picks per device. The
+            # kernel keeps 15 characters of a name: these four stay distinct.
             self.ingress = self.bpf.load_func(b"flowtop_ingress", bcc.BPF.SCHED_CLS)
             self.egress = self.bpf.load_func(b"flowtop_egress", bcc.BPF.SCHED_CLS)
+            self.ingress_l3 = self.bpf.load_func(b"flowtop_l3_ingress", bcc.BPF.SCHED_CLS)
+            self.egress_l3 = self.bpf.load_func(b"flowtop_l3_egress", bcc.BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise KernelFeatureError(f"cannot compile or load the TC program: {exc}") from None
+        self._fds: dict[tuple[str, bool], int] = {
+            ("ingress", False): self.ingress.fd,
+            ("egress", False): self.egress.fd,
+            ("ingress", True): self.ingress_l3.fd,
+            ("egress", True): self.egress_l3.fd,
+        }
         self._lib = bcc.libbcc.lib
         self._gen = _Generations(self._lib, self.bpf)
         self._drainer = BatchReader(
@@ -359,6 +371,19 @@ class TcProgram:
         self._slots = self.bpf[b"iface_slots"]
         self._counters = self.bpf[b"counters"]
         self._tcp = TcpConnTable(self._lib, self.bpf) if options.passive_rtt else None
+
+    def fd(self, direction: str, l3: bool) -> int:
+        """The program fd for a hook ("ingress"/"egress") of a device with an
+        Ethernet header (l3=False) or without one (l3=True, devices.is_l3):
+        what an attacher (attach.TcAttacher, tcx.TcxAttacher) attaches."""
+        try:
+            return self._fds[(direction, l3)]
+        except KeyError:
+            raise ValueError(f"no TC program for direction {direction!r}") from None
+
+    def prog_fds(self) -> dict[tuple[str, bool], int]:
+        """{(direction, l3): fd} of the four programs (see fd())."""
+        return dict(self._fds)
 
     def drain_flows(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Swap buffers and return the interval just ended as (keys, stats) batches.

@@ -13,7 +13,8 @@ no ICMP error or reassembly adds traffic of its own.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from scapy.all import (  # type: ignore[import-untyped]
@@ -56,6 +57,7 @@ class Frame:
     data: bytes
     key: Key | None  # None: no flow expected (truncated in IP header, malformed, ...)
     ip_bytes: int  # IP octets flowtop should add to the flow
+    mpls_label: int | None = None  # the top MPLS label the flow must report
 
     @property
     def l2_len(self) -> int:
@@ -203,7 +205,8 @@ def truncated_in_tcp(
     src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int
 ) -> Frame:
     """IPv4 + 10 bytes of a 20-byte TCP header. tc.c counts it in the flow
-    without ports (0, 0) with the IP bytes that crossed, and in `truncated`."""
+    without ports (0, 0) with the IP bytes that crossed, and in `no_ports`
+    (informational: it is in a flow), not in `truncated`."""
     ip_pkt = IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S")
     full = bytes(_eth(src_mac, dst_mac) / ip_pkt)
     data = full[: 14 + 20 + 10]
@@ -300,3 +303,113 @@ def short_payload(frame: Frame, cut: int) -> Frame:
     """Headers intact but the last `cut` payload bytes missing, so the IP total
     length claims more than crossed: the flow gets the bytes that crossed."""
     return Frame(frame.data[:-cut], frame.key, frame.ip_bytes - cut)
+
+
+# --------------------------------------------------------------------------- #
+# encapsulations routers carry: PPPoE sessions, MPLS label stacks
+# --------------------------------------------------------------------------- #
+
+ETH_P_PPP_DISC = 0x8863
+ETH_P_PPP_SES = 0x8864
+ETH_P_MPLS_UC = 0x8847
+ETH_P_MPLS_MC = 0x8848
+PPP_IP, PPP_IPV6, PPP_MPLS, PPP_LCP = 0x0021, 0x0057, 0x0281, 0xC021
+
+
+def _l2(src_mac: str, dst_mac: str, ethertype: int, vlans: Iterable[tuple[int, int]]) -> bytes:
+    """Ethernet header with in-band tags [(tpid, vid), ...] ending in ethertype."""
+
+    def mac(m: str) -> bytes:
+        return bytes.fromhex(m.replace(":", ""))
+
+    out = mac(dst_mac) + mac(src_mac)
+    for tpid, vid in vlans:
+        out += struct.pack("!HH", tpid, vid)
+    return out + struct.pack("!H", ethertype)
+
+
+def ip_key(ip_pkt, vlan: int = 0) -> Key:  # type: ignore[no-untyped-def]
+    """The flow key of a scapy IP/IPv6 packet with a UDP or TCP header."""
+    l4 = ip_pkt.payload
+    proto = ip_pkt.proto if ip_pkt.version == 4 else ip_pkt.nh
+    return Key(ip_pkt.version, proto, ip_pkt.src, ip_pkt.dst, l4.sport, l4.dport, vlan)
+
+
+def pppoe_session(
+    src_mac: str,
+    dst_mac: str,
+    ip_pkt,  # type: ignore[no-untyped-def]
+    session: int = 0x2A,
+    vlans: Sequence[tuple[int, int]] = (),
+    ppp_proto: int | None = None,
+) -> Frame:
+    """An IP packet in a PPPoE session frame (RFC 2516: ver/type 0x11, code 0,
+    session id, length of the PPP frame, then the PPP protocol field), after
+    optional VLAN tags (the BRAS case). The flow is the inner packet's."""
+    raw = bytes(ip_pkt)
+    proto = ppp_proto if ppp_proto is not None else (PPP_IP if ip_pkt.version == 4 else PPP_IPV6)
+    head = struct.pack("!BBHHH", 0x11, 0, session, len(raw) + 2, proto)
+    data = _l2(src_mac, dst_mac, ETH_P_PPP_SES, vlans) + head + raw
+    vid = vlans[0][1] if vlans else 0
+    return Frame(data, ip_key(ip_pkt, vid), len(raw))
+
+
+def pppoe_control(src_mac: str, dst_mac: str, discovery: bool, session: int = 0x2A) -> Frame:
+    """Not IP, so no flow, counted in non_ip: a PADI (discovery stage, 0x8863,
+    code 0x09, a Service-Name tag) or an LCP Echo-Request in a session."""
+    if discovery:
+        tags = struct.pack("!HH", 0x0101, 0)  # Service-Name, any
+        body = struct.pack("!BBHH", 0x11, 0x09, 0, len(tags)) + tags
+        return Frame(_l2(src_mac, dst_mac, ETH_P_PPP_DISC, ()) + body, None, 0)
+    lcp = struct.pack("!BBHI", 9, 1, 8, 0x12345678)  # Echo-Request, id 1, magic
+    head = struct.pack("!BBHHH", 0x11, 0, session, len(lcp) + 2, PPP_LCP)
+    return Frame(_l2(src_mac, dst_mac, ETH_P_PPP_SES, ()) + head + lcp, None, 0)
+
+
+def mpls_stack(labels: Sequence[int], tc: int = 0, ttl: int = 64) -> bytes:
+    """Label stack entries (RFC 3032), the last with bottom-of-stack set."""
+    out = b""
+    for i, label in enumerate(labels):
+        bos = 1 if i == len(labels) - 1 else 0
+        out += struct.pack("!I", label << 12 | tc << 9 | bos << 8 | ttl)
+    return out
+
+
+def mpls(
+    src_mac: str,
+    dst_mac: str,
+    ip_pkt,  # type: ignore[no-untyped-def]
+    labels: Sequence[int],
+    tc: int = 0,
+    vlans: Sequence[tuple[int, int]] = (),
+    multicast: bool = False,
+    in_pppoe: bool = False,
+) -> Frame:
+    """An IP packet under an MPLS label stack (top label first), over Ethernet
+    (optionally tagged) or inside a PPPoE session. The flow is the inner
+    packet's, with the top label."""
+    raw = bytes(ip_pkt)
+    stack = mpls_stack(labels, tc)
+    vid = vlans[0][1] if vlans else 0
+    if in_pppoe:
+        head = struct.pack("!BBHHH", 0x11, 0, 0x2A, len(stack) + len(raw) + 2, PPP_MPLS)
+        data = _l2(src_mac, dst_mac, ETH_P_PPP_SES, vlans) + head + stack + raw
+    else:
+        et = ETH_P_MPLS_MC if multicast else ETH_P_MPLS_UC
+        data = _l2(src_mac, dst_mac, et, vlans) + stack + raw
+    return Frame(data, ip_key(ip_pkt, vid), len(raw), mpls_label=labels[0])
+
+
+def ipv4_bad_length(
+    src_mac: str, dst_mac: str, src: str, dst: str, tot_len: int, options: int = 0
+) -> Frame:
+    """IPv4 whose total length is smaller than its header (IHL 5 + options
+    words), or 0 on a packet that is not GSO: `malformed`, no flow."""
+    from scapy.all import IPOption_NOP  # type: ignore[import-untyped]
+
+    opts = [IPOption_NOP()] * (4 * options)
+    ip_pkt = IP(src=src, dst=dst, options=opts) / UDP(sport=7, dport=8) / Raw(b"L" * 30)
+    raw = bytearray(bytes(ip_pkt))
+    raw[2:4] = tot_len.to_bytes(2, "big")
+    raw[10:12] = b"\0\0"  # (checksum: TC looks before the stack checks it)
+    return Frame(_l2(src_mac, dst_mac, 0x0800, ()) + bytes(raw), None, 0)

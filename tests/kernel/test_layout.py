@@ -87,3 +87,42 @@ def layout_dir():  # type: ignore[no-untyped-def]
     from flowtop.collector.program import BPF_DIR
 
     return BPF_DIR
+
+
+def test_mpls_present_bit_matches_header() -> None:
+    src = (layout_dir() / "flowtop.h").read_text()
+    (line,) = [ln for ln in src.splitlines() if ln.startswith("#define FT_MPLS_PRESENT")]
+    assert line.split(None, 2)[2] == "(1U << 24)"
+    assert layout.MPLS_PRESENT == 1 << 24
+    assert layout.mpls_label(layout.MPLS_PRESENT | 100 << 4 | 5 << 1 | 1) == 100
+    assert layout.mpls_label(0) is None
+
+
+def test_not_in_flow_counters() -> None:
+    """The invariant's not-in-flow side: kernel counters, one packet each (or
+    the segments of a failed insert), never no_ports (those are in a flow)."""
+    assert set(layout.NOT_IN_FLOW) <= set(layout.COUNTERS)
+    assert "no_ports" not in layout.NOT_IN_FLOW and "flow_map_full" not in layout.NOT_IN_FLOW
+
+
+@pytest.mark.parametrize("passive_rtt", [True, False], ids=["passive_rtt", "no_passive_rtt"])
+def test_all_four_programs_load(passive_rtt: bool) -> None:
+    """Ethernet and L3, ingress and egress, pass the verifier with and without
+    the passive RTT code (the largest build is the one near the limits)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from flowtop.collector.program import ProgramOptions, TcProgram
+
+    p = TcProgram(ProgramOptions(flow_map_size=64, passive_rtt=passive_rtt))
+    try:
+        fds = p.prog_fds()
+        assert sorted(fds) == [
+            ("egress", False),
+            ("egress", True),
+            ("ingress", False),
+            ("ingress", True),
+        ]
+        assert len(set(fds.values())) == 4
+        assert p.fd("ingress", True) == p.ingress_l3.fd and p.fd("egress", False) == p.egress.fd
+    finally:
+        p.close()

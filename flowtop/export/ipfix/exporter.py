@@ -98,7 +98,14 @@ class IpfixExporter:
         self.bgp = bgp
         self.v4 = flow_template(4, bgp)
         self.v6 = flow_template(6, bgp)
-        self.templates: tuple[Template, ...] = (self.v4, self.v6, EXPORTER_RELIABILITY)
+        # Flows that carried an MPLS label go out with their top label.
+        self.mpls = (flow_template(4, bgp, mpls=True), flow_template(6, bgp, mpls=True))
+        self.templates: tuple[Template, ...] = (
+            self.v4,
+            self.v6,
+            *self.mpls,
+            EXPORTER_RELIABILITY,
+        )
         _check_size(self.templates, max_message_size)
         self.transport = transport
         self.domain_id = domain_id
@@ -141,7 +148,7 @@ class IpfixExporter:
                 "bgpSourceAsNumber": batch.ext["src_asn"],
                 "bgpDestinationAsNumber": batch.ext["dst_asn"],
             }
-        return split_by_version(batch, self.v4, self.v6, extra)
+        return split_by_version(batch, self.v4, self.v6, extra, self.mpls)
 
     def start(self) -> None:
         for link in self._links:

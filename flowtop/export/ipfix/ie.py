@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-# abstract data type -> (default length, struct code, numpy dtype), network byte order
+# abstract data type -> (default length, struct code, numpy dtype), network byte order;
+# "{n}" stands for the element's length (octetArray has no length of its own)
 _TYPES: Mapping[str, tuple[int, str, str]] = MappingProxyType(
     {
         "unsigned8": (1, "B", "u1"),
@@ -22,6 +23,7 @@ _TYPES: Mapping[str, tuple[int, str, str]] = MappingProxyType(
         "dateTimeMilliseconds": (8, "Q", ">u8"),
         "ipv4Address": (4, "4s", "(4,)u1"),
         "ipv6Address": (16, "16s", "(16,)u1"),
+        "octetArray": (0, "{n}s", "({n},)u1"),
     }
 )
 
@@ -37,17 +39,22 @@ class InformationElement:
 
     @property
     def struct_code(self) -> str:
-        return _TYPES[self.type][1]
+        return _TYPES[self.type][1].format(n=self.length)
 
     @property
     def dtype(self) -> str:
-        return _TYPES[self.type][2]
+        return _TYPES[self.type][2].format(n=self.length)
 
 
-def _table(*rows: tuple[int, str, str]) -> Mapping[str, InformationElement]:
-    ies = {
-        name: InformationElement(name, ie_id, kind, _TYPES[kind][0]) for ie_id, name, kind in rows
-    }
+def _table(
+    *rows: tuple[int, str, str] | tuple[int, str, str, int],
+) -> Mapping[str, InformationElement]:
+    """Rows of (id, name, type[, length]): the length for types without a fixed one."""
+    ies = {}
+    for ie_id, name, kind, *length in rows:
+        size = length[0] if length else _TYPES[kind][0]
+        assert size > 0, f"{name}: {kind} needs a length"
+        ies[name] = InformationElement(name, ie_id, kind, size)
     assert len({e.id for e in ies.values()}) == len(rows), "duplicate IE id"
     return MappingProxyType(ies)
 
@@ -72,6 +79,9 @@ IES: Mapping[str, InformationElement] = _table(
     (58, "vlanId", "unsigned16"),
     (60, "ipVersion", "unsigned8"),
     (61, "flowDirection", "unsigned8"),
+    # The top label stack entry without its TTL: label << 4 | traffic class << 1 | bottom
+    # of stack, 3 octets (the IANA registry's description; RFC 3032 for the fields).
+    (70, "mplsTopLabelStackSection", "octetArray", 3),
     (136, "flowEndReason", "unsigned8"),
     (139, "icmpTypeCodeIPv6", "unsigned16"),
     (144, "exportingProcessId", "unsigned32"),

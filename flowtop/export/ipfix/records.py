@@ -90,6 +90,10 @@ def encode_flows(
     out["tcpControlBits"] = batch.flags[sel]
     out["ipClassOfService"] = (batch.dscp[sel].astype(np.uint8) & 0x3F) << 2
     out["flowEndReason"] = batch.reason[sel]
+    if "mplsTopLabelStackSection" in cols:
+        # The 24 bits below MPLS_PRESENT, big-endian.
+        entry = (batch.mpls_or_zeros()[sel] & layout.MPLS_ENTRY_MASK).astype(">u4")
+        out["mplsTopLabelStackSection"] = entry.view(np.uint8).reshape(n, 4)[:, 1:]
     for name, values in (extra or {}).items():
         if name in cols:
             out[name] = values[sel]
@@ -97,18 +101,34 @@ def encode_flows(
 
 
 def split_by_version(
-    batch: FlowBatch, v4: Template, v6: Template, extra: Mapping[str, np.ndarray] | None = None
+    batch: FlowBatch,
+    v4: Template,
+    v6: Template,
+    extra: Mapping[str, np.ndarray] | None = None,
+    mpls: tuple[Template, Template] | None = None,
 ) -> tuple[list[EncodedRecords], np.ndarray]:
-    """Records for the IPv4 and IPv6 rows, and the indices of rows neither can carry."""
+    """Records for the IPv4 and IPv6 rows, and the indices of rows neither can carry.
+
+    mpls: the (IPv4, IPv6) templates with mplsTopLabelStackSection, for the rows
+    whose flow carried an MPLS label; without them (or without such rows) every
+    row uses v4/v6.
+    """
     version = batch.keys["ip_version"]
     out: list[EncodedRecords] = []
     if len(batch) == 0:
         return out, np.zeros(0, dtype=np.intp)
-    for ver, tmpl in ((4, v4), (6, v6)):
+    labelled = None
+    if mpls is not None and batch.mpls is not None:
+        labelled = (batch.mpls & layout.MPLS_PRESENT) != 0
+    for i, (ver, tmpl) in enumerate(((4, v4), (6, v6))):
         mask = version == ver
-        if mask.all():
-            out.append(encode_flows(batch, tmpl, None, extra))
-        elif mask.any():
-            out.append(encode_flows(batch, tmpl, mask, extra))
+        parts: list[tuple[np.ndarray, Template]] = [(mask, tmpl)]
+        if labelled is not None and mpls is not None:
+            parts = [(mask & ~labelled, tmpl), (mask & labelled, mpls[i])]
+        for rows, t in parts:
+            if rows.all():
+                out.append(encode_flows(batch, t, None, extra))
+            elif rows.any():
+                out.append(encode_flows(batch, t, rows, extra))
     other = np.flatnonzero((version != 4) & (version != 6))
     return out, other

@@ -26,6 +26,10 @@ IPV6_FLOW_ID = 257
 IPV4_FLOW_BGP_ID = 258
 IPV6_FLOW_BGP_ID = 259
 EXPORTER_RELIABILITY_ID = 260
+IPV4_FLOW_MPLS_ID = 261
+IPV6_FLOW_MPLS_ID = 262
+IPV4_FLOW_BGP_MPLS_ID = 263
+IPV6_FLOW_BGP_MPLS_ID = 264
 
 
 @dataclass(frozen=True)
@@ -116,18 +120,32 @@ _FLOW_TAIL = (
     "flowEndReason",
 )
 _BGP = ("bgpSourceAsNumber", "bgpDestinationAsNumber")
+_MPLS = ("mplsTopLabelStackSection",)
+_FLOW_IDS = {
+    (4, False, False): IPV4_FLOW_ID,
+    (6, False, False): IPV6_FLOW_ID,
+    (4, True, False): IPV4_FLOW_BGP_ID,
+    (6, True, False): IPV6_FLOW_BGP_ID,
+    (4, False, True): IPV4_FLOW_MPLS_ID,
+    (6, False, True): IPV6_FLOW_MPLS_ID,
+    (4, True, True): IPV4_FLOW_BGP_MPLS_ID,
+    (6, True, True): IPV6_FLOW_BGP_MPLS_ID,
+}
 
 
-def flow_template(ip_version: int, bgp: bool = False) -> Template:
-    """The flow-record template for IPv4 or IPv6; bgp adds the AS number pair."""
+def flow_template(ip_version: int, bgp: bool = False, mpls: bool = False) -> Template:
+    """The flow-record template for IPv4 or IPv6; bgp adds the AS number pair,
+    mpls the top MPLS label (for the flows that carried one: a record of a flow
+    without a label uses the template without the field, rather than a made-up
+    label 0)."""
     if ip_version not in (4, 6):
         raise ValueError(f"no flow template for IP version {ip_version}")
     names = [n.format(v=ip_version) for n in (*_FLOW_HEAD, *_FLOW_TAIL)]
     if bgp:
         names += _BGP
-    ids = {(4, False): IPV4_FLOW_ID, (6, False): IPV6_FLOW_ID}
-    ids |= {(4, True): IPV4_FLOW_BGP_ID, (6, True): IPV6_FLOW_BGP_ID}
-    return template(ids[(ip_version, bgp)], *names)
+    if mpls:
+        names += _MPLS
+    return template(_FLOW_IDS[(ip_version, bgp, mpls)], *names)
 
 
 # RFC 7011 §4.3: the Exporting Process Reliability Statistics Options Template.
