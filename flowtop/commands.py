@@ -7,15 +7,17 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
 from flowtop.config import Config
 from flowtop.dump import Extras, FlowAccumulator, emit
-from flowtop.engine import StopSignal
+from flowtop.errors import CollectorFailedError
 from flowtop.flowtable import FlowBatch
 from flowtop.sanitize import clean
 from flowtop.sources import build_engine
+from flowtop.stop import StopSignal
 from flowtop.view import ViewSource
 
 if TYPE_CHECKING:
@@ -24,32 +26,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowtop")
 
 
-def run_dump(cfg: Config, duration: float, as_json: bool) -> int:
-    stop = StopSignal()
-    stop.install()
-    engine, collector = build_engine(cfg.collector, cfg.enrich)
+def run_dump(cfg: Config, duration: float, as_json: bool, stop: StopSignal | None = None) -> int:
+    """Collect for `duration`, print. stop: the CLI's (installed before the
+    imports); a stop before "collecting on" raises Interrupted (nothing
+    printed, nothing left attached), one after it ends the run early and
+    prints what was collected."""
+    if stop is None:
+        stop = StopSignal()
+        stop.install()
+    engine, collector = build_engine(cfg.collector, cfg.enrich, stop.check)
     resolver = None
     acc = FlowAccumulator(engine.table.clock_offset)
     engine.sinks.append(acc)
     try:
-        names = collector.start()
+        names = collector.start()  # checks stop after its last step
         if not names:
             log.warning("no interface matches yet; waiting for one to appear")
-        if not stop.is_set():
-            print(
-                f"flowtop: collecting on {', '.join(clean(n) for n in names) or '(none yet)'} "
-                f"for {duration:g} s (Ctrl-C to stop early)",
-                file=sys.stderr,
-                flush=True,
-            )
+        print(
+            f"flowtop: collecting on {', '.join(clean(n) for n in names) or '(none yet)'} "
+            f"for {duration:g} s (Ctrl-C to stop early)",
+            file=sys.stderr,
+            flush=True,
+        )
+        failure: CollectorFailedError | None = None
+        try:
             engine.run(stop, duration=duration)
+        except CollectorFailedError as exc:  # print what was collected, then its line
+            failure = exc
         engine.shutdown()
         ifaces = engine.interface_counters()
-        health = engine.health()
         ifname = collector.names()
         flows = acc.per_key()
         if cfg.enrich.resolve_for(interactive=False):
             resolver = resolve_all(flows)
+        health = engine.health()
+        if resolver is not None:
+            health = replace(health, resolve_errors=health.resolve_errors + resolver.failures)
         assert engine.tcp_health is not None
         extras = Extras(
             entity_of=engine.enricher.entity if engine.enricher is not None else None,
@@ -57,6 +69,8 @@ def run_dump(cfg: Config, duration: float, as_json: bool) -> int:
             health=engine.tcp_health.groups(),
         )
         emit(flows, ifname, ifaces, health, as_json, extras=extras)
+        if failure is not None:
+            raise failure
     finally:
         collector.close()
         if resolver is not None:
@@ -90,10 +104,19 @@ def run_live(
     record: str | None = None,
     replay: str | None = None,
     speed: float = 1.0,
+    stop: StopSignal | None = None,
 ) -> int:
-    """The Textual live view over the kernel (or a recording); q detaches and exits."""
+    """The Textual live view over the kernel (or a recording); q detaches and exits.
+
+    stop: the CLI's, checked during start-up (compile, attach). Once the view
+    runs, SIGINT/SIGTERM/SIGHUP leave the way `q` does. A collector that
+    gave up (CollectorFailedError) ends the view; the CLI prints its line.
+    """
     from flowtop.tui.app import FlowtopApp  # Textual only for the live view
 
+    if stop is None:
+        stop = StopSignal()
+        stop.install()
     source: ViewSource
     if replay:
         from flowtop.record import ReplaySource
@@ -107,22 +130,36 @@ def run_live(
             from flowtop.outputs import Outputs
 
             outputs = Outputs(cfg)
-        source = LiveSource(cfg.collector, record=record, outputs=outputs, enrich=cfg.enrich)
-    app = FlowtopApp(source, theme=theme, resolve=resolve)
+        try:
+            source = LiveSource(
+                cfg.collector, record=record, outputs=outputs, enrich=cfg.enrich, startup=stop
+            )
+        except BaseException:
+            if outputs is not None:
+                outputs.close(0.2)
+            raise
+    try:
+        app = FlowtopApp(source, theme=theme, resolve=resolve)
+    except BaseException:
+        source.close()
+        raise
 
     def _terminate(_signum: int, _frame: FrameType | None) -> None:
-        # SIGTERM/SIGHUP (the SSH session died): leave the way `q` does, so
-        # that the filters come off.
+        # SIGTERM/SIGHUP (the SSH session died), SIGINT from kill: leave the
+        # way `q` does, so that the filters come off.
         source.stop()
         try:
             asyncio.get_running_loop().call_soon_threadsafe(app.exit)
         except RuntimeError:
             app.exit()
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _terminate)
     try:
+        stop.check()  # a signal between the last checkpoint and the handlers above
         app.run()
     finally:
         source.close()
+    if app.failure is not None:
+        raise app.failure
     return app.return_code or 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -22,12 +23,14 @@ DEFAULT_PATH = "/etc/flowtop/flowtop.toml"
 # The kernel keeps flows of one interval only; a map this size holds 65536
 # distinct flows per second at the default interval.
 DEFAULT_MAP_SIZE = 65536
+ATTACH_MODES = ("auto", "tcx", "tc")
 
 
 @dataclass(frozen=True, slots=True)
 class CollectorConfig:
     interfaces: tuple[str, ...] = ()
     interval: float = 1.0
+    attach: str = "auto"  # "auto", "tcx" or "tc" (collector/tcx.py resolves auto)
     tc_priority: int = 1
     max_flows: int = 262144
     map_size: int = DEFAULT_MAP_SIZE
@@ -39,6 +42,10 @@ class CollectorConfig:
     def __post_init__(self) -> None:
         if not 0.05 <= self.interval <= 3600:
             raise ConfigError(f"interval must be between 0.05 and 3600 s, not {self.interval}")
+        if self.attach not in ATTACH_MODES:
+            raise ConfigError(
+                f"attach must be one of {', '.join(ATTACH_MODES)}, not {self.attach!r}"
+            )
         if not 1 <= self.tc_priority <= 0xFFFF:
             raise ConfigError(f"tc priority must be 1..65535, not {self.tc_priority}")
         if not 1 <= self.max_flows <= 50_000_000:
@@ -60,6 +67,7 @@ class CollectorConfig:
         interval: float | None = None,
         tc_priority: int | None = None,
         max_flows: int | None = None,
+        attach: str | None = None,
         idle_timeout: float | None = None,
         active_timeout: float | None = None,
         base: CollectorConfig | None = None,
@@ -70,6 +78,7 @@ class CollectorConfig:
         return cls(
             interfaces=tuple(interfaces) if interfaces else base.interfaces,
             interval=base.interval if interval is None else interval,
+            attach=base.attach if attach is None else attach,
             tc_priority=base.tc_priority if tc_priority is None else tc_priority,
             max_flows=mf,
             map_size=max(1, min(mf, base.map_size)),
@@ -108,6 +117,23 @@ def parse_endpoint(text: str, what: str, default_host: str | None = None) -> End
         if not all(part.isalnum() or "-" in part for part in host.split(".")):
             raise ConfigError(f"{what}: not a host name or address: {host!r}") from None
     return host, int(port_s)
+
+
+def check_resolvable(endpoints: Sequence[Endpoint], what: str) -> None:
+    """Every host name among endpoints resolves now; numeric addresses are
+    taken as they are (no DNS). For the endpoints a run is about to use: the
+    file's own syntax check (from_mapping) never asks DNS."""
+    for host, port in endpoints:
+        try:
+            ipaddress.ip_address(host)
+            continue
+        except ValueError:
+            pass
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"{what}: cannot resolve {host!r}: {why}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +266,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "active_timeout": ("active_timeout", _num(0.1, 86400)),
         "max_flows": ("max_flows", _int(1, 50_000_000)),
         "map_size": ("map_size", _int(1, 16_777_216)),
+        "attach": ("attach", _str),
         "tc_priority": ("tc_priority", _int(1, 65535)),
         "sockops": ("sockops", _bool),
         "passive_rtt": ("passive_rtt", _bool),

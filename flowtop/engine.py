@@ -6,23 +6,21 @@ them (flow-end batches, and the table itself for top-N queries).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import FrameType
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from flowtop.collector.collector import Drain
-from flowtop.flowtable import FlowBatch, FlowTable
+from flowtop.errors import CollectorFailedError
+from flowtop.flowtable import FlowBatch, FlowTable, empty_batch
 from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.stop import StopSignal
 
 if TYPE_CHECKING:
     from flowtop.enrich import Enricher
@@ -30,6 +28,84 @@ if TYPE_CHECKING:
 from flowtop.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
 
 log = logging.getLogger("flowtop.engine")
+
+# Intervals in a row whose drain failed before a run gives up: a kernel map
+# that fails once is skipped and counted; one that never works again ends
+# the run with one line instead of a view that silently shows nothing.
+MAX_DRAIN_FAILURES = 10
+
+
+def _enricher_errors(enricher: Enricher | None) -> int:
+    # Enricher.errors; stand-ins (tests) without it have none.
+    return int(getattr(enricher, "errors", 0)) if enricher is not None else 0
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = exc if isinstance(exc, str) else (str(exc) or type(exc).__name__)
+    return " ".join(text.split())[:300]
+
+
+class PartFailures:
+    """The failures of one part that runs beside the flow path (the drain,
+    enrichment, the exports, the recorder): every one counted,
+    one log line when a run of them starts (per source) and one when it
+    ends, never one per interval. Thread-safe: exporters and the metrics
+    server count from their own threads."""
+
+    def __init__(self, part: str, what: str) -> None:
+        self.part = part  # shown as f"{part}_errors" (CollectorHealth)
+        self.what = what  # for the log line: "reading the kernel maps"
+        self.total = 0
+        self._streaks: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException | str, source: str = "") -> int:
+        """Count a failure of `source`; returns how many in a row it has had."""
+        with self._lock:
+            self.total += 1
+            streak = self._streaks.get(source, 0) + 1
+            self._streaks[source] = streak
+        if streak == 1:
+            log.warning(
+                "%s%s failed: %s; going on (counted in %s_errors)",
+                self.what,
+                f" ({source})" if source else "",
+                _one_line(exc),
+                self.part,
+            )
+        return streak
+
+    def ok(self, source: str = "") -> None:
+        with self._lock:
+            streak = self._streaks.pop(source, 0)
+        if streak:
+            log.info(
+                "%s%s works again after %d failure(s)",
+                self.what,
+                f" ({source})" if source else "",
+                streak,
+            )
+
+    def ok_except(self, failing: set[str]) -> None:
+        """Every source but those in failing works (again)."""
+        with self._lock:
+            back = [src for src in self._streaks if src not in failing]
+        for src in back:
+            self.ok(src)
+
+
+@dataclass
+class Failures:
+    """One counter per part; Engine.health() shows each as <part>_errors."""
+
+    drain: PartFailures = field(
+        default_factory=lambda: PartFailures("drain", "reading the kernel maps")
+    )
+    enrich: PartFailures = field(default_factory=lambda: PartFailures("enrich", "enrichment"))
+    output: PartFailures = field(default_factory=lambda: PartFailures("output", "an export"))
+    record: PartFailures = field(
+        default_factory=lambda: PartFailures("record", "writing the recording")
+    )
 
 
 def group_namer(enricher: Enricher) -> GroupNamer:
@@ -101,6 +177,8 @@ class Engine:
     enricher: Enricher | None = None
     tcp_health: HealthTracker | None = None
     last_tcp: TcpUpdate = field(default_factory=TcpUpdate)
+    failures: Failures = field(default_factory=Failures)
+    _enrich_errors_before: int = 0  # of enrichers replaced since (reload)
 
     def __post_init__(self) -> None:
         if self.tcp_health is None:
@@ -113,6 +191,7 @@ class Engine:
 
     def set_enricher(self, enricher: Enricher | None) -> None:
         """Replaces the enricher (reload); live flows are looked up again."""
+        self._enrich_errors_before += _enricher_errors(self.enricher)
         self.enricher = enricher
         assert self.tcp_health is not None
         self.tcp_health.set_group_namer(group_namer(enricher) if enricher else prefix_group)
@@ -128,24 +207,43 @@ class Engine:
         self.last_tcp = join(self.table, d.tcp, d.now_ns)
         if self.enricher is None:
             return
-        if self.enricher.maybe_reload():
+        try:
+            self._enrich_rows(self.enricher)
+        except Exception as exc:  # the rows stay unenriched and are tried again next time
+            self.failures.enrich.failed(exc)
+        else:
+            self.failures.enrich.ok()
+
+    def _enrich_rows(self, enricher: Enricher) -> None:
+        if enricher.maybe_reload():
             self._forget_enrichment()
             assert self.tcp_health is not None
-            self.tcp_health.set_group_namer(group_namer(self.enricher))
+            self.tcp_health.set_group_namer(group_namer(enricher))
         live = self.table.live_rows()
         rows = live[self.table.column("src_ent", live) < 0]
         if len(rows):
             keys = self.table.keys_at(rows)
             ver = keys["ip_version"]
             for end in ("src", "dst"):
-                eids = self.enricher.lookup(keys[end], ver)
+                eids = enricher.lookup(keys[end], ver)
                 self.table.set_column(f"{end}_ent", rows, eids)
-                self.table.set_column(f"{end}_asn", rows, self.enricher.asn_of(eids))
+                self.table.set_column(f"{end}_asn", rows, enricher.asn_of(eids))
 
     def step(self) -> FlowBatch:
-        """Drain one interval, merge it, apply timeouts, hand ended flows to sinks."""
+        """Drain one interval, merge it, apply timeouts, hand ended flows to sinks.
+
+        A drain that fails is counted (drain_errors) and its interval skipped;
+        after MAX_DRAIN_FAILURES in a row, CollectorFailedError ends the run.
+        """
         t0 = time.perf_counter()
-        d = self._drain()
+        try:
+            d = self._drain()
+        except Exception as exc:  # KernelFeatureError/OSError from a map read, or any collector's
+            # Nothing new this interval: observers must not count the last one twice.
+            self.last_drain, self.last_tcp = None, TcpUpdate()
+            self._drain_failed(exc)
+            self._observe()
+            return empty_batch(self.table.clock_offset)
         ended = self.table.merge_many(d.batches, d.interval, on_merged=lambda: self._merged(d))
         assert self.tcp_health is not None
         self.tcp_health.update(self.last_tcp, d.now_ns / 1e9)
@@ -154,18 +252,37 @@ class Engine:
         self._emit(batch)
         self.stats.polls += 1
         self.stats.last_poll_seconds = time.perf_counter() - t0
-        for observe in self.observers:
-            observe(self)
+        self._observe()
         return batch
+
+    def _drain_failed(self, exc: Exception) -> None:
+        streak = self.failures.drain.failed(exc)
+        if streak >= MAX_DRAIN_FAILURES:
+            raise CollectorFailedError(
+                f"reading the kernel maps failed {streak} intervals in a row, giving up: "
+                f"{_one_line(exc)}"
+            ) from None
+
+    def _observe(self) -> None:
+        for observe in self.observers:
+            name = getattr(observe, "__qualname__", f"{type(observe).__name__} observer")
+            try:
+                observe(self)
+            except Exception as exc:  # a metrics update must not stop the collection
+                self.failures.output.failed(exc, name)
+            else:
+                self.failures.output.ok(name)
 
     def _drain(self) -> Drain:
         d = self.collector.drain()
+        # The flow map ("") was read; so was every part not named in d.errors.
+        self.failures.drain.ok_except({what for what, _why in d.errors})
+        for what, why in d.errors:
+            self.failures.drain.failed(why, what)
         if self.exclude is not None:
             own = self.exclude()
             if own:
-                d = Drain(
-                    [exclude_sockets(k, s, own) for k, s in d.batches], d.now_ns, d.interval, d.tcp
-                )
+                d = replace(d, batches=[exclude_sockets(k, s, own) for k, s in d.batches])
         self.last_drain = d
         return d
 
@@ -173,17 +290,32 @@ class Engine:
         if len(batch) == 0:
             return
         if self.enricher is not None and batch.ext is not None:
-            # Flows that never had a row (no room) were not looked up yet.
-            miss = batch.ext["src_ent"] < 0
-            if miss.any():
-                ver = batch.keys["ip_version"][miss]
-                for end in ("src", "dst"):
-                    eids = self.enricher.lookup(batch.keys[end][miss], ver)
-                    batch.ext[f"{end}_ent"][miss] = eids
-                    batch.ext[f"{end}_asn"][miss] = self.enricher.asn_of(eids)
+            try:
+                self._enrich_batch(self.enricher, batch.ext, batch.keys)
+            except Exception as exc:  # the flows go out without AS/geo rather than not at all
+                self.failures.enrich.failed(exc, "ended flows")
+            else:
+                self.failures.enrich.ok("ended flows")
         self.stats.ended += len(batch)
         for sink in self.sinks:
-            sink.flows_ended(batch)
+            name = type(sink).__name__
+            try:
+                sink.flows_ended(batch)
+            except Exception as exc:  # one failing export must not stop the others
+                self.failures.output.failed(exc, name)
+            else:
+                self.failures.output.ok(name)
+
+    @staticmethod
+    def _enrich_batch(enricher: Enricher, ext: np.ndarray, keys: np.ndarray) -> None:
+        # Flows that never had a row (no room) were not looked up yet.
+        miss = ext["src_ent"] < 0
+        if miss.any():
+            ver = keys["ip_version"][miss]
+            for end in ("src", "dst"):
+                eids = enricher.lookup(keys[end][miss], ver)
+                ext[f"{end}_ent"][miss] = eids
+                ext[f"{end}_asn"][miss] = enricher.asn_of(eids)
 
     def shutdown(self) -> FlowBatch:
         """Detach, drain what was counted until then, end every live flow (forced end).
@@ -191,8 +323,13 @@ class Engine:
         Detaching first means nothing counted after the last drain is lost.
         """
         self.collector.stop_capture()
-        d = self._drain()
-        ended = self.table.merge_many(d.batches, d.interval, on_merged=lambda: self._merged(d))
+        try:
+            d = self._drain()
+        except Exception as exc:  # the last interval is lost (counted); the rest still ends
+            self.failures.drain.failed(exc)
+            ended = empty_batch(self.table.clock_offset)
+        else:
+            ended = self.table.merge_many(d.batches, d.interval, on_merged=lambda: self._merged(d))
         flushed = self.table.flush()
         batch = FlowBatch.concat([ended, flushed], self.table.clock_offset)
         self._emit(batch)
@@ -202,7 +339,17 @@ class Engine:
         return self.collector.interface_counters()
 
     def health(self) -> CollectorHealth:
-        return self.collector.health(self.table.forced_evictions)
+        """The collector's counters with every part's failures (<part>_errors)."""
+        h = self.collector.health(self.table.forced_evictions)
+        f = self.failures
+        enrich = self._enrich_errors_before + _enricher_errors(self.enricher)
+        return replace(
+            h,
+            drain_errors=h.drain_errors + f.drain.total,
+            enrich_errors=h.enrich_errors + f.enrich.total + enrich,
+            output_errors=h.output_errors + f.output.total,
+            record_errors=h.record_errors + f.record.total,
+        )  # resolve_errors: the resolvers count their own (dump and the view add them)
 
     def run(
         self,
@@ -246,46 +393,3 @@ def exclude_sockets(
     if not drop.any():
         return keys, stats
     return keys[~drop], stats[~drop]
-
-
-class StopSignal:
-    """SIGINT/SIGTERM (and callers) set it; it wakes the engine's wait at once."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
-        os.set_blocking(self._r, False)
-        self.signal: int | None = None
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum: int, _frame: FrameType | None) -> None:
-        self.signal = signum
-        self.set()
-
-    def set(self) -> None:
-        self._event.set()
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._w, b"x")
-
-    def wake(self) -> None:
-        """Interrupt a wait without stopping (a signal that wants attention)."""
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._w, b"w")
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    @property
-    def fileno(self) -> int:
-        return self._r
-
-    def wait_with(self, waiter: Callable[[float, int], None], timeout: float) -> None:
-        waiter(timeout, self._r)
-        if not self.is_set():
-            # A wake() without stop: consume it so the next wait waits.
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._r, 64)

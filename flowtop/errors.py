@@ -37,3 +37,19 @@ class AttachError(FlowtopError):
     """TC attach/detach failed."""
 
     exit_code = 4
+
+
+class Interrupted(FlowtopError):
+    """SIGINT/SIGTERM before the run started: whatever was attached is removed,
+    nothing is printed, the exit status is 128 + the signal (130 for Ctrl-C)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class CollectorFailedError(FlowtopError):
+    """The kernel maps could not be read for too many intervals in a row."""
+
+    exit_code = 74  # EX_IOERR

@@ -14,6 +14,7 @@ import numpy as np
 
 from flowtop.config import Config, EnrichConfig, IpfixConfig, PrometheusConfig
 from flowtop.engine import Engine
+from flowtop.errors import ConfigError, FlowtopError
 from flowtop.export.ipfix import IpfixExporter
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
 
@@ -46,9 +47,12 @@ class Outputs:
             raise
 
     def _start_ipfix(self, c: IpfixConfig) -> None:
+        self.ipfix = self._new_ipfix(c)
+
+    def _new_ipfix(self, c: IpfixConfig) -> IpfixExporter | None:
         if not c.collectors:
-            return
-        self.ipfix = IpfixExporter(
+            return None
+        exporter = IpfixExporter(
             list(c.collectors),
             c.transport,
             domain_id=c.domain_id,
@@ -60,11 +64,15 @@ class Outputs:
         )
         where = ", ".join(f"{h}:{p}" for h, p in c.collectors)
         log.info("exporting IPFIX over %s to %s (domain %d)", c.transport, where, c.domain_id)
+        return exporter
 
     def _start_prometheus(self, c: PrometheusConfig) -> None:
         if c.listen is None:
             return
-        self.metrics = self.metrics or FlowMetrics(c.max_series)
+        if self.metrics is None:
+            self.metrics = FlowMetrics(c.max_series)
+            if self._engine is not None:
+                self.metrics.on_error = self._scrape_failed
         host, port = c.listen
         self.server = MetricsServer(self.metrics, host, port, c.tls_cert, c.tls_key)
         scheme = "https" if c.tls_cert else "http"
@@ -76,6 +84,12 @@ class Outputs:
             engine.sinks.append(self.ipfix)
         engine.observers.append(self._observe)
         engine.exclude = self.own_sockets
+        if self.metrics is not None:
+            self.metrics.on_error = self._scrape_failed
+
+    def _scrape_failed(self, exc: BaseException) -> None:
+        if self._engine is not None:
+            self._engine.failures.output.failed(exc, "Prometheus scrape")
 
     def own_sockets(self) -> list[tuple[int, str, int]]:
         if self.ipfix is None:
@@ -134,26 +148,43 @@ class Outputs:
             )
 
     def reload(self, cfg: Config, timeout: float = 1.0) -> None:
-        """New settings: restart only what changed; flow state is the engine's."""
+        """New settings: restart only what changed; flow state is the engine's.
+
+        A part that cannot start with the new settings (ConfigError) keeps
+        running as it was: the new IPFIX exporter is built before the old one
+        goes; a Prometheus listener that cannot bind gets the old one back.
+        """
+        failed: list[str] = []
         if cfg.ipfix != self.ipfix_cfg:
-            old = self.ipfix
-            if old is not None and self._engine is not None:
-                self._engine.sinks.remove(old)
-            self.ipfix = None
-            self._start_ipfix(cfg.ipfix)
-            if self.ipfix is not None and self._engine is not None:
-                self._engine.sinks.append(self.ipfix)
-            if old is not None:
-                old.close(timeout)
-            self.ipfix_cfg = cfg.ipfix
+            try:
+                new = self._new_ipfix(cfg.ipfix)
+            except FlowtopError as exc:
+                failed.append(str(exc))
+            else:
+                old, self.ipfix = self.ipfix, new
+                if self._engine is not None:
+                    if old is not None:
+                        self._engine.sinks.remove(old)
+                    if new is not None:
+                        self._engine.sinks.append(new)
+                if old is not None:
+                    old.close(timeout)
+                self.ipfix_cfg = cfg.ipfix
         if cfg.prometheus != self.prom_cfg:
             if self.server is not None:
                 self.server.close()
                 self.server = None
-            if self.metrics is not None:
-                self.metrics.max_series = cfg.prometheus.max_series
-            self._start_prometheus(cfg.prometheus)
-            self.prom_cfg = cfg.prometheus
+            try:
+                self._start_prometheus(cfg.prometheus)
+            except FlowtopError as exc:
+                failed.append(str(exc))
+                self._start_prometheus(self.prom_cfg)  # it listened there a moment ago
+            else:
+                if self.metrics is not None:
+                    self.metrics.max_series = cfg.prometheus.max_series
+                self.prom_cfg = cfg.prometheus
+        if failed:
+            raise ConfigError("; ".join(failed))
 
     def close(self, timeout: float) -> None:
         """Flush what is queued for collectors (within timeout), stop listening."""

@@ -14,6 +14,7 @@ A frame cut short (the recorder was killed) ends the replay cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import threading
@@ -46,7 +47,12 @@ class RecordingError(FlowtopError):
 
 
 class Recorder:
-    """Appends one frame per engine step; flushed after every frame."""
+    """Appends one frame per engine step; flushed after every frame.
+
+    A write that fails (a full disk) ends the recording there: that frame
+    and every later one raise RecordingError (the caller counts them as not
+    recorded) and nothing more is written, so the file ends with whole
+    frames or one cut short, which replay takes as the end."""
 
     def __init__(self, path: str, host: str, interval: float, clock_offset: float) -> None:
         try:
@@ -60,11 +66,23 @@ class Recorder:
             "clock_offset": clock_offset,
             "created": time.time(),
         }
-        self._write(MAGIC + _blob(json.dumps(header).encode()))
+        self.path = path
+        self.failed: str | None = None  # why the recording stopped
+        try:
+            self._write(MAGIC + _blob(json.dumps(header).encode()))
+        except RecordingError:
+            self.close()
+            raise
 
     def _write(self, data: bytes) -> None:
-        self._f.write(data)
-        self._f.flush()
+        if self.failed is not None:
+            raise RecordingError(f"recording to {self.path} stopped: {self.failed}")
+        try:
+            self._f.write(data)
+            self._f.flush()
+        except OSError as exc:
+            self.failed = exc.strerror or str(exc)
+            raise RecordingError(f"cannot write {self.path}: {self.failed}") from None
 
     def frame(
         self,
@@ -94,7 +112,8 @@ class Recorder:
         self._write(_blob(zlib.compress(b"".join(parts), 1)))
 
     def close(self) -> None:
-        self._f.close()
+        with contextlib.suppress(OSError):  # the flush of a failed recording: counted
+            self._f.close()
 
 
 def _blob(data: bytes) -> bytes:

@@ -15,20 +15,26 @@ from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
+from flowtop.collector.collector import KernelCollector
 from flowtop.config import Config
-from flowtop.engine import StopSignal
-from flowtop.errors import FlowtopError
+from flowtop.engine import Engine
+from flowtop.errors import CollectorFailedError, FlowtopError
 from flowtop.outputs import Outputs
 from flowtop.sources import build_engine, make_enricher
+from flowtop.stop import StopSignal
 
 log = logging.getLogger("flowtop")
 FLUSH_SECONDS = 1.5  # of the 2 s a service manager allows between TERM and KILL
 
 
-def run_export_only(cfg: Config, reload: Callable[[], Config]) -> int:
+def run_export_only(
+    cfg: Config, reload: Callable[[], Config], stop: StopSignal | None = None
+) -> int:
+    """stop: the CLI's, checked during start-up too (Interrupted: nothing left)."""
     logging.getLogger().setLevel(logging.INFO)
-    stop = StopSignal()
-    stop.install()
+    if stop is None:
+        stop = StopSignal()
+        stop.install()
     hup = {"pending": False}
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
@@ -38,22 +44,28 @@ def run_export_only(cfg: Config, reload: Callable[[], Config]) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     if not cfg.ipfix.collectors and cfg.prometheus.listen is None:
         log.warning("no IPFIX collector and no Prometheus listener: collecting for nothing")
-    engine, collector = build_engine(cfg.collector, cfg.enrich)
+    engine, collector = build_engine(cfg.collector, cfg.enrich, stop.check)
     outputs: Outputs | None = None
     try:
         outputs = Outputs(cfg)
         outputs.attach(engine)
-        names = collector.start()
+        names = collector.start()  # checks stop after its last step
         log.info("collecting on %s", ", ".join(names) or "(no interface yet)")
-        while not stop.is_set():
-            engine.run(stop, until=lambda: hup["pending"])
-            if hup["pending"]:
-                hup["pending"] = False
-                cfg = _reload(cfg, reload, engine, collector, outputs)
+        failure: CollectorFailedError | None = None
+        try:
+            while not stop.is_set():
+                engine.run(stop, until=lambda: hup["pending"])
+                if hup["pending"]:
+                    hup["pending"] = False
+                    cfg = _reload(cfg, reload, engine, collector, outputs)
+        except CollectorFailedError as exc:  # the flows it holds still go out, then its line
+            failure = exc
         t0 = time.monotonic()
         engine.shutdown()
         outputs.close(FLUSH_SECONDS)
         log.info("stopped in %.2f s", time.monotonic() - t0)
+        if failure is not None:
+            raise failure
     finally:
         if outputs is not None:
             outputs.close(0.2)
@@ -61,10 +73,16 @@ def run_export_only(cfg: Config, reload: Callable[[], Config]) -> int:
     return 0
 
 
-def _reload(cfg: Config, reload: Callable[[], Config], engine, collector, outputs) -> Config:  # type: ignore[no-untyped-def]
+def _reload(
+    cfg: Config,
+    reload: Callable[[], Config],
+    engine: Engine,
+    collector: KernelCollector,
+    outputs: Outputs,
+) -> Config:
     try:
         new = reload()
-    except FlowtopError as exc:
+    except FlowtopError as exc:  # a bad file, a collector that does not resolve, ...
         log.error("config reload failed, keeping the running config: %s", exc)
         return cfg
     if new.collector.interfaces != cfg.collector.interfaces:
@@ -74,7 +92,7 @@ def _reload(cfg: Config, reload: Callable[[], Config], engine, collector, output
         engine.interval = new.collector.interval
     unchanged = [
         n
-        for n in ("map_size", "tc_priority")
+        for n in ("map_size", "tc_priority", "attach")
         if getattr(new.collector, n) != getattr(cfg.collector, n)
     ]
     if unchanged:
@@ -87,7 +105,8 @@ def _reload(cfg: Config, reload: Callable[[], Config], engine, collector, output
             new = replace(new, enrich=cfg.enrich)
     try:
         outputs.reload(new)
-    except FlowtopError as exc:
-        log.error("config reload: %s", exc)
+    except FlowtopError as exc:  # Outputs.reload kept what ran for the part that failed
+        log.error("config reload: %s; keeping the running exports", exc)
+        new = replace(new, ipfix=outputs.ipfix_cfg, prometheus=outputs.prom_cfg)
     log.info("config reloaded")
     return new

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flowtop.collector.collector import KernelCollector
 from flowtop.config import CollectorConfig, EnrichConfig
-from flowtop.engine import Engine, StopSignal
+from flowtop.engine import Engine
 from flowtop.flowtable import FlowTable
 from flowtop.record import Recorder
+from flowtop.stop import StopSignal
 
 if TYPE_CHECKING:
+    from flowtop.collector.collector import Drain
     from flowtop.enrich import Enricher
     from flowtop.outputs import Outputs
 from flowtop.view import TableSource
@@ -30,17 +33,33 @@ def make_enricher(cfg: EnrichConfig) -> Enricher:
     )
 
 
+def _no_checkpoint() -> None:
+    pass
+
+
 def build_engine(
-    cfg: CollectorConfig, enrich: EnrichConfig | None = None
+    cfg: CollectorConfig,
+    enrich: EnrichConfig | None = None,
+    checkpoint: Callable[[], None] = _no_checkpoint,
 ) -> tuple[Engine, KernelCollector]:
+    """checkpoint (StopSignal.check): called between the steps of start-up;
+    what it raises leaves nothing behind (the collector closes itself)."""
     enricher = make_enricher(enrich) if enrich is not None else None
-    collector = KernelCollector(
-        interfaces=cfg.interfaces,
-        flow_map_size=cfg.map_size,
-        tc_priority=cfg.tc_priority,
-        sockops=cfg.sockops,
-        passive_rtt=cfg.passive_rtt,
-    )
+    try:
+        checkpoint()
+        collector = KernelCollector(
+            interfaces=cfg.interfaces,
+            flow_map_size=cfg.map_size,
+            tc_priority=cfg.tc_priority,
+            attach=cfg.attach,
+            sockops=cfg.sockops,
+            passive_rtt=cfg.passive_rtt,
+            checkpoint=checkpoint,
+        )
+    except BaseException:
+        if enricher is not None:
+            enricher.close()
+        raise
     table = FlowTable(
         max_flows=cfg.max_flows,
         idle_timeout=cfg.idle_timeout,
@@ -51,7 +70,12 @@ def build_engine(
 
 
 class LiveSource(TableSource):
-    """Steps the kernel collector every interval; close() detaches."""
+    """Steps the kernel collector every interval; close() detaches.
+
+    startup: the CLI's StopSignal, checked between the steps of start-up (a
+    Ctrl-C while it compiles or attaches stops it there, nothing left behind).
+    A failed write of the recording is counted (record_errors), the view goes on.
+    """
 
     def __init__(
         self,
@@ -59,8 +83,10 @@ class LiveSource(TableSource):
         record: str | None = None,
         outputs: Outputs | None = None,
         enrich: EnrichConfig | None = None,
+        startup: StopSignal | None = None,
     ) -> None:
-        engine, self.collector = build_engine(cfg, enrich)
+        check = startup.check if startup is not None else _no_checkpoint
+        engine, self.collector = build_engine(cfg, enrich, check)
         super().__init__(engine)
         self._stop = StopSignal()
         self._recorder: Recorder | None = None
@@ -74,6 +100,7 @@ class LiveSource(TableSource):
                 self._recorder = Recorder(
                     record, self.host, cfg.interval, engine.table.clock_offset
                 )
+            check()
         except BaseException:
             self.collector.close()
             raise
@@ -86,19 +113,29 @@ class LiveSource(TableSource):
         if self._stop.is_set():
             return
         with self._lock:
+            drain_before = self.engine.last_drain
             self.engine.step()
             self._after_step()
-            if self._recorder is not None and self.engine.last_drain is not None:
-                self._recorder.frame(
-                    self.engine.last_drain,
-                    self.collector.names(),
-                    self.engine.interface_counters(),
-                    self.collector.program.counters(),
-                )
+            drained = self.engine.last_drain
+            if self._recorder is not None and drained is not None and drained is not drain_before:
+                self._record(self._recorder, drained)
         now = time.monotonic()
         self._next += self.interval
         if self._next < now:
             self._next = now + self.interval
+
+    def _record(self, recorder: Recorder, drained: Drain) -> None:
+        try:
+            recorder.frame(
+                drained,
+                self.collector.names(),
+                self.engine.interface_counters(),
+                self.collector.program.counters(),
+            )
+        except Exception as exc:  # a full disk ends the recording, not the view
+            self.engine.failures.record.failed(exc)
+        else:
+            self.engine.failures.record.ok()
 
     def stop(self) -> None:
         self._stop.set()

@@ -7,7 +7,7 @@ import fnmatch
 import logging
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,9 +15,10 @@ import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from flowtop.collector import layout
-from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher
+from flowtop.collector import devices, layout
+from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
 from flowtop.collector.program import ProgramOptions, TcProgram
+from flowtop.collector.tcx import TcxAttacher, resolve_attach_mode
 
 if TYPE_CHECKING:
     from flowtop.collector.sockops import SockOpsTracker
@@ -39,6 +40,9 @@ class Drain:
     now_ns: int  # CLOCK_MONOTONIC at the swap
     interval: float  # seconds since the previous drain
     tcp: np.ndarray | None = None  # layout.TCP_SAMPLE records (sock_ops and passive RTT)
+    # (part, why) of what could not be read this time while the flows were:
+    # the engine counts each in drain_errors.
+    errors: tuple[tuple[str, str], ...] = ()
 
 
 class InterfaceSelector:
@@ -60,15 +64,26 @@ class InterfaceSelector:
         return [p for p in self.patterns if not GLOB_CHARS & set(p)]
 
 
+def _no_checkpoint() -> None:
+    pass
+
+
 class KernelCollector:
+    """checkpoint: called between the steps of start-up (after the compile,
+    before each attach, around sock_ops); a stop request raises there
+    (StopSignal.check) and the caller's close() removes what is attached."""
+
     def __init__(
         self,
         interfaces: Sequence[str] | None = None,
         flow_map_size: int = 65536,
         tc_priority: int = DEFAULT_PRIORITY,
+        attach: str = "auto",
         sockops: bool = True,
         passive_rtt: bool = True,
+        checkpoint: Callable[[], None] = _no_checkpoint,
     ) -> None:
+        self._checkpoint = checkpoint
         self.selector = InterfaceSelector(interfaces)
         self._want_sockops = sockops
         self.sockops: SockOpsTracker | None = None
@@ -76,22 +91,34 @@ class KernelCollector:
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
         self._ipr = IPRoute()
+        program: TcProgram | None = None
         try:
             self._check_explicit()
-            self.program = TcProgram(
+            # Before the compile: `--attach tcx` on a kernel without TCX fails at once.
+            self.attach_mode, self.attach_reason = resolve_attach_mode(attach)
+            checkpoint()
+            program = TcProgram(
                 ProgramOptions(flow_map_size=flow_map_size, passive_rtt=passive_rtt)
             )
+            checkpoint()  # the compile takes seconds; a Ctrl-C meanwhile stops here
         except BaseException:
             # A half-built collector must not leave netlink sockets behind:
             # pyroute2's event loop complains about them at exit.
             self._ipr.close()
+            if program is not None:
+                program.close()
             raise
-        self.attacher = TcAttacher(self.program.ingress.fd, self.program.egress.fd, tc_priority)
+        self.program = program
+        self.attacher: TcAttacher | TcxAttacher
+        if self.attach_mode == "tcx":
+            self.attacher = TcxAttacher(self.program.fd, devices.is_l3)
+        else:
+            self.attacher = TcAttacher(self.program.fd, priority=tc_priority)
+        log.info("attaching with %s", self.attach_reason)
         self._events = IPRoute()
         self._events.bind(groups=RTMGRP_LINK)
         self._last_drain = time.monotonic_ns()
         self.attach_errors = 0
-        self.drain_errors = 0
         self._closed = False
 
     # -- interfaces -----------------------------------------------------------------
@@ -114,6 +141,7 @@ class KernelCollector:
         for ifindex, name, flags in self._links():
             if not self.selector.matches(name, flags):
                 continue
+            self._checkpoint()
             try:
                 self._attach(ifindex, name)
             except FlowtopError as exc:
@@ -123,7 +151,9 @@ class KernelCollector:
                     raise
                 self.attach_errors += 1
                 log.warning("skipping %s: %s", name, exc)
+        self._checkpoint()
         self._start_sockops()
+        self._checkpoint()
         return self.interfaces()
 
     def reselect(self, patterns: Sequence[str] | None) -> None:
@@ -145,6 +175,10 @@ class KernelCollector:
 
     def _attach(self, ifindex: int, name: str) -> None:
         self.program.reset_iface(ifindex)
+        if self.attach_mode == "tcx":
+            # clsact filters of a dead flowtop (say, an older one run with
+            # --attach tc) would count every packet a second time for nobody.
+            remove_stale_filters(self._ipr, ifindex)
         self.attacher.attach(ifindex, name)
         self._names[ifindex] = name
         self._seen[ifindex] = name
@@ -175,7 +209,12 @@ class KernelCollector:
             if wake_fd is not None and wake_fd in ready:
                 return
             if ready:
-                self._handle_link_events()
+                try:
+                    self._handle_link_events()
+                except Exception as exc:  # e.g. ENOBUFS: the event socket overran
+                    # Interfaces that came or went meanwhile are missed, not the run.
+                    self.attach_errors += 1
+                    log.warning("reading interface events failed: %s", exc)
 
     def _handle_link_events(self) -> None:
         for msg in self._events.get():
@@ -218,15 +257,31 @@ class KernelCollector:
         self.sockops = tracker
 
     def drain(self) -> Drain:
+        """The interval just ended. A flow map that cannot be read raises (the
+        engine counts it and skips the interval); a TCP sample map that cannot
+        be read is left out of this drain and named in Drain.errors, so that
+        the flows still count."""
         batches = self.program.drain_flows()
         now = time.monotonic_ns()
         interval = (now - self._last_drain) / 1e9
         self._last_drain = now
-        parts = [self.program.tcp_samples(now)]
+        parts: list[np.ndarray] = []
+        errors: list[tuple[str, str]] = []
+        readers: list[tuple[str, Callable[[int], np.ndarray]]] = [
+            ("passive TCP", self.program.tcp_samples)
+        ]
         if self.sockops is not None:
-            parts.append(self.sockops.read(now))
-        tcp = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return Drain(batches, now, interval, tcp)
+            readers.append(("sock_ops", self.sockops.read))
+        for what, read in readers:
+            try:
+                parts.append(read(now))
+            except (FlowtopError, OSError) as exc:
+                errors.append((f"reading the {what} samples", str(exc)))
+        if not parts:
+            tcp = np.zeros(0, dtype=layout.TCP_SAMPLE)
+        else:
+            tcp = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return Drain(batches, now, interval, tcp, tuple(errors))
 
     def interface_counters(self) -> list[InterfaceCounters]:
         raw = self.program.iface_counters(self._seen)
@@ -248,8 +303,7 @@ class KernelCollector:
         return CollectorHealth(
             kernel=kernel,
             forced_evictions=forced_evictions,
-            drain_errors=self.drain_errors,
-            attach_errors=self.attach_errors,
+            attach_errors=self.attach_errors,  # drain_errors: the engine counts those
         )
 
     def stop_capture(self) -> None:

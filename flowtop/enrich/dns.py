@@ -106,7 +106,7 @@ class ReverseResolver:
             collections.OrderedDict()
         )
         self._counts = dict.fromkeys(
-            ("inflight", "done", "names", "negative", "failed", "dropped", "invalid"), 0
+            ("inflight", "done", "names", "negative", "failed", "dropped", "invalid", "errors"), 0
         )
         self._closed = False
         self.error: str | None = None  # why lookups are off (bad resolv.conf, netns)
@@ -180,12 +180,20 @@ class ReverseResolver:
         negative), names, negative (NXDOMAIN, no PTR), failed (timeouts,
         SERVFAIL, malformed replies); dropped (requests refused because the
         queue was full: an address is asked for again at a later call and
-        counts again); invalid (not an IP address); cache_size."""
+        counts again); invalid (not an IP address); errors (the on_resolved
+        callback raised: the worker went on); cache_size."""
         with self._lock:
             out = dict(self._counts)
             out["queued"] = len(self._queue)
             out["cache_size"] = len(self._cache)
         return out
+
+    @property
+    def failures(self) -> int:
+        """Lookups that failed (timeouts, SERVFAIL, bad replies) and callback
+        errors: what a view shows as resolve_errors. NXDOMAIN is an answer."""
+        with self._lock:
+            return self._counts["failed"] + self._counts["errors"]
 
     @property
     def enabled(self) -> bool:
@@ -260,7 +268,12 @@ class ReverseResolver:
                 self._cache.popitem(last=False)
             notify = name is not None and (old is None or old[0] != name)
         if notify and self._on_resolved is not None:
-            self._on_resolved()
+            try:
+                self._on_resolved()
+            except Exception:  # the caller's trouble must not end this worker
+                log.debug("on_resolved failed", exc_info=True)
+                with self._lock:
+                    self._counts["errors"] += 1
 
     def close(self, timeout: float = 0.0) -> None:
         """Stops the workers (a lookup in flight ends within `timeout` of the

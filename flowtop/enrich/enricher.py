@@ -211,6 +211,7 @@ class Enricher:
         self._stats = dict.fromkeys(
             ("addresses", "cache_hits", "cache_misses", "cache_clears", "reloads"), 0
         )
+        self._label_errors = 0  # labels files refused at a reload (the old labels stayed)
         for slot in (self._asn, self._city):
             slot.load()
         self._gens = (self._asn.generation, self._city.generation)
@@ -386,6 +387,7 @@ class Enricher:
             new = load_labels(cur.path)
         except ConfigError as e:
             cur.sig = sig  # warn once per version of the file
+            self._label_errors += 1
             self._warn(f"{e}; keeping the labels loaded before")
             return False
         self._labels = new
@@ -404,12 +406,19 @@ class Enricher:
 
     def stats(self) -> dict[str, int]:
         """Counters: addresses looked up, cache hits/misses/size/clears, entities,
-        reloads, database errors (open or lookup failures)."""
+        reloads, database errors (open or lookup failures), labels files refused."""
         out = dict(self._stats)
         out["cache_size"] = len(self._cache)
         out["entities"] = len(self.entities)
         out["db_errors"] = self._asn.errors + self._city.errors
+        out["label_errors"] = self._label_errors
         return out
+
+    @property
+    def errors(self) -> int:
+        """Failures so far: databases that could not be opened or read, labels
+        files refused at a reload (the engine shows them as enrich_errors)."""
+        return self._asn.errors + self._city.errors + self._label_errors
 
     @property
     def active(self) -> bool:

@@ -14,7 +14,7 @@ series; flows of further combinations are counted in one series labelled
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +42,15 @@ KERNEL_COUNTERS = {
     "lost_packets": "packets not counted in any flow (their insert failed)",
     "lost_bytes": "IP bytes not counted in any flow (their insert failed)",
     "iface_map_full": "interface counter inserts that failed",
-    "truncated": "frames that ended inside a header flowtop needed",
-    "malformed": "frames with an impossible header field",
+    "truncated": "frames that ended inside their link-layer or IP headers (in no flow)",
+    "malformed": "frames with an impossible header field (in no flow)",
     "ipv6_ext_limit": "IPv6 packets with more extension headers than flowtop walks",
+    "no_flow_map": "packets seen while no interval flow map was active (in no flow)",
     "non_ip": "frames that are not IP (counted on interfaces only)",
+    "no_ports": "packets counted in a flow without ports: their L4 header was cut",
+    "mpls_limit": "MPLS packets with a deeper label stack than flowtop walks (in no flow)",
+    "net_seek_limit": "packets on a device without an Ethernet header whose network header "
+    "flowtop did not find (in no flow)",
     "tcp_conn_new": "connections the passive TCP tracker started following",
     "tcp_conn_map_full": "connections the passive TCP tracker could not insert",
     "tcp_conn_evicted": "passive TCP connections evicted from the full LRU map",
@@ -92,6 +97,15 @@ class FlowMetrics:
         self._rto: dict[int, int] = {}
         self._remote: dict[tuple[int, int, str], int] = {}
         self._remote_other = [0, 0]
+        # Told about a scrape that failed (the HTTP thread); Outputs counts it
+        # in the engine's output_errors. Without one: errors["scrape"].
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    def scrape_failed(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+        else:
+            self.errors["scrape"] = self.errors.get("scrape", 0) + 1
 
     def add_tcp(self, upd: TcpUpdate) -> None:
         """Fresh RTT samples into the histograms; retransmit and RTO deltas."""
@@ -227,7 +241,13 @@ class FlowtopCollector(Collector):
         return iter(())  # no describe-time collect: families depend on the snapshot
 
     def collect(self) -> Iterator[Metric]:
-        s = self._metrics.snapshot
+        try:
+            yield from self._collect(self._metrics.snapshot)
+        except Exception as exc:  # the scrape gets an error; the count shows it
+            self._metrics.scrape_failed(exc)
+            raise
+
+    def _collect(self, s: MetricsSnapshot) -> Iterator[Metric]:
         info = InfoMetricFamily("flowtop_build", "flowtop build information")
         info.add_metric([], {"version": __version__})
         yield info
@@ -295,6 +315,10 @@ class FlowtopCollector(Collector):
         merged = dict(s.errors)
         merged["drain"] = s.health.drain_errors
         merged["attach"] = s.health.attach_errors
+        merged["enrich"] = s.health.enrich_errors
+        merged["output"] = s.health.output_errors  # the exports' own failures
+        merged["record"] = s.health.record_errors
+        merged["resolve"] = s.health.resolve_errors
         merged["exporter"] = merged.get("exporter", 0) + s.exporter.get("errors", 0)
         for sub, n in sorted(merged.items()):
             errs.add_metric([sub], n)

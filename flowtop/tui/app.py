@@ -21,7 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from flowtop.errors import ConfigError
+from flowtop.errors import ConfigError, FlowtopError
 from flowtop.tui import themes
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
@@ -38,6 +38,8 @@ class NameSource(Protocol):
     def name(self, addr: str) -> str | None: ...
 
     def close(self, timeout: float = 0.0) -> None: ...
+
+    # Optionally `failures: int`, lookups that failed so far (shown as resolve_errors).
 
 
 ResolverFactory = Callable[[Callable[[], None]], NameSource]
@@ -86,6 +88,8 @@ class FlowtopApp(App[None]):
         self._make_resolver = resolver or dns_resolver
         self._resolver: NameSource | None = None
         self._names_pending = threading.Event()
+        # Why the engine worker gave up (CollectorFailedError): run_live raises it.
+        self.failure: FlowtopError | None = None
 
     def _theme_name(self, name: str) -> str:
         if name in self.theme_names:
@@ -122,7 +126,12 @@ class FlowtopApp(App[None]):
         worker = get_current_worker()
         self._publish(requested=False)
         while not worker.is_cancelled:
-            self.source.step()
+            try:
+                self.source.step()
+            except FlowtopError as exc:  # the collector gave up: leave with its line
+                self.failure = exc
+                self.call_from_thread(self.exit, None, exc.exit_code)
+                return
             if worker.is_cancelled:
                 return
             self._publish(requested=False)
@@ -173,7 +182,18 @@ class FlowtopApp(App[None]):
             screen.update(rows.get(screen.row_key), message.history, self.display_opts, snap.time)
 
     def _draw(self) -> None:
-        self.main.show(self.shown, self.history, self.display_opts, self.paused)
+        shown = self._with_resolver(self.shown)
+        self.main.show(shown, self.history, self.display_opts, self.paused)
+
+    def _with_resolver(self, snap: Snapshot | None) -> Snapshot | None:
+        """The snapshot with the view's own resolver failures (resolve_errors):
+        the engine does not know the resolver, the header shows them with its."""
+        failed = int(getattr(self._resolver, "failures", 0)) if self._resolver else 0
+        if snap is None or not failed:
+            return snap
+        health = dict(snap.health)
+        health["resolve_errors"] = health.get("resolve_errors", 0) + failed
+        return replace(snap, health=health, problems=snap.problems + failed)
 
     def change_query(self, **changes: Any) -> None:
         """Replaces the query (atomically, the worker reads it) and asks for rows now."""

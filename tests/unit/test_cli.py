@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+from flowtop import options as o
+from flowtop.cli import _config, build_parser
+from flowtop.config import Config
+from flowtop.errors import ConfigError
 
 
 def flowtop(*args: str, user: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,3 +104,273 @@ def test_program_that_does_not_compile(tmp_path) -> None:  # type: ignore[no-unt
     finally:
         del os.environ["FLOWTOP_BPF_DIR"]
     assert_one_line_error(p, 69, "cannot compile or load the TC program")
+
+
+# -- every option on either side of the subcommand ---------------------------------------
+#
+# One sample value per option, keyed by dest. The parser's own actions are the
+# list of options to cover: one added without a sample here fails
+# test_every_option_has_a_sample, so the table below covers it from then on.
+
+
+def _samples(tmp: Path) -> dict[str, tuple[list[str], object]]:
+    """dest -> (the words after the flag, the value the parser must give)."""
+    cfg = tmp / "flowtop.toml"
+    cfg.write_text("[collector]\nidle_timeout = 9\n")
+    cfg.chmod(0o600)
+    return {
+        "interfaces": (["va"], ["va"]),
+        "tc_priority": (["7"], 7),
+        "attach": (["tc"], "tc"),
+        "max_flows": (["1000"], 1000),
+        "idle_timeout": (["3.5"], 3.5),
+        "active_timeout": (["30"], 30.0),
+        "config": ([str(cfg)], str(cfg)),
+        "geoip_asn": (["/x/asn.mmdb"], "/x/asn.mmdb"),
+        "geoip_city": (["/x/city.mmdb"], "/x/city.mmdb"),
+        "labels": (["/x/labels"], "/x/labels"),
+        "resolve": ([], True),
+        "no_resolve": ([], True),
+        "ipfix": (["192.0.2.9:4739"], ["192.0.2.9:4739"]),
+        "ipfix_transport": (["tcp"], "tcp"),
+        "prometheus": (["9477"], "9477"),
+        "export_only": ([], True),
+        "delay": (["2"], 2.0),
+        "theme": (["mono"], "mono"),
+        "record": (["/x/rec"], "/x/rec"),
+        "replay": (["/x/rec"], "/x/rec"),
+        "speed": (["3"], 3.0),
+        "duration": (["7"], 7.0),
+        "json": ([], True),
+        "interval": (["0.5"], 0.5),
+        "all": ([], True),
+    }
+
+
+# What the Config built for a collecting mode must show for an option, when the
+# option goes into the Config at all (given the sample above).
+CONFIG_OF: dict[str, Callable[[Config], object]] = {
+    "interfaces": lambda c: c.collector.interfaces == ("va",),
+    "tc_priority": lambda c: c.collector.tc_priority == 7,
+    "attach": lambda c: c.collector.attach == "tc",
+    "max_flows": lambda c: c.collector.max_flows == 1000,
+    "idle_timeout": lambda c: c.collector.idle_timeout == 3.5,
+    "active_timeout": lambda c: c.collector.active_timeout == 30.0,
+    "config": lambda c: c.path is not None and c.collector.idle_timeout == 9,
+    "geoip_asn": lambda c: c.enrich.geoip_asn == "/x/asn.mmdb",
+    "geoip_city": lambda c: c.enrich.geoip_city == "/x/city.mmdb",
+    "labels": lambda c: c.enrich.labels == "/x/labels",
+    "resolve": lambda c: c.enrich.resolve is True,
+    "no_resolve": lambda c: c.enrich.resolve is False,
+    "ipfix": lambda c: c.ipfix.collectors == (("192.0.2.9", 4739),),
+    "ipfix_transport": lambda c: c.ipfix.transport == "tcp",
+    "prometheus": lambda c: c.prometheus.listen == ("127.0.0.1", 9477),
+    "delay": lambda c: c.collector.interval == 2.0,
+    "interval": lambda c: c.collector.interval == 0.5,
+}
+BASE = {  # the words that select each mode (REPLAY's file is replaced below)
+    o.LIVE: [],
+    o.EXPORT: ["--export-only"],
+    o.REPLAY: ["--replay", "/x/rec"],
+    o.DUMP: ["dump"],
+    o.DOCTOR: ["doctor"],
+    o.DETACH: ["detach"],
+}
+SELECTOR = {"export_only": o.EXPORT, "replay": o.REPLAY}  # options that pick a mode
+assert set(SELECTOR) == o.SELECTORS
+
+
+def _parser_dests() -> set[str]:
+    """Every option of the root parser and of each subparser, by dest."""
+    import argparse
+
+    parser = build_parser()
+    dests = set()
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for p in [parser, *[sp for a in subs for sp in a.choices.values()]]:
+        for a in p._actions:
+            if a.option_strings and not isinstance(
+                a, argparse._HelpAction | argparse._VersionAction
+            ):
+                dests.add(a.dest.removesuffix(o.SUB))
+    return dests
+
+
+def test_every_option_has_a_sample(tmp_path: Path) -> None:
+    assert _parser_dests() == set(_samples(tmp_path)) == {opt.dest for opt in o.OPTIONS}
+    assert set(CONFIG_OF) <= set(_samples(tmp_path))
+
+
+def _cases() -> list[tuple[str, str]]:
+    # An option that picks a root mode is not "given in" another root mode: it
+    # makes it its own (test_mode_conflicts_are_one_line has those pairs).
+    return [
+        (opt.dest, mode)
+        for opt in o.OPTIONS
+        for mode in o.MODES
+        if not (opt.dest in SELECTOR and mode in o.ROOT_MODES and SELECTOR[opt.dest] != mode)
+    ]
+
+
+def _parse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
+    """(namespace, "") or (None, the one error line)."""
+    try:
+        return o.parse(argv), ""
+    except SystemExit as exc:
+        err = capsys.readouterr().err
+        assert exc.code == 2, (argv, exc.code, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("flowtop: error: "), err
+        return None, lines[0]
+
+
+@pytest.mark.parametrize(("dest", "mode"), _cases(), ids=[f"{d}-{m}" for d, m in _cases()])
+def test_option_means_the_same_on_either_side_or_is_one_line(
+    dest: str, mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each option, each mode, before and after the subcommand: the same parsed
+    value and the same Config on both sides when it applies to the mode,
+    else one line naming the option and the mode, exit 2, on both sides."""
+    opt = next(x for x in o.OPTIONS if x.dest == dest)
+    words, want = _samples(tmp_path)[dest]
+    flag = [opt.flags[-1], *words]
+    if dest in SELECTOR and mode in o.ROOT_MODES:
+        argvs = [flag]
+    elif mode in o.COMMANDS:
+        argvs = [flag + BASE[mode], BASE[mode] + flag]
+    else:
+        argvs = [BASE[mode] + flag, flag + BASE[mode]]
+    results = [_parse(a, capsys) for a in argvs]
+    if mode in opt.modes:
+        spaces = [ns for ns, _err in results]
+        assert all(ns is not None for ns in spaces), results
+        assert all(vars(ns) == vars(spaces[0]) for ns in spaces), spaces  # either side the same
+        ns = spaces[0]
+        assert getattr(ns, dest) == want
+        assert opt.name in ns.given and ns.mode == mode  # type: ignore[attr-defined]
+        if dest in CONFIG_OF and mode in o.COLLECTING:
+            interval = ns.interval if mode == o.DUMP else ns.delay  # type: ignore[attr-defined]
+            cfg = _config(ns, interval)  # type: ignore[arg-type]
+            assert CONFIG_OF[dest](cfg), cfg
+            assert cfg != _config(o.parse(BASE[mode]), None)  # it changed something
+    else:
+        for ns, line in results:
+            assert ns is None
+            assert opt.flags[-1] in line and o.MODE_NAMES[mode] in line, line
+            assert "does not apply" in line or "do not go together" in line, line
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--export-only", "--replay", "x"], "--replay and --export-only do not go together"),
+        (["--replay", "x", "--export-only"], "--replay and --export-only do not go together"),
+        (["--replay", "x", "--record", "y"], "--record does not apply to --replay"),
+        (["--resolve", "--no-resolve"], "--resolve and --no-resolve contradict each other"),
+        (["--resolve", "dump", "--no-resolve"], "--resolve and --no-resolve contradict"),
+        (["--speed", "2"], "--speed does not apply to the live view (only to --replay)"),
+        (["-d", "2", "dump"], "-d/--delay does not apply to dump"),
+    ],
+)
+def test_mode_conflicts_are_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ns, line = _parse(argv, capsys)
+    assert ns is None and words in line, line
+
+
+def test_repeatable_options_collect_from_both_sides() -> None:
+    ns = o.parse(["-i", "va", "dump", "-i", "vb", "--interface", "vc"])
+    assert ns.interfaces == ["va", "vb", "vc"]
+    ns = o.parse(["--tc-priority", "3", "dump", "--tc-priority", "5"])
+    assert ns.tc_priority == 5  # as `dump --tc-priority 3 --tc-priority 5`: the last wins
+    assert o.parse(["dump"]).interfaces is None and o.parse(["dump"]).duration == 5.0
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ("bad = [", "Invalid value"),
+        ("[collector]\nbogus = 1\n", "unknown config key collector.bogus"),
+        ("[nosuch]\n", "unknown config section [nosuch]"),
+    ],
+)
+def test_config_before_or_after_dump_is_read(
+    tmp_path: Path, body: str, words: str, before: bool
+) -> None:
+    """`flowtop --config bad.toml dump` used to ignore the file (exit 0)."""
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    path.chmod(0o600)
+    args = ["--config", str(path), "dump"] if before else ["dump", "--config", str(path)]
+    assert_one_line_error(flowtop(*args), 2, words)
+
+
+def test_unresolvable_ipfix_collector_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name that does not resolve is one ConfigError at start; numeric
+    addresses are never looked up (no DNS here: getaddrinfo is replaced)."""
+    import socket
+
+    from flowtop.config import check_resolvable
+
+    asked: list[str] = []
+
+    def fake(host: str, port: int, *a: object, **kw: object) -> list[object]:
+        asked.append(host)
+        if host == "collector.example":
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("192.0.2.1", port))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    check_resolvable([("192.0.2.9", 4739), ("2001:db8::1", 4739)], "--ipfix")
+    check_resolvable([("collector.example", 4739)], "--ipfix")
+    assert asked == ["collector.example"]
+    with pytest.raises(ConfigError, match=r"--ipfix: cannot resolve 'nohost': Name or service"):
+        check_resolvable([("192.0.2.9", 4739), ("nohost", 4739)], "--ipfix")
+    with pytest.raises(ConfigError, match=r"--ipfix: cannot resolve 'nohost'"):
+        _config(o.parse(["--ipfix", "nohost:4739", "--export-only"]), None)
+
+
+SPY = r"""
+import json, signal, sys
+seen = {}
+
+class Spy:
+    # Notes, when a heavy module is first imported, what SIGINT would do there.
+    def find_spec(self, name, path=None, target=None):
+        if name in ("numpy", "pyroute2", "bcc", "textual", "flowtop.engine") and name not in seen:
+            h = signal.getsignal(signal.SIGINT)
+            seen[name] = type(getattr(h, "__self__", h)).__name__
+        return None
+
+sys.meta_path.insert(0, Spy())
+from flowtop.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps(seen))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize(
+    "mode", [["dump"], ["--export-only"], []], ids=["dump", "export-only", "live"]
+)
+def test_ctrl_c_is_a_flag_before_anything_heavy_is_imported(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    """The race behind a lost Ctrl-C: a SIGINT that arrives during the imports
+    as a KeyboardInterrupt can be raised inside importlib's weakref callback,
+    where Python drops it ("Exception ignored"). So by the time numpy,
+    pyroute2 or the engine are imported, SIGINT must already only set the
+    StopSignal flag. (A bad config stops the run right after the imports.)"""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nosuch]\n")
+    bad.chmod(0o600)
+    p = subprocess.run(
+        [sys.executable, "-c", SPY, *mode, "--config", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and "unknown config section [nosuch]" in p.stderr, p.stderr
+    seen = json.loads(p.stdout)
+    assert {"numpy", "pyroute2", "flowtop.engine"} <= set(seen), seen
+    assert set(seen.values()) == {"StopSignal"}, seen

@@ -171,9 +171,7 @@ class Feed:
             c[1] += segs
             c[2] += 1
             recs.append(
-                sample(
-                    C, srv, 40000 + i, 80, 1, srtt=rtt, retrans=c[0], segs=c[1], samples=c[2]
-                )
+                sample(C, srv, 40000 + i, 80, 1, srtt=rtt, retrans=c[0], segs=c[1], samples=c[2])
             )
         upd = join(self.t, np.concatenate(recs), self.now)
         self.h.update(upd, self.now / NS)
