@@ -135,7 +135,7 @@ class TcAttacher:
             return self.attached[ifindex]
         l3 = self._is_l3(ifindex, ifname)
         fds = {direction: self._prog_fd(direction, l3) for direction, _parent in HOOKS}
-        remove_stale(self._ipr, ifindex)
+        remove_stale_filters(self._ipr, ifindex)
         created = self._ensure_clsact(ifindex, ifname)
         att = Attachment(ifindex, ifname, created, l3=l3)
         self.attached[ifindex] = att
@@ -247,7 +247,7 @@ def _hook_has_filters(ipr: IPRoute, ifindex: int) -> bool:
     return False
 
 
-def remove_stale(ipr: IPRoute, ifindex: int, everyone: bool = False) -> int:
+def remove_stale_filters(ipr: IPRoute, ifindex: int, everyone: bool = False) -> int:
     """Remove flowtop filters whose owner is dead (all of them with everyone)."""
     removed = 0
     for f in list(list_flowtop_filters(ipr, ifindex)):
@@ -263,7 +263,7 @@ def detach_everywhere(everyone: bool = False) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            n = remove_stale(ipr, link["index"], everyone=everyone)
+            n = remove_stale_filters(ipr, link["index"], everyone=everyone)
             if n:
                 out.append((link.get_attr("IFLA_IFNAME"), n))
     return out

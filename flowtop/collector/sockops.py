@@ -445,7 +445,7 @@ def netns_cookie() -> int:
     return value
 
 
-def remove_stale(cgroup: str | None = None, everyone: bool = False) -> list[str]:
+def remove_stale_programs(cgroup: str | None = None, everyone: bool = False) -> list[str]:
     """Detach flowtop sock_ops programs whose owner is gone (with everyone:
     every flowtop sock_ops program but this process's live ones). Returns
     what was removed, one "name (id N) from PATH" each."""
@@ -593,7 +593,7 @@ class SockOpsTracker:
             f"-DFT_PER_ACK={int(self.per_ack)}",
         ]
         try:
-            self.removed_stale = remove_stale(cgroup)
+            self.removed_stale = remove_stale_programs(cgroup)
             with _quiet_stderr():
                 self._bpf = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
             fn = self._bpf.load_func(self.prog_name.encode(), bcc.BPF.SOCK_OPS)

@@ -38,7 +38,7 @@ from flowtop.collector.sockops import (
     SockOpsTracker,
     find_cgroup2,
     netns_cookie,
-    remove_stale,
+    remove_stale_programs,
 )
 from flowtop.errors import ConfigError, KernelFeatureError
 
@@ -593,13 +593,13 @@ def test_detach_and_stale_programs() -> None:
         names = {p["name"] for p in bpftool_sock_ops(cgroup)}
         assert f"ftsops_{os.getpid()}" not in names
         assert {"foreign_sockops", f"ftsops_{live.pid}"} <= names
-        assert not any(f"ftsops_{live.pid} " in r for r in remove_stale(cgroup))
+        assert not any(f"ftsops_{live.pid} " in r for r in remove_stale_programs(cgroup))
     finally:
         for p in (live, dead, sleeper):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(timeout=10)
-        remove_stale(cgroup)  # the children's programs, now stale
+        remove_stale_programs(cgroup)  # the children's programs, now stale
         for b in (foreign, impostor):
             if b is not None:
                 with contextlib.suppress(Exception):
