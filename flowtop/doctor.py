@@ -147,6 +147,21 @@ def check_clsact() -> Iterator[Result]:
         yield ok("clsact", ", ".join(CLSACT_CONFIG) + " set")
 
 
+def check_attach() -> Iterator[Result]:
+    """Which attachment `--attach auto` (the default) will use, and why."""
+    from flowtop.collector.tcx import tcx_links, tcx_supported
+
+    has_tcx, why = tcx_supported()
+    if has_tcx:
+        yield ok("attach", f"auto uses TCX links ({why}); --attach tc for clsact")
+        held = tcx_links()
+        if held:
+            names = ", ".join(sorted({f"{f.ifname} {f.direction}" for f in held}))
+            yield ok("tcx links", f"{len(held)} flowtop TCX link(s) held now: {names}")
+    else:
+        yield ok("attach", f"auto uses clsact with cls_bpf filters ({why})")
+
+
 def _headers_release(build: Path) -> str:
     """The kernel release a headers tree was built for, from utsrelease.h or its name."""
     try:
@@ -303,6 +318,7 @@ CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_privileges,
     check_kernel,
     check_clsact,
+    check_attach,
     check_headers,
     check_bcc_import,
     check_bcc_compile,

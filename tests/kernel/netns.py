@@ -616,8 +616,31 @@ def tc_filters(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def tcx_programs(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:
+    """flowtop's TCX links on `hook`, in run order: [{'prog', 'holders'}]
+    (prog: the program's name as the kernel keeps it, 15 characters)."""
+    from flowtop.collector import tcx
+
+    with entered(ns.name):
+        found = tcx.tcx_links()
+    return [
+        {"prog": f.prog_name, "holders": f.holders}
+        for f in found
+        if f.ifname == ifname and f.direction == hook
+    ]
+
+
 def flowtop_filters(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:
-    return [f for f in tc_filters(ns, ifname, hook) if f["name"].startswith("flowtop_")]
+    """flowtop's attachments on `hook`, whichever the mode: its clsact filters
+    ({'pref', 'kind': 'bpf', 'name': flowtop_<hook>_<pid>}) and, for each
+    process holding one of its TCX links, {'pref': 0, 'kind': 'tcx', 'name':
+    flowtop_<hook>_<holder pid>}, so that "attached by this run" and "nothing
+    left" read the same in both modes."""
+    out = [f for f in tc_filters(ns, ifname, hook) if f["name"].startswith("flowtop_")]
+    for link in tcx_programs(ns, ifname, hook):
+        holders = link["holders"] or (0,)  # 0: held by nobody visible (pinned)
+        out += [{"pref": 0, "kind": "tcx", "name": f"flowtop_{hook}_{pid}"} for pid in holders]
+    return out
 
 
 def foreign_filters(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:

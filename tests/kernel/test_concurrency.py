@@ -139,7 +139,10 @@ def test_offloaded_vlan_tags_on_egress(quiet_pair: Pair, tags: tuple[int, int | 
         (ra, rb), _ = run_dumps(
             [(p.a, ["va"]), (p.b, ["vb"])],
             lambda: fr.send_frames(p.a, "va", sent, repeat=2),
-            extra_args=["--tc-priority", "5"],
+            # The pusher is a clsact filter at prio 1: flowtop must run after it,
+            # which only clsact priorities can say (a TCX program runs before
+            # every clsact filter).
+            extra_args=["--attach", "tc", "--tc-priority", "5"],
         )
     finally:
         pusher.close()

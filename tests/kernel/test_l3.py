@@ -51,7 +51,7 @@ from . import netns
 from .dump import DumpResult, run_dump
 from .expect import TcpServer, udp_sink
 from .frames import Key
-from .netns import Netns, entered
+from .netns import Netns, entered, tcx_programs
 
 pytestmark = pytest.mark.kernel
 
@@ -194,9 +194,11 @@ def _ingress_packets(i: int) -> list[bytes]:
 
 
 def _prog_names(ns: Netns, dev: str) -> list[str]:
-    """Names of the BPF programs on the device's clsact hooks (ingress, egress)."""
+    """Names of flowtop's BPF programs on the device's hooks (ingress, egress):
+    TCX links, and clsact filters."""
     names = []
     for hook in ("ingress", "egress"):
+        names += [str(link["prog"]) for link in tcx_programs(ns, dev, hook)]
         out = ns.tc("-j", "filter", "show", "dev", dev, hook).stdout
         for ent in json.loads(out or "[]"):
             prog = (ent.get("options") or {}).get("prog") or {}

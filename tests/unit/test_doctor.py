@@ -41,8 +41,10 @@ def test_every_line_is_well_formed_and_flowtop_can_run_here() -> None:
             assert " -> fix: " in line, line
     assert not [line for line in lines if line.startswith("FAIL")], lines
     assert code == 0
-    for name in ("privileges", "kernel", "bpf program types", "clsact", "kernel headers"):
+    for name in ("privileges", "kernel", "bpf program types", "clsact", "attach", "kernel headers"):
         assert name in checks, lines
+    # This machine kind runs 6.18: auto must choose TCX (clsact is the fallback).
+    assert "uses TCX links" in checks["attach"], checks["attach"]
     for name in ("bcc import", "bcc compile", "bpffs", "tracefs", "cgroup v2"):
         assert name in checks, lines
 
