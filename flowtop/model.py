@@ -102,6 +102,8 @@ class FlowRecord:
     rtt_source: str | None = None  # "sockops" or "passive"
     retransmits: int | None = None
     rto: int | None = None
+    # Top MPLS label of the flow's last packet (20 bits), None: it had none
+    mpls_label: int | None = None
     # Enricher entity ids of the two ends, -1: not looked up
     src_ent: int = -1
     dst_ent: int = -1
@@ -118,34 +120,62 @@ class InterfaceCounters:
     tx_bytes: int
 
 
+# The counters of CollectorHealth.as_dict() that mean lost or unattributed
+# traffic, or a failed part, on flowtop's side (CollectorHealth.problems adds
+# them up; the live view's header names the ones that are not 0).
+PROBLEM_COUNTERS = (
+    "flow_map_full",
+    "iface_map_full",
+    "no_flow_map",
+    "ipv6_ext_limit",
+    "mpls_limit",
+    "net_seek_limit",
+    "tcp_conn_map_full",
+    "tcp_conn_evicted",
+    "sockops_conn_map_full",
+    "sockops_closed_map_full",
+    "forced_evictions",
+    "drain_errors",
+    "attach_errors",
+    "enrich_errors",
+    "output_errors",
+    "record_errors",
+    "resolve_errors",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class CollectorHealth:
-    """Everything counted but not in a flow: a number we lost is a number we show."""
+    """Everything counted but not in a flow: a number we lost is a number we show.
+
+    problems adds up what means lost or unattributed traffic on flowtop's side
+    (full maps, evictions, errors, header chains longer than the kernel walks);
+    traffic that is itself broken or not IP (truncated, malformed, non_ip) and
+    informational counts (no_ports, tcp_conn_new, ...) are not problems."""
 
     kernel: dict[str, int] = field(default_factory=dict)
     forced_evictions: int = 0
     drain_errors: int = 0
     attach_errors: int = 0
+    # Failures of the parts beside the flow path: flowtop.engine.Failures counts
+    # the first three, the reverse DNS resolver its own
+    enrich_errors: int = 0
+    output_errors: int = 0
+    record_errors: int = 0
+    resolve_errors: int = 0
 
     @property
     def problems(self) -> int:
-        k = self.kernel
-        return (
-            k.get("flow_map_full", 0)
-            + k.get("iface_map_full", 0)
-            + k.get("no_flow_map", 0)
-            + k.get("tcp_conn_map_full", 0)
-            + k.get("tcp_conn_evicted", 0)
-            + k.get("sockops_conn_map_full", 0)
-            + k.get("sockops_closed_map_full", 0)
-            + self.forced_evictions
-            + self.drain_errors
-            + self.attach_errors
-        )
+        d = self.as_dict()
+        return sum(d.get(name, 0) for name in PROBLEM_COUNTERS)
 
     def as_dict(self) -> dict[str, int]:
         d = dict(self.kernel)
         d["forced_evictions"] = self.forced_evictions
         d["drain_errors"] = self.drain_errors
         d["attach_errors"] = self.attach_errors
+        d["enrich_errors"] = self.enrich_errors
+        d["output_errors"] = self.output_errors
+        d["record_errors"] = self.record_errors
+        d["resolve_errors"] = self.resolve_errors
         return d

@@ -6,25 +6,15 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
+from flowtop.model import PROBLEM_COUNTERS
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
 from flowtop.view import Snapshot
 
-# Counters that mean lost or uncounted traffic (CollectorHealth.problems adds these up).
-PROBLEMS = (
-    "flow_map_full",
-    "iface_map_full",
-    "no_flow_map",
-    "tcp_conn_map_full",
-    "tcp_conn_evicted",
-    "sockops_conn_map_full",
-    "sockops_closed_map_full",
-    "lost_packets",
-    "forced_evictions",
-    "drain_errors",
-    "attach_errors",
-)
+# What the header names when it is not 0: the problems, and the packets the
+# full flow maps lost (a count of packets, not of events: not in problems).
+PROBLEMS = (*PROBLEM_COUNTERS, "lost_packets")
 
 
 class StatusHeader(Widget):
