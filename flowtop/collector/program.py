@@ -338,20 +338,19 @@ class TcProgram:
         try:
             with _quiet_stderr():
                 self.bpf = bcc.BPF(src_file=str(src).encode(), cflags=options.cflags())
-            # Devices with an Ethernet header, and without one (l3: tun,
-            # WireGuard, PPP, IP tunnels); the attacher picks per device. The
-            # kernel keeps 15 characters of a name: these four stay distinct.
+            # Devices with an Ethernet header; the pair for devices without
+            # one (l3: tun, WireGuard, PPP, IP tunnels) is verified and loaded
+            # when the first such device is attached (fd()): each load is a
+            # verifier pass of a few hundred ms. The kernel keeps 15
+            # characters of a name: the four stay distinct.
             self.ingress = self.bpf.load_func(b"flowtop_ingress", bcc.BPF.SCHED_CLS)
             self.egress = self.bpf.load_func(b"flowtop_egress", bcc.BPF.SCHED_CLS)
-            self.ingress_l3 = self.bpf.load_func(b"flowtop_l3_ingress", bcc.BPF.SCHED_CLS)
-            self.egress_l3 = self.bpf.load_func(b"flowtop_l3_egress", bcc.BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exception for compile/load failures
             raise KernelFeatureError(f"cannot compile or load the TC program: {exc}") from None
+        self._sched_cls = bcc.BPF.SCHED_CLS
         self._fds: dict[tuple[str, bool], int] = {
             ("ingress", False): self.ingress.fd,
             ("egress", False): self.egress.fd,
-            ("ingress", True): self.ingress_l3.fd,
-            ("egress", True): self.egress_l3.fd,
         }
         self._lib = bcc.libbcc.lib
         self._gen = _Generations(self._lib, self.bpf)
@@ -376,13 +375,26 @@ class TcProgram:
         """The program fd for a hook ("ingress"/"egress") of a device with an
         Ethernet header (l3=False) or without one (l3=True, devices.is_l3):
         what an attacher (attach.TcAttacher, tcx.TcxAttacher) attaches."""
+        if direction not in layout.DIRECTIONS:
+            raise ValueError(f"no TC program for direction {direction!r}")
+        if (direction, l3) not in self._fds:
+            self._load_l3()
+        return self._fds[(direction, l3)]
+
+    def _load_l3(self) -> None:
         try:
-            return self._fds[(direction, l3)]
-        except KeyError:
-            raise ValueError(f"no TC program for direction {direction!r}") from None
+            with _quiet_stderr():
+                ingress = self.bpf.load_func(b"flowtop_l3_ingress", self._sched_cls)
+                egress = self.bpf.load_func(b"flowtop_l3_egress", self._sched_cls)
+        except Exception as exc:
+            raise KernelFeatureError(f"cannot load the TC program for L3 devices: {exc}") from None
+        self._fds[("ingress", True)] = ingress.fd
+        self._fds[("egress", True)] = egress.fd
 
     def prog_fds(self) -> dict[tuple[str, bool], int]:
-        """{(direction, l3): fd} of the four programs (see fd())."""
+        """{(direction, l3): fd} of the four programs (see fd()), all loaded."""
+        if ("ingress", True) not in self._fds:
+            self._load_l3()
         return dict(self._fds)
 
     def drain_flows(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -123,6 +123,7 @@ def test_all_four_programs_load(passive_rtt: bool) -> None:
             ("ingress", True),
         ]
         assert len(set(fds.values())) == 4
-        assert p.fd("ingress", True) == p.ingress_l3.fd and p.fd("egress", False) == p.egress.fd
+        assert p.fd("ingress", True) == fds[("ingress", True)]
+        assert p.fd("egress", False) == p.egress.fd
     finally:
         p.close()
