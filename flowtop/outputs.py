@@ -107,11 +107,11 @@ class Outputs:
         self.metrics.add_tcp(engine.last_tcp)
         exporter: dict[str, int] = {}
         if self.ipfix is not None:
-            st = self.ipfix.stats()
+            st = self.ipfix.stats()  # totals over the collectors
             exporter = {
                 "records_sent": st.records_sent,
                 "records_not_sent": st.not_sent_flows,
-                "errors": st.send_errors + st.connect_errors,
+                "errors": st.send_errors + st.connect_errors + st.internal_errors,
             }
         self.metrics.publish(
             engine.collector.names(),

@@ -202,3 +202,34 @@ def test_ipv6_collector() -> None:
         exp.close(5)
         raw = [sock.recv(65535) for _ in range(exp.stats().messages_sent)]
     check(b, decode_all(raw)[1])
+
+
+def test_a_sender_bug_costs_only_its_batch() -> None:
+    """An unexpected exception in the sender thread (here: the encoder, on the
+    first batch) is counted, that batch is counted as not sent, and the
+    batches after it are still delivered: the export goes on."""
+    bad, good = many(50), many(3000, v6_every=3)
+    with UdpCollector() as col:
+        exp = IpfixExporter([("127.0.0.1", col.port)], options_interval=None, start=False)
+        (link,) = exp._links
+        encode, calls = link._encode, []
+
+        def flaky(batch):  # type: ignore[no-untyped-def]
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return encode(batch)
+
+        link._encode = flaky
+        exp.flows_ended(bad)
+        exp.start()
+        assert exp.flush(10)
+        exp.flows_ended(good)
+        assert exp.flush(10)
+        raw = col.wait_flows(3000, timeout=10)
+        exp.close(5)
+    check(good, decode_all(raw)[1])
+    st = exp.stats()
+    assert st.internal_errors == 1 and st.not_sent_flows == 50, st
+    assert st.records_sent == 3000
+    assert "boom" in st.collectors[0].last_error

@@ -42,6 +42,7 @@ class ExporterStats:
     send_errors: int
     connect_errors: int
     dropped_batches: int
+    internal_errors: int
     collectors: tuple[CollectorStats, ...]
 
     @staticmethod

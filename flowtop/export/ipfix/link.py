@@ -12,6 +12,7 @@ records (RFC 7011 §4.3).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 import time
@@ -26,6 +27,8 @@ from flowtop.export.ipfix.records import EncodedRecords
 from flowtop.export.ipfix.template import EXPORTER_RELIABILITY
 from flowtop.export.ipfix.transport import PeerClosed, Transport
 from flowtop.flowtable import FlowBatch
+
+log = logging.getLogger("flowtop.ipfix")
 
 Encoder = Callable[[FlowBatch], tuple[list[EncodedRecords], np.ndarray]]
 _FINAL_OPTIONS_TIMEOUT = 0.5
@@ -51,6 +54,7 @@ class CollectorStats:
     send_errors: int = 0
     connect_errors: int = 0
     connects: int = 0
+    internal_errors: int = 0  # unexpected failures of the sender (a bug): survived, counted
     first_drop_ms: int = 0  # unix ms of the first / last flow not sent; 0 if none
     last_drop_ms: int = 0
     last_error: str = ""
@@ -99,6 +103,7 @@ class CollectorLink:
         self._retry_at = 0.0
         now = time.monotonic()
         self._next_options = math.inf if options_interval is None else now + options_interval
+        self._inflight: FlowBatch | None = None  # taken from the queue, not yet encoded
         self._thread = threading.Thread(
             target=self._run, name=f"ipfix-{stats.collector[0]}:{stats.collector[1]}", daemon=True
         )
@@ -174,10 +179,39 @@ class CollectorLink:
 
     def _run(self) -> None:
         try:
-            while self._step():
-                pass
+            while True:
+                try:
+                    if not self._step():
+                        break
+                except Exception as exc:  # a bug must not stop the export for good
+                    self._failed(exc)
         finally:
             self._finish()
+
+    def _failed(self, exc: Exception) -> None:
+        """An unexpected error in a step: what it was working on is counted as
+        not sent, the error is counted (and logged the first time), and the
+        sender goes on after a pause, so one bad batch costs only itself."""
+        with self._cond:
+            batch, self._inflight = self._inflight, None
+            if batch is not None:
+                self._lost(len(batch), int(batch.packets.sum()), int(batch.bytes.sum()))
+                self._resolved(len(batch))
+            for e in self._pending:
+                self._lost(len(e), int(e.packets.sum()), int(e.octets.sum()))
+                self._resolved(len(e))
+            self._pending.clear()
+            first = self._stats.internal_errors == 0
+            self._bump(internal_errors=1)
+            self._stats = replace(self._stats, last_error=f"{type(exc).__name__}: {exc}")
+        if first:
+            log.error(
+                "IPFIX to %s:%d: internal error %s: %s (counted; the export goes on)",
+                *self._stats.collector,
+                type(exc).__name__,
+                exc,
+            )
+        time.sleep(self._backoff_min)
 
     def _step(self) -> bool:
         """One unit of work: connect, an options record, or one block of records."""
@@ -198,14 +232,16 @@ class CollectorLink:
                 wake = min(self._retry_at if work else math.inf, self._next_options, self._deadline)
                 self._cond.wait(None if wake == math.inf else max(0.0, wake - now))
             if not self._pending and self._queue:
-                batch = self._queue.popleft()
+                batch = self._inflight = self._queue.popleft()
         if not self._ensure_open():
             if batch is not None:
                 with self._cond:
                     self._queue.appendleft(batch)
+                    self._inflight = None
             return True
         if batch is not None:
             encoded, other = self._encode(batch)
+            self._inflight = None
             self._pending.extend(e for e in encoded if len(e))
             if len(other):
                 with self._cond:
