@@ -35,9 +35,12 @@ from flowtop import __version__
 from flowtop.cli import build_parser
 from tests.kernel import netns
 from tests.kernel.dump import READY_MARK, DumpResult
+from tests.tui import test_e2e_tmux
 from tests.tui.test_e2e_tmux import Tmux
 
 ROOT = Path(__file__).resolve().parents[2]
+# The same quiet A <-> B pair fixture as the tmux end-to-end tests.
+quiet_pair = test_e2e_tmux.quiet_pair
 PREFIX = "/opt/flowtop"  # scripts/install.sh's defaults
 BINDIR = "/usr/local/bin"
 DATADIR = "/usr/local/share"
@@ -378,17 +381,6 @@ def test_zsh_finds_the_completion_in_site_functions(installed: Install) -> None:
 # --------------------------------------------------------------------------- #
 # the installed flowtop at work
 # --------------------------------------------------------------------------- #
-
-
-@pytest.fixture
-def quiet_pair() -> Iterator[netns.Pair]:
-    """A <-> B over va/vb, IPv4 only, ARP off: nothing crosses but what the test sends."""
-    netns.cleanup_stale(own_pid=None)
-    p = netns.make_pair(ipv6=False)
-    try:
-        yield p
-    finally:
-        p.delete()
 
 
 class CleanTmux(Tmux):
