@@ -37,7 +37,7 @@ TARGET_SPEEDUP = 5.0
 
 
 def synthetic(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    from flowtop.collector import layout
+    from flowtop.kernel import layout
 
     rng = np.random.default_rng(seed)
     keys = np.zeros(n, dtype=layout.FLOW_KEY)
@@ -116,8 +116,8 @@ def naive_pass(table: Any, flows: dict[tuple, list[int]]) -> int:
 
 def main() -> int:
     C.require_root()
-    from flowtop.collector.program import ProgramOptions, TcProgram
-    from flowtop.flowtable import FlowTable
+    from flowtop.core.flowtable import FlowTable
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     keys, stats = synthetic(N)
     assert len(np.unique(keys.view(np.dtype((np.void, 48))))) == N

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from flowtop.core.flowtable import FlowBatch  # noqa: E402
 from flowtop.export.ipfix import IpfixExporter  # noqa: E402
 from flowtop.export.ipfix.message import Session  # noqa: E402
 from flowtop.export.ipfix.records import EncodedRecords, split_by_version  # noqa: E402
@@ -40,7 +41,6 @@ from flowtop.export.ipfix.template import (  # noqa: E402
     IPV6_FLOW,
     Template,
 )
-from flowtop.flowtable import FlowBatch  # noqa: E402
 from tests.export.flows import many  # noqa: E402
 
 N = 100_000

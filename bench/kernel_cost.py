@@ -176,7 +176,7 @@ class Hooks:
         self.mode = mode
 
     def _clsact(self) -> None:
-        from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
+        from flowtop.kernel.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
 
         self.attacher = TcAttacher(self.prog.ingress.fd, self.prog.egress.fd, priority=2)
         self.attacher.attach(self.ifindex, self.p.vb)
@@ -186,7 +186,7 @@ class Hooks:
                 attach_empty(self.ipr, self.ifindex, self.efd[name], parent, prio, f"ftb_{name}")
 
     def _tcx(self) -> None:
-        from flowtop.collector import tcx
+        from flowtop.kernel import tcx
 
         self.attacher = tcx.TcxAttacher(
             {("ingress", False): self.prog.ingress.fd, ("egress", False): self.prog.egress.fd}
@@ -230,7 +230,7 @@ class Hooks:
 
 def modes_available() -> tuple[tuple[str, ...], str]:
     """The attachments this kernel has, and a note when TCX is missing."""
-    from flowtop.collector.tcx import tcx_supported
+    from flowtop.kernel.tcx import tcx_supported
 
     ok, why = tcx_supported()
     return (("clsact", "tcx"), "") if ok else (("clsact",), f"TCX not measured: {why}")
@@ -430,7 +430,7 @@ def main() -> int:
     C.require_root()
     import bcc
 
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     modes, note = modes_available()
     procs: list[subprocess.Popen[Any]] = []

@@ -42,7 +42,7 @@ def status() -> dict[str, int]:
 def batch(start: int, n: int):
     import numpy as np
 
-    from flowtop.collector import layout
+    from flowtop.kernel import layout
 
     idx = np.arange(start, start + n, dtype=np.uint32)
     keys = np.zeros(n, dtype=layout.FLOW_KEY)
@@ -72,7 +72,7 @@ def batch(start: int, n: int):
 def child(n: int) -> None:
     import numpy as np  # noqa: F401  (imported before the baseline)
 
-    from flowtop.flowtable import FlowTable
+    from flowtop.core.flowtable import FlowTable
 
     k, s = batch(0, 16)  # warm numpy/flowtop code paths before the baseline
     FlowTable(max_flows=16).merge(k, s, 1.0)

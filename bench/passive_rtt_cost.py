@@ -51,7 +51,7 @@ NAMES = ("on_in", "on_eg", "off_in", "off_eg", "empty_in", "empty_eg")
 
 def attach(ipr: Any, ifindex: int, fds: dict[str, int], on_first: bool) -> None:
     """(Re)creates vb's clsact with both builds and the empty program last."""
-    from flowtop.collector.attach import PARENT_EGRESS, PARENT_INGRESS
+    from flowtop.kernel.attach import PARENT_EGRESS, PARENT_INGRESS
 
     with contextlib.suppress(Exception):
         ipr.tc("del", "clsact", ifindex)
@@ -86,7 +86,7 @@ def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
     import bcc
     from pyroute2 import IPRoute
 
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     out: dict[str, list[dict[str, Any]]] = {}
     on = TcProgram(ProgramOptions(passive_rtt=True))
@@ -217,7 +217,7 @@ def report_kernel(label: str, rounds: list[dict[str, Any]]) -> float:
 def fill(prog: Any, n: int, closed: bool) -> None:
     """n synthetic IPv4 connections in the connection map, data both ways,
     RTT known; closed ones have FIN both ways."""
-    from flowtop.collector import layout
+    from flowtop.kernel import layout
 
     idx = np.arange(n, dtype=np.uint32)
     keys = np.zeros(n, dtype=layout.TCP_CONN_KEY)
@@ -261,7 +261,7 @@ def fill(prog: Any, n: int, closed: bool) -> None:
 
 
 def user_part() -> list[tuple[int, float, float]]:
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     prog = TcProgram(ProgramOptions(tcp_conn_map_size=65536))
     out = []

@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
-from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
 
 SIZES = (1_000, 100_000)
 SCRAPES = 20

@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flowtop.collector import layout
-from flowtop.filterexpr import parse
-from flowtop.flowtable import FlowTable
-from flowtop.view import ViewQuery, query_table
+from flowtop.core.flowtable import FlowTable
+from flowtop.kernel import layout
+from flowtop.query.filterexpr import parse
+from flowtop.query.view import ViewQuery, query_table
 
 SIZES = (1_000, 10_000, 100_000)
 RUNS = 15

@@ -3,7 +3,7 @@
  * Structures shared by the kernel programs and flowtop's userspace decoder.
  *
  * This header is the source of truth for the map layouts. The Python side
- * (flowtop/collector/layout.py) mirrors it with numpy dtypes, and
+ * (flowtop/kernel/layout.py) mirrors it with numpy dtypes, and
  * tests/kernel/test_layout.py checks the two byte for byte against the types
  * bcc builds from this file. Every struct is padded explicitly so that the
  * layout does not depend on the compiler.

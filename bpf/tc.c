@@ -6,10 +6,10 @@
  * calling handle_packet() with the direction and the device kind as
  * compile-time constants, so the Ethernet programs carry no L3-device code.
  * Userspace picks the pair per interface from its device type
- * (flowtop/collector/devices.py). Flows are aggregated here, per collection
+ * (flowtop/kernel/devices.py). Flows are aggregated here, per collection
  * interval, and drained by userspace in batches; nothing is sent per packet.
  *
- * Build-time options come as -D cflags from flowtop/collector/program.py:
+ * Build-time options come as -D cflags from flowtop/kernel/program.py:
  *   FT_FLOW_MAP_SIZE   entries of each interval flow map
  *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
  *   FT_IFACE_SLOTS     ifindexes below this use the interface counter array

@@ -124,15 +124,15 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
     if args.mode == o.DUMP:
         if args.duration <= 0:
             raise ConfigError("--duration must be positive")
-        from flowtop.commands import run_dump
+        from flowtop.run.commands import run_dump
 
         return run_dump(_config(args, args.interval), args.duration, args.json, stop)
     if args.mode == o.EXPORT:
-        from flowtop.service import run_export_only
+        from flowtop.run.service import run_export_only
 
         cfg = _config(args, args.delay)
         return run_export_only(cfg, reload=lambda: _config(args, args.delay), stop=stop)
-    from flowtop.commands import run_live
+    from flowtop.run.commands import run_live
 
     if args.mode == o.REPLAY:
         if args.speed <= 0:
@@ -155,14 +155,14 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
 
 def _detach(everyone: bool) -> int:
     """Stale (with everyone: all) flowtop clsact filters, TCX links and sock_ops programs."""
-    from flowtop.collector.attach import detach_everywhere
+    from flowtop.kernel.attach import detach_everywhere
 
     if os.geteuid() != 0:
         from flowtop.errors import NotRootError
 
         raise NotRootError("flowtop detach needs root (or CAP_NET_ADMIN)")
-    from flowtop.collector.sockops import remove_stale_programs
-    from flowtop.collector.tcx import remove_links
+    from flowtop.kernel.sockops import remove_stale_programs
+    from flowtop.kernel.tcx import remove_links
 
     removed = detach_everywhere(everyone=everyone)
     for name, n in removed:

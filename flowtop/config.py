@@ -30,7 +30,7 @@ ATTACH_MODES = ("auto", "tcx", "tc")
 class CollectorConfig:
     interfaces: tuple[str, ...] = ()
     interval: float = 1.0
-    attach: str = "auto"  # "auto", "tcx" or "tc" (collector/tcx.py resolves auto)
+    attach: str = "auto"  # "auto", "tcx" or "tc" (kernel/tcx.py resolves auto)
     tc_priority: int = 1
     max_flows: int = 262144
     map_size: int = DEFAULT_MAP_SIZE

@@ -149,7 +149,7 @@ def check_clsact() -> Iterator[Result]:
 
 def check_attach() -> Iterator[Result]:
     """Which attachment `--attach auto` (the default) will use, and why."""
-    from flowtop.collector.tcx import tcx_links, tcx_supported
+    from flowtop.kernel.tcx import tcx_links, tcx_supported
 
     has_tcx, why = tcx_supported()
     if has_tcx:

@@ -30,10 +30,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from flowtop import __version__
-from flowtop.collector.collector import Drain
+from flowtop.core.model import CollectorHealth, InterfaceCounters, proto_name
+from flowtop.core.tcphealth import DEGRADED, HEALTHY, HealthGroup, TcpUpdate
 from flowtop.errors import ConfigError
-from flowtop.model import CollectorHealth, InterfaceCounters, proto_name
-from flowtop.tcphealth import DEGRADED, HEALTHY, HealthGroup, TcpUpdate
+from flowtop.kernel.collector import Drain
 
 OTHER = ("other", "other", "other")
 # Kernel counters exported as totals, with what they count.

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from flowtop.errors import ConfigError, FlowtopError
+from flowtop.query.view import Snapshot, ViewQuery, ViewSource
 from flowtop.tui import themes
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
@@ -29,7 +30,6 @@ from flowtop.tui.messages import NamesResolved, SnapshotReady
 from flowtop.tui.screens.detail import DetailScreen
 from flowtop.tui.screens.help import HelpScreen
 from flowtop.tui.screens.main import MainScreen
-from flowtop.view import Snapshot, ViewQuery, ViewSource
 
 MIN_LIMIT = 50  # rows asked of the engine: a screenful and some
 

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from flowtop.query.view import ViewRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
-from flowtop.view import ViewRow
 
 Names = Callable[[str], str | None]  # address -> resolved (clean) name or None
 GAP = 1  # blank cells between two columns (the table has no cell padding)
@@ -26,7 +26,7 @@ class Column:
     key: str
     label: str
     width: int  # minimum width
-    sort: str | None  # flowtop.view.SORT_KEYS entry, None when not sortable
+    sort: str | None  # flowtop.query.view.SORT_KEYS entry, None when not sortable
     numeric: bool = False
     grow: int = 0  # extra width it may take when there is room
 

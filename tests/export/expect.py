@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flowtop.flowtable import FlowBatch
-from flowtop.model import Direction, FlowRecord
+from flowtop.core.flowtable import FlowBatch
+from flowtop.core.model import Direction, FlowRecord
 
 TIMES = (152, 153)  # compared to within 1 ms (float seconds in FlowRecord)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.flowtable import NS, FlowBatch
-from flowtop.model import EndReason
+from flowtop.core.flowtable import NS, FlowBatch
+from flowtop.core.model import EndReason
+from flowtop.kernel import layout
 
 # CLOCK_MONOTONIC 1000 s + offset = 2024-01-02 03:04:05 UTC
 OFFSET = 1_704_164_645.0 - 1000.0

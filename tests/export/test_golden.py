@@ -6,10 +6,10 @@ Export time 2024-01-02 03:04:05 UTC = 0x65937d25; flows start at
 
 from __future__ import annotations
 
+from flowtop.core.model import EndReason
 from flowtop.export.ipfix.message import Message, Session
 from flowtop.export.ipfix.records import split_by_version
 from flowtop.export.ipfix.template import EXPORTER_RELIABILITY, IPV4_FLOW, IPV6_FLOW
-from flowtop.model import EndReason
 
 from .flows import Flow, batch
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flowtop.core.flowtable import _BATCH_FIELDS, FlowBatch
+from flowtop.core.model import Direction, FlowRecord
 from flowtop.export.ipfix import IpfixExporter
-from flowtop.flowtable import _BATCH_FIELDS, FlowBatch
-from flowtop.model import Direction, FlowRecord
 
 from . import pcap
 from .collectors import UdpCollector, free_port
@@ -258,7 +258,7 @@ def test_nfcapd_nfdump_read_what_we_send(tmp_path: Path) -> None:
 def test_tshark_decodes_bgp_as_numbers_from_enrichment(tmp_path: Path) -> None:
     """With an ASN database the templates carry bgpSource/DestinationAsNumber,
     filled from the records' enrichment columns (0 where unknown)."""
-    from flowtop.flowtable import empty_ext
+    from flowtop.core.flowtable import empty_ext
 
     b = many(50, v6_every=5, seed=11)
     ext = empty_ext(len(b))

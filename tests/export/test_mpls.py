@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
+from flowtop.core.flowtable import _BATCH_FIELDS, FlowBatch
 from flowtop.export.ipfix.records import split_by_version
 from flowtop.export.ipfix.template import (
     IPV4_FLOW,
     IPV6_FLOW,
     flow_template,
 )
-from flowtop.flowtable import _BATCH_FIELDS, FlowBatch
+from flowtop.kernel import layout
 
 from . import pcap
 from .decode import Decoder, fields

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowtop.collector.attach import pid_alive
+from flowtop.kernel.attach import pid_alive
 
 PREFIX = "ftt-"
 NETNS_DIR = "/run/netns"
@@ -619,7 +619,7 @@ def tc_filters(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:
 def tcx_programs(ns: Netns, ifname: str, hook: str) -> list[dict[str, Any]]:
     """flowtop's TCX links on `hook`, in run order: [{'prog', 'holders'}]
     (prog: the program's name as the kernel keeps it, 15 characters)."""
-    from flowtop.collector import tcx
+    from flowtop.kernel import tcx
 
     with entered(ns.name):
         found = tcx.tcx_links()

@@ -27,9 +27,9 @@ import time
 
 
 def main() -> int:
-    from flowtop.collector import layout
-    from flowtop.collector.program import ProgramOptions, TcProgram
-    from flowtop.collector.tcx import TcxAttacher
+    from flowtop.kernel import layout
+    from flowtop.kernel.program import ProgramOptions, TcProgram
+    from flowtop.kernel.tcx import TcxAttacher
 
     ifname = sys.argv[1]
     ifindex = socket.if_nametoindex(ifname)

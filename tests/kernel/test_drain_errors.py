@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from flowtop.config import CollectorConfig, EnrichConfig
-from flowtop.dump import FlowAccumulator
-from flowtop.engine import MAX_DRAIN_FAILURES, Engine
+from flowtop.core.engine import MAX_DRAIN_FAILURES, Engine
 from flowtop.errors import CollectorFailedError
-from flowtop.sources import LiveSource, build_engine
-from flowtop.view import ViewQuery
+from flowtop.query.view import ViewQuery
+from flowtop.run.dump import FlowAccumulator
+from flowtop.run.sources import LiveSource, build_engine
 
 from .expect import drain, udp_client, udp_sink
 from .netns import Pair, entered

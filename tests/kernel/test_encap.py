@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import pytest
 from scapy.all import IP, TCP, UDP, IPv6, Raw  # type: ignore[import-untyped]
 
-from flowtop.collector import layout
+from flowtop.kernel import layout
 
 from . import frames as fr
 from . import netns

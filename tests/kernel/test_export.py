@@ -258,9 +258,9 @@ def test_live_view_source_exports_in_the_background(quiet_pair: Pair) -> None:
     from export.collectors import UdpCollector, decode_all  # tests/ is on sys.path
 
     from flowtop.config import CollectorConfig, Config, IpfixConfig, PrometheusConfig
-    from flowtop.outputs import Outputs
-    from flowtop.sources import LiveSource
-    from flowtop.view import ViewQuery
+    from flowtop.query.view import ViewQuery
+    from flowtop.run.outputs import Outputs
+    from flowtop.run.sources import LiveSource
 
     p = quiet_pair
     with entered(p.a.name):

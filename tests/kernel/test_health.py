@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from flowtop import tcphealth
 from flowtop.config import CollectorConfig, EnrichConfig
-from flowtop.engine import Engine
-from flowtop.sources import build_engine
-from flowtop.tcphealth import HealthGroup
+from flowtop.core import tcphealth
+from flowtop.core.engine import Engine
+from flowtop.core.tcphealth import HealthGroup
+from flowtop.run.sources import build_engine
 
 from . import impair
 from .netns import Netns, Router, entered

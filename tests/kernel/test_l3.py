@@ -45,7 +45,7 @@ from scapy.all import (  # type: ignore[import-untyped]
     Raw,
 )
 
-from flowtop.collector import devices
+from flowtop.kernel import devices
 
 from . import netns
 from .dump import DumpResult, run_dump
@@ -296,7 +296,7 @@ def test_tun_interface_counters_equal_ip_link(tun_run: TunRun, kind: str) -> Non
 def test_tun_every_packet_counted_once(tun_run: TunRun) -> None:
     """Over all the devices: packets in flows + the not-in-flow counters ==
     the packets the hooks saw (no GSO here) == what crossed the fds."""
-    from flowtop.collector import layout
+    from flowtop.kernel import layout
 
     res = tun_run.res
     seen = sum(c["rx_packets"] + c["tx_packets"] for c in (res.iface(d) for d in tun_run.sent))
@@ -341,8 +341,8 @@ def test_l3_program_finds_the_network_header_behind_a_prefix() -> None:
     the IPv4 header there from skb->protocol and the network header, even
     though the prefix itself starts like an IPv4 header (0x45), and count the
     packet from the network header on."""
-    from flowtop.collector import layout
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel import layout
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     if os.uname().machine != "x86_64":
         pytest.skip("bpf(2) syscall number known for x86_64 only")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
+from flowtop.kernel import layout
 
 pytestmark = pytest.mark.kernel
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kernel
 def program():  # type: ignore[no-untyped-def]
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     p = TcProgram(ProgramOptions(flow_map_size=64))
     yield p
@@ -84,7 +84,7 @@ def test_counter_names_match_enum() -> None:
 
 
 def layout_dir():  # type: ignore[no-untyped-def]
-    from flowtop.collector.program import BPF_DIR
+    from flowtop.kernel.program import BPF_DIR
 
     return BPF_DIR
 
@@ -111,7 +111,7 @@ def test_all_four_programs_load(passive_rtt: bool) -> None:
     the passive RTT code (the largest build is the one near the limits)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     p = TcProgram(ProgramOptions(flow_map_size=64, passive_rtt=passive_rtt))
     try:

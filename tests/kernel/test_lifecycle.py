@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from flowtop.collector import tcx
+from flowtop.kernel import tcx
 
 from . import frames as fr
 from .dump import READY_MARK, READY_TIMEOUT, Collector, flowtop_cmd, run_dump

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
+from flowtop.kernel import layout
 
 from . import impair
 from .netns import Capture, Captured, Netns, Router, entered
@@ -69,8 +69,8 @@ PORT = 9100
 def tracker(r: Router, ifaces: list[str], conn_map_size: int = 1024) -> Iterator[Any]:
     """flowtop's TC program attached on `ifaces` of the router; detached and
     unloaded on exit."""
-    from flowtop.collector.attach import TcAttacher
-    from flowtop.collector.program import ProgramOptions, TcProgram
+    from flowtop.kernel.attach import TcAttacher
+    from flowtop.kernel.program import ProgramOptions, TcProgram
 
     prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=conn_map_size))
     try:

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
-from flowtop.collector.sockops import (
+from flowtop.errors import ConfigError, KernelFeatureError
+from flowtop.kernel import layout
+from flowtop.kernel.sockops import (
     CLOSED_KEY,
     CONN,
     CONN_RECORD,
@@ -40,7 +41,6 @@ from flowtop.collector.sockops import (
     netns_cookie,
     remove_stale_programs,
 )
-from flowtop.errors import ConfigError, KernelFeatureError
 
 from . import impair, netns
 
@@ -520,7 +520,7 @@ def _cookie_of(ns: netns.Netns) -> int:
 
 CHILD = """
 import sys, time
-from flowtop.collector.sockops import SockOpsTracker
+from flowtop.kernel.sockops import SockOpsTracker
 t = SockOpsTracker(map_size=64)
 t.start()
 print(t.prog_id, flush=True)
@@ -611,13 +611,13 @@ def test_detach_and_stale_programs() -> None:
 
 
 def bcc_attach(prog_fd: int, cg_fd: int) -> None:
-    from flowtop.collector import sockops
+    from flowtop.kernel import sockops
 
     sockops._attach(cg_fd, prog_fd)
 
 
 def bcc_detach(b: Any, cg_fd: int) -> None:
-    from flowtop.collector import sockops
+    from flowtop.kernel import sockops
 
     for fn in b.funcs.values():
         sockops._detach(cg_fd, fn.fd)
@@ -640,7 +640,7 @@ def test_bad_input_is_one_line() -> None:
     assert "\n" not in str(err.value) and "cgroup v2" in str(err.value)
     t.close()
     proc = subprocess.run(
-        [sys.executable, "-c", "from flowtop.collector.sockops import SockOpsTracker\n"
+        [sys.executable, "-c", "from flowtop.kernel.sockops import SockOpsTracker\n"
          "SockOpsTracker(cgroup='/nonexistent').start()"],
         capture_output=True, text=True,
     )  # fmt: skip

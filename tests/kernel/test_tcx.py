@@ -1,4 +1,4 @@
-"""TCX attachment (flowtop/collector/tcx.py) on the real kernel: attach and
+"""TCX attachment (flowtop/kernel/tcx.py) on the real kernel: attach and
 count, head position, coexistence with foreign TCX programs and clsact
 filters on the same hooks, detach, kill -9 and restart, fds and children,
 `detach --all` of a live holder, interface removal, namespaces.
@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from flowtop.collector import layout, tcx
-from flowtop.collector.program import ProgramOptions, TcProgram
 from flowtop.errors import AttachError, ConfigError
+from flowtop.kernel import layout, tcx
+from flowtop.kernel.program import ProgramOptions, TcProgram
 
 from . import netns
 from .dump import RUN_DIR, Collector, python

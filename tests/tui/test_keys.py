@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input
 
+from flowtop.query.view import GROUPS
 from flowtop.tui import FlowtopApp
 from flowtop.tui.screens.detail import DetailScreen
 from flowtop.tui.screens.groupby import CHOICES, GroupByScreen
 from flowtop.tui.screens.help import HelpScreen
 from flowtop.tui.widgets.filterbar import FilterBar
-from flowtop.view import GROUPS
 from tests.tui.fakesource import FakeSource
 from tests.tui.helpers import make_app, screen_text, settle, table
 

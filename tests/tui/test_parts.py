@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from flowtop.errors import ConfigError
+from flowtop.query.view import ViewQuery
 from flowtop.tui import FlowtopApp, themes
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import GROUP_COLUMNS, KEY_COLUMNS, choose
 from flowtop.tui.format import Display
-from flowtop.view import ViewQuery
 from tests.tui.fakesource import FakeSource
 from tests.tui.helpers import make_app, settle
 

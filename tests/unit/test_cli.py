@@ -65,11 +65,12 @@ def test_not_root() -> None:
 
 
 CORE_MODULES = (
-    "flowtop.engine", "flowtop.commands", "flowtop.flowtable", "flowtop.dump", "flowtop.view",
-    "flowtop.filterexpr", "flowtop.record", "flowtop.sources", "flowtop.outputs",
-    "flowtop.service", "flowtop.collector.collector", "flowtop.export.ipfix",
-    "flowtop.export.prometheus", "flowtop.enrich", "flowtop.enrich.dns", "flowtop.tcphealth",
-    "flowtop.collector.sockops",
+    "flowtop.core.engine", "flowtop.run.commands", "flowtop.core.flowtable", "flowtop.run.dump",
+    "flowtop.query.view", "flowtop.query.filterexpr", "flowtop.run.record", "flowtop.run.sources",
+    "flowtop.run.outputs", "flowtop.run.service", "flowtop.kernel.collector",
+    "flowtop.export.ipfix",
+    "flowtop.export.prometheus", "flowtop.enrich", "flowtop.enrich.dns", "flowtop.core.tcphealth",
+    "flowtop.kernel.sockops",
 )  # fmt: skip
 
 
@@ -339,7 +340,8 @@ seen = {}
 class Spy:
     # Notes, when a heavy module is first imported, what SIGINT would do there.
     def find_spec(self, name, path=None, target=None):
-        if name in ("numpy", "pyroute2", "bcc", "textual", "flowtop.engine") and name not in seen:
+        heavy = ("numpy", "pyroute2", "bcc", "textual", "flowtop.core.engine")
+        if name in heavy and name not in seen:
             h = signal.getsignal(signal.SIGINT)
             seen[name] = type(getattr(h, "__self__", h)).__name__
         return None
@@ -372,5 +374,5 @@ def test_ctrl_c_is_a_flag_before_anything_heavy_is_imported(
     )  # fmt: skip
     assert p.returncode == 2 and "unknown config section [nosuch]" in p.stderr, p.stderr
     seen = json.loads(p.stdout)
-    assert {"numpy", "pyroute2", "flowtop.engine"} <= set(seen), seen
+    assert {"numpy", "pyroute2", "flowtop.core.engine"} <= set(seen), seen
     assert set(seen.values()) == {"StopSignal"}, seen

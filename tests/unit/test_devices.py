@@ -1,4 +1,4 @@
-"""Which program a device gets: by its ARPHRD_* type (flowtop.collector.devices)."""
+"""Which program a device gets: by its ARPHRD_* type (flowtop.kernel.devices)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from flowtop.collector import devices
-from flowtop.collector.attach import TcAttacher
 from flowtop.errors import AttachError, InterfaceError
+from flowtop.kernel import devices
+from flowtop.kernel.attach import TcAttacher
 
 # include/uapi/linux/if_arp.h
 ETHERNET = {"ether": 1, "loopback": 772}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 
-from flowtop.dump import FlowAccumulator, emit
-from flowtop.flowtable import NS, FlowTable
-from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.run.dump import FlowAccumulator, emit
 from flowtop.sanitize import clean
 
 from .test_flowtable import T0, keys, stats
@@ -97,9 +97,9 @@ def test_empty_run() -> None:
 
 
 def test_json_enrichment_names_and_health_lines() -> None:
-    from flowtop.dump import Extras
+    from flowtop.core.tcphealth import HealthGroup
     from flowtop.enrich.enricher import Entity
-    from flowtop.tcphealth import HealthGroup
+    from flowtop.run.dump import Extras
 
     b = run_table().per_key()
     assert b.ext is not None

@@ -22,18 +22,18 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
-from flowtop.dump import FlowAccumulator, emit
-from flowtop.engine import MAX_DRAIN_FAILURES, Engine
+from flowtop.core.engine import MAX_DRAIN_FAILURES, Engine
+from flowtop.core.flowtable import NS, FlowBatch, FlowTable
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.enrich import Enricher, EnrichOptions
 from flowtop.errors import CollectorFailedError, KernelFeatureError
 from flowtop.export.prometheus import FlowMetrics, FlowtopCollector
-from flowtop.flowtable import NS, FlowBatch, FlowTable
-from flowtop.model import CollectorHealth, InterfaceCounters
-from flowtop.record import Recorder, RecordingError, RecordingReader
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
+from flowtop.query.view import TableSource
+from flowtop.run.dump import FlowAccumulator, emit
+from flowtop.run.record import Recorder, RecordingError, RecordingReader
 from flowtop.stop import StopSignal
-from flowtop.view import TableSource
 
 T0 = 1_000 * NS
 
@@ -230,7 +230,7 @@ def test_a_failed_interval_is_not_counted_twice_by_the_exports() -> None:
     import socket
 
     from flowtop.config import Config, PrometheusConfig
-    from flowtop.outputs import Outputs
+    from flowtop.run.outputs import Outputs
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))

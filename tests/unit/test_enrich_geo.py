@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
 from flowtop.enrich import Enricher, EnrichOptions, Entity
 from flowtop.enrich.geo import (
     KIND_ASN,
@@ -35,6 +34,7 @@ from flowtop.enrich.geo import (
     canonical_from_ips,
 )
 from flowtop.enrich.text import safe_text
+from flowtop.kernel import layout
 
 # MaxMind's test databases, vendored with their licences (tests/data/mmdb/README.md).
 MMDB = Path(__file__).resolve().parents[1] / "data" / "mmdb"

@@ -7,8 +7,8 @@ import ipaddress
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
-from flowtop.filterexpr import Columns, FilterError, parse
+from flowtop.kernel import layout
+from flowtop.query.filterexpr import Columns, FilterError, parse
 
 FLOWS = [
     # (ifindex, dir, ver, proto, src, dst, sport, dport, vlan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowtop.flowindex import FlowIndex, hash_words
+from flowtop.core.flowindex import FlowIndex, hash_words
 
 
 def test_matches_a_dict_through_random_churn() -> None:

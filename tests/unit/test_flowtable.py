@@ -7,9 +7,9 @@ import ipaddress
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
-from flowtop.flowtable import NS, FlowTable
-from flowtop.model import EndReason
+from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.model import EndReason
+from flowtop.kernel import layout
 
 T0 = 1_000 * NS
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 
-from flowtop.collector import layout
-from flowtop.dump import FlowAccumulator, emit
-from flowtop.flowtable import NS, FlowTable
-from flowtop.model import CollectorHealth
+from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.model import CollectorHealth
+from flowtop.kernel import layout
+from flowtop.run.dump import FlowAccumulator, emit
 
 from .test_flowtable import T0, keys, stats
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import ConfigError
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
-from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
 
 
 def drain(n: int, ifindex: int = 2, proto: int = 6) -> Drain:
@@ -140,7 +140,7 @@ def test_bad_tls_files_are_one_error(tmp_path) -> None:  # type: ignore[no-untyp
 
 
 def test_tcp_health_metrics() -> None:
-    from flowtop.tcphealth import HealthGroup, TcpUpdate
+    from flowtop.core.tcphealth import HealthGroup, TcpUpdate
 
     m = FlowMetrics()
     upd = TcpUpdate(

@@ -6,8 +6,8 @@ import struct
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.collector.sockops import (
+from flowtop.kernel import layout
+from flowtop.kernel.sockops import (
     CONN_RECORD,
     ORIGIN_SOCKOPS,
     ORIGIN_TRACEPOINT,

@@ -7,10 +7,10 @@ import ipaddress
 import numpy as np
 import pytest
 
-from flowtop import tcphealth
-from flowtop.collector import layout
-from flowtop.flowtable import FlowTable
-from flowtop.tcphealth import HealthTracker, join
+from flowtop.core import tcphealth
+from flowtop.core.flowtable import FlowTable
+from flowtop.core.tcphealth import HealthTracker, join
+from flowtop.kernel import layout
 
 NS = 1_000_000_000
 T0 = 1000 * NS

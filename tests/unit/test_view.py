@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
-from flowtop.engine import Engine
-from flowtop.filterexpr import parse
-from flowtop.flowtable import NS, FlowTable
-from flowtop.model import CollectorHealth, InterfaceCounters
-from flowtop.record import Recorder, RecordingError, ReplaySource
-from flowtop.view import TableSource, ViewQuery, query_table
+from flowtop.core.engine import Engine
+from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
+from flowtop.query.filterexpr import parse
+from flowtop.query.view import TableSource, ViewQuery, query_table
+from flowtop.run.record import Recorder, RecordingError, ReplaySource
 
 T0 = 1_000 * NS
 
@@ -245,7 +245,7 @@ def test_not_a_recording(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [10, 5000, 100_000])
 @pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0])
 def test_smallest_matches_a_full_sort(n: int, zeros: float) -> None:
-    from flowtop.view import _smallest
+    from flowtop.query.view import _smallest
 
     rng = np.random.default_rng(n)
     vals = rng.integers(1, 50_000, n).astype(np.float64)

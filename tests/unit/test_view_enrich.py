@@ -7,12 +7,12 @@ import ipaddress
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
-from flowtop.engine import Engine
+from flowtop.core.engine import Engine
+from flowtop.core.flowtable import FlowTable
 from flowtop.enrich.enricher import Entity
-from flowtop.flowtable import FlowTable
-from flowtop.view import ViewQuery
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
+from flowtop.query.view import ViewQuery
 
 from .test_view import NS, T0, FakeCollector, StepSource
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from flowtop.core.flowtable import FlowBatch
 from flowtop.errors import ConfigError
 from flowtop.export.ipfix.link import CollectorLink, CollectorStats
 from flowtop.export.ipfix.message import HEADER, MAX_MESSAGE_SIZE, SET_HEADER, Session
 from flowtop.export.ipfix.records import EncodedRecords, split_by_version
 from flowtop.export.ipfix.template import EXPORTER_RELIABILITY, Template, flow_template
 from flowtop.export.ipfix.transport import make_transport
-from flowtop.flowtable import FlowBatch
 
 TRANSPORTS = ("udp", "tcp")
 DEFAULT_PORT = 4739

@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from flowtop.core.flowtable import FlowBatch
 from flowtop.export.ipfix.message import Message, Session
 from flowtop.export.ipfix.records import EncodedRecords
 from flowtop.export.ipfix.template import EXPORTER_RELIABILITY
 from flowtop.export.ipfix.transport import PeerClosed, Transport
-from flowtop.flowtable import FlowBatch
 
 log = logging.getLogger("flowtop.ipfix")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flowtop.collector import layout
+from flowtop.core.flowtable import FlowBatch
 from flowtop.export.ipfix.template import Template
-from flowtop.flowtable import FlowBatch
+from flowtop.kernel import layout
 
 ICMP_PROTOS = (1, 58)
 _NS_PER_MS = 1_000_000

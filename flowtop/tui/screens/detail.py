@@ -14,10 +14,10 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
+from flowtop.query.view import ViewRow
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import Names, clean_name
 from flowtop.tui.format import Display
-from flowtop.view import ViewRow
 
 
 def _addr(a: str | None, names: Names, d: Display) -> str:

@@ -11,6 +11,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
+from flowtop.query.view import Snapshot
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
 from flowtop.tui.screens.groupby import GroupByScreen
@@ -19,7 +20,6 @@ from flowtop.tui.widgets.interfaces import InterfacesPanel
 from flowtop.tui.widgets.status import StatusHeader
 from flowtop.tui.widgets.talkers import TalkersTable
 from flowtop.tui.widgets.tcp_health import TcpHealth
-from flowtop.view import Snapshot
 
 if TYPE_CHECKING:
     from flowtop.tui.app import FlowtopApp

@@ -12,7 +12,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Input, Static
 
-from flowtop.filterexpr import FilterError, parse
+from flowtop.query.filterexpr import FilterError, parse
 from flowtop.sanitize import clean
 
 PLACEHOLDER = "filter, e.g. host 10.0.0.1 and not port 22, iface eth* and in"

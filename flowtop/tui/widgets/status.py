@@ -6,11 +6,11 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from flowtop.model import PROBLEM_COUNTERS
+from flowtop.core.model import PROBLEM_COUNTERS
+from flowtop.query.view import Snapshot
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
-from flowtop.view import Snapshot
 
 # What the header names when it is not 0: the problems, and the packets the
 # full flow maps lost (a count of packets, not of events: not in problems).

@@ -15,8 +15,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
+from flowtop.core.tcphealth import HealthGroup
 from flowtop.sanitize import clean
-from flowtop.tcphealth import HealthGroup
 from flowtop.tui import format as fmt
 from flowtop.tui.history import RateHistory
 

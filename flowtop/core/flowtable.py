@@ -17,9 +17,8 @@ from typing import TypedDict
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.flowindex import FlowIndex, hash_words
-from flowtop.model import (
+from flowtop.core.flowindex import FlowIndex, hash_words
+from flowtop.core.model import (
     TCP_FIN,
     TCP_RST,
     Direction,
@@ -27,6 +26,7 @@ from flowtop.model import (
     FlowKey,
     FlowRecord,
 )
+from flowtop.kernel import layout
 
 NS = 1_000_000_000
 _COLUMNS: dict[str, str] = {

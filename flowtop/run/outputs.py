@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flowtop.config import Config, EnrichConfig, IpfixConfig, PrometheusConfig
-from flowtop.engine import Engine
+from flowtop.core.engine import Engine
 from flowtop.errors import ConfigError, FlowtopError
 from flowtop.export.ipfix import IpfixExporter
 from flowtop.export.prometheus import FlowMetrics, MetricsServer

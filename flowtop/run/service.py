@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from types import FrameType
 
-from flowtop.collector.collector import KernelCollector
 from flowtop.config import Config
-from flowtop.engine import Engine
+from flowtop.core.engine import Engine
 from flowtop.errors import CollectorFailedError, FlowtopError
-from flowtop.outputs import Outputs
-from flowtop.sources import build_engine, make_enricher
+from flowtop.kernel.collector import KernelCollector
+from flowtop.run.outputs import Outputs
+from flowtop.run.sources import build_engine, make_enricher
 from flowtop.stop import StopSignal
 
 log = logging.getLogger("flowtop")

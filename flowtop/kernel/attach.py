@@ -28,8 +28,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from flowtop.collector import devices
 from flowtop.errors import AttachError, InterfaceError
+from flowtop.kernel import devices
 
 PARENT_INGRESS = 0xFFFFFFF2
 PARENT_EGRESS = 0xFFFFFFF3

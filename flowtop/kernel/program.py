@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from flowtop import resources
-from flowtop.collector import layout
 from flowtop.errors import KernelFeatureError, NotRootError
+from flowtop.kernel import layout
 
 BPF_DIR: Path = resources.bpf_dir()
 

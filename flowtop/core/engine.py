@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from flowtop.collector.collector import Drain
+from flowtop.core.flowtable import FlowBatch, FlowTable, empty_batch
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import CollectorFailedError
-from flowtop.flowtable import FlowBatch, FlowTable, empty_batch
-from flowtop.model import CollectorHealth, InterfaceCounters
+from flowtop.kernel.collector import Drain
 from flowtop.stop import StopSignal
 
 if TYPE_CHECKING:
     from flowtop.enrich import Enricher
 
-from flowtop.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
+from flowtop.core.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
 
 log = logging.getLogger("flowtop.engine")
 

@@ -26,13 +26,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.collector.collector import Drain
-from flowtop.engine import Engine
+from flowtop.core.engine import Engine
+from flowtop.core.flowtable import FlowTable
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError
-from flowtop.flowtable import FlowTable
-from flowtop.model import CollectorHealth, InterfaceCounters
-from flowtop.view import TableSource
+from flowtop.kernel import layout
+from flowtop.kernel.collector import Drain
+from flowtop.query.view import TableSource
 
 MAGIC = b"FLOWTOP-REC\x01"
 _U32 = struct.Struct("<I")

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.flowindex import FlowIndex, hash_words
-from flowtop.flowtable import FlowTable
+from flowtop.core.flowindex import FlowIndex, hash_words
+from flowtop.core.flowtable import FlowTable
+from flowtop.kernel import layout
 
 NS = 1_000_000_000
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)

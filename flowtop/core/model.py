@@ -157,7 +157,7 @@ class CollectorHealth:
     forced_evictions: int = 0
     drain_errors: int = 0
     attach_errors: int = 0
-    # Failures of the parts beside the flow path: flowtop.engine.Failures counts
+    # Failures of the parts beside the flow path: flowtop.core.engine.Failures counts
     # the first three, the reverse DNS resolver its own
     enrich_errors: int = 0
     output_errors: int = 0

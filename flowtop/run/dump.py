@@ -11,16 +11,16 @@ from typing import Protocol, TextIO
 
 import numpy as np
 
-from flowtop.flowtable import FlowBatch
-from flowtop.model import (
+from flowtop.core.flowtable import FlowBatch
+from flowtop.core.model import (
     CollectorHealth,
     FlowRecord,
     InterfaceCounters,
     proto_name,
     tcp_flags_str,
 )
+from flowtop.core.tcphealth import HealthGroup
 from flowtop.sanitize import clean
-from flowtop.tcphealth import HealthGroup
 
 
 class FlowAccumulator:

@@ -55,7 +55,8 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from flowtop.collector.bpfsys import (
+from flowtop.errors import AttachError, ConfigError, InterfaceError, KernelFeatureError
+from flowtop.kernel.bpfsys import (
     BPF_LINK_CREATE,
     BPF_LINK_DETACH,
     BPF_LINK_GET_FD_BY_ID,
@@ -67,8 +68,7 @@ from flowtop.collector.bpfsys import (
     prog_fd_by_id,
     prog_name_of,
 )
-from flowtop.collector.layout import DIRECTIONS
-from flowtop.errors import AttachError, ConfigError, InterfaceError, KernelFeatureError
+from flowtop.kernel.layout import DIRECTIONS
 
 # -- kernel ABI (include/uapi/linux/bpf.h) -----------------------------------------
 

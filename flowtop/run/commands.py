@@ -12,13 +12,13 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from flowtop.config import Config
-from flowtop.dump import Extras, FlowAccumulator, emit
+from flowtop.core.flowtable import FlowBatch
 from flowtop.errors import CollectorFailedError
-from flowtop.flowtable import FlowBatch
+from flowtop.query.view import ViewSource
+from flowtop.run.dump import Extras, FlowAccumulator, emit
+from flowtop.run.sources import build_engine
 from flowtop.sanitize import clean
-from flowtop.sources import build_engine
 from flowtop.stop import StopSignal
-from flowtop.view import ViewSource
 
 if TYPE_CHECKING:
     from flowtop.enrich.dns import ReverseResolver
@@ -119,15 +119,15 @@ def run_live(
         stop.install()
     source: ViewSource
     if replay:
-        from flowtop.record import ReplaySource
+        from flowtop.run.record import ReplaySource
 
         source = ReplaySource(replay, speed)
     else:
-        from flowtop.sources import LiveSource
+        from flowtop.run.sources import LiveSource
 
         outputs = None
         if cfg.ipfix.collectors or cfg.prometheus.listen is not None:
-            from flowtop.outputs import Outputs
+            from flowtop.run.outputs import Outputs
 
             outputs = Outputs(cfg)
         try:

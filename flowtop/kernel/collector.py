@@ -15,15 +15,15 @@ import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from flowtop.collector import devices, layout
-from flowtop.collector.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
-from flowtop.collector.program import ProgramOptions, TcProgram
-from flowtop.collector.tcx import TcxAttacher, resolve_attach_mode
+from flowtop.kernel import devices, layout
+from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
+from flowtop.kernel.program import ProgramOptions, TcProgram
+from flowtop.kernel.tcx import TcxAttacher, resolve_attach_mode
 
 if TYPE_CHECKING:
-    from flowtop.collector.sockops import SockOpsTracker
+    from flowtop.kernel.sockops import SockOpsTracker
+from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError, InterfaceError
-from flowtop.model import CollectorHealth, InterfaceCounters
 
 log = logging.getLogger("flowtop.collector")
 
@@ -244,7 +244,7 @@ class KernelCollector:
         """Local TCP health; without it flowtop still runs (passive RTT only)."""
         if not self._want_sockops:
             return
-        from flowtop.collector.sockops import SockOpsTracker
+        from flowtop.kernel.sockops import SockOpsTracker
 
         tracker = SockOpsTracker()
         try:

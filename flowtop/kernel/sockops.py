@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.collector.bpfsys import (
+from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
+from flowtop.kernel import layout
+from flowtop.kernel.bpfsys import (
     BPF_PROG_ATTACH,
     BPF_PROG_DETACH,
     BPF_PROG_QUERY,
@@ -45,8 +46,7 @@ from flowtop.collector.bpfsys import (
     prog_fd_by_id,
     prog_name_of,
 )
-from flowtop.collector.program import BPF_DIR, BatchReader, _quiet_stderr, import_bcc
-from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
+from flowtop.kernel.program import BPF_DIR, BatchReader, _quiet_stderr, import_bcc
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from flowtop.collector import layout
-from flowtop.engine import Engine
-from flowtop.filterexpr import Columns, Filter, FilterError, parse
-from flowtop.flowindex import hash_words
-from flowtop.flowtable import NS, FlowTable
-from flowtop.model import InterfaceCounters, proto_name
+from flowtop.core.engine import Engine
+from flowtop.core.flowindex import hash_words
+from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.model import InterfaceCounters, proto_name
+from flowtop.core.tcphealth import HealthGroup
+from flowtop.kernel import layout
+from flowtop.query.filterexpr import Columns, Filter, FilterError, parse
 from flowtop.sanitize import clean
-from flowtop.tcphealth import HealthGroup
 
 if TYPE_CHECKING:
     from flowtop.enrich import Enricher, Entity

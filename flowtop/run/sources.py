@@ -7,18 +7,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from flowtop.collector.collector import KernelCollector
 from flowtop.config import CollectorConfig, EnrichConfig
-from flowtop.engine import Engine
-from flowtop.flowtable import FlowTable
-from flowtop.record import Recorder
+from flowtop.core.engine import Engine
+from flowtop.core.flowtable import FlowTable
+from flowtop.kernel.collector import KernelCollector
+from flowtop.run.record import Recorder
 from flowtop.stop import StopSignal
 
 if TYPE_CHECKING:
-    from flowtop.collector.collector import Drain
     from flowtop.enrich import Enricher
-    from flowtop.outputs import Outputs
-from flowtop.view import TableSource
+    from flowtop.kernel.collector import Drain
+    from flowtop.run.outputs import Outputs
+from flowtop.query.view import TableSource
 
 log = logging.getLogger("flowtop")
 

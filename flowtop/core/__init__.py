@@ -1,0 +1,1 @@
+"""The core every run mode shares: flow model, flow table, engine loop, TCP health."""
