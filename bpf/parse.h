@@ -4,10 +4,12 @@
  *
  * Every helper takes the cursor, checks that the whole header lies before
  * `end`, advances past it and returns what comes next (an EtherType or a
- * protocol number), or a negative FT_E* status: FT_ETRUNC when the frame
- * ends inside the header, the others as each helper says. The verifier
- * needs each access proven in bounds; doing the check once per header here
- * keeps handle_packet() readable. Every loop has a compile-time bound.
+ * protocol number, >= 0), or a negative enum ft_parse_status:
+ * FT_PARSE_TRUNCATED when the frame ends inside the header, the others as
+ * each helper says. On failure the cursor is where the header started or
+ * anywhere past it: the caller gives up on the packet. The verifier needs
+ * each access proven in bounds; doing the check once per header here keeps
+ * parse_packet() readable. Every loop has a compile-time bound.
  */
 #ifndef FLOWTOP_PARSE_H
 #define FLOWTOP_PARSE_H
@@ -47,12 +49,21 @@
 #define FT_NET_SEEK_MAX 64
 #endif
 
-/* Negative statuses of the helpers below. */
-#define FT_ETRUNC (-1)     /* the frame ends inside the header */
-#define FT_EMALFORMED (-2) /* an impossible header field */
-#define FT_EEXTLIMIT (-3)  /* more IPv6 extension headers than we walk */
-#define FT_EMPLSLIMIT (-4) /* more MPLS label stack entries than we walk */
-#define FT_ESEEKLIMIT (-5) /* network header further than FT_NET_SEEK_MAX */
+/*
+ * Why parsing stopped. The parsers below return one of the negative ones
+ * instead of the next protocol; parse_packet() (bpf/packet.h) returns
+ * FT_PARSE_OK or any of them, and the data path counts each in its own
+ * enum ft_counter (FT_PARSE_NON_IP too: a frame that is not IP).
+ */
+enum ft_parse_status {
+	FT_PARSE_OK = 0,          /* a packet to account in its flow */
+	FT_PARSE_TRUNCATED = -1,  /* the frame ends inside a header */
+	FT_PARSE_MALFORMED = -2,  /* an impossible header field */
+	FT_PARSE_EXT_LIMIT = -3,  /* more IPv6 extension headers than we walk */
+	FT_PARSE_MPLS_LIMIT = -4, /* more MPLS label stack entries than we walk */
+	FT_PARSE_SEEK_LIMIT = -5, /* network header further than FT_NET_SEEK_MAX */
+	FT_PARSE_NON_IP = -6,     /* not IP (ARP, LLDP, PPP control, ...) */
+};
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
@@ -89,7 +100,7 @@ static __always_inline int parse_ethhdr(struct cursor *c)
 	struct ethhdr *eth = c->pos;
 
 	if ((void *)(eth + 1) > c->end)
-		return FT_ETRUNC;
+		return FT_PARSE_TRUNCATED;
 	c->pos = eth + 1;
 	return eth->h_proto;
 }
@@ -98,7 +109,7 @@ static __always_inline int parse_ethhdr(struct cursor *c)
  * In-band 802.1Q/802.1ad tags: steps over up to FT_VLAN_MAX_DEPTH tags.
  * *vlan receives the first tag's VLAN ID when it is still 0 (an offloaded
  * tag, set by the caller, is outermost). Returns the inner EtherType
- * (network order) or FT_ETRUNC.
+ * (network order) or FT_PARSE_TRUNCATED.
  */
 static __always_inline int parse_vlans(struct cursor *c, int proto, __u16 *vlan)
 {
@@ -109,7 +120,7 @@ static __always_inline int parse_vlans(struct cursor *c, int proto, __u16 *vlan)
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
 			break;
 		if ((void *)(vh + 1) > c->end)
-			return FT_ETRUNC;
+			return FT_PARSE_TRUNCATED;
 		if (*vlan == 0)
 			*vlan = bpf_ntohs(vh->tci) & 0x0fff;
 		proto = vh->encap_proto;
@@ -129,9 +140,10 @@ struct ft_pppoe_hdr {
 /*
  * PPPoE session stage (EtherType 0x8864, RFC 2516), after any VLAN tags:
  * steps over the PPPoE header and the PPP protocol field. Returns the
- * EtherType (network order) of what PPP carries: IPv4, IPv6, MPLS; 0 for
- * any other PPP protocol (LCP, IPCP, CHAP, ...: not IP). FT_ETRUNC;
- * FT_EMALFORMED when version/type is not 1/1 or the code is not 0.
+ * EtherType (network order) of what PPP carries: IPv4, IPv6, MPLS;
+ * FT_PARSE_NON_IP for any other PPP protocol (LCP, IPCP, CHAP, ...);
+ * FT_PARSE_TRUNCATED; FT_PARSE_MALFORMED when version/type is not 1/1 or
+ * the code is not 0.
  * (Discovery, 0x8863, never comes here: it is not IP.)
  */
 static __always_inline int parse_pppoe(struct cursor *c)
@@ -139,9 +151,9 @@ static __always_inline int parse_pppoe(struct cursor *c)
 	struct ft_pppoe_hdr *ph = c->pos;
 
 	if ((void *)(ph + 1) > c->end)
-		return FT_ETRUNC;
+		return FT_PARSE_TRUNCATED;
 	if (ph->ver_type != 0x11 || ph->code != 0)
-		return FT_EMALFORMED;
+		return FT_PARSE_MALFORMED;
 	c->pos = ph + 1;
 	switch (bpf_ntohs(ph->ppp_proto)) {
 	case FT_PPP_IP:
@@ -153,7 +165,7 @@ static __always_inline int parse_pppoe(struct cursor *c)
 	case FT_PPP_MPLS_MC:
 		return bpf_htons(ETH_P_MPLS_MC);
 	}
-	return 0;
+	return FT_PARSE_NON_IP;
 }
 
 /*
@@ -163,9 +175,9 @@ static __always_inline int parse_pppoe(struct cursor *c)
  * (4: IPv4, 6: IPv6), as label-switching routers do. *top receives the top
  * entry without its TTL (label << 4 | TC << 1 | S: IPFIX
  * mplsTopLabelStackSection) | FT_MPLS_PRESENT. Returns the payload's
- * EtherType (network order), 0 when it is neither (a pseudowire control
- * word, an Ethernet payload: not IP); FT_ETRUNC; FT_EMPLSLIMIT when no
- * bottom of stack within the bound.
+ * EtherType (network order); FT_PARSE_NON_IP when it is neither (a
+ * pseudowire control word, an Ethernet payload); FT_PARSE_TRUNCATED;
+ * FT_PARSE_MPLS_LIMIT when no bottom of stack within the bound.
  */
 static __always_inline int parse_mpls(struct cursor *c, __u32 *top)
 {
@@ -176,7 +188,7 @@ static __always_inline int parse_mpls(struct cursor *c, __u32 *top)
 		__u32 v;
 
 		if ((void *)(lse + 1) > c->end)
-			return FT_ETRUNC;
+			return FT_PARSE_TRUNCATED;
 		v = bpf_ntohl(*lse);
 		if (i == 0)
 			*top = (v >> 8) | FT_MPLS_PRESENT;
@@ -185,30 +197,30 @@ static __always_inline int parse_mpls(struct cursor *c, __u32 *top)
 			continue;
 		first = c->pos;
 		if ((void *)(first + 1) > c->end)
-			return FT_ETRUNC;
+			return FT_PARSE_TRUNCATED;
 		switch (*first >> 4) {
 		case 4:
 			return bpf_htons(ETH_P_IP);
 		case 6:
 			return bpf_htons(ETH_P_IPV6);
 		}
-		return 0;
+		return FT_PARSE_NON_IP;
 	}
-	return FT_EMPLSLIMIT;
+	return FT_PARSE_MPLS_LIMIT;
 }
 
 /*
  * What can come between the link-layer header (or, on a device without
  * one, the network header) and IP: a PPPoE session, then an MPLS label
  * stack (PPPoE carrying MPLS too). Returns the EtherType after them (proto
- * itself when it is neither), 0 when not IP, or a negative status of
- * parse_pppoe()/parse_mpls().
+ * itself when it is neither), or a negative status of
+ * parse_pppoe()/parse_mpls() (FT_PARSE_NON_IP: what they carry is not IP).
  */
 static __always_inline int parse_encap(struct cursor *c, int proto, __u32 *mpls)
 {
 	if (proto == bpf_htons(ETH_P_PPP_SES)) {
 		proto = parse_pppoe(c);
-		if (proto <= 0)
+		if (proto < 0)
 			return proto;
 	}
 	if (proto == bpf_htons(ETH_P_MPLS_UC) || proto == bpf_htons(ETH_P_MPLS_MC))
@@ -227,8 +239,8 @@ static __always_inline int parse_encap(struct cursor *c, int proto, __u32 *mpls)
  * TC shows skb->data from the MAC header on. So the header is
  * looked for at even offsets up to FT_NET_SEEK_MAX: 16 bytes of an IP
  * header (a length, an id, addresses) do not repeat inside the outer
- * headers. Returns the offset; FT_ETRUNC when the frame ends first;
- * FT_ESEEKLIMIT when it is further in.
+ * headers. Returns the offset; FT_PARSE_TRUNCATED when the frame ends
+ * first; FT_PARSE_SEEK_LIMIT when it is further in.
  */
 static __always_inline int seek_net(struct cursor *c, const __u64 net[2])
 {
@@ -237,41 +249,42 @@ static __always_inline int seek_net(struct cursor *c, const __u64 net[2])
 		__u64 *w = c->pos + off;
 
 		if ((void *)(w + 2) > c->end)
-			return FT_ETRUNC;
+			return FT_PARSE_TRUNCATED;
 		if (w[0] == net[0] && w[1] == net[1]) {
 			c->pos = w;
 			return off;
 		}
 	}
-	return FT_ESEEKLIMIT;
+	return FT_PARSE_SEEK_LIMIT;
 }
 
 /* IPv4: returns the L4 protocol and leaves the cursor at the L4 header (after
- * options). FT_ETRUNC; FT_EMALFORMED when IHL < 5. */
+ * options). FT_PARSE_TRUNCATED; FT_PARSE_MALFORMED when IHL < 5. */
 static __always_inline int parse_iphdr(struct cursor *c, struct iphdr **iphp)
 {
 	struct iphdr *iph = c->pos;
 	int hdrsize;
 
 	if ((void *)(iph + 1) > c->end)
-		return FT_ETRUNC;
+		return FT_PARSE_TRUNCATED;
 	hdrsize = iph->ihl * 4;
 	if (hdrsize < (int)sizeof(*iph))
-		return FT_EMALFORMED;
+		return FT_PARSE_MALFORMED;
 	if (c->pos + hdrsize > c->end)
-		return FT_ETRUNC;
+		return FT_PARSE_TRUNCATED;
 	c->pos += hdrsize;
 	*iphp = iph;
 	return iph->protocol;
 }
 
-/* IPv6 fixed header: returns the first next-header value, or FT_ETRUNC. */
+/* IPv6 fixed header: returns the first next-header value, or
+ * FT_PARSE_TRUNCATED. */
 static __always_inline int parse_ip6hdr(struct cursor *c, struct ipv6hdr **ip6hp)
 {
 	struct ipv6hdr *ip6h = c->pos;
 
 	if ((void *)(ip6h + 1) > c->end)
-		return FT_ETRUNC;
+		return FT_PARSE_TRUNCATED;
 	c->pos = ip6h + 1;
 	*ip6hp = ip6h;
 	return ip6h->nexthdr;
@@ -294,7 +307,8 @@ struct ft_ipv6_frag {
  * destination options, at most FT_IPV6_EXT_MAX of them. Returns the upper
  * protocol, with *nonfirst_frag set when a fragment header has a non-zero
  * offset (the walk stops there: what follows is payload, not a header).
- * FT_ETRUNC; FT_EEXTLIMIT when there are more extension headers than we walk.
+ * FT_PARSE_TRUNCATED; FT_PARSE_EXT_LIMIT when there are more extension
+ * headers than we walk.
  */
 static __always_inline int skip_ip6hdrext(struct cursor *c, int nexthdr, int *nonfirst_frag)
 {
@@ -307,7 +321,7 @@ static __always_inline int skip_ip6hdrext(struct cursor *c, int nexthdr, int *no
 		case IPPROTO_ROUTING:
 		case IPPROTO_DSTOPTS:
 			if ((void *)(opt + 1) > c->end)
-				return FT_ETRUNC;
+				return FT_PARSE_TRUNCATED;
 			nexthdr = opt->nexthdr;
 			c->pos += (opt->hdrlen + 1) * 8;
 			break;
@@ -315,7 +329,7 @@ static __always_inline int skip_ip6hdrext(struct cursor *c, int nexthdr, int *no
 			struct ft_ipv6_frag *fh = c->pos;
 
 			if ((void *)(fh + 1) > c->end)
-				return FT_ETRUNC;
+				return FT_PARSE_TRUNCATED;
 			nexthdr = fh->nexthdr;
 			c->pos = fh + 1;
 			if (fh->frag_off & bpf_htons(0xfff8)) {
@@ -333,7 +347,7 @@ static __always_inline int skip_ip6hdrext(struct cursor *c, int nexthdr, int *no
 	case IPPROTO_ROUTING:
 	case IPPROTO_DSTOPTS:
 	case IPPROTO_FRAGMENT:
-		return FT_EEXTLIMIT;
+		return FT_PARSE_EXT_LIMIT;
 	}
 	return nexthdr;
 }

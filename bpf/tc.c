@@ -9,6 +9,15 @@
  * (flowtop/kernel/devices.py). Flows are aggregated here, per collection
  * interval, and drained by userspace in batches; nothing is sent per packet.
  *
+ *
+ * The pieces: parse_packet() (bpf/packet.h, with the header parsers of
+ * bpf/parse.h) reads a packet into struct pkt; handle_packet() here
+ * accounts it in the interface counters, its flow (account_flow()) or a
+ * counter of enum ft_counter (count()), and hands TCP to the passive
+ * RTT/retransmit tracker (bpf/tcprtt.h). The maps are all here, and so are
+ * the functions the headers call to reach them (count(), tcp_conn_lookup(),
+ * ...; see bpf/counters.h): bcc rewrites map calls in this file only.
+ *
  * Build-time options come as -D cflags from flowtop/kernel/program.py:
  *   FT_FLOW_MAP_SIZE   entries of each interval flow map
  *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
@@ -19,11 +28,12 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
-#include <uapi/linux/tcp.h>
 #include <uapi/linux/errno.h>
 
 #include "flowtop.h"
-#include "parse.h"
+#include "counters.h"
+#include "packet.h"
+#include "tcprtt.h"
 
 #ifndef FT_FLOW_MAP_SIZE
 #define FT_FLOW_MAP_SIZE 65536
@@ -37,18 +47,9 @@
 #ifndef FT_CACHE_SLOTS
 #define FT_CACHE_SLOTS 1024 /* a power of two */
 #endif
-#ifndef FT_PASSIVE_RTT
-#define FT_PASSIVE_RTT 1
-#endif
 #ifndef FT_TCP_CONN_MAP_SIZE
 #define FT_TCP_CONN_MAP_SIZE 65536
 #endif
-
-/* Bytes pulled into the linear area when a header lies in paged data:
- * Ethernet, 2 VLAN tags, PPPoE or an MPLS stack, IPv6 with a long extension
- * chain (hop-by-hop options, an SRv6 routing header with a dozen segments)
- * and TCP with options fit. Only frames that need it pay for the copy. */
-#define FT_PULL_LEN 1024
 
 /*
  * Double buffering. Everything a packet writes per interval lives in one of
@@ -98,6 +99,7 @@ BPF_TABLE("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
  * Never deleted; userspace reads the sums. */
 BPF_PERCPU_ARRAY(counters, __u64, FT_CTR_MAX);
 
+/* See bpf/counters.h. */
 static __always_inline void count(__u32 idx, __u64 n)
 {
 	__u64 *v = counters.lookup(&idx);
@@ -120,7 +122,7 @@ BPF_TABLE("lru_hash", struct tcp_conn_key, struct tcp_conn, tcp_conns, FT_TCP_CO
  * entry, without 272 bytes of zeroes on the BPF stack. */
 BPF_ARRAY(tcp_conn_zero, struct tcp_conn, 1);
 
-/* Accessors for tcprtt.h: bcc rewrites map calls in this file only. */
+/* The accessors tcprtt.h declares. */
 static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k)
 {
 	return tcp_conns.lookup(k);
@@ -133,7 +135,6 @@ static __always_inline struct tcp_conn *tcp_conn_zero_value(void)
 	return tcp_conn_zero.lookup(&zero);
 }
 
-/* 0, -EEXIST (another CPU was first) or the insert's error. */
 static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
 {
 	struct tcp_conn *init = tcp_conn_zero_value();
@@ -144,9 +145,20 @@ static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
 }
 #endif
 
-/* Passive TCP RTT and retransmits: needs count(), the flow key and the
- * accessors above. */
-#include "tcprtt.h"
+/*
+ * One u32 the verifier cannot see into (index 0; only forget_offset() in
+ * bpf/packet.h uses it, nobody deletes it): a value read back from a map
+ * is unknown to it.
+ */
+BPF_PERCPU_ARRAY(opaque, __u32, 1);
+
+/* The accessor packet.h declares. */
+static __always_inline __u32 *ft_opaque_slot(void)
+{
+	__u32 zero = 0;
+
+	return opaque.lookup(&zero);
+}
 
 /* Adds packets and len bytes to the interface counter (see struct
  * iface_stats for what the callers count). */
@@ -289,242 +301,6 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 	count(FT_CTR_LOST_BYTES, bytes);
 }
 
-/* What parse_packet() found; accounting happens once, after it. */
-struct pkt {
-	struct flow_key key;
-	__u32 l3_off;      /* the IP header, from skb->data */
-	__u32 l4_off;
-	__u32 ip_len;      /* from the IP header; ~0: take the skb's length */
-	__u32 l4_hdr;
-	__u64 flags;
-	__u8 dscp;
-	__u8 family;       /* FT_FAMILY_* for the interface counters */
-	__u8 l4_truncated; /* IP header fine, L4 header cut: count without ports */
-	__u8 pad;
-	__u32 mpls;        /* top MPLS label entry | FT_MPLS_PRESENT, 0: none */
-	__u32 dev_off;     /* no Ethernet header: where the network header is */
-	struct ft_tcpseg tcp; /* sequence and timestamps for the passive RTT code */
-};
-
-enum parse_status {
-	PARSE_OK = 0,
-	PARSE_TRUNCATED,   /* frame ended inside a header (L2/L3) */
-	PARSE_MALFORMED,
-	PARSE_EXT_LIMIT,
-	PARSE_NON_IP,
-	PARSE_MPLS_LIMIT,
-	PARSE_SEEK_LIMIT,
-};
-
-/*
- * One u32 the verifier cannot see into (index 0; only forget_offset() uses
- * it, nobody deletes it): a value read back from a map is unknown to it.
- */
-BPF_PERCPU_ARRAY(opaque, __u32, 1);
-
-/*
- * The cursor moved to the same place through an offset the verifier no
- * longer knows. Paths that reach IP at different constant offsets (each
- * MPLS depth, PPPoE, where an L3 device's network header was found) then
- * share one verifier state, instead of having everything after them
- * verified once per offset, which is past the verifier's budget. Costs an
- * inlined array lookup, only off the Ethernet IPv4/IPv6 path. Returns the
- * offset from skb->data, or FT_ETRUNC.
- */
-static __always_inline int forget_offset(struct __sk_buff *skb, struct cursor *c)
-{
-	__u32 zero = 0;
-	__u32 *slot = opaque.lookup(&zero);
-	__u32 off = c->pos - (void *)(long)skb->data;
-
-	if (!slot)
-		return FT_ETRUNC;
-	*(volatile __u32 *)slot = off;
-	off = *(volatile __u32 *)slot;
-	if (off > FT_PULL_LEN)
-		return FT_ETRUNC;
-	c->pos = (void *)(long)skb->data + off;
-	return off;
-}
-
-/* A negative FT_E* status of parse.h as a parse_status. */
-static __always_inline int parse_error(int err)
-{
-	switch (err) {
-	case FT_EMALFORMED:
-		return PARSE_MALFORMED;
-	case FT_EEXTLIMIT:
-		return PARSE_EXT_LIMIT;
-	case FT_EMPLSLIMIT:
-		return PARSE_MPLS_LIMIT;
-	case FT_ESEEKLIMIT:
-		return PARSE_SEEK_LIMIT;
-	}
-	return PARSE_TRUNCATED;
-}
-
-/*
- * Where the packet starts on a device without an Ethernet header: returns
- * skb->protocol, which says what it is, with the cursor at the network
- * header (seek_net()) when it is IP or MPLS. Negative: a FT_E* status.
- */
-static __always_inline int parse_l3dev(struct __sk_buff *skb, struct cursor *c, struct pkt *p)
-{
-	int proto = skb->protocol;
-	__u64 net[2];
-	int off;
-
-	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6) &&
-	    proto != bpf_htons(ETH_P_MPLS_UC) && proto != bpf_htons(ETH_P_MPLS_MC))
-		return proto; /* not IP: nothing to find */
-
-	/* Fails when fewer than 16 bytes of the network header are in the
-	 * linear area: headers in paged data (the caller pulls them in and
-	 * asks again), or no IP header (none fits in 16 bytes). */
-	if (bpf_skb_load_bytes_relative(skb, 0, net, sizeof(net), BPF_HDR_START_NET) != 0)
-		return FT_ETRUNC;
-	off = seek_net(c, net);
-	if (off < 0)
-		return off;
-	off = forget_offset(skb, c);
-	if (off < 0)
-		return off;
-	p->dev_off = off;
-	return proto;
-}
-
-/* Parses headers in the linear area into p. Touches no map. l3: the device
- * has no Ethernet header (a compile-time constant). */
-static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p, const int l3)
-{
-	struct cursor c;
-	struct iphdr *iph = NULL;
-	struct ipv6hdr *ip6h = NULL;
-	int proto, l4proto, nonfirst_frag = 0;
-	__u32 l3_off, l4_off;
-
-	c.pos = (void *)(long)skb->data;
-	c.end = (void *)(long)skb->data_end;
-
-	if (l3) {
-		proto = parse_l3dev(skb, &c, p);
-		if (proto < 0)
-			return parse_error(proto);
-	} else {
-		if (skb->vlan_present)
-			p->key.vlan = skb->vlan_tci & 0x0fff;
-
-		proto = parse_ethhdr(&c);
-		if (proto < 0)
-			return PARSE_TRUNCATED;
-		proto = parse_vlans(&c, proto, &p->key.vlan);
-		if (proto < 0)
-			return PARSE_TRUNCATED;
-	}
-	/* PPPoE, MPLS: off the IPv4/IPv6 path, which pays two compares. */
-	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6)) {
-		proto = parse_encap(&c, proto, &p->mpls);
-		if (proto < 0)
-			return parse_error(proto);
-		if (forget_offset(skb, &c) < 0)
-			return PARSE_TRUNCATED;
-	}
-	l3_off = c.pos - (void *)(long)skb->data;
-
-	if (proto == bpf_htons(ETH_P_IP)) {
-		p->family = FT_FAMILY_IPV4;
-		l4proto = parse_iphdr(&c, &iph);
-		if (l4proto < 0)
-			return parse_error(l4proto);
-		p->key.ip_version = 4;
-		__builtin_memcpy(p->key.src, &iph->saddr, 4);
-		__builtin_memcpy(p->key.dst, &iph->daddr, 4);
-		p->ip_len = bpf_ntohs(iph->tot_len);
-		p->dscp = iph->tos >> 2;
-		if (p->ip_len < (__u32)(c.pos - (void *)iph)) {
-			/* Shorter than its own header: impossible. 0 is what a
-			 * GSO packet over 64 KiB carries (BIG TCP): its length
-			 * is the skb's; on any other packet it is malformed. */
-			if (p->ip_len != 0 || skb->gso_size == 0)
-				return PARSE_MALFORMED;
-			p->ip_len = ~0U;
-		}
-		/* Offset != 0: a later fragment, no L4 header in it. */
-		if (iph->frag_off & bpf_htons(0x1fff))
-			nonfirst_frag = 1;
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		p->family = FT_FAMILY_IPV6;
-		l4proto = parse_ip6hdr(&c, &ip6h);
-		if (l4proto < 0)
-			return parse_error(l4proto);
-		l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
-		if (l4proto < 0)
-			return parse_error(l4proto);
-		p->key.ip_version = 6;
-		__builtin_memcpy(p->key.src, &ip6h->saddr, 16);
-		__builtin_memcpy(p->key.dst, &ip6h->daddr, 16);
-		p->ip_len = sizeof(*ip6h) + bpf_ntohs(ip6h->payload_len);
-		p->dscp = ((ip6h->priority << 4) | (ip6h->flow_lbl[0] >> 4)) >> 2;
-	} else {
-		return PARSE_NON_IP;
-	}
-	p->key.proto = l4proto;
-	/* Offsets as plain numbers: keeps clang from folding them back into
-	 * packet-pointer arithmetic the verifier rejects. */
-	l4_off = c.pos - (void *)(long)skb->data;
-	asm volatile("" : "+r"(l4_off));
-	asm volatile("" : "+r"(l3_off));
-	p->l3_off = l3_off;
-	p->l4_off = l4_off;
-
-	if (nonfirst_frag)
-		return PARSE_OK;
-	switch (l4proto) {
-	case IPPROTO_TCP: {
-		struct tcphdr *th = c.pos;
-
-		if ((void *)(th + 1) > c.end) {
-			p->l4_truncated = 1;
-			break;
-		}
-		p->key.sport = bpf_ntohs(th->source);
-		p->key.dport = bpf_ntohs(th->dest);
-		/* The flags byte follows doff/res1 in the 13th octet. */
-		p->flags = ((__u8 *)th)[13];
-		p->l4_hdr = th->doff * 4;
-		ft_tcp_parse(th, c.end, &p->tcp);
-		break;
-	}
-	case IPPROTO_UDP:
-	case IPPROTO_UDPLITE:
-	case IPPROTO_SCTP:
-	case IPPROTO_DCCP: {
-		__be16 *ports = c.pos;
-
-		if ((void *)(ports + 2) > c.end) {
-			p->l4_truncated = 1;
-			break;
-		}
-		p->key.sport = bpf_ntohs(ports[0]);
-		p->key.dport = bpf_ntohs(ports[1]);
-		p->l4_hdr = l4proto == IPPROTO_UDP ? 8 : 0;
-		break;
-	}
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6: {
-		__u8 *tc = c.pos;
-
-		if ((void *)(tc + 2) > c.end) {
-			p->l4_truncated = 1;
-			break;
-		}
-		p->key.dport = (tc[0] << 8) | tc[1];
-		break;
-	}
-	}
-	return PARSE_OK;
-}
-
 /* Hands a complete TCP header to the passive RTT code with its payload
  * length: from the skb for a GSO packet (its IP length may describe the
  * aggregate, or be 0 for BIG TCP), else from the IP header (a frame can
@@ -549,6 +325,25 @@ static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u6
 		     dir);
 }
 
+/* The counter of a packet parse_packet() gave up on (st: a negative enum
+ * ft_parse_status). */
+static __always_inline __u32 stop_counter(int st)
+{
+	switch (st) {
+	case FT_PARSE_TRUNCATED:
+		return FT_CTR_TRUNCATED;
+	case FT_PARSE_MALFORMED:
+		return FT_CTR_MALFORMED;
+	case FT_PARSE_EXT_LIMIT:
+		return FT_CTR_IPV6_EXT_LIMIT;
+	case FT_PARSE_MPLS_LIMIT:
+		return FT_CTR_MPLS_LIMIT;
+	case FT_PARSE_SEEK_LIMIT:
+		return FT_CTR_NET_SEEK_LIMIT;
+	}
+	return FT_CTR_NON_IP; /* FT_PARSE_NON_IP */
+}
+
 static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const int l3)
 {
 	struct pkt p = {};
@@ -558,7 +353,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const 
 	 * (some drivers and tunnels leave headers in paged data): pull the
 	 * headers in and parse again. Only then: a pull can copy and
 	 * reallocate, which we don't do to every packet. */
-	if ((st == PARSE_TRUNCATED || p.l4_truncated) &&
+	if ((st == FT_PARSE_TRUNCATED || p.l4_truncated) &&
 	    skb->len > skb->data_end - skb->data) {
 		bpf_skb_pull_data(skb, skb->len < FT_PULL_LEN ? skb->len : FT_PULL_LEN);
 		__builtin_memset(&p, 0, sizeof(p));
@@ -574,30 +369,12 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const 
 		 * the device's count. */
 		count_iface(skb, dir, p.family, 1,
 			    skb->len + (dir == FT_DIR_INGRESS && skb->vlan_present ? 4 : 0));
-	} else if (st != PARSE_OK) {
+	} else if (st != FT_PARSE_OK) {
 		/* No Ethernet header: the bytes from the network header on. */
 		count_iface(skb, dir, p.family, 1, skb->len - p.dev_off);
 	}
-	switch (st) {
-	case PARSE_OK:
-		break;
-	case PARSE_TRUNCATED:
-		count(FT_CTR_TRUNCATED, 1);
-		return TC_ACT_UNSPEC;
-	case PARSE_MALFORMED:
-		count(FT_CTR_MALFORMED, 1);
-		return TC_ACT_UNSPEC;
-	case PARSE_EXT_LIMIT:
-		count(FT_CTR_IPV6_EXT_LIMIT, 1);
-		return TC_ACT_UNSPEC;
-	case PARSE_MPLS_LIMIT:
-		count(FT_CTR_MPLS_LIMIT, 1);
-		return TC_ACT_UNSPEC;
-	case PARSE_SEEK_LIMIT:
-		count(FT_CTR_NET_SEEK_LIMIT, 1);
-		return TC_ACT_UNSPEC;
-	default:
-		count(FT_CTR_NON_IP, 1);
+	if (st != FT_PARSE_OK) {
+		count(stop_counter(st), 1);
 		return TC_ACT_UNSPEC;
 	}
 

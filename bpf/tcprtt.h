@@ -22,8 +22,8 @@
  * SYN/ACK: the server's half; SYN/ACK to ACK: the client's), timestamps
  * the rest, as pping does: the first data (or FIN) segment carrying a new
  * TSval starts a sample when none is pending (a pure ACK does not: its echo
- * waits for the peer's next data, which measures the application), and the first packet of the other direction
- * echoing it (TSecr == TSval) ends it. One sample pending per direction; a
+ * waits for the peer's next data, which measures the application), and the
+ * first packet of the other direction echoing it (TSecr == TSval) ends it. One sample pending per direction; a
  * new one starts no sooner than FT_RTT_GAP_DIV-th of the half's smoothed RTT
  * after the last one ended, and never sooner than FT_RTT_MIN_GAP_NS: at
  * most a few samples per RTT on long paths and 1000 / 5 = 200 per second on
@@ -51,18 +51,20 @@
  * direction is written only at its observation point, where racing CPUs can
  * at worst lose one sample.
  *
- * FT_PASSIVE_RTT=0 compiles all of it out (the benchmark's baseline).
+ * FT_PASSIVE_RTT=0 compiles all of it out (the benchmark's baseline; see
+ * bpf/tcpseg.h, which reads the TCP header for it).
  *
- * The maps live in tc.c with small accessors (tcp_conn_lookup, ...): bcc
- * rewrites map calls in the main file only.
+ * The maps live in the main file (bpf/tc.c), which defines the accessors
+ * declared below: bcc rewrites map calls in the main file only.
  */
 #ifndef FLOWTOP_TCPRTT_H
 #define FLOWTOP_TCPRTT_H
 
-#define FT_TCP_FIN 0x01
-#define FT_TCP_SYN 0x02
-#define FT_TCP_RST 0x04
-#define FT_TCP_ACK 0x10
+#include <uapi/linux/errno.h>
+
+#include "flowtop.h"
+#include "counters.h"
+#include "tcpseg.h"
 
 #if FT_PASSIVE_RTT
 
@@ -70,92 +72,13 @@
 #define FT_RTT_MIN_GAP_NS 5000000ULL      /* samples of one half start >= 5 ms apart ... */
 #define FT_RTT_GAP_DIV 4                  /* ... and >= a quarter of its srtt apart */
 #define FT_OBS_TAKEOVER_NS 2000000000ULL  /* observation point silent this long: move it */
-/* TCP options walked looking for the timestamps (40 bytes of options hold at
- * most 40 NOPs, but real stacks put timestamps within the first 6 options). */
-#define FT_TCPOPT_MAX 10
 
-/* What parse_packet() reads from a TCP header for the tracker. */
-struct ft_tcpseg {
-	__u32 seq;
-	__u32 tsval;
-	__u32 tsecr;
-	__u8 has_ts; /* tsval/tsecr hold a timestamps option */
-	__u8 pad[3];
-};
-
-static __always_inline int ft_seq_before(__u32 a, __u32 b)
-{
-	return (__s32)(a - b) < 0;
-}
-
-static __always_inline int ft_seq_after(__u32 a, __u32 b)
-{
-	return (__s32)(b - a) < 0;
-}
-
-/*
- * Sequence number and timestamps of a TCP header whose fixed part lies
- * before `end`. Options are walked only when the header has any; the layout
- * every established Linux/BSD segment uses (NOP NOP TS) is checked first.
- */
-static __always_inline void ft_tcp_parse(struct tcphdr *th, void *end, struct ft_tcpseg *s)
-{
-	__u8 *opt = (__u8 *)(th + 1);
-	__u32 olen = th->doff * 4;
-	__u32 off = 0;
-
-	s->seq = bpf_ntohl(th->seq);
-	if (olen <= sizeof(*th))
-		return;
-	olen -= sizeof(*th);
-	if (olen >= 12 && (void *)(opt + 12) <= end) {
-		__u32 w;
-
-		__builtin_memcpy(&w, opt, 4);
-		if (w == bpf_htonl(0x0101080a)) {
-			__builtin_memcpy(&s->tsval, opt + 4, 4);
-			__builtin_memcpy(&s->tsecr, opt + 8, 4);
-			s->tsval = bpf_ntohl(s->tsval);
-			s->tsecr = bpf_ntohl(s->tsecr);
-			s->has_ts = 1;
-			return;
-		}
-	}
-	for (int i = 0; i < FT_TCPOPT_MAX; i++) {
-		__u8 *o;
-		__u8 kind, len;
-
-		/* Keep the mask: it is what bounds the offset for the verifier. */
-		asm volatile("" : "+r"(off));
-		off &= 63;
-		if (off >= olen)
-			return;
-		o = opt + off;
-		if ((void *)(o + 2) > end)
-			return;
-		kind = o[0];
-		if (kind == 0) /* end of options */
-			return;
-		if (kind == 1) { /* NOP */
-			off += 1;
-			continue;
-		}
-		len = o[1];
-		if (len < 2)
-			return;
-		if (kind == 8 && len == 10) {
-			if (off + 10 > olen || (void *)(o + 10) > end)
-				return;
-			__builtin_memcpy(&s->tsval, o + 2, 4);
-			__builtin_memcpy(&s->tsecr, o + 6, 4);
-			s->tsval = bpf_ntohl(s->tsval);
-			s->tsecr = bpf_ntohl(s->tsecr);
-			s->has_ts = 1;
-			return;
-		}
-		off += len;
-	}
-}
+/* tcp_conns (key: struct tcp_conn_key, value: struct tcp_conn): the entry, or NULL. */
+FT_MAIN_DEFINES(static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k))
+/* Inserts an all-zero entry: 0, -EEXIST (another CPU was first) or the error. */
+FT_MAIN_DEFINES(static __always_inline int tcp_conn_insert(struct tcp_conn_key *k))
+/* An all-zero struct tcp_conn, never written (NULL: cannot happen). */
+FT_MAIN_DEFINES(static __always_inline struct tcp_conn *tcp_conn_zero_value(void))
 
 /* Fills the canonical key; returns the packet's direction in it (0: the
  * source is endpoint 0). */
@@ -193,6 +116,15 @@ static __always_inline __u32 ft_conn_key(struct flow_key *k, struct tcp_conn_key
 	return dir;
 }
 
+/* The precise clock (CLOCK_MONOTONIC), read only by the steps that time
+ * something and at most once per packet: *t keeps it, 0 until read. */
+static __always_inline __u64 ft_precise_now(__u64 *t)
+{
+	if (!*t)
+		*t = bpf_ktime_get_ns();
+	return *t;
+}
+
 /* One RTT sample of a half: EWMA as TCP does (RFC 6298 gains). */
 static __always_inline void ft_rtt_sample(struct tcp_rtt *h, __u64 rtt)
 {
@@ -215,6 +147,29 @@ static __always_inline void ft_rtt_sample(struct tcp_rtt *h, __u64 rtt)
 	h->samples += 1;
 }
 
+/*
+ * A connection not in the map yet: makes its entry for a SYN or a segment
+ * with data and returns it. A stray ACK, FIN or RST (the tail of a
+ * connection already deleted) would only be noise: NULL, as when the map
+ * is full (counted) or the entry is gone again.
+ */
+static __always_inline struct tcp_conn *ft_conn_new(struct tcp_conn_key *ck, __u8 flags,
+						    __u32 payload)
+{
+	int err;
+
+	if ((flags & FT_TCP_RST) || (!(flags & FT_TCP_SYN) && payload == 0))
+		return NULL;
+	err = tcp_conn_insert(ck);
+	if (err == 0) {
+		count(FT_CTR_TCP_CONN_NEW, 1);
+	} else if (err != -EEXIST) {
+		count(FT_CTR_TCP_CONN_MAP_FULL, 1);
+		return NULL;
+	}
+	return tcp_conn_lookup(ck);
+}
+
 /* Whether a SYN (without ACK) opens a new connection on an entry that has
  * state: the old one was closed, or its sender already has sequence state
  * and this is not its SYN again. (Simultaneous open keeps the entry.) */
@@ -227,169 +182,174 @@ static __always_inline int ft_tcp_reopened(struct tcp_conn *c, struct ft_tcpseg 
 	return c->side[dir & 1].half.flags & FT_HALF_SEQ;
 }
 
-/*
- * The tracker, for a TCP segment whose header was complete. k: the flow key
- * (ifindex, addresses, ports), flags: the TCP flags byte, payload: TCP
- * payload bytes of the skb, segs: segments it stands for (GSO), hook:
- * FT_DIR_*.
- */
-static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s, __u8 flags,
-					 __u32 payload, __u64 segs, __u8 hook)
+/* The 4-tuple was reused before userspace deleted the old entry: start
+ * the entry afresh. Returns 0 when it cannot (no zero value). */
+static __always_inline int ft_conn_reset(struct tcp_conn *c)
 {
-	struct tcp_conn_key ck;
-	__u32 dir = ft_conn_key(k, &ck) & 1;
-	struct tcp_conn *c = tcp_conn_lookup(&ck);
-	struct tcp_half *h, *r;
-	__u64 now = bpf_ktime_get_coarse_ns();
-	__u64 t = 0;
+	struct tcp_conn *init = tcp_conn_zero_value();
 
-	if (!c) {
-		/* Only a SYN or data makes an entry: a stray ACK, FIN or RST (the
-		 * tail of a connection already deleted) would only be noise. */
-		if ((flags & FT_TCP_RST) || (!(flags & FT_TCP_SYN) && payload == 0))
-			return;
-		int err = tcp_conn_insert(&ck);
+	if (!init)
+		return 0;
+	__u64 *dst = (__u64 *)c, *src = (__u64 *)init;
 
-		if (err == 0)
-			count(FT_CTR_TCP_CONN_NEW, 1);
-		else if (err != -EEXIST) {
-			count(FT_CTR_TCP_CONN_MAP_FULL, 1);
-			return;
-		}
-		c = tcp_conn_lookup(&ck);
-		if (!c)
-			return;
-	} else if ((flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN &&
-		   ft_tcp_reopened(c, s, dir)) {
-		/* The 4-tuple was reused before userspace deleted the old entry. */
-		struct tcp_conn *init = tcp_conn_zero_value();
-
-		if (!init)
-			return;
-		__u64 *dst = (__u64 *)c, *src = (__u64 *)init;
-
-		/* Word by word: clang turns a memcpy this large into a call. */
+	/* Word by word: clang turns a memcpy this large into a call. */
 #pragma unroll
-		for (int i = 0; i < sizeof(*c) / 8; i++)
-			dst[i] = src[i];
-	}
-	h = &c->side[dir].half;
-	r = &c->side[dir ^ 1].half;
+	for (int i = 0; i < sizeof(*c) / 8; i++)
+		dst[i] = src[i];
+	return 1;
+}
 
+/*
+ * Whether the packet is at its direction's observation point, where the
+ * direction's sequence and timestamp logic runs: the first place that saw
+ * the direction, or this one when that one has been quiet for
+ * FT_OBS_TAKEOVER_NS (a route or an attachment changed). Returns 0 for a
+ * second sighting elsewhere, which the caller then ignores. At the
+ * observation point, stamps the half's last_ns with now (coarse clock).
+ */
+static __always_inline int ft_half_observe(struct tcp_half *h, __u32 ifindex, __u8 hook,
+					   __u64 now)
+{
 	if (!(h->flags & FT_HALF_SEEN)) {
-		h->obs_ifindex = k->ifindex;
+		h->obs_ifindex = ifindex;
 		h->obs_hook = hook;
 		h->flags |= FT_HALF_SEEN;
-	} else if (h->obs_ifindex != k->ifindex || h->obs_hook != hook) {
-		/* A second sighting: nothing to do unless the first point went
-		 * quiet (route or attachment changed). */
+	} else if (h->obs_ifindex != ifindex || h->obs_hook != hook) {
 		if ((__s64)(now - h->last_ns) < (__s64)FT_OBS_TAKEOVER_NS)
-			return;
-		h->obs_ifindex = k->ifindex;
+			return 0;
+		h->obs_ifindex = ifindex;
 		h->obs_hook = hook;
 	}
 	/* Once per clock tick at most: a store per packet would bounce the
 	 * cache line between CPUs for nothing. */
 	if (h->last_ns != now)
 		h->last_ns = now;
+	return 1;
+}
 
-	if (flags & FT_TCP_RST) {
-		c->flags |= FT_CONN_RST;
-		return;
-	}
-
-	/* Handshake: first sighting of SYN, SYN/ACK and the client's ACK. An
-	 * established packet checks one flag of its own half, nothing more. */
+/*
+ * Handshake: the first sighting of the SYN, the SYN/ACK and the client's
+ * ACK (times in c), and the sample of each half they make: SYN -> SYN/ACK
+ * the server's, SYN/ACK -> ACK the client's (Karn: not when the packet that
+ * starts it was sent twice). h: the packet's half, r: the other one,
+ * *t: the precise clock (ft_precise_now()). An established packet checks
+ * one flag of its own half, nothing more.
+ */
+static __always_inline void ft_handshake(struct tcp_conn *c, struct tcp_half *h,
+					 struct tcp_half *r, struct ft_tcpseg *s, __u8 flags,
+					 __u32 dir, __u64 *t)
+{
 	if (flags & FT_TCP_SYN) {
-		t = bpf_ktime_get_ns();
+		__u64 now = ft_precise_now(t);
+
 		if (!(flags & FT_TCP_ACK)) {
 			if (c->syn_ns == 0) {
-				c->syn_ns = t;
+				c->syn_ns = now;
 				c->client = dir + 1;
 				c->isn = s->seq;
 			} else {
 				c->flags |= FT_CONN_SYN_AGAIN;
 			}
 		} else if (c->synack_ns == 0) {
-			c->synack_ns = t;
+			c->synack_ns = now;
 			if (c->client == (dir ^ 1) + 1) {
 				r->flags |= FT_HALF_ACK_DUE;
-				/* Karn: a SYN sent twice makes the sample ambiguous. */
-				if (!(c->flags & FT_CONN_SYN_AGAIN) && t > c->syn_ns)
-					ft_rtt_sample(&c->side[dir ^ 1].rtt, t - c->syn_ns);
+				if (!(c->flags & FT_CONN_SYN_AGAIN) && now > c->syn_ns)
+					ft_rtt_sample(&c->side[dir ^ 1].rtt, now - c->syn_ns);
 			}
 		} else {
 			c->flags |= FT_CONN_SYNACK_AGAIN;
 		}
 	} else if ((h->flags & FT_HALF_ACK_DUE) && (flags & FT_TCP_ACK)) {
-		h->flags &= ~FT_HALF_ACK_DUE;
-		t = bpf_ktime_get_ns();
-		c->ack_ns = t;
-		if (!(c->flags & FT_CONN_SYNACK_AGAIN) && t > c->synack_ns)
-			ft_rtt_sample(&c->side[dir ^ 1].rtt, t - c->synack_ns);
-	}
+		__u64 now = ft_precise_now(t);
 
-	/* Sequence space: retransmissions and data segments. */
+		h->flags &= ~FT_HALF_ACK_DUE;
+		c->ack_ns = now;
+		if (!(c->flags & FT_CONN_SYNACK_AGAIN) && now > c->synack_ns)
+			ft_rtt_sample(&c->side[dir ^ 1].rtt, now - c->synack_ns);
+	}
+}
+
+/*
+ * Sequence space of the packet's half h: data segments, and
+ * retransmissions (see the top of this file). payload: TCP payload bytes
+ * of the skb, segs: segments it stands for (GSO). A segment that occupies
+ * no sequence space (a pure ACK) changes nothing.
+ */
+static __always_inline void ft_seq_track(struct tcp_half *h, struct ft_tcpseg *s, __u8 flags,
+					 __u32 payload, __u64 segs)
+{
 	__u32 seglen = payload + ((flags & FT_TCP_SYN) ? 1 : 0) + ((flags & FT_TCP_FIN) ? 1 : 0);
 
-	if (seglen) {
-		__u32 end = s->seq + seglen;
-		/* Sent before a segment already seen: reordered, not sent again. */
-		int older = s->has_ts && (h->flags & FT_HALF_TS) && ft_seq_before(s->tsval, h->ts_last);
-
-		if (!(h->flags & FT_HALF_SEQ)) {
-			h->seq_end = end;
-			h->flags |= FT_HALF_SEQ;
-		} else if (ft_seq_after(end, h->seq_end)) {
-			if (payload && !older && ft_seq_before(s->seq, h->seq_end)) {
-				/* Starts in sequence space already seen: that part is sent
-				 * again (in as many segments as it spans). */
-				__u64 again = h->seq_end - s->seq;
-				__u64 n = segs > 1 ? (again * segs + payload - 1) / payload : 1;
-
-				__sync_fetch_and_add(&h->retrans, n);
-			}
-			h->seq_end = end;
-		} else if (!older && !(payload <= 1 && !(flags & (FT_TCP_SYN | FT_TCP_FIN)) &&
-				       end == h->seq_end)) {
-			/* (Not a keepalive: one byte just below snd_nxt.) */
-			__sync_fetch_and_add(&h->retrans, segs);
-		}
-		if (payload)
-			__sync_fetch_and_add(&h->data_segs, segs);
-		if (flags & FT_TCP_FIN)
-			h->flags |= FT_HALF_FIN;
-	}
-
-	if (!s->has_ts)
+	if (!seglen)
 		return;
-	if (flags & FT_TCP_SYN) {
-		/* The handshake times the first samples; timestamps take over
-		 * after it, from TSvals newer than the SYN's. */
-		h->ts_last = s->tsval;
-		h->flags |= FT_HALF_TS;
-		return;
-	}
-	/* The echo of the other direction's pending TSval ends its sample. */
-	if ((flags & FT_TCP_ACK) && r->ts_time_ns) {
-		if (s->tsecr == r->ts_pending) {
-			if (!t)
-				t = bpf_ktime_get_ns();
-			if (t > r->ts_time_ns) {
-				struct tcp_rtt *rr = &c->side[dir ^ 1].rtt;
-				__u64 gap;
+	__u32 end = s->seq + seglen;
+	/* Sent before a segment already seen: reordered, not sent again. */
+	int older = s->has_ts && (h->flags & FT_HALF_TS) && ft_seq_before(s->tsval, h->ts_last);
 
-				ft_rtt_sample(rr, t - r->ts_time_ns);
-				gap = rr->srtt_ns / FT_RTT_GAP_DIV;
-				rr->next_start_ns = t + (gap > FT_RTT_MIN_GAP_NS ? gap : FT_RTT_MIN_GAP_NS);
-			}
-			r->ts_time_ns = 0;
-		} else if (ft_seq_after(s->tsecr, r->ts_pending)) {
-			r->ts_time_ns = 0; /* never echoed: its segment was lost after the box */
+	if (!(h->flags & FT_HALF_SEQ)) {
+		h->seq_end = end;
+		h->flags |= FT_HALF_SEQ;
+	} else if (ft_seq_after(end, h->seq_end)) {
+		if (payload && !older && ft_seq_before(s->seq, h->seq_end)) {
+			/* Starts in sequence space already seen: that part is sent
+			 * again (in as many segments as it spans). */
+			__u64 again = h->seq_end - s->seq;
+			__u64 n = segs > 1 ? (again * segs + payload - 1) / payload : 1;
+
+			__sync_fetch_and_add(&h->retrans, n);
 		}
+		h->seq_end = end;
+	} else if (!older && !(payload <= 1 && !(flags & (FT_TCP_SYN | FT_TCP_FIN)) &&
+			       end == h->seq_end)) {
+		/* (Not a keepalive: one byte just below snd_nxt.) */
+		__sync_fetch_and_add(&h->retrans, segs);
 	}
-	/* The first packet with a new TSval may start a sample. The first TSval
-	 * of a connection picked up midway may be old: only newer ones count. */
+	if (payload)
+		__sync_fetch_and_add(&h->data_segs, segs);
+	if (flags & FT_TCP_FIN)
+		h->flags |= FT_HALF_FIN;
+}
+
+/*
+ * The other direction's pending sample (in r, its RTT in rr), given this
+ * packet's TSecr: its echo ends the sample and rate-limits the next one;
+ * an echo past it means the pending segment was lost after the box, which
+ * drops the sample. *t: the precise clock (ft_precise_now()).
+ */
+static __always_inline void ft_ts_echo(struct tcp_half *r, struct tcp_rtt *rr, __u32 tsecr,
+				       __u64 *t)
+{
+	if (!r->ts_time_ns)
+		return;
+	if (tsecr == r->ts_pending) {
+		__u64 now = ft_precise_now(t);
+
+		if (now > r->ts_time_ns) {
+			__u64 gap;
+
+			ft_rtt_sample(rr, now - r->ts_time_ns);
+			gap = rr->srtt_ns / FT_RTT_GAP_DIV;
+			rr->next_start_ns = now + (gap > FT_RTT_MIN_GAP_NS ? gap : FT_RTT_MIN_GAP_NS);
+		}
+		r->ts_time_ns = 0;
+	} else if (ft_seq_after(tsecr, r->ts_pending)) {
+		r->ts_time_ns = 0; /* never echoed: its segment was lost after the box */
+	}
+}
+
+/*
+ * The packet's own TSval (its half h, the half's RTT hr): the first packet
+ * with a newer TSval than any seen may start a sample, when it occupies
+ * sequence space, none is pending (one pending past FT_TS_STALE_NS is given
+ * up and counted) and the rate limit allows. The first TSval of a
+ * connection picked up midway may be old: only newer ones count. now: the
+ * coarse clock, *t: the precise one (ft_precise_now()).
+ */
+static __always_inline void ft_ts_start(struct tcp_half *h, struct tcp_rtt *hr,
+					struct ft_tcpseg *s, __u8 flags, __u32 payload, __u64 now,
+					__u64 *t)
+{
 	if (!(h->flags & FT_HALF_TS)) {
 		h->ts_last = s->tsval;
 		h->flags |= FT_HALF_TS;
@@ -410,22 +370,66 @@ static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s
 		count(FT_CTR_TCP_TS_STALE, 1);
 		h->ts_time_ns = 0;
 	}
-	if (!t)
-		t = bpf_ktime_get_ns();
-	if (t < c->side[dir].rtt.next_start_ns)
+	__u64 start = ft_precise_now(t);
+
+	if (start < hr->next_start_ns)
 		return;
 	h->ts_pending = s->tsval;
-	h->ts_time_ns = t;
+	h->ts_time_ns = start;
+}
+
+/*
+ * The tracker, for a TCP segment whose header was complete. k: the flow key
+ * (ifindex, addresses, ports), s: what parse_packet() read from the TCP
+ * header, flags: the TCP flags byte, payload: TCP payload bytes of the
+ * skb, segs: segments it stands for (GSO), hook: FT_DIR_*.
+ */
+static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s, __u8 flags,
+					 __u32 payload, __u64 segs, __u8 hook)
+{
+	struct tcp_conn_key ck;
+	__u32 dir = ft_conn_key(k, &ck) & 1;
+	struct tcp_conn *c = tcp_conn_lookup(&ck);
+	struct tcp_half *h, *r;
+	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 t = 0;
+
+	if (!c) {
+		c = ft_conn_new(&ck, flags, payload);
+		if (!c)
+			return;
+	} else if ((flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN &&
+		   ft_tcp_reopened(c, s, dir)) {
+		if (!ft_conn_reset(c))
+			return;
+	}
+	h = &c->side[dir].half;
+	r = &c->side[dir ^ 1].half;
+
+	if (!ft_half_observe(h, k->ifindex, hook, now))
+		return;
+	if (flags & FT_TCP_RST) {
+		c->flags |= FT_CONN_RST;
+		return;
+	}
+	ft_handshake(c, h, r, s, flags, dir, &t);
+	ft_seq_track(h, s, flags, payload, segs);
+
+	if (!s->has_ts)
+		return;
+	if (flags & FT_TCP_SYN) {
+		/* The handshake times the first samples; timestamps take over
+		 * after it, from TSvals newer than the SYN's. */
+		h->ts_last = s->tsval;
+		h->flags |= FT_HALF_TS;
+		return;
+	}
+	if (flags & FT_TCP_ACK)
+		ft_ts_echo(r, &c->side[dir ^ 1].rtt, s->tsecr, &t);
+	ft_ts_start(h, &c->side[dir].rtt, s, flags, payload, now, &t);
 }
 
 #else /* !FT_PASSIVE_RTT */
-
-struct ft_tcpseg {
-};
-
-static __always_inline void ft_tcp_parse(struct tcphdr *th, void *end, struct ft_tcpseg *s)
-{
-}
 
 static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s, __u8 flags,
 					 __u32 payload, __u64 segs, __u8 hook)
