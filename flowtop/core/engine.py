@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from flowtop.core.flowtable import FlowBatch, FlowTable, empty_batch
 from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.core.readings import EngineReadings, remote_bytes
 from flowtop.errors import CollectorFailedError
 from flowtop.kernel.collector import Drain
 from flowtop.stop import StopSignal
@@ -168,7 +169,7 @@ class Engine:
     sinks: list[Sink] = field(default_factory=list)
     stats: EngineStats = field(default_factory=EngineStats)
     last_drain: Drain | None = None
-    # Called after every step (metrics); the engine's thread.
+    # Called after every step (metrics: they read Engine.readings()); the engine's thread.
     observers: list[Callable[[Engine], None]] = field(default_factory=list)
     # (proto, address, port) of sockets whose flows must not be measured:
     # flowtop's own export traffic.
@@ -289,9 +290,9 @@ class Engine:
     def _emit(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
             return
-        if self.enricher is not None and batch.ext is not None:
+        if self.enricher is not None:
             try:
-                self._enrich_batch(self.enricher, batch.ext, batch.keys)
+                self._enrich_batch(self.enricher, batch.columns, batch.keys)
             except Exception as exc:  # the flows go out without AS/geo rather than not at all
                 self.failures.enrich.failed(exc, "ended flows")
             else:
@@ -307,7 +308,7 @@ class Engine:
                 self.failures.output.ok(name)
 
     @staticmethod
-    def _enrich_batch(enricher: Enricher, ext: np.ndarray, keys: np.ndarray) -> None:
+    def _enrich_batch(enricher: Enricher, ext: Mapping[str, np.ndarray], keys: np.ndarray) -> None:
         # Flows that never had a row (no room) were not looked up yet.
         miss = ext["src_ent"] < 0
         if miss.any():
@@ -337,6 +338,24 @@ class Engine:
 
     def interface_counters(self) -> list[InterfaceCounters]:
         return self.collector.interface_counters()
+
+    def readings(self) -> EngineReadings:
+        """The read side for the exports: what the last step left (engine thread)."""
+        d = self.last_drain
+        enricher = self.enricher
+        assert self.tcp_health is not None
+        return EngineReadings(
+            drain=d,
+            remote=remote_bytes(d, enricher) if d is not None and enricher is not None else None,
+            tcp=self.last_tcp,
+            names=self.collector.names(),
+            interfaces=self.interface_counters(),
+            active_flows=len(self.table),
+            health=self.health(),
+            poll_seconds=self.stats.last_poll_seconds,
+            polls=self.stats.polls,
+            tcp_groups=tuple(self.tcp_health.groups()),
+        )
 
     def health(self) -> CollectorHealth:
         """The collector's counters with every part's failures (<part>_errors)."""

@@ -212,8 +212,13 @@ class Enricher:
             ("addresses", "cache_hits", "cache_misses", "cache_clears", "reloads"), 0
         )
         self._label_errors = 0  # labels files refused at a reload (the old labels stayed)
-        for slot in (self._asn, self._city):
-            slot.load()
+        self._closed = False
+        try:
+            for slot in (self._asn, self._city):
+                slot.load()
+        except BaseException:  # the ASN database may be open already
+            self.close()
+            raise
         self._gens = (self._asn.generation, self._city.generation)
 
     # -- local networks ------------------------------------------------------
@@ -357,6 +362,8 @@ class Enricher:
         """Picks up replaced databases, a changed labels file and (auto-detected)
         changed local networks. A stat() per file when nothing changed. True if
         anything changed; then the address cache is dropped (ids stay valid)."""
+        if self._closed:
+            return False
         changed = False
         for slot in (self._asn, self._city):
             changed |= slot.load()
@@ -431,8 +438,13 @@ class Enricher:
         )
 
     def close(self) -> None:
-        self._asn.close()
-        self._city.close()
+        """Unmaps both databases; safe to call twice. A closed enricher opens
+        nothing again (maybe_reload is a no-op) and looks everything up as unknown."""
+        self._closed = True
+        try:
+            self._asn.close()
+        finally:
+            self._city.close()
 
 
 def _hash(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 from flowtop.config import Config
 from flowtop.core.flowtable import FlowBatch
 from flowtop.errors import CollectorFailedError
-from flowtop.query.view import ViewSource
+from flowtop.query.types import ViewSource
 from flowtop.run.dump import Extras, FlowAccumulator, emit
-from flowtop.run.sources import build_engine
+from flowtop.run.lifecycle import Parts, Run
+from flowtop.run.sources import LiveSource
 from flowtop.sanitize import clean
 from flowtop.stop import StopSignal
 
@@ -26,24 +27,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowtop")
 
 
-def run_dump(cfg: Config, duration: float, as_json: bool, stop: StopSignal | None = None) -> int:
+def run_dump(
+    cfg: Config,
+    duration: float,
+    as_json: bool,
+    stop: StopSignal | None = None,
+    parts: Parts | None = None,
+) -> int:
     """Collect for `duration`, print. stop: the CLI's (installed before the
     imports); a stop before "collecting on" raises Interrupted (nothing
     printed, nothing left attached), one after it ends the run early and
-    prints what was collected."""
+    prints what was collected. parts: how the Run makes its parts (tests)."""
     if stop is None:
         stop = StopSignal()
         stop.install()
-    engine, collector = build_engine(cfg.collector, cfg.enrich, stop.check)
-    resolver = None
-    acc = FlowAccumulator(engine.table.clock_offset)
-    engine.sinks.append(acc)
-    try:
-        names = collector.start()  # checks stop after its last step
-        if not names:
+    with Run(cfg, stop, parts=parts) as run:
+        engine = run.engine
+        acc = FlowAccumulator(engine.table.clock_offset)
+        engine.sinks.append(acc)
+        if not run.names:
             log.warning("no interface matches yet; waiting for one to appear")
         print(
-            f"flowtop: collecting on {', '.join(clean(n) for n in names) or '(none yet)'} "
+            f"flowtop: collecting on {', '.join(clean(n) for n in run.names) or '(none yet)'} "
             f"for {duration:g} s (Ctrl-C to stop early)",
             file=sys.stderr,
             flush=True,
@@ -53,12 +58,13 @@ def run_dump(cfg: Config, duration: float, as_json: bool, stop: StopSignal | Non
             engine.run(stop, duration=duration)
         except CollectorFailedError as exc:  # print what was collected, then its line
             failure = exc
-        engine.shutdown()
+        run.shutdown()
         ifaces = engine.interface_counters()
-        ifname = collector.names()
+        ifname = run.collector.names()
         flows = acc.per_key()
+        resolver = None
         if cfg.enrich.resolve_for(interactive=False):
-            resolver = resolve_all(flows)
+            resolver = resolve_all(run.resolver(), flows)
         health = engine.health()
         if resolver is not None:
             health = replace(health, resolve_errors=health.resolve_errors + resolver.failures)
@@ -71,20 +77,13 @@ def run_dump(cfg: Config, duration: float, as_json: bool, stop: StopSignal | Non
         emit(flows, ifname, ifaces, health, as_json, extras=extras)
         if failure is not None:
             raise failure
-    finally:
-        collector.close()
-        if resolver is not None:
-            resolver.close()
-        if engine.enricher is not None:
-            engine.enricher.close()
     return 0
 
 
-def resolve_all(flows: FlowBatch, budget: float = 3.0) -> ReverseResolver:
-    """A resolver that has had up to `budget` seconds for every address of flows."""
-    from flowtop.enrich.dns import ReverseResolver
-
-    resolver = ReverseResolver()
+def resolve_all(
+    resolver: ReverseResolver, flows: FlowBatch, budget: float = 3.0
+) -> ReverseResolver:
+    """resolver, after up to `budget` seconds for every address of flows."""
     addrs = {str(r.key.src) for r in flows.records()} | {str(r.key.dst) for r in flows.records()}
     for a in addrs:
         resolver.name(a)
@@ -105,61 +104,57 @@ def run_live(
     replay: str | None = None,
     speed: float = 1.0,
     stop: StopSignal | None = None,
+    parts: Parts | None = None,
 ) -> int:
     """The Textual live view over the kernel (or a recording); q detaches and exits.
 
     stop: the CLI's, checked during start-up (compile, attach). Once the view
     runs, SIGINT/SIGTERM/SIGHUP leave the way `q` does. A collector that
     gave up (CollectorFailedError) ends the view; the CLI prints its line.
+    The Run owns every part, the view's resolver too (resolver= below).
     """
     from flowtop.tui.app import FlowtopApp  # Textual only for the live view
 
     if stop is None:
         stop = StopSignal()
         stop.install()
-    source: ViewSource
-    if replay:
-        from flowtop.run.record import ReplaySource
+    exports = bool(cfg.ipfix.collectors or cfg.prometheus.listen is not None)
+    run = Run(
+        cfg,
+        stop,
+        outputs=exports and replay is None,
+        record=record,
+        replay=replay,
+        speed=speed,
+        parts=parts,
+    )
+    with run:
+        live: LiveSource | None = None
+        source: ViewSource
+        if run.replay is not None:
+            source = run.replay
+        else:
+            source = live = LiveSource(run)
+        app = FlowtopApp(source, theme=theme, resolve=resolve, resolver=run.resolver)
 
-        source = ReplaySource(replay, speed)
-    else:
-        from flowtop.run.sources import LiveSource
+        def _terminate(_signum: int, _frame: FrameType | None) -> None:
+            # SIGTERM/SIGHUP (the SSH session died), SIGINT from kill: leave the
+            # way `q` does, so that the filters come off.
+            source.stop()
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(app.exit)
+            except RuntimeError:
+                app.exit()
 
-        outputs = None
-        if cfg.ipfix.collectors or cfg.prometheus.listen is not None:
-            from flowtop.run.outputs import Outputs
-
-            outputs = Outputs(cfg)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminate)
         try:
-            source = LiveSource(
-                cfg.collector, record=record, outputs=outputs, enrich=cfg.enrich, startup=stop
-            )
-        except BaseException:
-            if outputs is not None:
-                outputs.close(0.2)
-            raise
-    try:
-        app = FlowtopApp(source, theme=theme, resolve=resolve)
-    except BaseException:
-        source.close()
-        raise
-
-    def _terminate(_signum: int, _frame: FrameType | None) -> None:
-        # SIGTERM/SIGHUP (the SSH session died), SIGINT from kill: leave the
-        # way `q` does, so that the filters come off.
-        source.stop()
-        try:
-            asyncio.get_running_loop().call_soon_threadsafe(app.exit)
-        except RuntimeError:
-            app.exit()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _terminate)
-    try:
-        stop.check()  # a signal between the last checkpoint and the handlers above
-        app.run()
-    finally:
-        source.close()
+            stop.check()  # a signal between the last checkpoint and the handlers above
+            app.run()
+        finally:
+            source.stop()
+            if live is not None:
+                live.close()  # the flows end under the source's lock; the Run closes the rest
     if app.failure is not None:
         raise app.failure
     return app.return_code or 0

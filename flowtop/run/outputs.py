@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from flowtop.config import Config, EnrichConfig, IpfixConfig, PrometheusConfig
 from flowtop.core.engine import Engine
 from flowtop.errors import ConfigError, FlowtopError
 from flowtop.export.ipfix import IpfixExporter
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
-
-if TYPE_CHECKING:
-    from flowtop.enrich import Enricher
 
 log = logging.getLogger("flowtop")
 
@@ -29,6 +23,10 @@ def _proto(transport: str) -> int:
 
 
 class Outputs:
+    """The IPFIX exporter and the Prometheus listener of one run (flowtop.run.lifecycle.Run
+    owns it): attach() hooks them into the engine (ended flows to IPFIX, each step's
+    Engine.readings() to the metrics), reload() swaps what changed, close() flushes."""
+
     def __init__(self, cfg: Config) -> None:
         # bgpSource/DestinationAsNumber go in the templates when there is an
         # ASN database to fill them.
@@ -39,6 +37,7 @@ class Outputs:
         self.metrics: FlowMetrics | None = None
         self.server: MetricsServer | None = None
         self._engine: Engine | None = None
+        self._closed = False
         try:
             self._start_ipfix(cfg.ipfix)
             self._start_prometheus(cfg.prometheus)
@@ -100,11 +99,13 @@ class Outputs:
     def _observe(self, engine: Engine) -> None:
         if self.metrics is None:
             return
-        if engine.last_drain is not None:
-            self.metrics.add_drain(engine.last_drain)
-            if engine.enricher is not None:
-                self._add_remote(engine, engine.enricher)
-        self.metrics.add_tcp(engine.last_tcp)
+        r = engine.readings()
+        if r.drain is not None:
+            self.metrics.add_drain(r.drain)
+        if r.remote is not None:
+            rb = r.remote
+            self.metrics.add_remote(rb.direction, rb.asn, rb.country, rb.nbytes)
+        self.metrics.add_tcp(r.tcp)
         exporter: dict[str, int] = {}
         if self.ipfix is not None:
             st = self.ipfix.stats()  # totals over the collectors
@@ -114,38 +115,15 @@ class Outputs:
                 "errors": st.send_errors + st.connect_errors + st.internal_errors,
             }
         self.metrics.publish(
-            engine.collector.names(),
-            engine.interface_counters(),
-            len(engine.table),
-            engine.health(),
-            engine.stats.last_poll_seconds,
-            engine.stats.polls,
+            r.names,
+            r.interfaces,
+            r.active_flows,
+            r.health,
+            r.poll_seconds,
+            r.polls,
             exporter,
-            engine.tcp_health.groups() if engine.tcp_health is not None else (),
+            r.tcp_groups,
         )
-
-    def _add_remote(self, engine: Engine, enricher: Enricher) -> None:
-        """This interval's bytes by remote AS and country (ingress: src, egress: dst)."""
-        assert self.metrics is not None and engine.last_drain is not None
-        for keys, stats in engine.last_drain.batches:
-            if len(keys) == 0:
-                continue
-            ingress = keys["direction"] == 0
-            remote = np.where(ingress, keys["src"], keys["dst"])
-            eids = enricher.lookup(remote, keys["ip_version"])
-            uniq, inv = np.unique(
-                np.stack([keys["direction"].astype(np.int64), eids.astype(np.int64)], axis=1),
-                axis=0,
-                return_inverse=True,
-            )
-            nbytes = np.bincount(inv.ravel(), weights=stats["bytes"].astype(np.float64))
-            ents = [enricher.entity(int(e)) for e in uniq[:, 1]]
-            self.metrics.add_remote(
-                uniq[:, 0],
-                np.array([e.asn or 0 for e in ents], dtype=np.int64),
-                np.array([e.country or "" for e in ents], dtype=object),
-                nbytes.astype(np.int64),
-            )
 
     def reload(self, cfg: Config, timeout: float = 1.0) -> None:
         """New settings: restart only what changed; flow state is the engine's.
@@ -187,15 +165,21 @@ class Outputs:
             raise ConfigError("; ".join(failed))
 
     def close(self, timeout: float) -> None:
-        """Flush what is queued for collectors (within timeout), stop listening."""
-        if self.ipfix is not None:
-            self.ipfix.close(timeout)
-            st = self.ipfix.stats()
-            log.info(
-                "IPFIX: %d records sent, %d flows not sent", st.records_sent, st.not_sent_flows
-            )
-        if self.server is not None:
-            self.server.close()
+        """Flush what is queued for collectors (within timeout), stop listening.
+        The listener stops even when the flush fails; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.ipfix is not None:
+                self.ipfix.close(timeout)
+                st = self.ipfix.stats()
+                log.info(
+                    "IPFIX: %d records sent, %d flows not sent", st.records_sent, st.not_sent_flows
+                )
+        finally:
+            if self.server is not None:
+                self.server.close()
 
 
 def asn_database_expected(cfg: EnrichConfig) -> bool:

@@ -16,21 +16,21 @@ from dataclasses import replace
 from types import FrameType
 
 from flowtop.config import Config
-from flowtop.core.engine import Engine
 from flowtop.errors import CollectorFailedError, FlowtopError
-from flowtop.kernel.collector import KernelCollector
-from flowtop.run.outputs import Outputs
-from flowtop.run.sources import build_engine, make_enricher
+from flowtop.run.lifecycle import FLUSH_SECONDS, Parts, Run
 from flowtop.stop import StopSignal
 
 log = logging.getLogger("flowtop")
-FLUSH_SECONDS = 1.5  # of the 2 s a service manager allows between TERM and KILL
 
 
 def run_export_only(
-    cfg: Config, reload: Callable[[], Config], stop: StopSignal | None = None
+    cfg: Config,
+    reload: Callable[[], Config],
+    stop: StopSignal | None = None,
+    parts: Parts | None = None,
 ) -> int:
-    """stop: the CLI's, checked during start-up too (Interrupted: nothing left)."""
+    """stop: the CLI's, checked during start-up too (Interrupted: nothing left).
+    parts: how the Run makes its parts (tests)."""
     logging.getLogger().setLevel(logging.INFO)
     if stop is None:
         stop = StopSignal()
@@ -41,52 +41,39 @@ def run_export_only(
         hup["pending"] = True
         stop.wake()
 
+    # Left installed when the run ends: a late SIGHUP must not kill a process on its way out.
     signal.signal(signal.SIGHUP, on_hup)
     if not cfg.ipfix.collectors and cfg.prometheus.listen is None:
         log.warning("no IPFIX collector and no Prometheus listener: collecting for nothing")
-    engine, collector = build_engine(cfg.collector, cfg.enrich, stop.check)
-    outputs: Outputs | None = None
-    try:
-        outputs = Outputs(cfg)
-        outputs.attach(engine)
-        names = collector.start()  # checks stop after its last step
-        log.info("collecting on %s", ", ".join(names) or "(no interface yet)")
+    with Run(cfg, stop, outputs=True, parts=parts) as run:
+        log.info("collecting on %s", ", ".join(run.names) or "(no interface yet)")
         failure: CollectorFailedError | None = None
         try:
             while not stop.is_set():
-                engine.run(stop, until=lambda: hup["pending"])
+                run.engine.run(stop, until=lambda: hup["pending"])
                 if hup["pending"]:
                     hup["pending"] = False
-                    cfg = _reload(cfg, reload, engine, collector, outputs)
+                    cfg = _reload(cfg, reload, run)
         except CollectorFailedError as exc:  # the flows it holds still go out, then its line
             failure = exc
         t0 = time.monotonic()
-        engine.shutdown()
-        outputs.close(FLUSH_SECONDS)
+        run.shutdown()
+        run.close(FLUSH_SECONDS)
         log.info("stopped in %.2f s", time.monotonic() - t0)
         if failure is not None:
             raise failure
-    finally:
-        if outputs is not None:
-            outputs.close(0.2)
-        collector.close()
     return 0
 
 
-def _reload(
-    cfg: Config,
-    reload: Callable[[], Config],
-    engine: Engine,
-    collector: KernelCollector,
-    outputs: Outputs,
-) -> Config:
+def _reload(cfg: Config, reload: Callable[[], Config], run: Run) -> Config:
     try:
         new = reload()
     except FlowtopError as exc:  # a bad file, a collector that does not resolve, ...
         log.error("config reload failed, keeping the running config: %s", exc)
         return cfg
+    engine = run.engine
     if new.collector.interfaces != cfg.collector.interfaces:
-        collector.reselect(new.collector.interfaces)
+        run.collector.reselect(new.collector.interfaces)
     engine.table.set_timeouts(new.collector.idle_timeout, new.collector.active_timeout)
     if new.collector.interval != cfg.collector.interval:
         engine.interval = new.collector.interval
@@ -99,10 +86,12 @@ def _reload(
         log.warning("%s change on restart only", " and ".join(unchanged))
     if new.enrich != cfg.enrich:
         try:
-            engine.set_enricher(make_enricher(new.enrich))
+            run.replace_enricher(new.enrich)  # the old one is closed once the new one runs
         except FlowtopError as exc:  # a bad labels file: keep what runs
             log.error("config reload: %s; keeping the previous enrichment", exc)
             new = replace(new, enrich=cfg.enrich)
+    outputs = run.outputs
+    assert outputs is not None  # export-only always has them
     try:
         outputs.reload(new)
     except FlowtopError as exc:  # Outputs.reload kept what ran for the part that failed

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from flowtop.config import CollectorConfig, EnrichConfig
+from flowtop.config import CollectorConfig, Config
 from flowtop.core.engine import MAX_DRAIN_FAILURES, Engine
 from flowtop.errors import CollectorFailedError
-from flowtop.query.view import ViewQuery
+from flowtop.query.types import ViewQuery
 from flowtop.run.dump import FlowAccumulator
-from flowtop.run.sources import LiveSource, build_engine
+from flowtop.run.lifecycle import Run
+from flowtop.run.sources import LiveSource
 
 from .expect import drain, udp_client, udp_sink
 from .netns import Pair, entered
@@ -39,18 +40,11 @@ PORT = 6600
 def engine_in(p: Pair) -> Iterator[tuple[Engine, FlowAccumulator]]:
     cfg = CollectorConfig(interfaces=("va",), sockops=False, idle_timeout=3600)
     with entered(p.a.name):
-        engine, collector = build_engine(cfg, EnrichConfig())
-        try:
-            collector.start()
-        except BaseException:
-            collector.close()
-            raise
-    acc = FlowAccumulator(engine.table.clock_offset)
-    engine.sinks.append(acc)
-    try:
-        yield engine, acc
-    finally:
-        collector.close()
+        run = Run(Config(collector=cfg)).start()
+    with run:
+        acc = FlowAccumulator(run.engine.table.clock_offset)
+        run.engine.sinks.append(acc)
+        yield run.engine, acc
 
 
 def send(p: Pair, n: int) -> None:
@@ -70,8 +64,8 @@ class ClosedMaps:
     fail with EBADF, as for a map gone from under it) until restore()."""
 
     def __init__(self, engine: Engine) -> None:
-        bpf = engine.collector.program.bpf  # type: ignore[attr-defined]
-        self.fds = [bpf[b"flows_a"].map_fd, bpf[b"flows_b"].map_fd]
+        program = engine.collector.program  # type: ignore[attr-defined]
+        self.fds = [program.map_fd("flows_a"), program.map_fd("flows_b")]
         self.saved = [os.dup(fd) for fd in self.fds]
         for fd in self.fds:
             os.close(fd)
@@ -150,7 +144,8 @@ def test_a_recording_that_cannot_be_written_is_counted_and_the_view_goes_on(
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     cfg = CollectorConfig(interfaces=("va",), interval=0.2, sockops=False)
     with entered(p.a.name):
-        source = LiveSource(cfg, record=str(fifo), enrich=EnrichConfig())
+        run = Run(Config(collector=cfg), record=str(fifo)).start()
+    source = LiveSource(run)
     try:
         assert os.read(reader, 1 << 16).startswith(b"FLOWTOP-REC")
         source.step()
@@ -169,3 +164,4 @@ def test_a_recording_that_cannot_be_written_is_counted_and_the_view_goes_on(
         assert source.engine.health().record_errors == 4
     finally:
         source.close()
+        run.close()

@@ -258,8 +258,8 @@ def test_live_view_source_exports_in_the_background(quiet_pair: Pair) -> None:
     from export.collectors import UdpCollector, decode_all  # tests/ is on sys.path
 
     from flowtop.config import CollectorConfig, Config, IpfixConfig, PrometheusConfig
-    from flowtop.query.view import ViewQuery
-    from flowtop.run.outputs import Outputs
+    from flowtop.query.types import ViewQuery
+    from flowtop.run.lifecycle import Run
     from flowtop.run.sources import LiveSource
 
     p = quiet_pair
@@ -271,7 +271,8 @@ def test_live_view_source_exports_in_the_background(quiet_pair: Pair) -> None:
                 ipfix=IpfixConfig(collectors=(("127.0.0.1", col.port),)),
                 prometheus=PrometheusConfig(listen=("127.0.0.1", PROM_PORT + 1)),
             )
-            src = LiveSource(cfg.collector, outputs=Outputs(cfg))
+            run = Run(cfg, outputs=True).start()
+            src = LiveSource(run)
             try:
                 sent = _send(p, 3, 10, 100)
                 for _ in range(3):
@@ -286,6 +287,7 @@ def test_live_view_source_exports_in_the_background(quiet_pair: Pair) -> None:
                 )
             finally:
                 src.close()
+                run.close()
             col.wait_flows(3)
             _msgs, flows = decode_all(col.messages())
     ours = [f for f in flows if f.get(11) == SINK]

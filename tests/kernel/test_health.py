@@ -19,11 +19,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from flowtop.config import CollectorConfig, EnrichConfig
+from flowtop.config import CollectorConfig, Config
 from flowtop.core import tcphealth
 from flowtop.core.engine import Engine
 from flowtop.core.tcphealth import HealthGroup
-from flowtop.run.sources import build_engine
+from flowtop.run.lifecycle import Run
 
 from . import impair
 from .netns import Netns, Router, entered
@@ -87,18 +87,9 @@ class PacedSender(threading.Thread):
 @contextmanager
 def engine_in(ns: Netns, interfaces: tuple[str, ...]) -> Iterator[Engine]:
     with entered(ns.name):
-        engine, collector = build_engine(
-            CollectorConfig(interfaces=interfaces, interval=1.0), EnrichConfig()
-        )
-        try:
-            collector.start()
-        except BaseException:
-            collector.close()
-            raise
-    try:
-        yield engine
-    finally:
-        collector.close()
+        run = Run(Config(collector=CollectorConfig(interfaces=interfaces, interval=1.0))).start()
+    with run:
+        yield run.engine
 
 
 def group(engine: Engine, scope: str, name: str) -> HealthGroup | None:

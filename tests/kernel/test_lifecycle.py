@@ -286,13 +286,18 @@ def test_two_live_collectors_do_not_remove_each_other(quiet_pair: Pair) -> None:
 # inside importlib's module-lock weakref callback is printed as "Exception
 # ignored" and dropped: the Ctrl-C was lost and `dump` ran its whole
 # --duration. The handler is now installed first thing in main() and only sets
-# a flag that every step of start-up checks. Each point is hit RUNS times, at a
-# random moment within it, with a busy loop on every CPU so that the timing is
-# not the quiet machine's.
+# a flag that every step of start-up checks. Each point is hit RUNS times,
+# alternately with clsact and TCX, with a busy loop on every CPU so that the
+# timing is not the quiet machine's.
+#
+# Where in a point's window (WINDOW seconds after its marker) the signal goes
+# is stratified: run i of n at a random moment within the i-th n-th of the
+# window, so that a few runs cover all of it (uniform moments bunch up and
+# leave gaps). A run past the importing point costs a compile or two (seconds
+# of CPU), so those points have few runs: as many per attachment mode.
 
-# Runs per point: most where the signal is cheapest to send; the compile and a
-# full start-up cost seconds a run (the whole file stays within ~3 minutes).
-RUNS = {"importing": 10, "compiling": 5, "attaching": 6, "collecting": 3}
+RUNS = {"importing": 10, "compiling": 4, "attaching": 4, "collecting": 2}
+WINDOW = {"importing": 0.1, "compiling": 0.5, "attaching": 0.6, "collecting": 0.0}
 # bcc's compile cannot be interrupted: a Ctrl-C during it takes effect when it
 # returns (the TC program, then the sock_ops one); under the CPU hog that is a
 # few seconds. The bug this catches ran on for the whole --duration (60 s).
@@ -348,70 +353,73 @@ def _bpffs_entries(pid: int) -> list[str]:
 POINTS = list(RUNS)
 
 
+def _interrupt_once(p: Pair, point: str, run: int) -> tuple[float | None, str | None]:
+    """One start-up of dump on p.a's va, SIGINT at `point`: (seconds it took
+    to exit, None) or (None or seconds, what was wrong)."""
+    rng = random.Random(f"{point}-{run}-{os.getpid()}")
+    delay = WINDOW[point] * (run + rng.random()) / RUNS[point]
+    # Both attachments, alternately: each has its own attach path to interrupt.
+    mode = ("tc", "tcx")[run % 2]
+    col = Collector(p.a, ["va"], extra_args=["--attach", mode]).start()
+    assert col.proc is not None
+    pid = col.pid
+    try:
+        if point == "importing":  # numpy is loaded: flowtop's own imports are under way
+            _wait_mapped(col, "_multiarray_umath")
+        elif point == "compiling":  # bcc is loaded: the TC program compiles now
+            _wait_mapped(col, "libbcc")
+        elif point == "attaching":  # its first filter is on: the rest, then sock_ops
+            assert _wait_for_filter(p.a, "va", col), col.stderr
+        else:
+            col.wait_ready()
+        time.sleep(delay)
+        t0 = time.monotonic()
+        col.proc.send_signal(signal.SIGINT)
+        try:
+            rc = col.proc.wait(timeout=EXIT_BOUND)
+        except subprocess.TimeoutExpired:
+            return None, f"run {run}: still running {EXIT_BOUND:g} s after SIGINT"
+        took = time.monotonic() - t0
+        res = col.stop(check=False)
+    finally:
+        if col.proc.poll() is None:
+            col.proc.kill()
+            col.proc.wait(timeout=10)
+    ready = READY_MARK in res.stderr
+    want = 0 if ready else 130
+    problems = []
+    if rc != want:
+        problems.append(f"exit {rc}, wanted {want} (ready={ready})")
+    if "Traceback" in res.stderr or "Exception ignored" in res.stderr:
+        problems.append("a traceback")
+    if ready and len([r for r in res.records if r.get("type") == "stats"]) != 1:
+        problems.append("no results after collecting")
+    if not ready and res.stdout:
+        problems.append(f"output before collecting: {res.stdout[:200]!r}")
+    if point == "collecting" and not ready:
+        problems.append("never said it was collecting")
+    for hook in ("ingress", "egress"):
+        if flowtop_filters(p.a, "va", hook):
+            problems.append(f"a flowtop filter left on va {hook}")
+    if _has_clsact(p.a, "va"):
+        problems.append("its clsact qdisc left on va")
+    if _tcx_links(p.a, "va"):
+        problems.append(f"TCX links left on va: {_tcx_links(p.a, 'va')}")
+    if _sock_ops_progs(pid):
+        problems.append(f"sock_ops program ftsops_{pid} left loaded")
+    if _bpffs_entries(pid):
+        problems.append(f"bpffs entries left: {_bpffs_entries(pid)}")
+    if not problems:
+        return took, None
+    p.a.tc("qdisc", "del", "dev", "va", "clsact", check=False)  # a clean va for the next run
+    return took, f"run {run} ({mode}): {'; '.join(problems)}\n{res.stderr[-1500:]}"
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_sigint_during_startup_leaves_nothing(quiet_pair: Pair, cpu_hog: None, point: str) -> None:
-    p = quiet_pair
-    rng = random.Random(f"{point}-{os.getpid()}")
-    bad: list[str] = []
-    took: list[float] = []
-    for run in range(RUNS[point]):
-        # Both attachments, alternately: each has its own attach path to interrupt.
-        mode = ("tc", "tcx")[run % 2]
-        col = Collector(p.a, ["va"], extra_args=["--attach", mode]).start()
-        assert col.proc is not None
-        pid = col.pid
-        try:
-            if point == "importing":  # numpy is loaded: flowtop's own imports are under way
-                _wait_mapped(col, "_multiarray_umath")
-                time.sleep(rng.uniform(0, 0.1))
-            elif point == "compiling":  # bcc is loaded: the TC program compiles now
-                _wait_mapped(col, "libbcc")
-                time.sleep(rng.uniform(0, 0.5))
-            elif point == "attaching":  # its first filter is on: the rest, then sock_ops
-                assert _wait_for_filter(p.a, "va", col), col.stderr
-                time.sleep(rng.uniform(0, 0.6))
-            else:
-                col.wait_ready()
-            t0 = time.monotonic()
-            col.proc.send_signal(signal.SIGINT)
-            try:
-                rc = col.proc.wait(timeout=EXIT_BOUND)
-            except subprocess.TimeoutExpired:
-                bad.append(f"run {run}: still running {EXIT_BOUND:g} s after SIGINT")
-                continue
-            took.append(time.monotonic() - t0)
-            res = col.stop(check=False)
-        finally:
-            if col.proc.poll() is None:
-                col.proc.kill()
-                col.proc.wait(timeout=10)
-        ready = READY_MARK in res.stderr
-        want = 0 if ready else 130
-        problems = []
-        if rc != want:
-            problems.append(f"exit {rc}, wanted {want} (ready={ready})")
-        if "Traceback" in res.stderr or "Exception ignored" in res.stderr:
-            problems.append("a traceback")
-        if ready and len([r for r in res.records if r.get("type") == "stats"]) != 1:
-            problems.append("no results after collecting")
-        if not ready and res.stdout:
-            problems.append(f"output before collecting: {res.stdout[:200]!r}")
-        if point == "collecting" and not ready:
-            problems.append("never said it was collecting")
-        for hook in ("ingress", "egress"):
-            if flowtop_filters(p.a, "va", hook):
-                problems.append(f"a flowtop filter left on va {hook}")
-        if _has_clsact(p.a, "va"):
-            problems.append("its clsact qdisc left on va")
-        if _tcx_links(p.a, "va"):
-            problems.append(f"TCX links left on va: {_tcx_links(p.a, 'va')}")
-        if _sock_ops_progs(pid):
-            problems.append(f"sock_ops program ftsops_{pid} left loaded")
-        if _bpffs_entries(pid):
-            problems.append(f"bpffs entries left: {_bpffs_entries(pid)}")
-        if problems:
-            bad.append(f"run {run} ({mode}): {'; '.join(problems)}\n{res.stderr[-1500:]}")
-            p.a.tc("qdisc", "del", "dev", "va", "clsact", check=False)
+    outcomes = [_interrupt_once(quiet_pair, point, run) for run in range(RUNS[point])]
+    bad = [why for _took, why in outcomes if why is not None]
+    took = [t for t, _why in outcomes if t is not None]
     assert not bad, "\n".join(bad)
     print(f"{point}: exit {min(took):.2f}..{max(took):.2f} s after SIGINT, {len(took)} runs")
 

@@ -66,9 +66,9 @@ def test_not_root() -> None:
 
 CORE_MODULES = (
     "flowtop.core.engine", "flowtop.run.commands", "flowtop.core.flowtable", "flowtop.run.dump",
-    "flowtop.query.view", "flowtop.query.filterexpr", "flowtop.run.record", "flowtop.run.sources",
+    "flowtop.query.source", "flowtop.query.filterexpr", "flowtop.run.record", "flowtop.run.sources",
     "flowtop.run.outputs", "flowtop.run.service", "flowtop.kernel.collector",
-    "flowtop.export.ipfix",
+    "flowtop.run.lifecycle", "flowtop.core.readings", "flowtop.export.ipfix",
     "flowtop.export.prometheus", "flowtop.enrich", "flowtop.enrich.dns", "flowtop.core.tcphealth",
     "flowtop.kernel.sockops",
 )  # fmt: skip
