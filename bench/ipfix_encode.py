@@ -78,9 +78,10 @@ def naive(batch: FlowBatch) -> list[bytes]:
     src = [bytes(r) for r in raw[:, 8:24]]
     dst = [bytes(r) for r in raw[:, 24:40]]
     off_ns = round(batch.clock_offset * 1e9)
-    start, end = batch.start_ns.tolist(), batch.end_ns.tolist()
-    pkts, octs = batch.packets.tolist(), batch.bytes.tolist()
-    flags, dscp, reason = batch.flags.tolist(), batch.dscp.tolist(), batch.reason.tolist()
+    start, end = batch["first_ns"].tolist(), batch["last_ns"].tolist()
+    pkts, octs = batch["packets"].tolist(), batch["bytes"].tolist()
+    flags, dscp = batch["tcp_flags"].tolist(), batch["dscp"].tolist()
+    reason = batch["end_reason"].tolist()
     per: dict[int, tuple[Template, list[bytes], list[int], list[int]]] = {
         4: (IPV4_FLOW, [], [], []),
         6: (IPV6_FLOW, [], [], []),

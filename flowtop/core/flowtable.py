@@ -1,22 +1,25 @@
 """The flow table: cumulative counters, rates, timeouts and flow-end records.
 
-Columnar: one numpy array per field, one row per flow, and a vectorised hash
-index (flowindex.py) from the raw 48-byte kernel key to its row. Merging a
-drained interval is a handful of numpy passes, with no Python-level work per
-flow; nothing per flow is a Python object until somebody asks for records
-(top-N, dump, export).
+Columnar: one numpy array per column (the fields of core/fields.py that have
+one, TABLE_FIELDS, plus the table's export bookkeeping), one row per flow, and
+a vectorised hash index (flowindex.py) from the raw 48-byte kernel key to its
+row. Merging a drained interval is a handful of numpy passes, each column by
+its field's merge rule, with no Python-level work per flow; nothing per flow
+is a Python object until somebody asks for records (top-N, dump, export).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any
 
 import numpy as np
 
+from flowtop.core import fields
+from flowtop.core.fields import KERNEL, MAX, MIN, OR, RATE, SUM, Field
 from flowtop.core.flowindex import FlowIndex, hash_words
 from flowtop.core.model import (
     TCP_FIN,
@@ -29,42 +32,24 @@ from flowtop.core.model import (
 from flowtop.kernel import layout
 
 NS = 1_000_000_000
-_COLUMNS: dict[str, str] = {
-    "packets": "<u8",
-    "bytes": "<u8",
-    "first_ns": "<u8",
-    "last_ns": "<u8",
-    "exp_packets": "<u8",  # counted up to the last export of this flow
-    "exp_bytes": "<u8",
-    "exp_start_ns": "<u8",  # start of the current export period
-    "pps": "<f4",
-    "Bps": "<f4",
-    "flags": "u1",
-    "dscp": "u1",
-    "mpls": "<u4",  # layout.FLOW_STATS.mpls of the last packet (0: no MPLS)
-    "live": "?",
-}
-# What a flow gains beyond counters: TCP health (joined from sock_ops or the
-# passive RTT code, cumulative for the connection) and enrichment (ids into
-# the Enricher's entity table). Flow-end records carry them as `ext`.
-EXT = np.dtype(
-    [
-        ("rtt_us", "<u4"),  # smoothed path RTT, 0 = unknown
-        ("rtt_min_us", "<u4"),
-        ("rtt_src", "u1"),  # layout.TCP_SOURCE_*: where the RTT came from
-        ("retr_src", "u1"),  # where retrans/rto came from, 0 = unknown
-        ("rtt_samples", "<u4"),
-        ("retrans", "<u8"),  # segments this flow's sender retransmitted
-        ("data_segs", "<u8"),
-        ("rto", "<u4"),
-        ("src_ent", "<i4"),  # Enricher entity ids, -1 = not looked up
-        ("dst_ent", "<i4"),
-        ("src_asn", "<u4"),  # from the entities, for IPFIX bgp*AsNumber; 0 = unknown
-        ("dst_asn", "<u4"),
-    ]
+_COUNTERS = tuple(f for f in fields.TABLE_FIELDS if f.origin == KERNEL)  # from FLOW_STATS
+_RATES = tuple(f for f in fields.TABLE_FIELDS if f.origin == RATE)
+# Written by TCP health and enrichment (set_column).
+_WRITABLE = frozenset(
+    f.name for f in fields.TABLE_FIELDS if f.origin in (fields.TCP, fields.ENRICH)
 )
-EXT_NAMES: tuple[str, ...] = EXT.names or ()
-SORT_COLUMNS = ("bytes", "packets", "bps", "pps", "first_seen", "last_seen")
+_BATCH_NAMES = frozenset(f.name for f in fields.BATCH_FIELDS)
+# The table's own columns: what each flow's summed counters were at its last
+# export (exp_<name>), when its current export period began, and whether the
+# row holds a flow.
+_EXPORTED = {f"exp_{f.name}": f for f in _COUNTERS if f.merge == SUM}
+_BOOKKEEPING = {**{n: f.dtype for n, f in _EXPORTED.items()}, "exp_start_ns": "<u8", "live": "?"}
+SORT_COLUMNS = tuple(f.sort for f in fields.TABLE_FIELDS if f.sort)
+# The columns gather_columns() hands the view.
+VIEW_COLUMNS = (
+    "packets", "bytes", "first_ns", "last_ns", "pps", "bps", "tcp_flags", "rtt_us", "retrans",
+    "retrans_source", "src_ent", "dst_ent",
+)  # fmt: skip
 
 
 def mono_to_unix_offset() -> float:
@@ -97,123 +82,70 @@ def decode_key(k: np.void) -> FlowKey:
     )
 
 
+def _record_values(row: Mapping[str, Any], of: tuple[Field, ...]) -> dict[str, Any]:
+    """FlowRecord keyword arguments from one record's raw column values."""
+    return {f.name: f.value(row, row[f.name]) if f.value else row[f.name] for f in of}
+
+
+def blank(f: Field, n: int) -> np.ndarray:
+    """n values of a column before anything is known."""
+    return np.full(n, f.blank, dtype=f.dtype)
+
+
 @dataclass(frozen=True, slots=True)
 class FlowBatch:
-    """Flow records in columns (what ended in one step), decoded on demand."""
+    """Flow-end records in columns, what the engine hands its sinks (dump, IPFIX):
+    the keys (layout.FLOW_KEY) and one array per fields.BATCH_FIELDS entry, by
+    field name (batch["packets"]); decoded into FlowRecords on demand."""
 
-    keys: np.ndarray  # layout.FLOW_KEY
-    packets: np.ndarray
-    bytes: np.ndarray
-    start_ns: np.ndarray
-    end_ns: np.ndarray
-    flags: np.ndarray
-    dscp: np.ndarray
-    reason: np.ndarray  # EndReason values
+    keys: np.ndarray
+    columns: Mapping[str, np.ndarray]
     clock_offset: float
-    ext: np.ndarray | None = None  # EXT per record; None: nothing known
-    mpls: np.ndarray | None = None  # layout.FLOW_STATS.mpls per record; None: none had MPLS
 
-    def ext_or_empty(self) -> np.ndarray:
-        return self.ext if self.ext is not None else empty_ext(len(self.keys))
+    def __post_init__(self) -> None:
+        if self.columns.keys() != _BATCH_NAMES:
+            odd = sorted(_BATCH_NAMES.symmetric_difference(self.columns))
+            raise ValueError(f"FlowBatch columns: {', '.join(odd)} missing or unknown")
 
-    def mpls_or_zeros(self) -> np.ndarray:
-        return self.mpls if self.mpls is not None else np.zeros(len(self.keys), dtype="<u4")
+    @staticmethod
+    def of(keys: np.ndarray, clock_offset: float, **columns: np.ndarray) -> FlowBatch:
+        """A batch of the columns given; every other one blank."""
+        cols = {}
+        for f in fields.BATCH_FIELDS:
+            given = columns.pop(f.name, None)
+            cols[f.name] = blank(f, len(keys)) if given is None else np.asarray(given, f.dtype)
+        if columns:
+            raise ValueError(f"FlowBatch has no columns {', '.join(sorted(columns))}")
+        return FlowBatch(keys, cols, clock_offset)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def records(self) -> Iterator[FlowRecord]:
-        off = self.clock_offset
-        ext = self.ext_or_empty()
-        mpls = self.mpls_or_zeros()
+        raw = {n: c.tolist() for n, c in self.columns.items()}
         for i in range(len(self.keys)):
-            yield FlowRecord(
-                key=decode_key(self.keys[i]),
-                packets=int(self.packets[i]),
-                bytes=int(self.bytes[i]),
-                first_seen=int(self.start_ns[i]) / NS + off,
-                last_seen=int(self.end_ns[i]) / NS + off,
-                tcp_flags=int(self.flags[i]),
-                dscp=int(self.dscp[i]),
-                end_reason=EndReason(int(self.reason[i])),
-                mpls_label=layout.mpls_label(int(mpls[i])),
-                **ext_fields(ext[i]),
-            )
+            row = {n: v[i] for n, v in raw.items()}
+            values = _record_values(row, fields.BATCH_FIELDS)
+            yield FlowRecord(key=decode_key(self.keys[i]), clock_offset=self.clock_offset, **values)
 
     @staticmethod
     def concat(batches: list[FlowBatch], clock_offset: float) -> FlowBatch:
         if not batches:
             return empty_batch(clock_offset)
-        cols = {f: np.concatenate([getattr(b, f) for b in batches]) for f in _BATCH_FIELDS}
-        ext = None
-        if any(b.ext is not None for b in batches):
-            ext = np.concatenate([b.ext_or_empty() for b in batches])
-        mpls = None
-        if any(b.mpls is not None for b in batches):
-            mpls = np.concatenate([b.mpls_or_zeros() for b in batches])
-        return FlowBatch(**cols, clock_offset=clock_offset, ext=ext, mpls=mpls)
+        keys = np.concatenate([b.keys for b in batches])
+        cols = {f.name: np.concatenate([b[f.name] for b in batches]) for f in fields.BATCH_FIELDS}
+        return FlowBatch(keys, cols, clock_offset)
 
     def select(self, keep: np.ndarray) -> FlowBatch:
-        cols = {f: getattr(self, f)[keep] for f in _BATCH_FIELDS}
-        ext = None if self.ext is None else self.ext[keep]
-        mpls = None if self.mpls is None else self.mpls[keep]
-        return FlowBatch(**cols, clock_offset=self.clock_offset, ext=ext, mpls=mpls)
-
-
-_BATCH_FIELDS = ("keys", "packets", "bytes", "start_ns", "end_ns", "flags", "dscp", "reason")
-
-
-def _some(mpls: np.ndarray) -> np.ndarray | None:
-    """A batch's MPLS column, None when no record has a label (the common case:
-    the exporters then skip the MPLS templates without looking)."""
-    return mpls if mpls.any() else None
-
-
-def empty_ext(n: int) -> np.ndarray:
-    ext = np.zeros(n, dtype=EXT)
-    ext["src_ent"] = -1
-    ext["dst_ent"] = -1
-    return ext
-
-
-class ExtFields(TypedDict):
-    rtt_us: int | None
-    rtt_min_us: int | None
-    rtt_source: str | None
-    retransmits: int | None
-    rto: int | None
-    src_ent: int
-    dst_ent: int
-
-
-def ext_fields(e: np.void) -> ExtFields:
-    """FlowRecord keyword arguments for one EXT row."""
-    rtt_src = int(e["rtt_src"])
-    retr_src = int(e["retr_src"])
-    return {
-        "rtt_us": int(e["rtt_us"]) if rtt_src and e["rtt_us"] else None,
-        "rtt_min_us": int(e["rtt_min_us"]) if rtt_src and e["rtt_min_us"] else None,
-        "rtt_source": layout.TCP_SOURCES[rtt_src] if rtt_src else None,
-        "retransmits": int(e["retrans"]) if retr_src else None,
-        "rto": int(e["rto"]) if retr_src == layout.TCP_SOURCE_SOCKOPS else None,
-        "src_ent": int(e["src_ent"]),
-        "dst_ent": int(e["dst_ent"]),
-    }
+        cols = {n: c[keep] for n, c in self.columns.items()}
+        return FlowBatch(self.keys[keep], cols, self.clock_offset)
 
 
 def empty_batch(clock_offset: float) -> FlowBatch:
-    z = np.zeros(0, dtype="<u8")
-    return FlowBatch(
-        np.zeros(0, dtype=layout.FLOW_KEY),
-        z,
-        z,
-        z,
-        z,
-        np.zeros(0, "u1"),
-        np.zeros(0, "u1"),
-        np.zeros(0, "u1"),
-        clock_offset,
-    )
+    return FlowBatch.of(np.zeros(0, dtype=layout.FLOW_KEY), clock_offset)
 
 
 class FlowTable:
@@ -239,8 +171,8 @@ class FlowTable:
         self._nfree = 0
         self._cap = 0
         self._keys = np.zeros(0, dtype=layout.FLOW_KEY)
-        self._c: dict[str, np.ndarray] = {n: np.zeros(0, dtype=t) for n, t in _COLUMNS.items()}
-        self._c.update({n: np.zeros(0, dtype=EXT[n]) for n in EXT_NAMES})
+        self._c: dict[str, np.ndarray] = {f.name: blank(f, 0) for f in fields.TABLE_FIELDS}
+        self._c.update({n: np.zeros(0, dtype=t) for n, t in _BOOKKEEPING.items()})
         self._grow(min(initial_capacity, max_flows))
 
     def set_timeouts(self, idle_timeout: float, active_timeout: float) -> None:
@@ -253,8 +185,8 @@ class FlowTable:
         return len(self._index)
 
     def _words(self) -> np.ndarray:
-        """The stored keys as (rows, 6) uint64 words, for the index."""
-        return self._keys.view("<u8").reshape(-1, 6)
+        """The stored keys as uint64 words (layout.FLOW_KEY_WORDS), for the index."""
+        return layout.FLOW_KEY_WORDS.view(self._keys)
 
     def _grow(self, need: int) -> None:
         new_cap = min(self.max_flows, max(need, self._cap + self._cap // 2, 64))
@@ -294,33 +226,24 @@ class FlowTable:
     def _take(self, rows: np.ndarray, reason: EndReason, end: bool) -> FlowBatch:
         """Records for rows (deltas since their last export); removes them if end."""
         c = self._c
-        start = np.maximum(c["first_ns"][rows], c["exp_start_ns"][rows])
-        batch = FlowBatch(
-            keys=self._keys[rows].copy(),
-            packets=c["packets"][rows] - c["exp_packets"][rows],
-            bytes=c["bytes"][rows] - c["exp_bytes"][rows],
-            start_ns=start,
-            end_ns=c["last_ns"][rows].copy(),
-            flags=c["flags"][rows].copy(),
-            dscp=c["dscp"][rows].copy(),
-            reason=np.full(len(rows), int(reason), dtype="u1"),
-            clock_offset=self.clock_offset,
-            ext=self.ext_at(rows),
-            mpls=_some(c["mpls"][rows]),
-        )
+        cols: dict[str, np.ndarray] = {}
+        for f in fields.BATCH_FIELDS:
+            if f.name == "end_reason":
+                cols[f.name] = np.full(len(rows), int(reason), dtype=f.dtype)
+            elif f.merge == SUM:
+                cols[f.name] = c[f.name][rows] - c[f"exp_{f.name}"][rows]
+            elif f.merge == MIN:  # the period's start: not before the last export
+                cols[f.name] = np.maximum(c[f.name][rows], c["exp_start_ns"][rows])
+            else:
+                cols[f.name] = c[f.name][rows]
+        batch = FlowBatch(self._keys[rows].copy(), cols, self.clock_offset)
         if end:
             self._release(rows)
         # Zero-packet periods (no traffic since the last export) carry nothing.
-        keep = batch.packets > 0
+        keep = batch["packets"] > 0
         if not keep.all():
             batch = batch.select(keep)
         return batch
-
-    def ext_at(self, rows: np.ndarray) -> np.ndarray:
-        ext = np.zeros(len(rows), dtype=EXT)
-        for name in EXT_NAMES:
-            ext[name] = self._c[name][rows]
-        return ext
 
     # -- updates ---------------------------------------------------------------
 
@@ -343,26 +266,33 @@ class FlowTable:
         """
         c = self._c
         live = c["live"]
-        c["pps"][live] = 0.0
-        c["Bps"][live] = 0.0
+        for f in _RATES:
+            c[f.name][live] = 0.0
         ended: list[FlowBatch] = []
         touched: list[np.ndarray] = []
         fin: list[np.ndarray] = []
+        flags = fields.member("tcp_flags")
         for keys, stats in batches:
             if len(keys) == 0:
                 continue
             rows, stats = self._upsert(keys, stats, touched, ended)
-            c["packets"][rows] += stats["packets"]
-            c["bytes"][rows] += stats["bytes"]
-            c["last_ns"][rows] = np.maximum(c["last_ns"][rows], stats["last_seen_ns"])
-            c["flags"][rows] |= stats["tcp_flags"].astype("u1")
-            c["dscp"][rows] = stats["dscp"]
-            c["mpls"][rows] = stats["mpls"]
+            for f in _COUNTERS:
+                col, new = c[f.name], stats[f.member]
+                if f.merge == SUM:
+                    col[rows] += new
+                elif f.merge == MIN:
+                    col[rows] = np.minimum(col[rows], new)
+                elif f.merge == MAX:
+                    col[rows] = np.maximum(col[rows], new)
+                elif f.merge == OR:
+                    col[rows] |= new.astype(col.dtype)
+                else:
+                    col[rows] = new
             if interval > 0:
-                c["pps"][rows] += stats["packets"] / interval
-                c["Bps"][rows] += stats["bytes"] / interval
+                for f in _RATES:
+                    c[f.name][rows] += stats[fields.member(f.rate_of)] * f.scale / interval
             touched.append(rows)
-            fin.append(rows[(stats["tcp_flags"] & (TCP_FIN | TCP_RST)) != 0])
+            fin.append(rows[(stats[flags] & (TCP_FIN | TCP_RST)) != 0])
         if on_merged is not None:
             on_merged()
         if fin:
@@ -386,7 +316,7 @@ class FlowTable:
         """
         c = self._c
         keys = np.ascontiguousarray(keys)
-        words = keys.view("<u8").reshape(-1, 6)
+        words = layout.FLOW_KEY_WORDS.view(keys)
         hashes = hash_words(words)
         rows = self._index.lookup(words, hashes, self._words())
         new = np.flatnonzero(rows < 0)
@@ -407,38 +337,23 @@ class FlowTable:
             rows[new] = new_rows
             self._keys[new_rows] = keys[new]
             self._index.insert(hashes[new], new_rows, self._words())
-            for name in ("packets", "bytes", "exp_packets", "exp_bytes", "flags", "mpls"):
+            for f in fields.TABLE_FIELDS:
+                c[f.name][new_rows] = f.blank
+            for name in _EXPORTED:
                 c[name][new_rows] = 0
-            c["first_ns"][new_rows] = stats["first_seen_ns"][new]
-            c["exp_start_ns"][new_rows] = stats["first_seen_ns"][new]
-            c["last_ns"][new_rows] = 0
-            c["pps"][new_rows] = 0.0
-            c["Bps"][new_rows] = 0.0
+            # A new flow starts at its first packet (MIN-merged: not at 0).
+            first = fields.member("first_ns")
+            c["first_ns"][new_rows] = stats[first][new]
+            c["exp_start_ns"][new_rows] = stats[first][new]
             c["live"][new_rows] = True
-            for name in EXT_NAMES:
-                c[name][new_rows] = -1 if name.endswith("_ent") else 0
         have = rows >= 0
-        rows, stats = rows[have], stats[have]
-        # A flow already in the table but first seen earlier in another batch
-        # of this interval (another CPU's cache) keeps its earliest start.
-        c["first_ns"][rows] = np.minimum(c["first_ns"][rows], stats["first_seen_ns"])
-        return rows, stats
+        return rows[have], stats[have]
 
     def _stats_batch(self, keys: np.ndarray, stats: np.ndarray) -> FlowBatch:
         """Records for drained flows that never get a row (no room)."""
-        return FlowBatch(
-            keys=keys.copy(),
-            packets=stats["packets"].copy(),
-            bytes=stats["bytes"].copy(),
-            start_ns=stats["first_seen_ns"].copy(),
-            end_ns=stats["last_seen_ns"].copy(),
-            flags=stats["tcp_flags"].astype("u1"),
-            dscp=stats["dscp"].copy(),
-            reason=np.full(len(keys), int(EndReason.LACK_OF_RESOURCES), dtype="u1"),
-            clock_offset=self.clock_offset,
-            ext=empty_ext(len(keys)),
-            mpls=_some(stats["mpls"].copy()),
-        )
+        cols = {f.name: stats[f.member].astype(f.dtype) for f in _COUNTERS}
+        reason = np.full(len(keys), int(EndReason.LACK_OF_RESOURCES), dtype="u1")
+        return FlowBatch.of(keys.copy(), self.clock_offset, end_reason=reason, **cols)
 
     def _evict(self, n: int, exclude: np.ndarray) -> FlowBatch:
         """Forced end of the n least recently seen flows to make room."""
@@ -467,8 +382,8 @@ class FlowTable:
         active = live[c["exp_start_ns"][live] + self.active_ns <= now_ns]
         if len(active):
             out.append(self._take(active, EndReason.ACTIVE_TIMEOUT, end=False))
-            c["exp_packets"][active] = c["packets"][active]
-            c["exp_bytes"][active] = c["bytes"][active]
+            for name, f in _EXPORTED.items():
+                c[name][active] = c[f.name][active]
             c["exp_start_ns"][active] = now_ns
         return FlowBatch.concat(out, self.clock_offset)
 
@@ -480,43 +395,23 @@ class FlowTable:
     # -- queries -----------------------------------------------------------------
 
     def _record(self, row: int) -> FlowRecord:
-        c = self._c
-        off = self.clock_offset
+        values = {f.name: self._c[f.name][row].item() for f in fields.TABLE_FIELDS}
         return FlowRecord(
             key=decode_key(self._keys[row]),
-            packets=int(c["packets"][row]),
-            bytes=int(c["bytes"][row]),
-            first_seen=int(c["first_ns"][row]) / NS + off,
-            last_seen=int(c["last_ns"][row]) / NS + off,
-            tcp_flags=int(c["flags"][row]),
-            dscp=int(c["dscp"][row]),
-            pps=float(c["pps"][row]),
-            bps=float(c["Bps"][row]) * 8,
-            mpls_label=layout.mpls_label(int(c["mpls"][row])),
-            **ext_fields(self.ext_at(np.array([row]))[0]),
+            clock_offset=self.clock_offset,
+            **_record_values(values, fields.TABLE_FIELDS),
         )
 
-    def _sort_values(self, by: str, rows: np.ndarray) -> np.ndarray:
-        c = self._c
-        col = {
-            "bytes": "bytes",
-            "packets": "packets",
-            "bps": "Bps",
-            "pps": "pps",
-            "first_seen": "first_ns",
-            "last_seen": "last_ns",
-        }.get(by)
-        if col is None:
-            raise ValueError(f"cannot sort by {by!r}: one of {', '.join(SORT_COLUMNS)}")
-        values: np.ndarray = c[col][rows]
-        return values
-
     def top(self, n: int, by: str = "bytes", descending: bool = True) -> list[FlowRecord]:
-        """The n first flows by a column; only those n become Python objects."""
+        """The n first flows by a column (a SORT_COLUMNS name); only those n
+        become Python objects."""
+        f = fields.SORTABLE.get(by)
+        if f is None or not f.column:
+            raise ValueError(f"cannot sort by {by!r}: one of {', '.join(SORT_COLUMNS)}")
         live = np.flatnonzero(self._c["live"])
         if len(live) == 0 or n <= 0:
             return []
-        vals = self._sort_values(by, live)
+        vals = self._c[f.name][live]
         if descending:
             vals = -vals.astype(np.float64)
         if n < len(live):
@@ -530,13 +425,13 @@ class FlowTable:
         return np.flatnonzero(self._c["live"])
 
     def column(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """One column (see gather() for names) at rows, a copy."""
+        """One column (a fields.TABLE_FIELDS name) at rows, a copy; rates as float64."""
         out: np.ndarray = self._c[name][rows]
-        return out.astype(np.float64) if name in ("pps", "Bps") else out
+        return out.astype(np.float64) if out.dtype.kind == "f" else out
 
     def set_column(self, name: str, rows: np.ndarray, values: np.ndarray | int) -> None:
-        """Writes an EXT column (TCP health, enrichment) at rows."""
-        if name not in EXT_NAMES:
+        """Writes a TCP health or enrichment column at rows."""
+        if name not in _WRITABLE:
             raise KeyError(name)
         self._c[name][rows] = values
 
@@ -545,7 +440,7 @@ class FlowTable:
         return out
 
     def words_at(self, rows: np.ndarray) -> np.ndarray:
-        """Keys at rows as (n, 6) uint64 words (faster to gather than records)."""
+        """Keys at rows as layout.FLOW_KEY_WORDS words (faster to gather than records)."""
         out: np.ndarray = self._words()[rows]
         return out
 
@@ -554,20 +449,8 @@ class FlowTable:
         return self._keys[rows], self.gather_columns(rows)
 
     def gather_columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return {
-            "packets": self._c["packets"][rows],
-            "bytes": self._c["bytes"][rows],
-            "first_ns": self._c["first_ns"][rows],
-            "last_ns": self._c["last_ns"][rows],
-            "pps": self._c["pps"][rows].astype(np.float64),
-            "Bps": self._c["Bps"][rows].astype(np.float64),
-            "flags": self._c["flags"][rows],
-            "rtt_us": self._c["rtt_us"][rows],
-            "retrans": self._c["retrans"][rows],
-            "retr_src": self._c["retr_src"][rows],
-            "src_ent": self._c["src_ent"][rows],
-            "dst_ent": self._c["dst_ent"][rows],
-        }
+        """VIEW_COLUMNS at rows (column() of each)."""
+        return {name: self.column(name, rows) for name in VIEW_COLUMNS}
 
     def records(self) -> Iterator[FlowRecord]:
         for r in np.flatnonzero(self._c["live"]):
@@ -581,5 +464,5 @@ class FlowTable:
             int(c["packets"][live].sum()),
             int(c["bytes"][live].sum()),
             float(c["pps"][live].sum()),
-            float(c["Bps"][live].sum()) * 8,
+            float(c["bps"][live].sum()),
         )

@@ -6,6 +6,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from flowtop.kernel import counters
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTO_NAMES = {
@@ -84,29 +86,41 @@ class FlowKey:
 
 @dataclass(frozen=True, slots=True)
 class FlowRecord:
-    """A flow's counters at one moment (snapshot) or over one export period (end)."""
+    """A flow's fields at one moment (snapshot) or over one export period (end),
+    as Python values: one attribute per flowtop.core.fields.RECORD_FIELDS entry,
+    named and valued as that Field says (tests/unit/test_fields.py checks)."""
 
     key: FlowKey
+    clock_offset: float  # seconds from CLOCK_MONOTONIC to unix time (unix())
     packets: int
     bytes: int
-    first_seen: float  # unix seconds
-    last_seen: float
+    first_ns: int  # CLOCK_MONOTONIC
+    last_ns: int
     tcp_flags: int
     dscp: int
-    pps: float = 0.0  # rates over the last interval
-    bps: float = 0.0  # bits per second
-    end_reason: EndReason | None = None
+    # Top MPLS label of the flow's last packet (20 bits), None: it had none
+    mpls: int | None = None
     # TCP health (None: unknown or not TCP)
     rtt_us: int | None = None
     rtt_min_us: int | None = None
-    rtt_source: str | None = None  # "sockops" or "passive"
-    retransmits: int | None = None
+    retrans: int | None = None
     rto: int | None = None
-    # Top MPLS label of the flow's last packet (20 bits), None: it had none
-    mpls_label: int | None = None
-    # Enricher entity ids of the two ends, -1: not looked up
+    rtt_source: str | None = None  # "sockops" or "passive"
+    retrans_source: str | None = None
+    rtt_samples: int | None = None
+    data_segs: int | None = None
+    # Enricher entity ids of the two ends (-1: not looked up) and their AS numbers
     src_ent: int = -1
+    src_asn: int | None = None
     dst_ent: int = -1
+    dst_asn: int | None = None
+    pps: float = 0.0  # rates over the last interval (live flows)
+    bps: float = 0.0  # bits per second
+    end_reason: EndReason | None = None  # flow-end records
+
+    def unix(self, ns: int) -> float:
+        """A CLOCK_MONOTONIC time of this record (first_ns, last_ns) in unix seconds."""
+        return ns / 1_000_000_000 + self.clock_offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,18 +136,10 @@ class InterfaceCounters:
 
 # The counters of CollectorHealth.as_dict() that mean lost or unattributed
 # traffic, or a failed part, on flowtop's side (CollectorHealth.problems adds
-# them up; the live view's header names the ones that are not 0).
+# them up; the live view's header names the ones that are not 0): the kernel
+# ones (flowtop.kernel.counters) and the parts' failures counted here.
 PROBLEM_COUNTERS = (
-    "flow_map_full",
-    "iface_map_full",
-    "no_flow_map",
-    "ipv6_ext_limit",
-    "mpls_limit",
-    "net_seek_limit",
-    "tcp_conn_map_full",
-    "tcp_conn_evicted",
-    "sockops_conn_map_full",
-    "sockops_closed_map_full",
+    *counters.PROBLEMS,
     "forced_evictions",
     "drain_errors",
     "attach_errors",

@@ -9,6 +9,10 @@ same with 100k flows as with ten.
 Label sets are bounded: at most max_series (interface, direction, protocol)
 series; flows of further combinations are counted in one series labelled
 "other", and a series once created keeps its labels (counters stay monotonic).
+
+Which per-flow fields feed which family, under what name and help, is in
+core/fields.py (Field.metrics): every kernel counter with a family labelled
+fields.FLOW_LABELS is summed per series here without further code.
 """
 
 from __future__ import annotations
@@ -30,38 +34,48 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from flowtop import __version__
+from flowtop.core import fields
 from flowtop.core.model import CollectorHealth, InterfaceCounters, proto_name
 from flowtop.core.tcphealth import DEGRADED, HEALTHY, HealthGroup, TcpUpdate
 from flowtop.errors import ConfigError
+from flowtop.kernel import counters
 from flowtop.kernel.collector import Drain
 
 OTHER = ("other", "other", "other")
+# The kernel counters summed per (interface, direction, protocol) series, with
+# their family (by name: the order of the exposition).
+FLOW_COUNTERS: tuple[tuple[str, fields.Metric], ...] = tuple(
+    sorted(
+        (
+            (fields.member(f.name), m)
+            for f in fields.FIELDS
+            if f.origin == fields.KERNEL
+            for m in f.metrics
+            if m.labels == fields.FLOW_LABELS
+        ),
+        key=lambda fm: fm[1].name,
+    )
+)
+
+
+def _metric(field: str, labels: tuple[str, ...]) -> fields.Metric:
+    """The family a field feeds under these labels."""
+    return next(m for m in fields.FIELD[field].metrics if m.labels == labels)
+
+
+RTT = _metric("rtt_us", ("ifname",))
+RETRANSMITS = _metric("retrans", ("ifname",))
+RTO = _metric("rto", ("ifname",))
+REMOTE_BYTES = _metric("bytes", ("direction", "asn", "country"))
 # Kernel counters exported as totals, with what they count.
-KERNEL_COUNTERS = {
-    "flow_map_full": "flow inserts that failed because the kernel flow map was full",
-    "lost_packets": "packets not counted in any flow (their insert failed)",
-    "lost_bytes": "IP bytes not counted in any flow (their insert failed)",
-    "iface_map_full": "interface counter inserts that failed",
-    "truncated": "frames that ended inside their link-layer or IP headers (in no flow)",
-    "malformed": "frames with an impossible header field (in no flow)",
-    "ipv6_ext_limit": "IPv6 packets with more extension headers than flowtop walks",
-    "no_flow_map": "packets seen while no interval flow map was active (in no flow)",
-    "non_ip": "frames that are not IP (counted on interfaces only)",
-    "no_ports": "packets counted in a flow without ports: their L4 header was cut",
-    "mpls_limit": "MPLS packets with a deeper label stack than flowtop walks (in no flow)",
-    "net_seek_limit": "packets on a device without an Ethernet header whose network header "
-    "flowtop did not find (in no flow)",
-    "tcp_conn_new": "connections the passive TCP tracker started following",
-    "tcp_conn_map_full": "connections the passive TCP tracker could not insert",
-    "tcp_conn_evicted": "passive TCP connections evicted from the full LRU map",
-    "tcp_ts_stale": "passive RTT samples given up (TSval never echoed within 1 s)",
-}
+KERNEL_COUNTERS = counters.PROMETHEUS_HELP
 
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     interfaces: tuple[InterfaceCounters, ...] = ()
-    flows: tuple[tuple[tuple[str, str, str], int, int], ...] = ()  # labels, bytes, packets
+    # labels, then the FLOW_COUNTERS totals in order
+    flows: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...] = ()
     active_flows: int = 0
     health: CollectorHealth = field(default_factory=CollectorHealth)
     poll_seconds: float = 0.0
@@ -88,8 +102,8 @@ class FlowMetrics:
 
     def __init__(self, max_series: int = 500) -> None:
         self.max_series = max_series
-        self._totals: dict[tuple[int, int, int], list[int]] = {}
-        self._other = [0, 0]
+        self._totals: dict[tuple[int, int, int], list[int]] = {}  # FLOW_COUNTERS totals
+        self._other = [0] * len(FLOW_COUNTERS)
         self._snapshot = MetricsSnapshot()
         self.errors: dict[str, int] = {}
         self._rtt: dict[int, tuple[np.ndarray, list[float]]] = {}  # ifindex -> buckets, [sum, n]
@@ -152,19 +166,20 @@ class FlowMetrics:
                 | keys["proto"].astype(np.uint64)
             )
             uniq, inv = np.unique(ident, return_inverse=True)
-            nbytes = np.bincount(inv, weights=stats["bytes"].astype(np.float64))
-            npkts = np.bincount(inv, weights=stats["packets"].astype(np.float64))
-            for u, b, p in zip(uniq.tolist(), nbytes.tolist(), npkts.tolist(), strict=True):
+            sums = [
+                np.bincount(inv, weights=stats[member].astype(np.float64)).tolist()
+                for member, _ in FLOW_COUNTERS
+            ]
+            for u, *values in zip(uniq.tolist(), *sums, strict=True):
                 key = (u >> 16, (u >> 8) & 0xFF, u & 0xFF)
                 slot = self._totals.get(key)
                 if slot is None:
                     if len(self._totals) >= self.max_series - 1:
-                        self._other[0] += int(b)
-                        self._other[1] += int(p)
-                        continue
-                    slot = self._totals[key] = [0, 0]
-                slot[0] += int(b)
-                slot[1] += int(p)
+                        slot = self._other
+                    else:
+                        slot = self._totals[key] = [0] * len(FLOW_COUNTERS)
+                for i, v in enumerate(values):
+                    slot[i] += int(v)
 
     def publish(
         self,
@@ -200,15 +215,11 @@ class FlowMetrics:
             for i, (b, s_n) in self._rtt.items()
         )
         flows = [
-            (
-                (names.get(i, f"if{i}"), ("ingress", "egress")[d], proto_name(p)),
-                v[0],
-                v[1],
-            )
+            ((names.get(i, f"if{i}"), ("ingress", "egress")[d], proto_name(p)), tuple(v))
             for (i, d, p), v in self._totals.items()
         ]
-        if self._other != [0, 0]:
-            flows.append((OTHER, self._other[0], self._other[1]))
+        if any(self._other):
+            flows.append((OTHER, tuple(self._other)))
         self._snapshot = MetricsSnapshot(
             interfaces=tuple(interfaces),
             flows=tuple(flows),
@@ -269,21 +280,13 @@ class FlowtopCollector(Collector):
                 fam.add_metric([ic.name, ic.family], getattr(ic, attr))
             yield fam
 
-        fb = CounterMetricFamily(
-            "flowtop_flow_bytes",
-            "IP bytes of flows (IP header + payload), by interface, direction and protocol",
-            labels=["ifname", "direction", "proto"],
-        )
-        fp = CounterMetricFamily(
-            "flowtop_flow_packets",
-            "packets of flows (segments of GSO packets), by interface, direction and protocol",
-            labels=["ifname", "direction", "proto"],
-        )
-        for labels, nbytes, npkts in s.flows:
-            fb.add_metric(list(labels), nbytes)
-            fp.add_metric(list(labels), npkts)
-        yield fb
-        yield fp
+        families = [
+            CounterMetricFamily(m.name, m.help, labels=list(m.labels)) for _, m in FLOW_COUNTERS
+        ]
+        for labels, values in s.flows:
+            for fam, v in zip(families, values, strict=True):
+                fam.add_metric(list(labels), v)
+        yield from families
 
         yield GaugeMetricFamily(
             "flowtop_active_flows", "flows in the flow table", value=s.active_flows
@@ -326,25 +329,18 @@ class FlowtopCollector(Collector):
 
     @staticmethod
     def _tcp(s: MetricsSnapshot) -> Iterator[Metric]:
-        rtt = HistogramMetricFamily(
-            "flowtop_tcp_rtt_seconds",
-            "smoothed TCP round-trip times, one observation per connection with a new "
-            "sample per interval (sock_ops for local sockets, passive for forwarded TCP)",
-            labels=["ifname"],
-        )
+        rtt = HistogramMetricFamily(RTT.name, RTT.help, labels=list(RTT.labels))
         for ifname, buckets, total, count in s.rtt:
             les = [(f"{b:g}", c) for b, c in zip(RTT_BUCKETS, buckets, strict=True)]
             rtt.add_metric([ifname], [*les, ("+Inf", count)], total)
         yield rtt
         retr = CounterMetricFamily(
-            "flowtop_tcp_retransmits", "TCP segments retransmitted", labels=["ifname"]
+            RETRANSMITS.name, RETRANSMITS.help, labels=list(RETRANSMITS.labels)
         )
         for ifname, n in s.retransmits:
             retr.add_metric([ifname], n)
         yield retr
-        rto = CounterMetricFamily(
-            "flowtop_tcp_rto", "TCP retransmission timeouts of local sockets", labels=["ifname"]
-        )
+        rto = CounterMetricFamily(RTO.name, RTO.help, labels=list(RTO.labels))
         for ifname, n in s.rto:
             rto.add_metric([ifname], n)
         yield rto
@@ -364,10 +360,7 @@ class FlowtopCollector(Collector):
             counts.add_metric([v], n)
         yield counts
         remote = CounterMetricFamily(
-            "flowtop_remote_bytes",
-            "IP bytes by direction and the remote end's AS and country (ingress: source, "
-            "egress: destination), bounded by max_series",
-            labels=["direction", "asn", "country"],
+            REMOTE_BYTES.name, REMOTE_BYTES.help, labels=list(REMOTE_BYTES.labels)
         )
         for labels, n in s.remote:
             remote.add_metric(list(labels), n)

@@ -1,7 +1,12 @@
-"""`flowtop dump`: collect for a while, then print flows, interface totals and losses."""
+"""`flowtop dump`: collect for a while, then print flows, interface totals and losses.
+
+The flow lines' JSON keys, their order and the text table's columns come from
+core/fields.py; what is here is how each value is written.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -11,9 +16,12 @@ from typing import Protocol, TextIO
 
 import numpy as np
 
+from flowtop.core import fields
+from flowtop.core.fields import Field, Text
 from flowtop.core.flowtable import FlowBatch
 from flowtop.core.model import (
     CollectorHealth,
+    Direction,
     FlowRecord,
     InterfaceCounters,
     proto_name,
@@ -44,31 +52,26 @@ class FlowAccumulator:
         n = len(uniq)
         first_idx = np.full(n, -1, dtype=np.int64)
         first_idx[inverse[::-1]] = np.arange(len(inverse))[::-1]
-        packets = np.zeros(n, dtype="<u8")
-        nbytes = np.zeros(n, dtype="<u8")
-        np.add.at(packets, inverse, allb.packets)
-        np.add.at(nbytes, inverse, allb.bytes)
-        start = np.full(n, np.iinfo(np.uint64).max, dtype="<u8")
-        np.minimum.at(start, inverse, allb.start_ns)
-        end = np.zeros(n, dtype="<u8")
-        np.maximum.at(end, inverse, allb.end_ns)
-        flags = np.zeros(n, dtype="u1")
-        np.bitwise_or.at(flags, inverse, allb.flags)
         last_idx = np.zeros(n, dtype=np.int64)
         last_idx[inverse] = np.arange(len(inverse))
-        return FlowBatch(
-            keys=allb.keys[first_idx],
-            packets=packets,
-            bytes=nbytes,
-            start_ns=start,
-            end_ns=end,
-            flags=flags,
-            dscp=allb.dscp[last_idx],
-            reason=allb.reason[last_idx],
-            clock_offset=self._offset,
-            ext=None if allb.ext is None else allb.ext[last_idx],
-            mpls=None if allb.mpls is None else allb.mpls[last_idx],
-        )
+        cols = {f.name: _fold(f, allb[f.name], inverse, last_idx) for f in fields.BATCH_FIELDS}
+        return FlowBatch(allb.keys[first_idx], cols, self._offset)
+
+
+def _fold(f: Field, col: np.ndarray, inverse: np.ndarray, last_idx: np.ndarray) -> np.ndarray:
+    """One value per key (inverse: each record's key) by the field's merge rule."""
+    if f.merge == fields.LAST:
+        out: np.ndarray = col[last_idx]
+        return out
+    n = len(last_idx)
+    if f.merge == fields.MIN:
+        out = np.full(n, np.iinfo(col.dtype).max, dtype=col.dtype)
+        np.minimum.at(out, inverse, col)
+        return out
+    out = np.zeros(n, dtype=col.dtype)
+    ufunc = {fields.SUM: np.add, fields.MAX: np.maximum, fields.OR: np.bitwise_or}[f.merge]
+    ufunc.at(out, inverse, col)
+    return out
 
 
 def iso(ts: float) -> str:
@@ -99,16 +102,33 @@ EntityOf = Callable[[int], EntityLike | None]
 NameOf = Callable[[str], str | None]
 
 
-def _ends(r: FlowRecord, entity_of: EntityOf | None) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for end, eid in (("src", r.src_ent), ("dst", r.dst_ent)):
-        e = entity_of(eid) if entity_of is not None and eid >= 0 else None
-        out[f"{end}_asn"] = e.asn if e else None
-        out[f"{end}_as_org"] = e.as_org if e else None
-        out[f"{end}_country"] = e.country if e else None
-        out[f"{end}_city"] = e.city if e else None
-        out[f"{end}_label"] = e.label if e else None
-    return out
+def _entity(r: FlowRecord, id_field: str, entity_of: EntityOf | None) -> EntityLike | None:
+    eid: int = getattr(r, id_field)
+    return entity_of(eid) if entity_of is not None and eid >= 0 else None
+
+
+def _json_value(
+    f: Field, r: FlowRecord, ifname: str, entity_of: EntityOf | None, name_of: NameOf | None
+) -> object:
+    k = r.key
+    if f.entity is not None:
+        e = _entity(r, f.entity[0], entity_of)
+        return getattr(e, f.entity[1]) if e is not None else None
+    if f.origin == fields.KEY:
+        v = getattr(k, fields.member(f.name))
+        if isinstance(v, Direction):
+            return v.label
+        return str(v) if isinstance(v, ipaddress.IPv4Address | ipaddress.IPv6Address) else v
+    if f.name == "iface":
+        return clean(ifname)
+    if f.name == "proto_name":
+        return proto_name(k.proto)
+    if f.json_when == fields.NAMES:
+        assert name_of is not None
+        return name_of(str(getattr(k, fields.member(f.name))))
+    assert f.origin != fields.SHOWN, f"{f.name}: no JSON renderer"
+    v = getattr(r, f.name)
+    return iso(r.unix(v)) if f.unit == fields.MONO_NS else v
 
 
 def flow_json(
@@ -117,38 +137,16 @@ def flow_json(
     entity_of: EntityOf | None = None,
     name_of: NameOf | None = None,
 ) -> dict[str, object]:
-    k = r.key
-    d = {
-        "type": "flow",
-        "iface": clean(ifname),
-        "ifindex": k.ifindex,
-        "direction": k.direction.label,
-        "ip_version": k.ip_version,
-        "proto": k.proto,
-        "proto_name": proto_name(k.proto),
-        "src": str(k.src),
-        "dst": str(k.dst),
-        "sport": k.sport,
-        "dport": k.dport,
-        "vlan": k.vlan,
-        "packets": r.packets,
-        "bytes": r.bytes,
-        "first_seen": iso(r.first_seen),
-        "last_seen": iso(r.last_seen),
-        "tcp_flags": r.tcp_flags,
-        "rtt_us": r.rtt_us,
-        "rtt_min_us": r.rtt_min_us,
-        "retransmits": r.retransmits,
-        "rto": r.rto,
-        "rtt_source": r.rtt_source,
-        **_ends(r, entity_of),
-    }
-    if r.mpls_label is not None:
-        # Only on flows that carried a label stack (README, "What is counted").
-        d["mpls_label"] = r.mpls_label
-    if name_of is not None:
-        d["src_name"] = name_of(str(k.src))
-        d["dst_name"] = name_of(str(k.dst))
+    """One flow line: fields.JSON_FIELDS in order (keys that are only sometimes
+    there last: mpls_label on flows that carried a label, names when asked)."""
+    d: dict[str, object] = {"type": "flow"}
+    for f in fields.JSON_FIELDS:
+        if f.json_when == fields.NAMES and name_of is None:
+            continue
+        v = _json_value(f, r, ifname, entity_of, name_of)
+        if f.json_when == fields.KNOWN and v is None:
+            continue
+        d[str(f.json)] = v
     return d
 
 
@@ -210,52 +208,13 @@ def write_table(
     extras: Extras = Extras(),
 ) -> None:
     records = list(records)
-    tcp = any(r.rtt_us is not None or r.retransmits is not None for r in records)
-    mpls = any(r.mpls_label is not None for r in records)
     ent = extras.entity_of
-
-    def asn(eid: int) -> str:
-        e = ent(eid) if ent is not None and eid >= 0 else None
-        if e is None:
-            return ""
-        return e.label or (f"AS{e.asn}" if e.asn else "") + (f" {e.country}" if e.country else "")
-
-    rows: list[tuple[str, ...]] = [
-        ("IFACE", "DIR", "PROTO", "SRC", "DST", "PKTS", "BYTES", "FLAGS", "VLAN")
-        + (("MPLS",) if mpls else ())
-        + (("RTT_MS", "RETR") if tcp else ())
-        + (("SRC_AS", "DST_AS") if ent is not None else ())
-    ]
+    cols = [(f, t) for f, t in fields.TEXT_COLUMNS if _shown(t, records, ent is not None)]
+    rows: list[tuple[str, ...]] = [tuple(t.header for _, t in cols)]
     for r in records:
-        k = r.key
-        proto = proto_name(k.proto)
-        if k.is_icmp:
-            proto += " {}/{}".format(*k.icmp_type_code)
-        rows.append(
-            (
-                clean(ifname.get(k.ifindex, str(k.ifindex))),
-                "in" if k.direction == 0 else "out",
-                proto,
-                endpoint(k.src, k.sport, k.proto, k.ip_version),
-                endpoint(k.dst, k.dport, k.proto, k.ip_version),
-                str(r.packets),
-                str(r.bytes),
-                tcp_flags_str(r.tcp_flags) if k.proto == 6 else "",
-                str(k.vlan) if k.vlan else "",
-            )
-            + ((str(r.mpls_label) if r.mpls_label is not None else "",) if mpls else ())
-            + (
-                (
-                    f"{r.rtt_us / 1000:.2f}" if r.rtt_us is not None else "",
-                    str(r.retransmits) if r.retransmits is not None else "",
-                )
-                if tcp
-                else ()
-            )
-            + ((clean(asn(r.src_ent)), clean(asn(r.dst_ent))) if ent is not None else ())
-        )
-    first_tcp = 10 if mpls else 9
-    _print_rows(out, rows, right={5, 6, first_tcp, first_tcp + 1} if tcp else {5, 6})
+        name = ifname.get(r.key.ifindex, str(r.key.ifindex))
+        rows.append(tuple(_cell(f, r, name, ent) for f, _ in cols))
+    _print_rows(out, rows, right={i for i, (_, t) in enumerate(cols) if t.right})
     out.write("\n")
     irows: list[tuple[str, ...]] = [
         ("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
@@ -298,6 +257,47 @@ def write_table(
     )
 
 
+def _shown(col: Text, records: list[FlowRecord], entities: bool) -> bool:
+    """Whether a text column is shown: always, with entities, or when some
+    flow has a value in a column of its group."""
+    if col.group is None:
+        return True
+    if col.group == "entity":
+        return entities
+    same = [f.name for f, t in fields.TEXT_COLUMNS if t.group == col.group]
+    return any(getattr(r, n) is not None for r in records for n in same)
+
+
+def _cell(f: Field, r: FlowRecord, ifname: str, ent: EntityOf | None) -> str:
+    """A text table cell."""
+    k = r.key
+    if f.name == "iface":
+        return clean(ifname)
+    if f.name == "direction":
+        return "in" if k.direction == 0 else "out"
+    if f.name == "proto_name":
+        return proto_name(k.proto) + (" {}/{}".format(*k.icmp_type_code) if k.is_icmp else "")
+    if f.name in ("src", "dst"):
+        port = k.sport if f.name == "src" else k.dport
+        return endpoint(getattr(k, f.name), port, k.proto, k.ip_version)
+    if f.name == "tcp_flags":
+        return tcp_flags_str(r.tcp_flags) if k.proto == 6 else ""
+    if f.name == "vlan":
+        return str(k.vlan) if k.vlan else ""
+    if f.name == "rtt_us":
+        return f"{r.rtt_us / 1000:.2f}" if r.rtt_us is not None else ""
+    if f.name in ("src_as", "dst_as"):
+        e = _entity(r, f"{f.name[:3]}_ent", ent)
+        if e is None:
+            return ""
+        return clean(
+            e.label or (f"AS{e.asn}" if e.asn else "") + (f" {e.country}" if e.country else "")
+        )
+    assert f.origin != fields.SHOWN, f"{f.name}: no text renderer"
+    v = getattr(k, fields.member(f.name)) if f.origin == fields.KEY else getattr(r, f.name)
+    return "" if v is None else str(v)
+
+
 def _print_rows(out: TextIO, rows: list[tuple[str, ...]], right: set[int]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -306,7 +306,7 @@ def _print_rows(out: TextIO, rows: list[tuple[str, ...]], right: set[int]) -> No
 
 
 def sorted_records(batch: FlowBatch) -> list[FlowRecord]:
-    order = np.lexsort((batch.packets, batch.bytes))[::-1]
+    order = np.lexsort((batch["packets"], batch["bytes"]))[::-1]
     recs = list(batch.records())
     return [recs[i] for i in order]
 

@@ -4,6 +4,10 @@ Columns a grouping drops (every row has None there) are left out; RTT,
 retransmits and ASN/country only appear when some row has a value. What does
 not fit the width goes, least important first: in rate mode the totals go
 before the rates, in cumulative mode the rates go first.
+
+A column showing a flow field is keyed by the field's name and takes its
+label, width and sort name from core/fields.py (Field.tui, Field.sort); its
+cell text is made here (CELLS).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from flowtop.query.view import ViewRow
+from flowtop.core import fields
+from flowtop.query.types import ViewRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
@@ -26,7 +31,7 @@ class Column:
     key: str
     label: str
     width: int  # minimum width
-    sort: str | None  # flowtop.query.view.SORT_KEYS entry, None when not sortable
+    sort: str | None  # flowtop.query.types.SORT_KEYS entry, None when not sortable
     numeric: bool = False
     grow: int = 0  # extra width it may take when there is room
 
@@ -69,45 +74,38 @@ def _asn(which: str) -> Callable[[ViewRow, Display, Names], str]:
 CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "src": _addr("src"),
     # ICMP has no source port: its key keeps type/code in dport only.
-    "sport": lambda r, d, n: fmt.source_port(r.sport, r.proto, r.proto_name, d.resolve),
+    "sport": lambda r, d, n: fmt.source_port(r.sport, r.proto, d.resolve),
     "dst": _addr("dst"),
-    "dport": lambda r, d, n: fmt.port(r.dport, r.proto, r.proto_name, d.resolve),
+    "dport": lambda r, d, n: fmt.port(r.dport, r.proto, d.resolve),
     "proto": lambda r, d, n: r.proto_name or ("" if r.proto is None else str(r.proto)),
     "iface": _iface,
     "flows": lambda r, d, n: fmt.count(r.flows),
-    "rate": lambda r, d, n: fmt.rate(r.bps, d.bits),
+    "bps": lambda r, d, n: fmt.rate(r.bps, d.bits),
     "pps": lambda r, d, n: fmt.count(r.pps),
     "bytes": lambda r, d, n: fmt.volume(r.bytes, d.bits),
     "packets": lambda r, d, n: fmt.count(r.packets),
-    "rtt": lambda r, d, n: fmt.rtt(r.rtt_us),
+    "rtt_us": lambda r, d, n: fmt.rtt(r.rtt_us),
     "retrans": lambda r, d, n: "" if r.retransmits is None else fmt.count(r.retransmits),
     "src_as": _asn("src"),
     "dst_as": _asn("dst"),
     "group": lambda r, d, n: clean_name(r.group or ""),
 }
 
-COLUMNS: dict[str, Column] = {
-    c.key: c
-    for c in (
-        Column("src", "Source", 15, "src", grow=24),
-        Column("sport", "SPort", 5, "sport", grow=7),
-        Column("dst", "Destination", 15, "dst", grow=24),
-        Column("dport", "DPort", 5, "dport", grow=7),
-        Column("proto", "Proto", 6, "proto"),
-        Column("iface", "Iface", 13, "iface", grow=8),
-        Column("flows", "Flows", 5, "flows", numeric=True),
-        Column("rate", "Rate", 9, "bps", numeric=True),
-        Column("pps", "Pkt/s", 6, "pps", numeric=True),
-        Column("bytes", "Total", 7, "bytes", numeric=True),
-        Column("packets", "Pkts", 6, "packets", numeric=True),
-        Column("group", "Group", 18, None, grow=30),
-        Column("rtt", "RTT", 7, "rtt", numeric=True),
-        Column("retrans", "Retr", 5, "retrans", numeric=True),
-        Column("src_as", "Src AS", 10, None),
-        Column("dst_as", "Dst AS", 10, None),
-    )
-}
+# The view's own columns: what a group has that a single flow does not.
+_GROUP_ONLY = (
+    Column("flows", "Flows", 5, "flows", numeric=True),
+    Column("group", "Group", 18, None, grow=30),
+)
+_FIELD_COLUMNS = tuple(
+    Column(f.name, t.label, t.width, f.sort, t.numeric, t.grow)
+    for f in fields.FIELDS
+    if (t := f.tui) is not None
+)
+COLUMNS: dict[str, Column] = {c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY)}
+assert COLUMNS.keys() == CELLS.keys(), "a column without a cell, or a cell without a column"
 KEY_COLUMNS = ("group", "src", "sport", "dst", "dport", "proto", "iface")
+# Shown when some row has a value, after the counters.
+_EXTRAS = ("rtt_us", "retrans", "src_as", "dst_as")
 # What each column needs from a row to be worth showing.
 _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "group": lambda r: r.group is not None,
@@ -117,7 +115,7 @@ _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "dport": lambda r: r.dport is not None,
     "proto": lambda r: r.proto is not None,
     "iface": lambda r: r.iface is not None,
-    "rtt": lambda r: r.rtt_us is not None,
+    "rtt_us": lambda r: r.rtt_us is not None,
     "retrans": lambda r: r.retransmits is not None,
     "src_as": lambda r: bool(r.src_asn or r.src_country or r.src_label),
     "dst_as": lambda r: bool(r.dst_asn or r.dst_country or r.dst_label),
@@ -148,21 +146,19 @@ def choose(
     keys = [k for k in GROUP_COLUMNS.get(group_by, KEY_COLUMNS)]
     if rows:
         keys = [k for k in KEY_COLUMNS if any(_PRESENT[k](r) for r in rows)]
-    metrics = ["rate", "pps", "bytes", "packets"]
+    metrics = ["bps", "pps", "bytes", "packets"]
     if display.cumulative:
-        metrics = ["bytes", "packets", "rate", "pps"]
+        metrics = ["bytes", "packets", "bps", "pps"]
     if group_by != "flow":
         metrics.insert(1, "flows")
-    extras = [
-        k for k in ("rtt", "retrans", "src_as", "dst_as") if any(_PRESENT[k](r) for r in rows)
-    ]
+    extras = [k for k in _EXTRAS if any(_PRESENT[k](r) for r in rows)]
     wanted = keys + metrics[:1]  # never dropped
     optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:]
     cols = [COLUMNS[k] for k in wanted]
     for k in optional:
         if _span([*cols, COLUMNS[k]]) <= width:
             cols.append(COLUMNS[k])
-    order = [k for k in (*KEY_COLUMNS, *metrics, "rtt", "retrans", "src_as", "dst_as")]
+    order = [*KEY_COLUMNS, *metrics, *_EXTRAS]
     cols.sort(key=lambda c: order.index(c.key))
     return tuple(_grow(cols, width))
 

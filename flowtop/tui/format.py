@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+from flowtop.enrich.services import service_name
 from flowtop.sanitize import clean
 
 _SI = ("", "k", "M", "G", "T", "P")
@@ -70,17 +70,14 @@ def tcp_flags(flags: int) -> str:
 
 
 @lru_cache(maxsize=4096)
-def service(port: int, proto: str) -> str | None:
-    """/etc/services name of a port (cached; the file is local, so this never blocks)."""
-    if proto not in ("tcp", "udp", "sctp"):
-        return None
-    try:
-        return clean(socket.getservbyport(port, proto), 16)
-    except (OSError, OverflowError):
-        return None
+def service(port: int, proto: int) -> str | None:
+    """Service name of a port for IP protocol proto (enrich.services: /etc/services,
+    then its built-in table; read once, so this never blocks), cut to 16 cells."""
+    name = service_name(port, proto)
+    return clean(name, 16) if name else None
 
 
-def port(number: int | None, proto: int | None, proto_name: str | None, names: bool) -> str:
+def port(number: int | None, proto: int | None, names: bool) -> str:
     """A port as a number or a service name; ICMP type/code as 'type/code'."""
     if number is None:
         return ""
@@ -88,18 +85,18 @@ def port(number: int | None, proto: int | None, proto_name: str | None, names: b
         return f"{number >> 8}/{number & 0xFF}"
     if number == 0:
         return "0" if proto in (6, 17, 132) else ""
-    if names and proto_name:
-        name = service(number, proto_name)
+    if names and proto is not None:
+        name = service(number, proto)
         if name:
             return name
     return str(number)
 
 
-def source_port(number: int | None, proto: int | None, proto_name: str | None, names: bool) -> str:
+def source_port(number: int | None, proto: int | None, names: bool) -> str:
     """The source side: blank for ICMP, whose type/code shows as the destination port."""
     if proto in _PORTLESS:
         return ""
-    return port(number, proto, proto_name, names)
+    return port(number, proto, names)
 
 
 def timestamp(unix: float) -> str:

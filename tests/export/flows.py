@@ -54,16 +54,16 @@ def batch(flows: list[Flow], offset: float = OFFSET) -> FlowBatch:
     def col(name: str, dtype: str) -> np.ndarray:
         return np.array([getattr(f, name) for f in flows], dtype=dtype)
 
-    return FlowBatch(
-        keys=keys,
+    return FlowBatch.of(
+        keys,
+        offset,
         packets=col("packets", "<u8"),
         bytes=col("bytes", "<u8"),
-        start_ns=np.array([T0 + f.start_ms * 1_000_000 for f in flows], dtype="<u8"),
-        end_ns=np.array([T0 + f.end_ms * 1_000_000 for f in flows], dtype="<u8"),
-        flags=col("flags", "u1"),
+        first_ns=np.array([T0 + f.start_ms * 1_000_000 for f in flows], dtype="<u8"),
+        last_ns=np.array([T0 + f.end_ms * 1_000_000 for f in flows], dtype="<u8"),
+        tcp_flags=col("flags", "u1"),
         dscp=col("dscp", "u1"),
-        reason=col("reason", "u1"),
-        clock_offset=offset,
+        end_reason=col("reason", "u1"),
     )
 
 
@@ -87,14 +87,14 @@ def many(n: int, v6_every: int = 0, seed: int = 1) -> FlowBatch:
     keys["dport"] = rng.integers(1, 1024, n)
     keys["vlan"] = rng.integers(0, 4095, n)
     start = T0 + rng.integers(0, 10**10, n).astype(np.uint64)
-    return FlowBatch(
-        keys=keys,
+    return FlowBatch.of(
+        keys,
+        OFFSET,
         packets=rng.integers(1, 10**6, n).astype("<u8"),
         bytes=rng.integers(40, 10**9, n).astype("<u8"),
-        start_ns=start,
-        end_ns=start + rng.integers(0, 10**10, n).astype(np.uint64),
-        flags=rng.integers(0, 256, n).astype("u1"),
+        first_ns=start,
+        last_ns=start + rng.integers(0, 10**10, n).astype(np.uint64),
+        tcp_flags=rng.integers(0, 256, n).astype("u1"),
         dscp=rng.integers(0, 64, n).astype("u1"),
-        reason=rng.integers(1, 6, n).astype("u1"),
-        clock_offset=OFFSET,
+        end_reason=rng.integers(1, 6, n).astype("u1"),
     )

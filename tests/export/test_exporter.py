@@ -78,8 +78,8 @@ def test_full_queue_is_counted_not_blocking() -> None:
         exp.flows_ended(drop)  # 80 + 50 > 100: refused, counted
         st = exp.stats()
         assert st.dropped_batches == 1 and st.not_sent_flows == 50
-        assert st.not_sent_packets == int(drop.packets.sum())
-        assert st.not_sent_octets == int(drop.bytes.sum())
+        assert st.not_sent_packets == int(drop["packets"].sum())
+        assert st.not_sent_octets == int(drop["bytes"].sum())
         exp.start()
         assert exp.flush(5)
         exp.close(5)
@@ -176,8 +176,8 @@ def test_close_with_tcp_down_counts_everything() -> None:
     assert time.perf_counter() - t0 < 1.5
     st = exp.stats()
     assert st.not_sent_flows == 1000
-    assert st.not_sent_packets == int(b.packets.sum())
-    assert st.not_sent_octets == int(b.bytes.sum())
+    assert st.not_sent_packets == int(b["packets"].sum())
+    assert st.not_sent_octets == int(b["bytes"].sum())
 
 
 def test_options_records_are_periodic() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowtop.core.flowtable import _BATCH_FIELDS, FlowBatch
+from flowtop.core.flowtable import FlowBatch
 from flowtop.export.ipfix.records import split_by_version
 from flowtop.export.ipfix.template import (
     IPV4_FLOW,
@@ -39,8 +39,8 @@ def entry(label: int, tc: int = 0, bottom: bool = True) -> int:
 
 def labelled(flows: list[Flow], mpls: list[int]) -> FlowBatch:
     b = batch(flows)
-    cols = {f: getattr(b, f) for f in _BATCH_FIELDS}
-    return FlowBatch(**cols, clock_offset=b.clock_offset, mpls=np.array(mpls, dtype="<u4"))
+    cols = {**b.columns, "mpls": np.array(mpls, dtype="<u4")}
+    return FlowBatch(b.keys, cols, b.clock_offset)
 
 
 FLOWS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flowtop.errors import ConfigError
-from flowtop.query.view import ViewQuery
+from flowtop.query.types import ViewQuery
 from flowtop.tui import FlowtopApp, themes
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import GROUP_COLUMNS, KEY_COLUMNS, choose
@@ -30,11 +30,11 @@ def test_numbers() -> None:
 
 
 def test_ports() -> None:
-    assert fmt.port(443, 6, "tcp", True) == "https"
-    assert fmt.port(443, 6, "tcp", False) == "443"
-    assert fmt.port(0x0800, 1, "icmp", True) == "8/0"
-    assert fmt.port(None, None, None, True) == ""
-    assert fmt.port(40000, 17, "udp", True) == "40000"
+    assert fmt.port(443, 6, True) == "https"
+    assert fmt.port(443, 6, False) == "443"
+    assert fmt.port(0x0800, 1, True) == "8/0"
+    assert fmt.port(None, None, True) == ""
+    assert fmt.port(40000, 17, True) == "40000"
 
 
 def test_columns_fit_80_and_keep_essentials() -> None:
@@ -44,13 +44,13 @@ def test_columns_fit_80_and_keep_essentials() -> None:
     cols = choose(rows, "flow", Display(), 79)
     keys = [c.key for c in cols]
     assert keys[: len(GROUP_COLUMNS["flow"])] == list(GROUP_COLUMNS["flow"])
-    assert "rate" in keys
+    assert "bps" in keys
     assert sum(c.width + 1 for c in cols) <= 79
     cum = [c.key for c in choose(rows, "flow", Display(cumulative=True), 79)]
-    assert "bytes" in cum and "rate" not in cum
+    assert "bytes" in cum and "bps" not in cum
     wide = [c.key for c in choose(rows, "flow", Display(), 200)]
-    assert {"rate", "pps", "bytes", "packets"} <= set(wide)
-    assert "rtt" not in wide  # no row has TCP health yet
+    assert {"bps", "pps", "bytes", "packets"} <= set(wide)
+    assert "rtt_us" not in wide  # no row has TCP health yet
 
 
 def test_columns_of_groups() -> None:

@@ -38,10 +38,10 @@ def test_per_key_sums_restarted_flows() -> None:
     assert len(b) == 2
     by_port = {int(k["sport"]): i for i, k in enumerate(b.keys)}
     i = by_port[1000]
-    assert (int(b.packets[i]), int(b.bytes[i]), int(b.flags[i])) == (6, 420, 0x13)
-    assert int(b.start_ns[i]) == T0 and int(b.end_ns[i]) == T0 + 2 * NS
+    assert (int(b["packets"][i]), int(b["bytes"][i]), int(b["tcp_flags"][i])) == (6, 420, 0x13)
+    assert int(b["first_ns"][i]) == T0 and int(b["last_ns"][i]) == T0 + 2 * NS
     j = by_port[1001]
-    assert (int(b.packets[j]), int(b.bytes[j])) == (3, 300)
+    assert (int(b["packets"][j]), int(b["bytes"][j])) == (3, 300)
 
 
 def test_json_lines_have_exactly_the_documented_fields() -> None:
@@ -102,11 +102,11 @@ def test_json_enrichment_names_and_health_lines() -> None:
     from flowtop.run.dump import Extras
 
     b = run_table().per_key()
-    assert b.ext is not None
-    b.ext["src_ent"] = 1  # every source: a hostile AS name, cleaned by the enricher
-    b.ext["dst_ent"] = -1  # never looked up: nulls
-    b.ext["rtt_us"], b.ext["rtt_min_us"], b.ext["rtt_src"] = 1500, 900, 2
-    b.ext["retrans"], b.ext["retr_src"] = 7, 2
+    assert {"src_ent", "dst_ent", "rtt_us", "retrans"} <= set(b.columns)
+    b["src_ent"][:] = 1  # every source: a hostile AS name, cleaned by the enricher
+    b["dst_ent"][:] = -1  # never looked up: nulls
+    b["rtt_us"][:], b["rtt_min_us"][:], b["rtt_source"][:] = 1500, 900, 2
+    b["retrans"][:], b["retrans_source"][:] = 7, 2
     ent = Entity(asn=64500, as_org="Example", country="NL", city="Amsterdam", label="db")
     health = HealthGroup("remote", "AS64500", "degraded", "2.0% retransmits to AS64500",
                          1500.0, 2500.0, 900.0, 0.02, 7, 350, 0)  # fmt: skip

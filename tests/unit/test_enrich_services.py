@@ -93,3 +93,44 @@ def test_builtin_names_are_plain() -> None:
     for (port, proto), name in BUILTIN.items():
         assert 0 < port < 65536 and proto in (6, 17, 132)
         assert name.isascii() and name.replace("-", "").isalnum(), name
+
+
+def test_the_live_view_names_ports_from_the_file_then_the_builtin_table(
+    services_file: UseFile, tmp_path: Path
+) -> None:
+    """The TUI's port cells (tui.format) use this module: a port the file lacks
+    but the built-in table has is named; names are cut to 16 cells."""
+    from flowtop.tui import format as fmt
+
+    f = tmp_path / "services"
+    f.write_text("averyveryverylongservicename 7001/tcp\nmyssh 22/tcp\n")
+    services_file(f)
+    fmt.service.cache_clear()
+    try:
+        assert fmt.port(6379, 6, True) == "redis"  # not in the file: built in
+        assert fmt.port(22, 6, True) == "myssh"  # the file wins
+        assert fmt.port(7001, 6, True) == "averyveryverylo…"  # 16 cells
+        assert fmt.port(7002, 6, True) == "7002"  # nobody knows it
+        assert fmt.port(6379, 6, False) == "6379"  # names off
+    finally:
+        fmt.service.cache_clear()
+
+
+@pytest.mark.skipif(not Path("/etc/services").exists(), reason="no /etc/services here")
+def test_ports_missing_from_the_system_file_get_builtin_names_in_the_view() -> None:
+    """Against this host's /etc/services and libc: every built-in tcp/udp port
+    that getservbyport(3) does not know still gets its name in the view."""
+    from flowtop.tui import format as fmt
+
+    fmt.service.cache_clear()
+    system = load_services("/etc/services")
+    checked = 0
+    for (port, proto), name in BUILTIN.items():
+        pname = {6: "tcp", 17: "udp"}.get(proto)
+        if pname is None or (port, proto) in system:
+            continue
+        with pytest.raises(OSError):
+            socket.getservbyport(port, pname)  # libc: missing indeed
+        assert fmt.port(port, proto, True) == name, (port, pname)
+        checked += 1
+    assert checked > 0, "every built-in port is in this /etc/services: nothing to check"

@@ -142,14 +142,9 @@ class IpfixExporter:
             self.start()
 
     def _encode(self, batch: FlowBatch) -> tuple[list[EncodedRecords], np.ndarray]:
-        extra = None
-        if self.bgp and batch.ext is not None:
-            # AS numbers of both ends, from enrichment (0 when unknown).
-            extra = {
-                "bgpSourceAsNumber": batch.ext["src_asn"],
-                "bgpDestinationAsNumber": batch.ext["dst_asn"],
-            }
-        return split_by_version(batch, self.v4, self.v6, extra, self.mpls)
+        # With bgp the templates carry the AS numbers of both ends (the batch's
+        # src_asn/dst_asn columns, from enrichment; 0 when unknown).
+        return split_by_version(batch, self.v4, self.v6, self.mpls)
 
     def start(self) -> None:
         for link in self._links:

@@ -121,7 +121,7 @@ class CollectorLink:
         with self._cond:
             full = self._queued > 0 and self._queued + n > self._max_queue
             if self._closing or full:
-                self._lost(n, int(batch.packets.sum()), int(batch.bytes.sum()))
+                self._lost(n, int(batch["packets"].sum()), int(batch["bytes"].sum()))
                 self._bump(dropped_batches=1)
                 return False
             self._queue.append(batch)
@@ -195,7 +195,7 @@ class CollectorLink:
         with self._cond:
             batch, self._inflight = self._inflight, None
             if batch is not None:
-                self._lost(len(batch), int(batch.packets.sum()), int(batch.bytes.sum()))
+                self._lost(len(batch), int(batch["packets"].sum()), int(batch["bytes"].sum()))
                 self._resolved(len(batch))
             for e in self._pending:
                 self._lost(len(e), int(e.packets.sum()), int(e.octets.sum()))
@@ -246,7 +246,9 @@ class CollectorLink:
             if len(other):
                 with self._cond:
                     self._lost(
-                        len(other), int(batch.packets[other].sum()), int(batch.bytes[other].sum())
+                        len(other),
+                        int(batch["packets"][other].sum()),
+                        int(batch["bytes"][other].sum()),
                     )
                     self._resolved(len(other))
         if time.monotonic() >= self._next_options:
@@ -343,7 +345,7 @@ class CollectorLink:
             left = list(self._queue)
             self._queue.clear()
             for b in left:
-                self._lost(len(b), int(b.packets.sum()), int(b.bytes.sum()))
+                self._lost(len(b), int(b["packets"].sum()), int(b["bytes"].sum()))
                 self._resolved(len(b))
             for e in self._pending:
                 self._lost(len(e), int(e.packets.sum()), int(e.octets.sum()))

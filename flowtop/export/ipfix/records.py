@@ -1,18 +1,24 @@
 """Flow-end batches to IPFIX Data Records, a whole FlowBatch at a time.
 
-Each column of the batch is converted with one numpy operation into the
-packed, network-byte-order structured array of a flow template; the array's
-bytes are the Data Records, ready to be cut into messages. No Python work per
-flow.
+Each Information Element of a flow template is filled from the field that
+names it in core/fields.py (Field.ie), with one numpy operation per element
+into the packed, network-byte-order structured array of the template; the
+array's bytes are the Data Records, ready to be cut into messages. No Python
+work per flow. Most elements are the field's column as it is; the ones that
+are not (addresses cut to their version, ports and ICMP type/code, the
+interface by direction, times, DSCP, the MPLS entry) have an encoder here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from flowtop.core import fields
+from flowtop.core.fields import Field
 from flowtop.core.flowtable import FlowBatch
 from flowtop.export.ipfix.template import Template
 from flowtop.kernel import layout
@@ -22,8 +28,7 @@ _NS_PER_MS = 1_000_000
 
 _KEY_FIELDS = layout.FLOW_KEY.fields
 assert _KEY_FIELDS is not None
-_SRC = int(_KEY_FIELDS["src"][1])
-_DST = int(_KEY_FIELDS["dst"][1])
+_KEY_OFFSETS = {name: int(spec[1]) for name, spec in _KEY_FIELDS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,58 +50,85 @@ def unix_ms(mono_ns: np.ndarray, clock_offset: float) -> np.ndarray:
     return (mono_ns.astype(np.int64) + offset_ns) // _NS_PER_MS
 
 
+class _Rows:
+    """The selected rows of a batch, as the encoders read them."""
+
+    def __init__(self, batch: FlowBatch, sel: slice | np.ndarray, version: int) -> None:
+        self.batch = batch
+        self.sel = sel
+        self.keys = batch.keys[sel]
+        self.version = version
+
+    def value(self, f: Field) -> np.ndarray:
+        """The field's values: a key member or the batch column."""
+        if f.origin == fields.KEY:
+            out: np.ndarray = self.keys[fields.member(f.name)]
+            return out
+        col: np.ndarray = self.batch[f.name][self.sel]
+        return col
+
+    @cached_property
+    def icmp(self) -> np.ndarray:
+        return np.isin(self.keys["proto"], ICMP_PROTOS)
+
+    @cached_property
+    def ingress(self) -> np.ndarray:
+        out: np.ndarray = self.keys["direction"] == layout.DIR_INGRESS
+        return out
+
+    def address(self, f: Field) -> np.ndarray:
+        """The address octets of the version, from the raw key."""
+        n, alen = len(self.keys), 16 if self.version == 6 else 4
+        raw = np.ascontiguousarray(self.keys).view(np.uint8).reshape(n, layout.FLOW_KEY.itemsize)
+        start = _KEY_OFFSETS[fields.member(f.name)]
+        return raw[:, start : start + alen]
+
+
+Encoder = Callable[[_Rows, Field], np.ndarray]
+
+
+def _mpls_entry(r: _Rows, f: Field) -> np.ndarray:
+    """The 24 bits below MPLS_PRESENT, big-endian."""
+    entry = (r.value(f) & layout.MPLS_ENTRY_MASK).astype(">u4")
+    out: np.ndarray = entry.view(np.uint8).reshape(len(r.keys), 4)[:, 1:]
+    return out
+
+
+# Elements that are not their field's value as it is.
+_ENCODERS: dict[str, Encoder] = {
+    **dict.fromkeys(
+        ("sourceIPv4Address", "sourceIPv6Address", "destinationIPv4Address",
+         "destinationIPv6Address"),
+        _Rows.address,
+    ),
+    "sourceTransportPort": lambda r, f: np.where(r.icmp, 0, r.value(f)),
+    "destinationTransportPort": lambda r, f: np.where(r.icmp, 0, r.value(f)),
+    "icmpTypeCodeIPv4": lambda r, f: np.where(r.icmp, r.value(f), 0),
+    "icmpTypeCodeIPv6": lambda r, f: np.where(r.icmp, r.value(f), 0),
+    "vlanId": lambda r, f: r.value(f) & 0x0FFF,
+    "ingressInterface": lambda r, f: np.where(r.ingress, r.value(f), 0),
+    "egressInterface": lambda r, f: np.where(r.ingress, 0, r.value(f)),
+    "flowStartMilliseconds": lambda r, f: unix_ms(r.value(f), r.batch.clock_offset),
+    "flowEndMilliseconds": lambda r, f: unix_ms(r.value(f), r.batch.clock_offset),
+    "ipClassOfService": lambda r, f: (r.value(f).astype(np.uint8) & 0x3F) << 2,
+    "mplsTopLabelStackSection": _mpls_entry,
+}  # fmt: skip
+
+
 def encode_flows(
-    batch: FlowBatch,
-    template: Template,
-    select: np.ndarray | None = None,
-    extra: Mapping[str, np.ndarray] | None = None,
+    batch: FlowBatch, template: Template, select: np.ndarray | None = None
 ) -> EncodedRecords:
-    """Records of template for the batch rows in select (a mask or indices; all if None).
-
-    extra supplies columns the batch does not have, by IE name (such as the
-    BGP AS numbers); template fields with no source stay 0.
-    """
-    sel = slice(None) if select is None else select
-    keys = batch.keys[sel]
-    n = len(keys)
-    out = template.empty(n)
-    cols = set(template.columns)
-    version = 6 if "sourceIPv6Address" in cols else 4
-    alen = 16 if version == 6 else 4
-    raw = np.ascontiguousarray(keys).view(np.uint8).reshape(n, layout.FLOW_KEY.itemsize)
-    out[f"sourceIPv{version}Address"] = raw[:, _SRC : _SRC + alen]
-    out[f"destinationIPv{version}Address"] = raw[:, _DST : _DST + alen]
-
-    proto = keys["proto"]
-    icmp = np.isin(proto, ICMP_PROTOS)
-    ports_ok = ~icmp
-    out["sourceTransportPort"] = np.where(ports_ok, keys["sport"], 0)
-    out["destinationTransportPort"] = np.where(ports_ok, keys["dport"], 0)
-    out[f"icmpTypeCodeIPv{version}"] = np.where(icmp, keys["dport"], 0)
-    out["protocolIdentifier"] = proto
-    out["ipVersion"] = keys["ip_version"]
-    out["vlanId"] = keys["vlan"] & 0x0FFF
-    direction = keys["direction"]
-    ingress = direction == layout.DIR_INGRESS
-    out["ingressInterface"] = np.where(ingress, keys["ifindex"], 0)
-    out["egressInterface"] = np.where(ingress, 0, keys["ifindex"])
-    out["flowDirection"] = direction
-    out["flowStartMilliseconds"] = unix_ms(batch.start_ns[sel], batch.clock_offset)
-    out["flowEndMilliseconds"] = unix_ms(batch.end_ns[sel], batch.clock_offset)
-    packets = np.asarray(batch.packets[sel], dtype=np.uint64)
-    octets = np.asarray(batch.bytes[sel], dtype=np.uint64)
-    out["octetDeltaCount"] = octets
-    out["packetDeltaCount"] = packets
-    out["tcpControlBits"] = batch.flags[sel]
-    out["ipClassOfService"] = (batch.dscp[sel].astype(np.uint8) & 0x3F) << 2
-    out["flowEndReason"] = batch.reason[sel]
-    if "mplsTopLabelStackSection" in cols:
-        # The 24 bits below MPLS_PRESENT, big-endian.
-        entry = (batch.mpls_or_zeros()[sel] & layout.MPLS_ENTRY_MASK).astype(">u4")
-        out["mplsTopLabelStackSection"] = entry.view(np.uint8).reshape(n, 4)[:, 1:]
-    for name, values in (extra or {}).items():
-        if name in cols:
-            out[name] = values[sel]
+    """Records of template for the batch rows in select (a mask or indices; all if None)."""
+    sel: slice | np.ndarray = slice(None) if select is None else select
+    version = 6 if "sourceIPv6Address" in template.columns else 4
+    rows = _Rows(batch, sel, version)
+    out = template.empty(len(rows.keys))
+    for column, element in zip(template.columns, template.fields, strict=True):
+        f = fields.BY_IE[element.name]  # KeyError: an element no field fills
+        encode = _ENCODERS.get(element.name)
+        out[column] = rows.value(f) if encode is None else encode(rows, f)
+    packets = np.asarray(batch["packets"][sel], dtype=np.uint64)
+    octets = np.asarray(batch["bytes"][sel], dtype=np.uint64)
     return EncodedRecords(template, out, packets, octets)
 
 
@@ -104,7 +136,6 @@ def split_by_version(
     batch: FlowBatch,
     v4: Template,
     v6: Template,
-    extra: Mapping[str, np.ndarray] | None = None,
     mpls: tuple[Template, Template] | None = None,
 ) -> tuple[list[EncodedRecords], np.ndarray]:
     """Records for the IPv4 and IPv6 rows, and the indices of rows neither can carry.
@@ -118,8 +149,10 @@ def split_by_version(
     if len(batch) == 0:
         return out, np.zeros(0, dtype=np.intp)
     labelled = None
-    if mpls is not None and batch.mpls is not None:
-        labelled = (batch.mpls & layout.MPLS_PRESENT) != 0
+    if mpls is not None:
+        labelled = (batch["mpls"] & layout.MPLS_PRESENT) != 0
+        if not labelled.any():  # the common case: one template per version
+            labelled = None
     for i, (ver, tmpl) in enumerate(((4, v4), (6, v6))):
         mask = version == ver
         parts: list[tuple[np.ndarray, Template]] = [(mask, tmpl)]
@@ -127,8 +160,8 @@ def split_by_version(
             parts = [(mask & ~labelled, tmpl), (mask & labelled, mpls[i])]
         for rows, t in parts:
             if rows.all():
-                out.append(encode_flows(batch, t, None, extra))
+                out.append(encode_flows(batch, t, None))
             elif rows.any():
-                out.append(encode_flows(batch, t, rows, extra))
+                out.append(encode_flows(batch, t, rows))
     other = np.flatnonzero((version != 4) & (version != 6))
     return out, other

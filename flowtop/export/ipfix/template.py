@@ -100,6 +100,9 @@ def template(template_id: int, *names: str, scope: int = 0) -> Template:
     return Template(template_id, tuple(ie(n) for n in names), scope)
 
 
+# The flow templates' elements in wire order (public: tests/export/test_golden.py).
+# Each is filled from the flow field that names it (core/fields.py Field.ie,
+# export/ipfix/records.py); tests/unit/test_fields.py checks every one has one.
 _FLOW_HEAD = ("sourceIPv{v}Address", "destinationIPv{v}Address")
 _FLOW_TAIL = (
     "sourceTransportPort",

@@ -14,7 +14,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
-from flowtop.query.view import ViewRow
+from flowtop.core import fields
+from flowtop.query.types import ViewRow
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import Names, clean_name
 from flowtop.tui.format import Display
@@ -34,8 +35,8 @@ def title(row: ViewRow, names: Names, d: Display) -> str:
         parts.append(row.proto_name or str(row.proto))
     src = _addr(row.src, names, d)
     dst = _addr(row.dst, names, d)
-    sport = fmt.source_port(row.sport, row.proto, row.proto_name, False)
-    dport = fmt.port(row.dport, row.proto, row.proto_name, False)
+    sport = fmt.source_port(row.sport, row.proto, False)
+    dport = fmt.port(row.dport, row.proto, False)
     parts.append(f"{src}{':' + sport if sport else ''} -> {dst}{':' + dport if dport else ''}")
     if row.iface:
         parts.append(f"on {clean_name(row.iface)} {row.direction or ''}".rstrip())
@@ -54,29 +55,31 @@ def facts(row: ViewRow, names: Names, d: Display, now: float, present: bool) -> 
     def port(p: int | None) -> str:
         if p is None:
             return "*"
-        name = fmt.port(p, row.proto, row.proto_name, True)
-        num = fmt.port(p, row.proto, row.proto_name, False)
+        name = fmt.port(p, row.proto, True)
+        num = fmt.port(p, row.proto, False)
         return num if name == num else f"{num} ({name})"
 
     iface = f"{clean_name(row.iface or '*')} {row.direction or ''}"
     vlan = "*" if row.vlan is None else str(row.vlan)
     retrans = "n/a" if row.retransmits is None else str(row.retransmits)
+    lbl = fields.title  # what a flow field is called (core/fields.py)
+    last = fmt.timestamp(row.last_seen)
     pairs = [
-        ("source", _addr(row.src, names, d), "source port", port(row.sport)),
-        ("destination", _addr(row.dst, names, d), "destination port", port(row.dport)),
-        ("protocol", row.proto_name or "*", "interface", iface),
-        ("rate", fmt.rate(row.bps, d.bits), "packets/s", fmt.count(row.pps)),
-        ("total", fmt.volume(row.bytes, d.bits), "packets", f"{row.packets:,}"),
-        ("bytes", f"{row.bytes:,}", "flows", f"{row.flows:,}"),
-        ("first seen", fmt.timestamp(row.first_seen), "last seen", fmt.timestamp(row.last_seen)),
+        (lbl("src"), _addr(row.src, names, d), lbl("sport"), port(row.sport)),
+        (lbl("dst"), _addr(row.dst, names, d), lbl("dport"), port(row.dport)),
+        (lbl("proto"), row.proto_name or "*", lbl("iface"), iface),
+        (lbl("bps"), fmt.rate(row.bps, d.bits), lbl("pps"), fmt.count(row.pps)),
+        ("total", fmt.volume(row.bytes, d.bits), lbl("packets"), f"{row.packets:,}"),
+        (lbl("bytes"), f"{row.bytes:,}", "flows", f"{row.flows:,}"),
+        (lbl("first_ns"), fmt.timestamp(row.first_seen), lbl("last_ns"), last),
         ("duration", fmt.age(row.last_seen - row.first_seen), "idle", fmt.age(now - row.last_seen)),
-        ("TCP flags", fmt.tcp_flags(row.tcp_flags), "vlan", vlan),
-        ("RTT", fmt.rtt(row.rtt_us) or "n/a", "retransmits", retrans),
+        (lbl("tcp_flags"), fmt.tcp_flags(row.tcp_flags), lbl("vlan"), vlan),
+        (lbl("rtt_us"), fmt.rtt(row.rtt_us) or "n/a", lbl("retrans"), retrans),
     ]  # fmt: skip
     if row.src_asn is not None or row.src_country:
-        pairs.append(("source AS", f"AS{row.src_asn} {row.src_country or ''}", "", ""))
+        pairs.append((lbl("src_as"), f"AS{row.src_asn} {row.src_country or ''}", "", ""))
     if row.dst_asn is not None or row.dst_country:
-        pairs.append(("destination AS", f"AS{row.dst_asn} {row.dst_country or ''}", "", ""))
+        pairs.append((lbl("dst_as"), f"AS{row.dst_asn} {row.dst_country or ''}", "", ""))
     for a, b, c, e in pairs:
         t.add_row(Text(a), Text(b), Text(c), Text(e))
     if not present:
