@@ -1,7 +1,7 @@
 """One live-view refresh, engine side: query the flow table for the visible rows.
 
 Builds FlowTables of 1k, 10k and 100k synthetic flows (distinct 5-tuples over a
-few hundred hosts, random rates) and times `view.query_table` for the default
+few hundred hosts, random rates) and times `tablequery.query_table` for the default
 view (flows by bit rate, 100 rows) and a few others, median of 15 runs each, all
 in one process so the sizes are compared side by side.
 
@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
 from flowtop.query.filterexpr import parse
-from flowtop.query.view import ViewQuery, query_table
+from flowtop.query.tablequery import query_table
+from flowtop.query.types import ViewQuery
 
 SIZES = (1_000, 10_000, 100_000)
 RUNS = 15

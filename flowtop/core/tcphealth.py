@@ -26,11 +26,10 @@ from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
 
 NS = 1_000_000_000
-_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-# Which bits of the six key words identify a connection: ip_version and proto
-# of word 0, the addresses, and the two ports of word 5 (no ifindex,
-# direction or VLAN: a forwarded connection crosses several interfaces).
-_MASK = np.array([0x00FFFF0000000000, _ALL, _ALL, _ALL, _ALL, 0x00000000FFFFFFFF], dtype=np.uint64)
+# Which key members identify a connection: ip_version, proto, the addresses
+# and the ports (no ifindex, direction or VLAN: a forwarded connection
+# crosses several interfaces).
+_MASK = layout.FLOW_KEY_WORDS.mask(("ip_version", "proto", "src", "dst", "sport", "dport"))
 
 # Verdict thresholds.
 WINDOW = 10.0  # seconds of samples behind the current figures
@@ -46,21 +45,8 @@ DEGRADED = "degraded"
 
 
 def conn_words(words: np.ndarray) -> np.ndarray:
-    """Connection identity of (n, 6) key words, oriented as given."""
+    """Connection identity of key words (layout.FLOW_KEY_WORDS), oriented as given."""
     out: np.ndarray = np.ascontiguousarray(words, dtype=np.uint64) & _MASK
-    return out
-
-
-def reverse_words(words: np.ndarray) -> np.ndarray:
-    """The same connections seen from the other end (src/dst and ports swapped)."""
-    out = np.empty_like(words)
-    out[:, 0] = words[:, 0]
-    out[:, 1:3] = words[:, 3:5]
-    out[:, 3:5] = words[:, 1:3]
-    w5 = words[:, 5]
-    out[:, 5] = ((w5 & np.uint64(0xFFFF)) << np.uint64(16)) | (
-        (w5 >> np.uint64(16)) & np.uint64(0xFFFF)
-    )
     return out
 
 
@@ -126,8 +112,8 @@ def join(table: FlowTable, samples: np.ndarray | None, now_ns: int) -> TcpUpdate
     if len(rows) == 0:
         return TcpUpdate()
     w = conn_words(table.words_at(rows))
-    rw = reverse_words(w)
-    sw = conn_words(np.ascontiguousarray(samples["key"]).view("<u8").reshape(-1, 6))
+    rw = layout.FLOW_KEY_WORDS.reversed(w)
+    sw = conn_words(layout.FLOW_KEY_WORDS.view(samples["key"]))
     src = samples["source"]
     found: dict[tuple[int, bool], np.ndarray] = {}
     for source in (layout.TCP_SOURCE_SOCKOPS, layout.TCP_SOURCE_PASSIVE):
@@ -163,7 +149,7 @@ def join(table: FlowTable, samples: np.ndarray | None, now_ns: int) -> TcpUpdate
     old_retr = table.column("retrans", rows).astype(np.int64)
     old_segs = table.column("data_segs", rows).astype(np.int64)
     old_rto = table.column("rto", rows).astype(np.int64)
-    had_retr = table.column("retr_src", rows) > 0
+    had_retr = table.column("retrans_source", rows) > 0
 
     fresh = np.zeros(len(rows), dtype=bool)
     rtt = np.zeros(len(rows), dtype=np.uint32)
@@ -173,7 +159,7 @@ def join(table: FlowTable, samples: np.ndarray | None, now_ns: int) -> TcpUpdate
         rr = rows[r]
         table.set_column("rtt_us", rr, rec["srtt_us"])
         table.set_column("rtt_min_us", rr, rec["min_rtt_us"])
-        table.set_column("rtt_src", rr, rtag[r] >> 1)
+        table.set_column("rtt_source", rr, rtag[r] >> 1)
         table.set_column("rtt_samples", rr, rec["rtt_samples"])
         fresh[r] = rec["rtt_samples"] != old_samples[r]
         rtt[r] = rec["srtt_us"]
@@ -198,7 +184,7 @@ def join(table: FlowTable, samples: np.ndarray | None, now_ns: int) -> TcpUpdate
         table.set_column("retrans", rx, rec["retrans"])
         table.set_column("data_segs", rx, rec["data_segs"])
         table.set_column("rto", rx, rec["rto"])
-        table.set_column("retr_src", rx, xtag[x])
+        table.set_column("retrans_source", rx, xtag[x])
 
     # The remote end of each row: for a local socket its peer; for passive
     # records the server when the handshake was seen, else the end with the

@@ -1,12 +1,21 @@
 """numpy mirrors of the structs in bpf/flowtop.h (the source of truth).
 
 tests/kernel/test_layout.py checks these against the ctypes types bcc builds
-from the header, field by field and offset by offset.
+from the header, field by field and offset by offset. FLOW_KEY_WORDS says
+where each FLOW_KEY member sits in the key's six uint64 words; every reader
+of raw key words goes through it, so a key member is added here and in C only.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
 import numpy as np
+
+from flowtop.kernel import counters
 
 DIR_INGRESS = 0
 DIR_EGRESS = 1
@@ -32,6 +41,114 @@ FLOW_KEY = np.dtype(
         ("pad1", "<u2"),
     ]
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyField:
+    """Where one scalar key member sits in a key's little-endian uint64 words:
+    its value is (words[:, word] >> shift) & mask."""
+
+    word: int
+    shift: int
+    mask: int
+
+    @property
+    def bits(self) -> int:
+        """The member's bits in place in its word."""
+        return self.mask << self.shift
+
+
+@dataclass(frozen=True)
+class KeyWords:
+    """A key dtype read as (n, count) little-endian uint64 words, every word,
+    shift and mask derived from the dtype's member offsets and sizes.
+
+    This is how the flow table, its hash index, the filter language, the
+    view's group-by and the TCP health join read FLOW_KEY (FLOW_KEY_WORDS):
+    shifting and masking plain words is several times cheaper than gathering
+    structured records. Scalar members (fields) must lie within one word,
+    byte members of whole words (spans: the addresses) on word boundaries;
+    of() fails with an AssertionError otherwise.
+    """
+
+    dtype: np.dtype
+    count: int  # words per key
+    fields: Mapping[str, KeyField]  # scalar members
+    spans: Mapping[str, slice]  # members of whole words (addresses): their words
+
+    @classmethod
+    def of(cls, dtype: np.dtype) -> KeyWords:
+        assert dtype.fields is not None, f"{dtype} is not a struct"
+        assert dtype.itemsize % 8 == 0, f"a {dtype.itemsize}-byte key is not whole words"
+        fields: dict[str, KeyField] = {}
+        spans: dict[str, slice] = {}
+        for name, (sub, off, *_) in dtype.fields.items():
+            size = sub.itemsize
+            if sub.kind == "V":  # bytes (V16 addresses) are read as whole words
+                assert off % 8 == 0 and size % 8 == 0, (
+                    f"key member {name} (bytes {off}..{off + size}) is not whole words"
+                )
+                spans[name] = slice(off // 8, (off + size) // 8)
+                continue
+            assert sub.kind in "ui" and size <= 8, f"key member {name} is not an integer"
+            assert sub.byteorder in "<|" or (sub.byteorder == "=" and sys.byteorder == "little"), (
+                f"key member {name} is not little-endian"
+            )
+            assert off // 8 == (off + size - 1) // 8, (
+                f"key member {name} (bytes {off}..{off + size}) straddles a 64-bit word"
+            )
+            fields[name] = KeyField(off // 8, off % 8 * 8, (1 << 8 * size) - 1)
+        return cls(dtype, dtype.itemsize // 8, MappingProxyType(fields), MappingProxyType(spans))
+
+    def view(self, keys: np.ndarray) -> np.ndarray:
+        """Key records as (n, count) uint64 words (a view when contiguous)."""
+        if keys.dtype.itemsize != self.dtype.itemsize:
+            raise TypeError(f"{keys.dtype.itemsize}-byte keys, not {self.dtype.itemsize}")
+        out: np.ndarray = np.ascontiguousarray(keys).view("<u8").reshape(-1, self.count)
+        return out
+
+    def field(self, words: np.ndarray, name: str) -> np.ndarray:
+        """A scalar member of every key, as uint64."""
+        f = self.fields[name]
+        out: np.ndarray = (words[:, f.word] >> np.uint64(f.shift)) & np.uint64(f.mask)
+        return out
+
+    def set_field(self, words: np.ndarray, name: str, values: np.ndarray) -> None:
+        """Overwrite a scalar member of every key, in place (values are masked)."""
+        f = self.fields[name]
+        v = (np.asarray(values).astype(np.uint64) & np.uint64(f.mask)) << np.uint64(f.shift)
+        words[:, f.word] = (words[:, f.word] & ~np.uint64(f.bits)) | v
+
+    def span(self, words: np.ndarray, name: str) -> np.ndarray:
+        """(n, k) words of a whole-word member (src, dst), memory order."""
+        out: np.ndarray = words[:, self.spans[name]]
+        return out
+
+    def mask(self, names: Iterable[str]) -> np.ndarray:
+        """(count,) uint64 with the bits of the named members set: `words &
+        mask` keeps those members and zeroes the rest (group-by identities)."""
+        out = np.zeros(self.count, dtype=np.uint64)
+        for name in names:
+            if name in self.spans:
+                out[self.spans[name]] = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+            else:
+                f = self.fields[name]
+                out[f.word] |= np.uint64(f.bits)
+        return out
+
+    def reversed(self, words: np.ndarray) -> np.ndarray:
+        """The same keys seen from the other end: src/dst and sport/dport
+        swapped, every other member kept."""
+        out = words.copy()
+        src, dst = self.spans["src"], self.spans["dst"]
+        out[:, src], out[:, dst] = words[:, dst], words[:, src]
+        sport, dport = self.field(words, "sport"), self.field(words, "dport")
+        self.set_field(out, "sport", dport)
+        self.set_field(out, "dport", sport)
+        return out
+
+
+FLOW_KEY_WORDS = KeyWords.of(FLOW_KEY)
 
 FLOW_STATS = np.dtype(
     [
@@ -68,41 +185,11 @@ def iface_slot(ifindex: int, direction: int, family: int) -> int:
     return ifindex * 6 + direction * 3 + family
 
 
-# enum ft_counter, in order.
-COUNTERS = (
-    "flow_map_full",
-    "lost_packets",
-    "lost_bytes",
-    "iface_map_full",
-    "truncated",
-    "malformed",
-    "ipv6_ext_limit",
-    "no_flow_map",
-    "non_ip",
-    "tcp_conn_new",
-    "tcp_conn_map_full",
-    "tcp_ts_stale",
-    "no_ports",
-    "mpls_limit",
-    "net_seek_limit",
-)
-
-# Kernel counters of packets that are in no flow (each is one packet, except
-# lost_packets, which counts the segments of failed inserts; flow_map_full
-# counts those inserts and is left out so they are not counted twice). Over
-# non-GSO traffic, the packets of every flow plus these equal the packets the
-# programs saw (the interface counters), exactly. no_ports is not here: those
-# packets are in a flow (README.md, "What is counted").
-NOT_IN_FLOW = (
-    "lost_packets",
-    "truncated",
-    "malformed",
-    "ipv6_ext_limit",
-    "no_flow_map",
-    "non_ip",
-    "mpls_limit",
-    "net_seek_limit",
-)
+# enum ft_counter, in order (the TC program's counter array), and the kernel
+# counters of packets that are in no flow (README.md, "What is counted"):
+# both described in counters.py.
+COUNTERS = counters.TC_COUNTERS
+NOT_IN_FLOW = counters.NOT_IN_FLOW
 
 assert FLOW_KEY.itemsize == 48
 assert FLOW_STATS.itemsize == 48

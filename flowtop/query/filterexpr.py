@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 
 from flowtop.errors import FlowtopError
+from flowtop.kernel import layout
 
 PROTOCOLS = {
     "icmp": 1,
@@ -52,18 +53,9 @@ class FilterError(FlowtopError):
     exit_code = 2
 
 
-# Where each key field sits in the (n, 6) little-endian uint64 view of
-# layout.FLOW_KEY: (word, shift, mask). Reading a field is a shift and a mask
-# over one column, much cheaper than gathering structured records.
-KEY_FIELDS = {
-    "ifindex": (0, 0, 0xFFFFFFFF),
-    "direction": (0, 32, 0xFF),
-    "ip_version": (0, 40, 0xFF),
-    "proto": (0, 48, 0xFF),
-    "sport": (5, 0, 0xFFFF),
-    "dport": (5, 16, 0xFFFF),
-    "vlan": (5, 32, 0xFFFF),
-}
+_KEY = layout.FLOW_KEY_WORDS
+# Bytes of the src/dst members (an IPv4 address fills the first 4).
+_ADDR_BYTES = layout.FLOW_KEY["src"].itemsize
 
 
 class EntityAttrs(Protocol):
@@ -76,7 +68,7 @@ class EntityAttrs(Protocol):
 class Columns:
     """What a filter can look at, one entry per flow (row)."""
 
-    words: np.ndarray  # (n, 6) uint64 view of layout.FLOW_KEY records
+    words: np.ndarray  # layout.FLOW_KEY records as words (layout.FLOW_KEY_WORDS.view)
     ifnames: Mapping[int, str]  # ifindex -> name
     # Entity ids of both ends and what they mean; None without enrichment.
     ents: tuple[np.ndarray, np.ndarray] | None = None
@@ -84,7 +76,7 @@ class Columns:
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
-        return cls(np.ascontiguousarray(keys).view("<u8").reshape(-1, 6), ifnames)
+        return cls(_KEY.view(keys), ifnames)
 
     def entity_attr(self, which: str, name: str) -> np.ndarray:
         """An entity attribute of the src or dst end of every row."""
@@ -100,13 +92,12 @@ class Columns:
         return len(self.words)
 
     def field(self, name: str) -> np.ndarray:
-        word, shift, mask = KEY_FIELDS[name]
-        out: np.ndarray = (self.words[:, word] >> np.uint64(shift)) & np.uint64(mask)
-        return out
+        """A scalar key member of every row (layout.FLOW_KEY_WORDS.fields)."""
+        return _KEY.field(self.words, name)
 
     def addr(self, which: str) -> np.ndarray:
-        """(n, 2) uint64 words of the src or dst address."""
-        return self.words[:, 1:3] if which == "src" else self.words[:, 3:5]
+        """The uint64 words of the src or dst address, memory order."""
+        return _KEY.span(self.words, which)
 
 
 Mask = Callable[[Columns], np.ndarray]
@@ -126,10 +117,10 @@ class Filter:
 
 
 def _net_words(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[np.ndarray, np.ndarray]:
-    """(value, mask) as two little-endian uint64 words over the 16-byte address field."""
+    """(value, mask) as little-endian uint64 words over the address member's bytes."""
     size = 4 if net.version == 4 else 16
-    value = bytearray(16)
-    mask = bytearray(16)
+    value = bytearray(_ADDR_BYTES)
+    mask = bytearray(_ADDR_BYTES)
     value[:size] = net.network_address.packed
     mask[:size] = net.netmask.packed
     return (
@@ -312,9 +303,9 @@ class _Parser:
         if word == "iface":
             return _iface(self.need("an interface name"))
         if word == "in":
-            return _field_eq("direction", 0)
+            return _field_eq("direction", layout.DIR_INGRESS)
         if word == "out":
-            return _field_eq("direction", 1)
+            return _field_eq("direction", layout.DIR_EGRESS)
         if word == "vlan":
             return _field_eq("vlan", self.number("a VLAN ID", 0, 4095))
         if word in ("asn", "as", "country", "label"):

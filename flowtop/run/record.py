@@ -32,7 +32,7 @@ from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError
 from flowtop.kernel import layout
 from flowtop.kernel.collector import Drain
-from flowtop.query.view import TableSource
+from flowtop.query.source import TableSource
 
 MAGIC = b"FLOWTOP-REC\x01"
 _U32 = struct.Struct("<I")

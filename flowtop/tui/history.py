@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from flowtop.query.view import Snapshot
+from flowtop.query.types import Snapshot
 
 SECONDS = 60.0
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from flowtop.query.view import Snapshot
+from flowtop.query.types import Snapshot
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A deterministic ViewSource for the TUI tests, screenshots and benchmarks.
 
-It is the real query path (flowtop.query.view.TableSource over a real FlowTable:
+It is the real query path (flowtop.query.source.TableSource over a real FlowTable:
 filter language, grouping, sorting, history) fed with synthetic flows instead of
 a kernel collector: N flows on two interfaces, rates that follow a fixed
 formula of the step number, and a fixed clock starting at T0. No root, no
@@ -24,7 +24,8 @@ from flowtop.core.flowtable import NS, FlowTable
 from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.core.tcphealth import HealthGroup
 from flowtop.kernel import layout
-from flowtop.query.view import Snapshot, TableSource, ViewQuery
+from flowtop.query.source import TableSource
+from flowtop.query.types import Snapshot, ViewQuery
 
 T0 = 1_763_000_000.0  # 2025-11-13 02:13:20 UTC
 MONO0 = 1000.0  # the fake monotonic clock at T0 (seconds)

@@ -30,7 +30,7 @@ from flowtop.errors import CollectorFailedError, KernelFeatureError
 from flowtop.export.prometheus import FlowMetrics, FlowtopCollector
 from flowtop.kernel import layout
 from flowtop.kernel.collector import Drain
-from flowtop.query.view import TableSource
+from flowtop.query.source import TableSource
 from flowtop.run.dump import FlowAccumulator, emit
 from flowtop.run.record import Recorder, RecordingError, RecordingReader
 from flowtop.stop import StopSignal

@@ -87,8 +87,8 @@ def test_sockops_rtt_on_both_directions_retransmits_on_the_sender_only() -> None
     assert len(upd.rows) == 2
     r = records_by_dir(t)
     out, inn = r[(1, 1)], r[(1, 0)]
-    assert (out.rtt_us, out.rtt_source, out.retransmits, out.rto) == (20000, "sockops", 5, 0)
-    assert (inn.rtt_us, inn.rtt_source, inn.retransmits, inn.rto) == (20000, "sockops", None, None)
+    assert (out.rtt_us, out.rtt_source, out.retrans, out.rto) == (20000, "sockops", 5, 0)
+    assert (inn.rtt_us, inn.rtt_source, inn.retrans, inn.rto) == (20000, "sockops", None, None)
     # The remote end of both rows is the peer.
     assert {bytes(a)[:4] for a in upd.remote} == {ipaddress.ip_address(S1).packed}
 
@@ -105,7 +105,7 @@ def test_sockops_wins_over_passive_and_passive_fills_the_rest() -> None:
     join(t, s, T0)
     r = records_by_dir(t)
     assert (r[(1, 1)].rtt_us, r[(1, 1)].rtt_source) == (11000, "sockops")
-    assert (r[(2, 1)].rtt_us, r[(2, 1)].rtt_source, r[(2, 1)].retransmits) == (7000, "passive", 2)
+    assert (r[(2, 1)].rtt_us, r[(2, 1)].rtt_source, r[(2, 1)].retrans) == (7000, "passive", 2)
     assert r[(2, 1)].rto is None  # passive code cannot see RTOs
 
 
@@ -114,7 +114,7 @@ def test_no_match_leaves_flows_unknown() -> None:
     upd = join(t, sample(C, S1, 40000, 81, layout.TCP_SOURCE_SOCKOPS, srtt=5), T0)
     assert len(upd.rows) == 0
     rec = next(t.records())
-    assert (rec.rtt_us, rec.retransmits, rec.rtt_source) == (None, None, None)
+    assert (rec.rtt_us, rec.retrans, rec.rtt_source) == (None, None, None)
 
 
 def test_passive_remote_is_the_server_side() -> None:

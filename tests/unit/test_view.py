@@ -15,7 +15,9 @@ from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.kernel import layout
 from flowtop.kernel.collector import Drain
 from flowtop.query.filterexpr import parse
-from flowtop.query.view import TableSource, ViewQuery, query_table
+from flowtop.query.source import TableSource
+from flowtop.query.tablequery import query_table
+from flowtop.query.types import ViewQuery
 from flowtop.run.record import Recorder, RecordingError, ReplaySource
 
 T0 = 1_000 * NS
@@ -245,14 +247,14 @@ def test_not_a_recording(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [10, 5000, 100_000])
 @pytest.mark.parametrize("zeros", [0.0, 0.7, 1.0])
 def test_smallest_matches_a_full_sort(n: int, zeros: float) -> None:
-    from flowtop.query.view import _smallest
+    from flowtop.query.ordering import smallest
 
     rng = np.random.default_rng(n)
     vals = rng.integers(1, 50_000, n).astype(np.float64)
     vals[rng.random(n) < zeros] = 0.0
     vals = -vals  # as the view does for descending order
     for k in (1, 100):
-        got = _smallest(vals, k)
+        got = smallest(vals, k)
         kth = np.sort(vals)[min(k, n) - 1]
         expect = np.flatnonzero(vals <= kth)
         assert np.array_equal(np.sort(got), expect)

@@ -12,7 +12,7 @@ from flowtop.core.flowtable import FlowTable
 from flowtop.enrich.enricher import Entity
 from flowtop.kernel import layout
 from flowtop.kernel.collector import Drain
-from flowtop.query.view import ViewQuery
+from flowtop.query.types import ViewQuery
 
 from .test_view import NS, T0, FakeCollector, StepSource
 

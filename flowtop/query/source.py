@@ -1,0 +1,182 @@
+"""TableSource: the ViewSource over an Engine (live or replayed), and the
+interface rates it shows.
+
+It compiles the query's filter (keeping the last good one), answers it with
+query_table under a lock (the UI thread asks while the engine thread
+steps), and keeps a short rate history per row key for the detail screen.
+Subclasses (run/sources.py: live, run/record.py: replay) say how to step
+and what time it is.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from flowtop.core.engine import Engine
+from flowtop.core.model import InterfaceCounters
+from flowtop.query.entities import EntityArrays
+from flowtop.query.filterexpr import Filter, FilterError, parse
+from flowtop.query.tablequery import query_table
+from flowtop.query.types import InterfaceRow, Snapshot, ViewQuery, ViewRow
+from flowtop.sanitize import clean
+
+HISTORY_SECONDS = 60
+HISTORY_KEYS = 2000
+
+
+@dataclass
+class _IfaceRates:
+    """Per-interface rates from the cumulative counters (entries of one ifindex summed)."""
+
+    last: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    last_time: float = 0.0
+
+    def update(self, counters: list[InterfaceCounters], now: float) -> tuple[InterfaceRow, ...]:
+        per_if: dict[int, tuple[str, int, int, int, int]] = {}
+        for c in counters:
+            name, rb, rp, tb, tp = per_if.get(c.ifindex, (c.name, 0, 0, 0, 0))
+            per_if[c.ifindex] = (
+                name,
+                rb + c.rx_bytes,
+                rp + c.rx_packets,
+                tb + c.tx_bytes,
+                tp + c.tx_packets,
+            )
+        dt = now - self.last_time if self.last_time else 0.0
+        rows = []
+        for ifindex, (name, rb, rp, tb, tp) in sorted(per_if.items()):
+            prev = self.last.get(ifindex)
+            if prev is not None and dt > 0:
+                rates = [
+                    max(0, cur - old) / dt for cur, old in zip((rb, rp, tb, tp), prev, strict=True)
+                ]
+            else:
+                rates = [0.0, 0.0, 0.0, 0.0]
+            rows.append(
+                InterfaceRow(
+                    name=clean(name),
+                    ifindex=ifindex,
+                    rx_bps=rates[0] * 8,
+                    tx_bps=rates[2] * 8,
+                    rx_pps=rates[1],
+                    tx_pps=rates[3],
+                    rx_bytes=rb,
+                    tx_bytes=tb,
+                    rx_packets=rp,
+                    tx_packets=tp,
+                )
+            )
+            self.last[ifindex] = (rb, rp, tb, tp)
+        self.last_time = now
+        return tuple(rows)
+
+
+class TableSource:
+    """A ViewSource over an Engine (live or replayed): step, query, history."""
+
+    def __init__(self, engine: Engine, host: str | None = None) -> None:
+        self.engine = engine
+        self.interval = engine.interval
+        self.host = clean(host or socket.gethostname())
+        self._lock = threading.RLock()
+        self._filter = parse("")
+        self._filters: dict[str, Filter] = {"": self._filter}
+        self._ifrates = _IfaceRates()
+        self._interfaces: tuple[InterfaceRow, ...] = ()
+        self._history: OrderedDict[str, deque[tuple[float, float]]] = OrderedDict()
+        self._now = time.time()
+        self._ea: EntityArrays | None = None
+        self._ea_of: object = None
+
+    # subclasses say what time it is (replay: the recorded time)
+    def now(self) -> float:
+        return time.time()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def _after_step(self) -> None:
+        self._now = self.now()
+        self._interfaces = self._ifrates.update(self.engine.interface_counters(), self._now)
+
+    def _compile(self, text: str) -> tuple[Filter, str | None]:
+        if text in self._filters:
+            return self._filters[text], None
+        try:
+            flt = parse(text)
+        except FilterError as exc:
+            return self._filter, str(exc)
+        if len(self._filters) > 64:
+            self._filters.clear()
+        self._filters[text] = flt
+        return flt, None
+
+    def snapshot(self, query: ViewQuery) -> Snapshot:
+        with self._lock:
+            flt, error = self._compile(query.filter)
+            if error is None:
+                self._filter = flt
+            ifnames = dict(self.engine.collector.names())
+            ea = self._entity_arrays()
+            try:
+                rows, matched = query_table(self.engine.table, query, flt, ifnames, ea)
+            except FilterError as exc:  # a term the data cannot answer (no enrichment)
+                error = str(exc)
+                self._filter = parse("")
+                rows, matched = query_table(self.engine.table, query, self._filter, ifnames, ea)
+            self._remember(rows)
+            health = self.engine.health()
+            counters = health.as_dict()
+            return Snapshot(
+                time=self._now,
+                interval=self.interval,
+                host=self.host,
+                query=query,
+                rows=tuple(rows),
+                matched=matched,
+                active_flows=len(self.engine.table),
+                interfaces=self._interfaces,
+                rx_bps=sum(i.rx_bps for i in self._interfaces),
+                tx_bps=sum(i.tx_bps for i in self._interfaces),
+                health=counters,
+                problems=health.problems,
+                filter_error=error,
+                tcp_health=tuple(self.engine.tcp_health.groups() if self.engine.tcp_health else ()),
+            )
+
+    def _entity_arrays(self) -> EntityArrays | None:
+        enricher = self.engine.enricher
+        if enricher is None:
+            return None
+        if self._ea is None or self._ea_of is not enricher:
+            self._ea = EntityArrays(enricher)
+            self._ea_of = enricher
+        return self._ea
+
+    def _remember(self, rows: list[ViewRow]) -> None:
+        for r in rows:
+            h = self._history.get(r.key)
+            if h is None:
+                h = self._history[r.key] = deque()
+                if len(self._history) > HISTORY_KEYS:
+                    self._history.popitem(last=False)
+            else:
+                self._history.move_to_end(r.key)
+            if not h or h[-1][0] != self._now:
+                h.append((self._now, r.bps))
+            while h and h[0][0] < self._now - HISTORY_SECONDS:
+                h.popleft()
+
+    def history(self, row_key: str) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self._history.get(row_key, ()))
+
+    def stop(self) -> None:
+        """Make a step() in progress return now (no more steps are wanted)."""
+
+    def close(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,141 @@
+"""What the live view asks and gets back: the query types a ViewSource speaks.
+
+The TUI (and the recorder, the tests) talk to the engine only through these:
+a ViewQuery goes in, a Snapshot with ViewRows and InterfaceRows comes out. No
+numpy and no Textual here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from flowtop.core.tcphealth import HealthGroup
+
+GROUPS = ("flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label")
+# Groups by what enrichment knows of each flow's remote end.
+ENTITY_GROUPS = ("asn", "country", "label")
+SORT_KEYS = (
+    "bps",
+    "pps",
+    "bytes",
+    "packets",
+    "flows",
+    "src",
+    "dst",
+    "sport",
+    "dport",
+    "proto",
+    "iface",
+    "first_seen",
+    "last_seen",
+    "rtt",
+    "retrans",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ViewQuery:
+    """What the screen wants: a filter expression (filterexpr), a group
+    (GROUPS), a sort key (SORT_KEYS) and direction, and how many rows."""
+
+    filter: str = ""
+    group_by: str = "flow"
+    sort: str = "bps"
+    descending: bool = True
+    limit: int = 100
+
+    def __post_init__(self) -> None:
+        if self.group_by not in GROUPS:
+            raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+        if self.sort not in SORT_KEYS:
+            raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRow:
+    """One row on screen: a flow or a group. Columns the group does not keep
+    (the ports of a group by source, say) are None. key identifies the row
+    across refreshes (its rate history)."""
+
+    key: str
+    src: str | None
+    sport: int | None
+    dst: str | None
+    dport: int | None
+    proto: int | None
+    proto_name: str | None
+    iface: str | None
+    direction: str | None
+    vlan: int | None
+    bps: float
+    pps: float
+    bytes: int
+    packets: int
+    flows: int
+    first_seen: float
+    last_seen: float
+    tcp_flags: int
+    rtt_us: float | None = None
+    retransmits: int | None = None
+    src_asn: int | None = None
+    src_country: str | None = None
+    dst_asn: int | None = None
+    dst_country: str | None = None
+    src_label: str | None = None
+    dst_label: str | None = None
+    group: str | None = None  # the value of an asn/country/label group
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceRow:
+    """One attached interface: rates over the last step and totals."""
+
+    name: str
+    ifindex: int
+    rx_bps: float
+    tx_bps: float
+    rx_pps: float
+    tx_pps: float
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A ViewSource's answer to a ViewQuery: the top rows, how many rows
+    matched, the interfaces, the collector's health and TCP health groups.
+    filter_error: why the query's filter was not used (the previous one was)."""
+
+    time: float
+    interval: float
+    host: str
+    query: ViewQuery
+    rows: tuple[ViewRow, ...]
+    matched: int
+    active_flows: int
+    interfaces: tuple[InterfaceRow, ...]
+    rx_bps: float
+    tx_bps: float
+    health: dict[str, int]
+    problems: int
+    filter_error: str | None = None
+    tcp_health: tuple[HealthGroup, ...] = ()  # worst first
+
+
+class ViewSource(Protocol):
+    """What the TUI drives: a live or replayed engine (source.TableSource)."""
+
+    interval: float
+
+    def step(self) -> None: ...
+
+    def snapshot(self, query: ViewQuery) -> Snapshot: ...
+
+    def history(self, row_key: str) -> list[tuple[float, float]]: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
