@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from flowtop.core import fields
 from flowtop.core.flowtable import FlowTable
 from flowtop.query.entities import EntityArrays, entity_groups
 from flowtop.query.filterexpr import Columns, Filter
@@ -20,16 +21,12 @@ from flowtop.query.ordering import smallest, sort_order
 from flowtop.query.rows import view_row
 from flowtop.query.types import ENTITY_GROUPS, ViewQuery, ViewRow
 
-# Sort keys of the flow view that are one table column each.
+# Sort keys of the flow view that are one table column each: the counters and
+# times the kernel gives and the rates the table derives (core/fields.py).
 _FLOW_SORT_COLUMNS = {
-    "bps": "bps",
-    "pps": "pps",
-    "bytes": "bytes",
-    "packets": "packets",
-    "flows": "packets",  # one flow per row: order by packets
-    "first_seen": "first_ns",
-    "last_seen": "last_ns",
+    sort: f.name for sort, f in fields.SORTABLE.items() if f.origin in (fields.KERNEL, fields.RATE)
 }
+_FLOW_SORT_COLUMNS["flows"] = "packets"  # one flow per row: order by packets
 
 
 def _ents(table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
