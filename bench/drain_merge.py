@@ -9,10 +9,11 @@ no attachment are needed: the map is the same one the TC programs fill.
 ours      TcProgram.drain_flows() (swaps + BPF_MAP_LOOKUP_AND_DELETE_BATCH into
           numpy) + FlowTable.merge(): "new" = first merge into an empty table,
           "existing" = the same 100k keys merged again (they are all in the table).
-naive     bcc's `for k, v in table.items()` (get_next_key + lookup per key),
-          ctypes attribute access per entry into Python tuples, merge into a
-          dict (new, then existing). It does not even delete the entries,
-          which the real drain has to do, so it is a generous baseline.
+naive     per-key iteration as bcc's `for k, v in table.items()` does it
+          (BPF_MAP_GET_NEXT_KEY + BPF_MAP_LOOKUP_ELEM per key into ctypes
+          structs), ctypes attribute access per entry into Python tuples, merge
+          into a dict (new, then existing). It does not even delete the
+          entries, which the real drain has to do, so it is a generous baseline.
 
 Targets: ours (drain + merge) <= 150 ms and >= 5x faster than naive.
 Run: .venv/bin/python bench/drain_merge.py   (root)
@@ -21,11 +22,12 @@ Run: .venv/bin/python bench/drain_merge.py   (root)
 from __future__ import annotations
 
 import ctypes as ct
+import errno
 import gc
-import os
+import struct
 import sys
 import time
-from typing import Any
+from collections.abc import Iterator
 
 import _common as C
 import numpy as np
@@ -66,29 +68,66 @@ def synthetic(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return keys, stats
 
 
-def fill(lib: Any, fd: int, keys: np.ndarray, stats: np.ndarray) -> None:
-    """BPF_MAP_UPDATE_BATCH of every key, in chunks."""
-    done = 0
-    ks, vs = keys.dtype.itemsize, stats.dtype.itemsize
-    kbuf = np.ascontiguousarray(keys)
-    vbuf = np.ascontiguousarray(stats)
-    while done < len(keys):
-        count = ct.c_uint32(min(65536, len(keys) - done))
-        res = lib.bpf_update_batch(
-            fd,
-            ct.c_void_p(kbuf.ctypes.data + done * ks),
-            ct.c_void_p(vbuf.ctypes.data + done * vs),
-            ct.byref(count),
-        )
-        if res != 0:
-            raise OSError(ct.get_errno(), f"bpf_update_batch: {os.strerror(ct.get_errno())}")
-        done += count.value
+def fill(fd: int, keys: np.ndarray, stats: np.ndarray) -> None:
+    """BPF_MAP_UPDATE_BATCH of every key."""
+    from flowtop.kernel import maps
+
+    maps.update_batch(fd, keys, stats)
 
 
-def naive_pass(table: Any, flows: dict[tuple, list[int]]) -> int:
-    """bcc per-key iteration + ctypes attribute decoding + dict merge."""
+class Key(ct.Structure):
+    """struct flow_key (layout.FLOW_KEY), as bcc's table.Key would be."""
+
+    _fields_ = [
+        ("ifindex", ct.c_uint32), ("direction", ct.c_uint8), ("ip_version", ct.c_uint8),
+        ("proto", ct.c_uint8), ("pad0", ct.c_uint8), ("src", ct.c_uint8 * 16),
+        ("dst", ct.c_uint8 * 16), ("sport", ct.c_uint16), ("dport", ct.c_uint16),
+        ("vlan", ct.c_uint16), ("pad1", ct.c_uint16),
+    ]  # fmt: skip
+
+
+class Leaf(ct.Structure):
+    """struct flow_stats (layout.FLOW_STATS), as bcc's table.Leaf would be."""
+
+    _fields_ = [
+        ("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("first_seen_ns", ct.c_uint64),
+        ("last_seen_ns", ct.c_uint64), ("tcp_flags", ct.c_uint64), ("dscp", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3), ("mpls", ct.c_uint32),
+    ]  # fmt: skip
+
+
+def items(fd: int) -> Iterator[tuple[Key, Leaf]]:
+    """What bcc's table.items() does: list the keys with BPF_MAP_GET_NEXT_KEY,
+    then BPF_MAP_LOOKUP_ELEM each into a fresh ctypes Leaf."""
+    from flowtop.kernel.bpfsys import BPF_MAP_GET_NEXT_KEY, BPF_MAP_LOOKUP_ELEM, bpf
+
+    keys = []
+    prev: Key | None = None
+    while True:
+        nxt = Key()
+        attr = ct.create_string_buffer(32)
+        struct.pack_into("<IxxxxQQ", attr, 0, fd, ct.addressof(prev) if prev else 0,
+                         ct.addressof(nxt))  # fmt: skip
+        try:
+            bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                break
+            raise
+        keys.append(nxt)
+        prev = nxt
+    for k in keys:
+        v = Leaf()
+        attr = ct.create_string_buffer(32)
+        struct.pack_into("<IxxxxQQ", attr, 0, fd, ct.addressof(k), ct.addressof(v))
+        bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        yield k, v
+
+
+def naive_pass(fd: int, flows: dict[tuple, list[int]]) -> int:
+    """Per-key iteration + ctypes attribute decoding + dict merge."""
     n = 0
-    for k, v in table.items():
+    for k, v in items(fd):
         key = (
             k.ifindex,
             k.direction,
@@ -122,14 +161,13 @@ def main() -> int:
     keys, stats = synthetic(N)
     assert len(np.unique(keys.view(np.dtype((np.void, 48))))) == N
     prog = TcProgram(ProgramOptions(flow_map_size=131072))
-    lib = prog._lib
     rows: list[tuple[float, ...]] = []
     try:
         for _ in range(REPS):
             r = {}
             table = FlowTable(max_flows=1_000_000)
             for phase in ("new", "existing"):
-                fill(lib, prog.active_flow_map()[1], keys, stats)
+                fill(prog.active_flow_map()[1], keys, stats)
                 gc.collect()
                 t0 = time.perf_counter()
                 batches = prog.drain_flows()
@@ -143,13 +181,13 @@ def main() -> int:
             assert len(table) == N
             assert int(table.totals()[0]) == 2 * int(stats["packets"].sum())
             # naive: same 100k entries in the active map, read twice
-            active, active_fd = prog.active_flow_map()
-            fill(lib, active_fd, keys, stats)
+            _active, active_fd = prog.active_flow_map()
+            fill(active_fd, keys, stats)
             flows: dict[tuple, list[int]] = {}
             for phase in ("new", "existing"):
                 gc.collect()
                 t0 = time.perf_counter()
-                n = naive_pass(prog.bpf[active], flows)
+                n = naive_pass(active_fd, flows)
                 r[f"naive_{phase}"] = (time.perf_counter() - t0) * 1e3
                 assert n == N, n
             prog.drain_flows()  # empty it again (untimed)

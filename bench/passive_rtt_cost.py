@@ -27,7 +27,6 @@ Run: .venv/bin/python bench/passive_rtt_cost.py   (root)
 from __future__ import annotations
 
 import contextlib
-import ctypes as ct
 import subprocess
 import sys
 import time
@@ -248,16 +247,12 @@ def fill(prog: Any, n: int, closed: bool) -> None:
     if closed:
         h["flags"] |= layout.HALF_FIN
     vals["client"] = 1
-    fd = prog.bpf[b"tcp_conns"].map_fd
-    count = ct.c_uint32(n)
-    res = prog._lib.bpf_update_batch(
-        fd,
-        keys.ctypes.data_as(ct.c_void_p),
-        vals.ctypes.data_as(ct.c_void_p),
-        ct.byref(count),
-    )
-    if res != 0 or count.value != n:
-        raise RuntimeError(f"filling the connection map failed ({count.value} of {n})")
+    from flowtop.kernel import maps
+
+    try:
+        maps.update_batch(prog.map_fd("tcp_conns"), keys, vals)
+    except OSError as exc:
+        raise RuntimeError(f"filling the connection map failed: {exc}") from None
 
 
 def user_part() -> list[tuple[int, float, float]]:

@@ -161,7 +161,7 @@ def _detach(everyone: bool) -> int:
         from flowtop.errors import NotRootError
 
         raise NotRootError("flowtop detach needs root (or CAP_NET_ADMIN)")
-    from flowtop.kernel.sockops import remove_stale_programs
+    from flowtop.kernel.sockops_attach import remove_stale_programs
     from flowtop.kernel.tcx import remove_links
 
     removed = detach_everywhere(everyone=everyone)

@@ -194,8 +194,10 @@ def check_headers() -> Iterator[Result]:
 
 
 def check_bcc_import() -> Iterator[Result]:
+    from flowtop.kernel.build import load_bcc
+
     try:
-        import bcc
+        bcc = load_bcc()
     except Exception as exc:  # ImportError, or OSError when libbcc.so is missing
         fix = f"{SETUP_FIX} (links Debian's python3-bpfcc into .venv)"
         yield fail("bcc import", f"import bcc failed: {exc}", fix)
@@ -206,7 +208,9 @@ def check_bcc_import() -> Iterator[Result]:
 
 def _compile_probe() -> tuple[str | None, list[str]]:
     """Compile and load PROBE_PROGRAM; (error or None, what bcc wrote to stderr)."""
-    from bcc import BPF
+    from flowtop.kernel.build import load_bcc
+
+    BPF = load_bcc().BPF
 
     # clang and libbpf write diagnostics to fd 2: keep them out of the report.
     with tempfile.TemporaryFile() as err:
@@ -231,8 +235,10 @@ def _compile_probe() -> tuple[str | None, list[str]]:
 
 
 def check_bcc_compile() -> Iterator[Result]:
+    from flowtop.kernel.build import load_bcc
+
     try:
-        import bcc  # noqa: F401
+        load_bcc()
     except Exception:
         yield fail("bcc compile", "skipped: bcc is not importable", SETUP_FIX)
         return

@@ -65,8 +65,7 @@ from flowtop.kernel.bpfsys import (
     BPF_PROG_QUERY,
     BPF_PROG_TYPE_SCHED_CLS,
     bpf,
-    prog_fd_by_id,
-    prog_name_of,
+    prog_name_by_id,
 )
 from flowtop.kernel.layout import DIRECTIONS
 
@@ -450,17 +449,6 @@ class FoundLink:
     holders: tuple[int, ...]  # pids with an fd on the link (this pid namespace)
 
 
-def _prog_name(prog_id: int) -> str | None:
-    try:
-        fd = prog_fd_by_id(prog_id)
-    except OSError:
-        return None  # unloaded since the query
-    try:
-        return prog_name_of(fd)
-    finally:
-        os.close(fd)
-
-
 _LINK_ID_RE = re.compile(r"^link_id:\s*(\d+)$", re.MULTILINE)
 
 
@@ -505,7 +493,7 @@ def tcx_links(prefix: str = PROG_PREFIX) -> list[FoundLink]:
                     continue  # device gone since the listing, or no TCX
                 raise AttachError(f"cannot list TCX programs on {ifname}: {exc.strerror}") from None
             for prog_id, link_id in chain:
-                name = _prog_name(prog_id) if link_id else None
+                name = prog_name_by_id(prog_id) if link_id else None
                 if name is not None and name.startswith(prefix):
                     rows.append((ifindex, ifname, direction, link_id, prog_id, name))
     holders = link_holders(r[3] for r in rows)

@@ -29,17 +29,20 @@ import pytest
 
 from flowtop.errors import ConfigError, KernelFeatureError
 from flowtop.kernel import layout
-from flowtop.kernel.sockops import (
+from flowtop.kernel.cgroup import find_cgroup2
+from flowtop.kernel.sockops import SockOpsTracker, netns_cookie
+from flowtop.kernel.sockops_attach import (
+    attach_sock_ops,
+    detach_sock_ops,
+    remove_stale_programs,
+)
+from flowtop.kernel.sockops_records import (
     CLOSED_KEY,
     CONN,
     CONN_RECORD,
     ORIGIN_SOCKOPS,
     ORIGIN_TRACEPOINT,
     TCP_CLOSE,
-    SockOpsTracker,
-    find_cgroup2,
-    netns_cookie,
-    remove_stale_programs,
 )
 
 from . import impair, netns
@@ -257,8 +260,16 @@ def _numpy_layout(d: np.dtype) -> list[tuple[str, int, int]]:
 
 
 def test_struct_layouts_match_bcc() -> None:
-    with tracker_in(None, map_size=16) as t:
-        bpf = t._bpf
+    """The numpy mirrors against the ctypes types bcc builds from bpf/sockops.h
+    (compiled here: the tracker's own compile hands over fds, not types)."""
+    import bcc
+
+    from flowtop.kernel.build import BPF_DIR
+
+    cflags = [f"-I{BPF_DIR}", "-DFT_PROG_NAME=ftsops_layout", "-DFT_CONN_MAP_SIZE=16",
+              "-DFT_CLOSED_MAP_SIZE=16"]  # fmt: skip
+    bpf = bcc.BPF(src_file=str(BPF_DIR / "sockops.c").encode(), cflags=cflags)
+    try:
         pairs = [
             (bpf[b"conns"].Key, layout.FLOW_KEY),
             (bpf[b"conns"].Leaf, CONN),
@@ -268,6 +279,8 @@ def test_struct_layouts_match_bcc() -> None:
         for ctype, dtype in pairs:
             assert ct.sizeof(ctype) == dtype.itemsize
             assert _ctypes_layout(ctype) == _numpy_layout(dtype)
+    finally:
+        bpf.cleanup()
 
 
 # -- RTT -----------------------------------------------------------------------------
@@ -611,16 +624,12 @@ def test_detach_and_stale_programs() -> None:
 
 
 def bcc_attach(prog_fd: int, cg_fd: int) -> None:
-    from flowtop.kernel import sockops
-
-    sockops._attach(cg_fd, prog_fd)
+    attach_sock_ops(cg_fd, prog_fd)
 
 
 def bcc_detach(b: Any, cg_fd: int) -> None:
-    from flowtop.kernel import sockops
-
     for fn in b.funcs.values():
-        sockops._detach(cg_fd, fn.fd)
+        detach_sock_ops(cg_fd, fn.fd)
 
 
 def _prog_id(fd: int) -> int:

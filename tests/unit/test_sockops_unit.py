@@ -7,16 +7,14 @@ import struct
 import numpy as np
 
 from flowtop.kernel import layout
-from flowtop.kernel.sockops import (
+from flowtop.kernel.btf import btf_member_offset
+from flowtop.kernel.cgroup import cgroup2_mounts, pick_cgroup2
+from flowtop.kernel.sockops_attach import PROG_NAME_RE, sockops_prog_name
+from flowtop.kernel.sockops_records import (
     CONN_RECORD,
     ORIGIN_SOCKOPS,
     ORIGIN_TRACEPOINT,
-    PROG_NAME_RE,
-    btf_member_offset,
-    cgroup2_mounts,
     merge_records,
-    pick_cgroup2,
-    prog_name,
     to_tcp_samples,
 )
 
@@ -44,7 +42,7 @@ def test_cgroup2_mount_found_and_preferred() -> None:
 
 
 def test_prog_name_fits_the_kernel_limit() -> None:
-    longest = prog_name(4194304)  # PID_MAX_LIMIT
+    longest = sockops_prog_name(4194304)  # PID_MAX_LIMIT
     assert len(longest) <= 15
     m = PROG_NAME_RE.match(longest)
     assert m is not None and int(m.group(1)) == 4194304

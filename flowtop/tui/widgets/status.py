@@ -7,14 +7,15 @@ from rich.text import Text
 from textual.widget import Widget
 
 from flowtop.core.model import PROBLEM_COUNTERS
-from flowtop.query.view import Snapshot
+from flowtop.kernel import counters
+from flowtop.query.types import Snapshot
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
 
 # What the header names when it is not 0: the problems, and the packets the
 # full flow maps lost (a count of packets, not of events: not in problems).
-PROBLEMS = (*PROBLEM_COUNTERS, "lost_packets")
+PROBLEMS = (*PROBLEM_COUNTERS, *counters.SHOWN)
 
 
 class StatusHeader(Widget):
