@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from flowtop.errors import ConfigError, FlowtopError
-from flowtop.query.view import Snapshot, ViewQuery, ViewSource
+from flowtop.query.types import Snapshot, ViewQuery, ViewSource
 from flowtop.tui import themes
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory

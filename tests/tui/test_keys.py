@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Input
 
-from flowtop.query.view import GROUPS
+from flowtop.query.types import GROUPS
 from flowtop.tui import FlowtopApp
 from flowtop.tui.screens.detail import DetailScreen
 from flowtop.tui.screens.groupby import CHOICES, GroupByScreen

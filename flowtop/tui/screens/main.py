@@ -11,7 +11,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
-from flowtop.query.view import Snapshot
+from flowtop.query.types import Snapshot
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
 from flowtop.tui.screens.groupby import GroupByScreen

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Label, Sparkline
 
-from flowtop.query.view import InterfaceRow
+from flowtop.query.types import InterfaceRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display

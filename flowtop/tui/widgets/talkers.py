@@ -18,7 +18,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowKey
 
-from flowtop.query.view import ViewRow
+from flowtop.query.types import ViewRow
 from flowtop.tui import columns as cols
 from flowtop.tui.columns import Column, Names
 from flowtop.tui.format import Display
