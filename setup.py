@@ -143,7 +143,7 @@ setup(
         _generated(BASH_COMPLETION),
         _generated(ZSH_COMPLETION),
         # For `make install` and for installing the service from a wheel alone.
-        ("share/flowtop", ["contrib/flowtop.run.service", "contrib/flowtop.toml"]),
+        ("share/flowtop", ["contrib/flowtop.service", "contrib/flowtop.toml"]),
     ],
     cmdclass={"build": build_with_share, "build_share": build_share},
 )

@@ -6,7 +6,7 @@
 #   - the flowtop wheel in it (its dependencies from PyPI, or from PIP_FIND_LINKS);
 #   - links to the command ($BINDIR/flowtop), flowtop(1) and the bash and zsh completion
 #     (under $DATADIR) where PATH, man, bash-completion and zsh look;
-#   - the systemd unit ($UNITDIR/flowtop.run.service, ExecStart=$BINDIR/flowtop), and
+#   - the systemd unit ($UNITDIR/flowtop.service, ExecStart=$BINDIR/flowtop), and
 #     $CONFDIR/flowtop.toml from the example, mode 0600 root:root, only if there is none
 #     (an existing config is never overwritten). The service is neither enabled nor started.
 #
@@ -28,7 +28,7 @@ UNITDIR="${UNITDIR:-/etc/systemd/system}"
 CONFDIR="${CONFDIR:-/etc/flowtop}"
 SYS_PYTHON="${SYS_PYTHON:-/usr/bin/python3}"
 WHEEL="${WHEEL:-}"
-# The command path in contrib/flowtop.run.service; replaced by $BINDIR/flowtop.
+# The command path in contrib/flowtop.service; replaced by $BINDIR/flowtop.
 UNIT_EXEC=/usr/local/bin/flowtop
 
 step() { printf 'install: %s\n' "$*"; }
@@ -124,14 +124,14 @@ link "$PREFIX/share/zsh/site-functions/_flowtop" "$DATADIR/zsh/site-functions/_f
 
 # --- the service -------------------------------------------------------------------------
 
-unit_src="$share/flowtop/flowtop.run.service"
-unit="$DESTDIR$UNITDIR/flowtop.run.service"
+unit_src="$share/flowtop/flowtop.service"
+unit="$DESTDIR$UNITDIR/flowtop.service"
 grep -q "^ExecStart=$UNIT_EXEC " "$unit_src" \
     || die "$unit_src: no 'ExecStart=$UNIT_EXEC ...' line to point at $BINDIR/flowtop"
 mkdir -p "$(dirname "$unit")"
-sed "s|^ExecStart=$UNIT_EXEC |ExecStart=$BINDIR/flowtop |" "$unit_src" >"$TMP/flowtop.run.service"
-install -m 0644 "$TMP/flowtop.run.service" "$unit"
-step "unit $UNITDIR/flowtop.run.service (ExecStart=$BINDIR/flowtop)"
+sed "s|^ExecStart=$UNIT_EXEC |ExecStart=$BINDIR/flowtop |" "$unit_src" >"$TMP/flowtop.service"
+install -m 0644 "$TMP/flowtop.service" "$unit"
+step "unit $UNITDIR/flowtop.service (ExecStart=$BINDIR/flowtop)"
 
 config="$DESTDIR$CONFDIR/flowtop.toml"
 if [[ -e "$config" || -L "$config" ]]; then

@@ -44,7 +44,7 @@ quiet_pair = test_e2e_tmux.quiet_pair
 PREFIX = "/opt/flowtop"  # scripts/install.sh's defaults
 BINDIR = "/usr/local/bin"
 DATADIR = "/usr/local/share"
-UNIT = "/etc/systemd/system/flowtop.run.service"
+UNIT = "/etc/systemd/system/flowtop.service"
 CONFIG = "/etc/flowtop/flowtop.toml"
 SHARE = {  # installed under the venv's share/ by the wheel, linked from DATADIR
     "man/man1/flowtop.1",
@@ -198,9 +198,9 @@ def test_wheel_carries_the_data_files_and_generated_pages(wheel: Path) -> None:
         assert top == {"flowtop", f"flowtop-{__version__}.dist-info", f"flowtop-{__version__}.data"}
         data = f"flowtop-{__version__}.data/data/share/"
         assert {n for n in names if n.startswith(data)} == {
-            data + rel for rel in (*SHARE, "flowtop/flowtop.run.service", "flowtop/flowtop.toml")
+            data + rel for rel in (*SHARE, "flowtop/flowtop.service", "flowtop/flowtop.toml")
         }
-        for rel in ("flowtop/flowtop.run.service", "flowtop/flowtop.toml"):
+        for rel in ("flowtop/flowtop.service", "flowtop/flowtop.toml"):
             assert read(data + rel) == (ROOT / "contrib" / Path(rel).name).read_bytes()
         man = read(data + "man/man1/flowtop.1").decode()
         bash = read(data + "bash-completion/completions/flowtop").decode()
@@ -301,7 +301,7 @@ def test_installed_unit_verifies(installed: Install, tmp_path: Path) -> None:
     text = installed.path(UNIT).read_text()
     final = f"ExecStart={BINDIR}/flowtop "
     assert text.count(final) == 1
-    unit = tmp_path / "flowtop.run.service"
+    unit = tmp_path / "flowtop.service"
     unit.write_text(text.replace(final, f"ExecStart={installed.flowtop} "))
     proc = run(["systemd-analyze", "verify", str(unit)], installed.away, check=False)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
