@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * Structures shared by bpf/sockops.c and its userspace reader
- * (flowtop/kernel/sockops.py, which mirrors them with numpy dtypes;
+ * (flowtop/kernel/sockops_records.py, which mirrors them with numpy dtypes;
  * tests/kernel/test_sockops.py checks the two byte for byte against the
  * types bcc builds from this file). Explicit padding throughout, so that
  * the layout does not depend on the compiler.
