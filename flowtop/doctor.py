@@ -194,7 +194,7 @@ def check_headers() -> Iterator[Result]:
 
 
 def check_bcc_import() -> Iterator[Result]:
-    from flowtop.kernel.build import load_bcc
+    from flowtop.kernel.compiler import load_bcc
 
     try:
         bcc = load_bcc()
@@ -208,7 +208,7 @@ def check_bcc_import() -> Iterator[Result]:
 
 def _compile_probe() -> tuple[str | None, list[str]]:
     """Compile and load PROBE_PROGRAM; (error or None, what bcc wrote to stderr)."""
-    from flowtop.kernel.build import load_bcc
+    from flowtop.kernel.compiler import load_bcc
 
     BPF = load_bcc().BPF
 
@@ -235,7 +235,7 @@ def _compile_probe() -> tuple[str | None, list[str]]:
 
 
 def check_bcc_compile() -> Iterator[Result]:
-    from flowtop.kernel.build import load_bcc
+    from flowtop.kernel.compiler import load_bcc
 
     try:
         load_bcc()

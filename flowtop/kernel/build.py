@@ -1,115 +1,300 @@
-"""Compile bpf/*.c with bcc and load its programs: the only module that imports bcc.
+"""BPF programs built in a short-lived child process, handed over as file descriptors.
 
-Options reach the C code as -D cflags; the sources are never edited. What
-the rest of flowtop gets from here are file descriptors: a Compiled object
-names the programs it loaded and the maps the compile created, and every
-later use of them (attaching, map reads) goes through bpf(2) on those fds
-(flowtop.kernel.bpfsys, maps, attach, tcx, sockops_attach).
+bcc's compiler (clang and LLVM, ~100 MB mapped) stays in a child: ``python
+-m flowtop.kernel.compiler`` (compiler.py, the only module that imports
+bcc) compiles one source file, loads the programs asked for, and sends their
+fds and those of the maps over a Unix socket (SOCK_SEQPACKET, SCM_RIGHTS),
+then exits. This process holds the fds from then on: attaching, map reads,
+everything else is bpf(2) on them (bpfsys, maps, attach, tcx,
+sockops_attach, tracefs). Nothing is pinned.
+
+Wire format: this side sends one JSON request; the child answers with one
+message per stage, each a JSON object with its fds: {"progs": [names],
+"maps": [names], "meta": {...}} (fds: the programs', then the maps', in
+that order) or {"error": "one line"}. The request's "first" programs and
+every map come in the first message, its "later" programs in a second one
+(the TC program's pair for L3 devices: verified meanwhile, while this
+process attaches the first pair).
+
+Lifetimes. A loaded program or map lives while some fd or attachment refers
+to it: once the fds are here, the child's exit frees nothing. The child
+watches its socket and exits at once when this process goes away (kill -9
+included), before anything it loaded was attached anywhere; this side kills
+it (SIGKILL) on close() and on any failure. A child that dies, says nothing
+within TIMEOUT seconds ($FLOWTOP_BUILD_TIMEOUT), or fails, is one
+KernelFeatureError line; compile errors carry the compiler's first error
+line, as bcc reported it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import json
 import os
+import select
+import signal
+import socket
+import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import flowtop
 from flowtop import resources
-from flowtop.errors import KernelFeatureError
+from flowtop.errors import ConfigError, KernelFeatureError
 
 BPF_DIR: Path = resources.bpf_dir()
 
-# Program types by the name bcc's BPF class gives them.
+# Program types, by the names bcc's BPF class gives them.
 SCHED_CLS = "SCHED_CLS"
 SOCK_OPS = "SOCK_OPS"
 
-
-def load_bcc() -> Any:
-    """The bcc module; whatever importing it raises (ImportError, or OSError
-    when libbcc.so is missing)."""
-    import bcc
-
-    return bcc
-
-
-def import_bcc() -> Any:
-    """The bcc module, or one KernelFeatureError line when it is not installed."""
-    try:
-        return load_bcc()
-    except ImportError:
-        raise KernelFeatureError(
-            "bcc is not importable: install Debian's python3-bpfcc (run `make setup`)"
-        ) from None
+# Seconds a build stage may take before it counts as hung; $FLOWTOP_BUILD_TIMEOUT
+# overrides (a slow machine, or a test).
+TIMEOUT = 300.0
+TIMEOUT_ENV = "FLOWTOP_BUILD_TIMEOUT"
+# Niceness of build work nothing waits for yet (the sock_ops build, the L3 pair).
+BACKGROUND_NICE = 5
+MAX_MESSAGE = 1 << 16
+MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
+BCC_MISSING = "bcc is not importable: install Debian's python3-bpfcc (run `make setup`)"
 
 
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """bcc's clang prints header warnings straight to fd 2; keep them for errors only."""
-    if os.environ.get("FLOWTOP_BCC_VERBOSE"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        except Exception as exc:
-            os.dup2(saved, 2)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace")
-            errors = [ln for ln in text.splitlines() if "error" in ln]
-            if errors:
-                raise type(exc)(f"{exc}: {errors[0]}") from exc
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+def _no_checkpoint() -> None:
+    pass
 
 
-class Compiled:
-    """One source file compiled by bcc, its programs loaded on demand.
+@dataclass
+class Loaded:
+    """What one message of a build brought: fds by program and map name.
+    This process owns them: close() closes every one."""
 
-    what names it in errors ("the TC program"): a failed compile or load is
-    one KernelFeatureError line, "cannot compile or load <what>: <bcc's
-    message>: <the compiler's first error line>". The fds stay valid until
-    close().
-    """
-
-    def __init__(self, src: Path, cflags: list[str], what: str) -> None:
-        bcc = import_bcc()
-        if not src.is_file():
-            raise KernelFeatureError(f"BPF source not found: {src}")
-        self.what = what
-        self._types = {SCHED_CLS: bcc.BPF.SCHED_CLS, SOCK_OPS: bcc.BPF.SOCK_OPS}
-        try:
-            with quiet_stderr():
-                self._bpf: Any = bcc.BPF(src_file=str(src).encode(), cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exception for compile/load failures
-            raise KernelFeatureError(f"cannot compile or load {what}: {exc}") from None
-
-    def prog_fd(self, name: str, kind: str, what: str | None = None) -> int:
-        """Loads (verifies) function name as a program of kind; its fd.
-        what: how to name it in an error, instead of the whole source's."""
-        try:
-            with quiet_stderr():
-                fn = self._bpf.load_func(name.encode(), self._types[kind])
-        except Exception as exc:  # bcc raises bare Exception
-            if what is not None:
-                raise KernelFeatureError(f"cannot load {what}: {exc}") from None
-            raise KernelFeatureError(f"cannot compile or load {self.what}: {exc}") from None
-        fd: int = fn.fd
-        return fd
-
-    def map_fd(self, name: str) -> int:
-        fd: int = self._bpf[name.encode()].map_fd
-        return fd
+    progs: dict[str, int] = field(default_factory=dict)
+    maps: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
-        """Unloads what bcc holds (programs stay alive while an fd or an
-        attachment refers to them)."""
-        with contextlib.suppress(Exception):
-            self._bpf.cleanup()
+        for fd in (*self.progs.values(), *self.maps.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.progs.clear()
+        self.maps.clear()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to build: src compiled with cflags; programs (name, kind) to load
+    first and later (a second message); maps to hand over. sockops: the
+    sock_ops recipe (tracepoint programs too, FT_MDEV_OFF from BTF). what:
+    how errors name it ("the TC program"); later_what for the second stage,
+    which runs at a niceness of at least BACKGROUND_NICE (nothing waits
+    for it yet)."""
+
+    src: str
+    cflags: list[str]
+    first: list[tuple[str, str]]
+    maps: list[str]
+    what: str
+    later: list[tuple[str, str]] = field(default_factory=list)
+    later_what: str = ""
+    sockops: bool = False
+    # Niceness of the child (os.nice): a build nothing waits for yet runs
+    # beside the one the first attachment waits for without slowing it down
+    # on a busy machine (on an idle one each has a core).
+    nice: int = 0
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Request:
+        d = json.loads(raw)
+        d["first"] = [tuple(x) for x in d["first"]]
+        d["later"] = [tuple(x) for x in d["later"]]
+        return cls(**d)
+
+
+def send(sock: socket.socket, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    """One message with its fds (the child's side)."""
+    data = json.dumps(msg).encode()
+    if len(data) > MAX_MESSAGE or len(fds) > MAX_FDS:
+        raise ValueError("message too large")
+    socket.send_fds(sock, [data], list(fds))
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """One message, or None at end of file (the child is gone)."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    except OSError:  # ECONNRESET: it died with a message of ours unread
+        return None
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None
+    msg: dict[str, Any] = json.loads(data)
+    return msg, fds
+
+
+def timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None:
+        return TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds above 0, not {raw!r}")
+    return value
+
+
+def _env() -> dict[str, str]:
+    """The child imports the same flowtop as this process, wherever it is."""
+    env = dict(os.environ)
+    root = str(Path(flowtop.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+class Build:
+    """One compile in a child process (see the module doc): started at once,
+    its results taken with wait()."""
+
+    def __init__(self, request: Request) -> None:
+        if importlib.util.find_spec("bcc") is None:
+            raise KernelFeatureError(BCC_MISSING)
+        self.request = request
+        self.timeout = timeout()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                # the source's name: only for `ps` and tests to tell the builds apart
+                [
+                    sys.executable,
+                    "-m",
+                    "flowtop.kernel.compiler",
+                    str(theirs.fileno()),
+                    Path(request.src).name,
+                ],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=_env(),
+                # Its own session: a Ctrl-C in the terminal goes to flowtop,
+                # which ends the child itself.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._sock.close()
+            raise KernelFeatureError(f"cannot start the BPF compiler: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        # A child that died at once shows at wait(): its socket is closed.
+        with contextlib.suppress(OSError):
+            self._sock.send(request.to_json())
+        self._stages = 2 if request.later else 1
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def done(self) -> bool:
+        """Every message received (or the build failed): nothing more to wait for."""
+        return self._stages == 0
+
+    def wait(self, checkpoint: Callable[[], None] = _no_checkpoint) -> Loaded:
+        """The next message's programs and maps. checkpoint is called every
+        50 ms meanwhile (a stop request raises there; close() then ends the
+        child). KernelFeatureError when the child failed, died, or sent
+        nothing within self.timeout seconds."""
+        if self._stages == 0:
+            raise KernelFeatureError(f"{self.request.what}: nothing more to load")
+        later = self.request.later and self._stages == 1
+        what = self.request.later_what if later else self.request.what
+        limit = time.monotonic() + self.timeout
+        while True:
+            ready, _, _ = select.select([self._sock], [], [], 0.05)
+            if ready:
+                break
+            checkpoint()
+            if time.monotonic() > limit:
+                self._fail()
+                raise KernelFeatureError(
+                    f"the BPF compiler did not finish building {what} within "
+                    f"{self.timeout:g} s ({TIMEOUT_ENV})"
+                )
+        got = _receive(self._sock)
+        if got is None:
+            status = self._exit_status()
+            self._fail()
+            raise KernelFeatureError(f"the BPF compiler {status} building {what}")
+        msg, fds = got
+        if "error" in msg:
+            for fd in fds:
+                os.close(fd)
+            self._fail()
+            raise KernelFeatureError(str(msg["error"]))
+        names = [*msg.get("progs", []), *msg.get("maps", [])]
+        if len(names) != len(fds):
+            for fd in fds:
+                os.close(fd)
+            self._fail()
+            raise KernelFeatureError(f"the BPF compiler sent {len(fds)} fds for {len(names)}")
+        n = len(msg.get("progs", []))
+        loaded = Loaded(
+            dict(zip(msg.get("progs", []), fds[:n], strict=True)),
+            dict(zip(msg.get("maps", []), fds[n:], strict=True)),
+            dict(msg.get("meta", {})),
+        )
+        self._stages -= 1
+        if self._stages == 0:
+            self._reap()
+        return loaded
+
+    def ready(self) -> bool:
+        """Whether the next message is there (wait() would not block)."""
+        if self._stages == 0:
+            return False
+        ready, _, _ = select.select([self._sock], [], [], 0)
+        return bool(ready)
+
+    def _exit_status(self) -> str:
+        rc = self._reap()
+        if rc is None:
+            return "closed its socket"
+        if rc < 0:
+            return f"was killed by signal {-rc} ({signal.Signals(-rc).name})"
+        return f"exited with status {rc}"
+
+    def _reap(self, timeout: float = 10) -> int | None:
+        proc, self._proc = self._proc, None
+        self._sock.close()
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=10)
+
+    def _fail(self) -> None:
+        self._stages = 0
+        self.close()
+
+    def close(self) -> None:
+        """Ends the child if it still runs (SIGKILL: it holds nothing that
+        outlives it) and drops whatever it did not hand over. Idempotent."""
+        self._stages = 0
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        if proc is not None:
+            proc.wait(timeout=10)

@@ -17,13 +17,15 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from flowtop.kernel import devices, layout
 from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
-from flowtop.kernel.program import ProgramOptions, TcProgram
+from flowtop.kernel.build import Build
+from flowtop.kernel.program import ProgramOptions, TcProgram, require_root
+from flowtop.kernel.program import request as tc_request
 from flowtop.kernel.tcx import TcxAttacher, resolve_attach_mode
 
 if TYPE_CHECKING:
     from flowtop.kernel.sockops import SockOpsTracker
 from flowtop.core.model import CollectorHealth, InterfaceCounters
-from flowtop.errors import FlowtopError, InterfaceError
+from flowtop.errors import FlowtopError, InterfaceError, Interrupted
 
 log = logging.getLogger("flowtop.collector")
 
@@ -69,9 +71,11 @@ def _no_checkpoint() -> None:
 
 
 class KernelCollector:
-    """checkpoint: called between the steps of start-up (after the compile,
-    before each attach, around sock_ops); a stop request raises there
-    (StopSignal.check) and the caller's close() removes what is attached."""
+    """checkpoint: called during start-up, while the compiles run (every
+    50 ms), before each attach and around sock_ops; a stop request raises
+    there (StopSignal.check) and the caller's close() removes what is
+    attached. The TC program and the sock_ops program (sockops=True only)
+    compile in two child processes at once (flowtop.kernel.build)."""
 
     def __init__(
         self,
@@ -85,29 +89,40 @@ class KernelCollector:
     ) -> None:
         self._checkpoint = checkpoint
         self.selector = InterfaceSelector(interfaces)
-        self._want_sockops = sockops
         self.sockops: SockOpsTracker | None = None
         self.sockops_error: str | None = None
+        tracker: SockOpsTracker | None = None
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
         self._ipr = IPRoute()
         program: TcProgram | None = None
+        tc_build: Build | None = None
         try:
             self._check_explicit()
             # Before the compile: `--attach tcx` on a kernel without TCX fails at once.
             self.attach_mode, self.attach_reason = resolve_attach_mode(attach)
             checkpoint()
-            program = TcProgram(
-                ProgramOptions(flow_map_size=flow_map_size, passive_rtt=passive_rtt)
-            )
-            checkpoint()  # the compile takes seconds; a Ctrl-C meanwhile stops here
+            options = ProgramOptions(flow_map_size=flow_map_size, passive_rtt=passive_rtt)
+            require_root()
+            # Both compiles run at once, each in a child: the TC program's
+            # first (the first attachment waits for it), then sock_ops'.
+            tc_build = Build(tc_request(options))
+            if sockops:
+                tracker = self._begin_sockops()
+            program = TcProgram(options, checkpoint, tc_build)
+            checkpoint()
         except BaseException:
-            # A half-built collector must not leave netlink sockets behind:
-            # pyroute2's event loop complains about them at exit.
+            # A half-built collector must not leave netlink sockets or compiler
+            # processes behind (pyroute2's event loop complains about the former).
             self._ipr.close()
+            if tracker is not None:
+                tracker.close()
             if program is not None:
                 program.close()
+            elif tc_build is not None:
+                tc_build.close()
             raise
+        self._tracker = tracker
         self.program = program
         self.attacher: TcAttacher | TcxAttacher
         if self.attach_mode == "tcx":
@@ -240,21 +255,35 @@ class KernelCollector:
 
     # -- data ------------------------------------------------------------------------
 
-    def _start_sockops(self) -> None:
-        """Local TCP health; without it flowtop still runs (passive RTT only)."""
-        if not self._want_sockops:
-            return
+    def _begin_sockops(self) -> SockOpsTracker | None:
+        """Local TCP health's checks and compile (SockOpsTracker.begin); a
+        failure is told when start() gets to it, as if it happened there."""
         from flowtop.kernel.sockops import SockOpsTracker
 
         tracker = SockOpsTracker()
         try:
-            tracker.start()
+            tracker.begin()
         except FlowtopError as exc:
             tracker.close()
             self.sockops_error = str(exc)
-            log.warning("local TCP health (sock_ops) disabled: %s", exc)
-            return
-        self.sockops = tracker
+            return None
+        return tracker
+
+    def _start_sockops(self) -> None:
+        """Local TCP health; without it flowtop still runs (passive RTT only)."""
+        tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            try:
+                tracker.finish(self._checkpoint)
+            except Interrupted:
+                raise  # a stop request, not a sock_ops failure (finish() closed it)
+            except FlowtopError as exc:
+                tracker.close()
+                self.sockops_error = str(exc)
+            else:
+                self.sockops = tracker
+        if self.sockops is None and self.sockops_error is not None:
+            log.warning("local TCP health (sock_ops) disabled: %s", self.sockops_error)
 
     def drain(self) -> Drain:
         """The interval just ended. A flow map that cannot be read raises (the
@@ -322,6 +351,7 @@ class KernelCollector:
                 self._events.close()
             with contextlib.suppress(Exception):
                 self._ipr.close()
-            if self.sockops is not None:
-                self.sockops.close()
+            for tracker in (self.sockops, self._tracker):
+                if tracker is not None:
+                    tracker.close()
             self.program.close()

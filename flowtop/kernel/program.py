@@ -1,23 +1,24 @@
 """The TC programs (bpf/tc.c) and their maps, as the collector uses them.
 
-TcProgram compiles and loads the programs (flowtop.kernel.build), hands out
-their fds for the attachers, and reads the maps through those fds
-(flowtop.kernel.maps): the interval flow maps and per-CPU caches of two
-generations (see the comment in bpf/tc.c), the interface counters, the
-counter array, and the passive TCP connection map (flowtop.kernel.tcpconn).
+TcProgram has them built in a child process (flowtop.kernel.build: the
+compiler never loads here), hands out their fds for the attachers, and
+reads the maps through those fds (flowtop.kernel.maps): the interval flow
+maps and per-CPU caches of two generations (see the comment in bpf/tc.c),
+the interface counters, the counter array, and the passive TCP connection
+map (flowtop.kernel.tcpconn).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from flowtop.errors import KernelFeatureError, NotRootError
 from flowtop.kernel import counters, layout, maps
-from flowtop.kernel.build import BPF_DIR, SCHED_CLS, Compiled
+from flowtop.kernel.build import BPF_DIR, SCHED_CLS, Build, Loaded, Request
 from flowtop.kernel.tcpconn import TcpConnTable
 
 
@@ -65,30 +66,75 @@ MAPS = (
 )  # fmt: skip
 
 
-class TcProgram:
-    """The compiled TC programs and their maps."""
+def request(options: ProgramOptions) -> Request:
+    """The build of bpf/tc.c: the Ethernet pair and the maps first, the pair
+    for L3 devices (no Ethernet header: tun, WireGuard, PPP, IP tunnels) in a
+    second message, verified while this process attaches the first (each
+    load is a verifier pass of a few hundred ms)."""
+    names = (*MAPS, "tcp_conns") if options.passive_rtt else MAPS
+    return Request(
+        src=str(BPF_DIR / "tc.c"),
+        cflags=options.cflags(),
+        first=[(FUNCTIONS[(d, False)], SCHED_CLS) for d in layout.DIRECTIONS],
+        maps=list(names),
+        what="the TC program",
+        later=[(FUNCTIONS[(d, True)], SCHED_CLS) for d in layout.DIRECTIONS],
+        later_what="the TC program for L3 devices",
+    )
 
-    def __init__(self, options: ProgramOptions) -> None:
-        if os.geteuid() != 0:
-            raise NotRootError("flowtop needs root (or CAP_BPF and CAP_NET_ADMIN) to load BPF")
-        self.options = options
-        self._compiled = Compiled(BPF_DIR / "tc.c", options.cflags(), "the TC program")
+
+def _no_checkpoint() -> None:
+    pass
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotRootError("flowtop needs root (or CAP_BPF and CAP_NET_ADMIN) to load BPF")
+
+
+class TcProgram:
+    """The TC programs and their maps, by fd.
+
+    checkpoint: called while the build runs (StopSignal.check: a stop
+    request raises there and nothing is left). build: the build of
+    request(options), when the caller started it already (it is closed
+    with this program, or at once when the program fails).
+    """
+
+    def __init__(
+        self,
+        options: ProgramOptions,
+        checkpoint: Callable[[], None] = _no_checkpoint,
+        build: Build | None = None,
+    ) -> None:
         try:
-            # Devices with an Ethernet header; the pair for devices without
-            # one is verified and loaded when the first such device is
-            # attached (fd()): each load is a verifier pass of a few hundred ms.
-            self.ingress = self._load(("ingress", False))
-            self.egress = self._load(("egress", False))
-            names = (*MAPS, "tcp_conns") if options.passive_rtt else MAPS
-            self._maps = {n: self._compiled.map_fd(n) for n in names}
-        except BaseException:
-            self._compiled.close()
+            require_root()
+        except NotRootError:
+            if build is not None:
+                build.close()
             raise
-        self._progs: dict[tuple[str, bool], Prog] = {
-            ("ingress", False): self.ingress,
-            ("egress", False): self.egress,
-        }
-        self._gen = _Generations(self._maps)
+        self.options = options
+        self._build = build if build is not None else Build(request(options))
+        self._loaded: list[Loaded] = []
+        self._l3_error: KernelFeatureError | None = None
+        try:
+            first = self._build.wait(checkpoint)
+            self._loaded.append(first)
+            self.ingress = Prog(
+                FUNCTIONS[("ingress", False)], first.progs[FUNCTIONS[("ingress", False)]]
+            )
+            self.egress = Prog(
+                FUNCTIONS[("egress", False)], first.progs[FUNCTIONS[("egress", False)]]
+            )
+            self._maps = first.maps
+            self._progs: dict[tuple[str, bool], Prog] = {
+                ("ingress", False): self.ingress,
+                ("egress", False): self.egress,
+            }
+            self._gen = _Generations(self._maps)
+        except BaseException:
+            self.close()
+            raise
         self._drainer = maps.BatchReader(
             options.flow_map_size, layout.FLOW_KEY, layout.FLOW_STATS, True, "the flow map"
         )
@@ -100,10 +146,10 @@ class TcProgram:
         self._iface_val = np.zeros(1, dtype=maps.percpu(layout.IFACE_STATS))
         self._tcp = TcpConnTable(self._maps["tcp_conns"]) if options.passive_rtt else None
 
-    def _load(self, hook: tuple[str, bool]) -> Prog:
-        name = FUNCTIONS[hook]
-        what = "the TC program for L3 devices" if hook[1] else None
-        return Prog(name, self._compiled.prog_fd(name, SCHED_CLS, what))
+    @property
+    def build_pid(self) -> int | None:
+        """The compiler child's pid while it runs (for tests)."""
+        return self._build.pid
 
     def fd(self, direction: str, l3: bool) -> int:
         """The program fd for a hook ("ingress"/"egress") of a device with an
@@ -111,18 +157,34 @@ class TcProgram:
         what an attacher (attach.TcAttacher, tcx.TcxAttacher) attaches."""
         if direction not in layout.DIRECTIONS:
             raise ValueError(f"no TC program for direction {direction!r}")
-        if (direction, l3) not in self._progs:
+        if l3:
             self._load_l3()
         return self._progs[(direction, l3)].fd
 
-    def _load_l3(self) -> None:
+    def _load_l3(self, block: bool = True) -> None:
+        """Takes the L3 pair from the build: waiting for it (block), or only
+        when it is there. A failed load is raised here, every time."""
+        if self._l3_error is not None:
+            if block:
+                raise self._l3_error
+            return
+        if ("ingress", True) in self._progs or not (block or self._build.ready()):
+            return
+        try:
+            later = self._build.wait()
+        except KernelFeatureError as exc:
+            self._l3_error = exc
+            if block:
+                raise
+            return
+        self._loaded.append(later)
         for direction in layout.DIRECTIONS:
-            self._progs[(direction, True)] = self._load((direction, True))
+            name = FUNCTIONS[(direction, True)]
+            self._progs[(direction, True)] = Prog(name, later.progs[name])
 
     def prog_fds(self) -> dict[tuple[str, bool], int]:
         """{(direction, l3): fd} of the four programs (see fd()), all loaded."""
-        if ("ingress", True) not in self._progs:
-            self._load_l3()
+        self._load_l3()
         return {hook: p.fd for hook, p in self._progs.items()}
 
     def map_fd(self, name: str) -> int:
@@ -135,6 +197,7 @@ class TcProgram:
         Keys are distinct within a batch, not across batches: the hash map
         first, then each CPU's cache (a flow can be in all of them).
         """
+        self._load_l3(block=False)  # the build's second message, when it came
         old_flows, old_cache = self._gen.flip()
         keys, stats = self._drainer.read(old_flows)
         batches = [(keys.copy(), stats.copy())]  # the engine keeps them past the next drain
@@ -202,7 +265,12 @@ class TcProgram:
         return keys.copy(), vals.copy()
 
     def close(self) -> None:
-        self._compiled.close()
+        """Ends the build if it still runs and closes every fd (what is
+        attached stays until the attacher detaches it)."""
+        self._build.close()
+        for loaded in self._loaded:
+            loaded.close()
+        self._loaded.clear()
 
 
 def _iface_slot_keys(ifindex: int) -> Iterator[tuple[int, int, int]]:

@@ -10,8 +10,10 @@ socket receives, so they stay one ACK behind what `ss -ti` shows.
 
 The pieces: cgroup.py finds the cgroup v2 root, sockops_attach.py attaches
 the program there and removes the stale ones of dead runs (its docstring
-says how a program is owned), sockops_records.py decodes the maps, btf.py
-finds tcp_sock.mdev_us for the compile.
+says how a program is owned), sockops_records.py decodes the maps; the
+compile runs in a child (build.py), which also finds tcp_sock.mdev_us in the
+kernel's BTF (btf.py); the tracepoint programs are attached here
+(tracefs.py), the child's own attachments closed before it hands them over.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
 from flowtop.kernel import counters, layout, tracefs
 from flowtop.kernel.bpfsys import prog_id_of
-from flowtop.kernel.btf import tcp_sock_offset
-from flowtop.kernel.build import BPF_DIR, SOCK_OPS, Compiled
+from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, SOCK_OPS, Build, Loaded, Request
 from flowtop.kernel.cgroup import find_cgroup2
 from flowtop.kernel.maps import BatchReader, percpu_sums
 from flowtop.kernel.sockops_attach import (
@@ -48,6 +51,10 @@ from flowtop.kernel.sockops_records import (
 log = logging.getLogger(__name__)
 
 SO_NETNS_COOKIE = 71
+
+
+def _no_checkpoint() -> None:
+    pass
 
 
 def netns_cookie() -> int:
@@ -96,8 +103,10 @@ class SockOpsTracker:
         self.prog_id: int | None = None
         self.rttvar_available = False
         self.removed_stale: list[str] = []
-        self._compiled: Compiled | None = None
-        self._maps: dict[str, int] = {}
+        self._build: Build | None = None
+        self._loaded: Loaded | None = None
+        self._events: Path | None = None
+        self._perf_fds: list[int] = []
         self._prog_fd = -1
         self._cg_fd = -1
         self._attached = False
@@ -113,24 +122,42 @@ class SockOpsTracker:
 
     # -- lifecycle --------------------------------------------------------------------
 
-    def _cflags(self, tp_format: str) -> list[str]:
-        mdev_off = tcp_sock_offset("mdev_us")
-        self.rttvar_available = mdev_off is not None
+    def _request(self, tp_format: str) -> Request:
+        """The build of bpf/sockops.c (the compiler adds FT_MDEV_OFF: it reads
+        the kernel's BTF there, not here)."""
         has_err = "field:int err;" in tp_format
-        return [
+        cflags = [
             f"-I{BPF_DIR}",
             f"-DFT_PROG_NAME={self.prog_name}",
             f"-DFT_CONN_MAP_SIZE={self.map_size}",
             f"-DFT_CLOSED_MAP_SIZE={self.map_size}",
             f"-DFT_NETNS_ONLY={int(self.netns_only)}",
             f"-DFT_NETNS_COOKIE={self.netns_cookie}ULL",
-            f"-DFT_MDEV_OFF={mdev_off if mdev_off is not None else -1}",
             f"-DFT_TP_HAS_ERR={int(has_err)}",
             f"-DFT_PER_ACK={int(self.per_ack)}",
         ]
+        return Request(
+            src=str(BPF_DIR / "sockops.c"),
+            cflags=cflags,
+            first=[(self.prog_name, SOCK_OPS)],
+            maps=["conns", "closed", "so_counters"],
+            what="the sock_ops program",
+            sockops=True,
+            # beside the TC program's build, which the first attachment waits for
+            nice=BACKGROUND_NICE,
+        )
 
-    def start(self) -> None:
-        if self._compiled is not None:
+    def start(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
+        """begin() and finish(): checks, compile, attach."""
+        self.begin()
+        self.finish(checkpoint)
+
+    def begin(self) -> None:
+        """The checks, stale programs of dead runs removed, and the compile
+        started in a child process (it runs while the caller does other
+        things: the TC program's build, attaching it). In the network
+        namespace whose sockets to report (netns_only)."""
+        if self._build is not None or self._loaded is not None:
             return
         if os.geteuid() != 0:
             raise NotRootError(
@@ -143,29 +170,52 @@ class SockOpsTracker:
             )
         if not os.path.isfile(os.path.join(cgroup, "cgroup.controllers")):
             raise KernelFeatureError(f"{cgroup} is not a cgroup v2 directory")
-        tp_format = tracefs.tracepoint_format(tracefs.events_dir(), "tcp", "tcp_retransmit_skb")
+        self._events = tracefs.events_dir()
+        tp_format = tracefs.tracepoint_format(self._events, "tcp", "tcp_retransmit_skb")
         src = BPF_DIR / "sockops.c"
         if not src.is_file():
             raise KernelFeatureError(f"BPF source not found: {src}")
         self.cgroup = cgroup
         self.netns_cookie = netns_cookie()
-        cflags = self._cflags(tp_format)
+        self.removed_stale = remove_stale_programs(cgroup)
+        self._build = Build(self._request(tp_format))
+
+    def finish(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
+        """Waits for the build (checkpoint: called meanwhile, may raise), then
+        attaches the tracepoint programs and the sock_ops program."""
+        if self._build is None:
+            if self._loaded is not None:
+                return
+            raise FlowtopError("the sock_ops tracker was not begun")
+        assert self.cgroup is not None and self._events is not None
         try:
-            self.removed_stale = remove_stale_programs(cgroup)
-            self._compiled = Compiled(src, cflags, "the sock_ops program")
-            self._prog_fd = self._compiled.prog_fd(self.prog_name, SOCK_OPS)
-            self._maps = {n: self._compiled.map_fd(n) for n in ("conns", "closed", "so_counters")}
-        except FlowtopError:
+            self._loaded = loaded = self._build.wait(checkpoint)
+        except BaseException:
             self.close()
             raise
+        self._build = None
+        self.rttvar_available = int(loaded.meta.get("mdev_off", -1)) >= 0
+        self._prog_fd = loaded.progs[self.prog_name]
         try:
-            self._cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            for name, fd in loaded.progs.items():
+                if name.startswith(tracefs.TRACEPOINT_PREFIX):
+                    category, event = tracefs.tracepoint_of(name)
+                    self._perf_fds.append(
+                        tracefs.attach_tracepoint(fd, self._events, category, event)
+                    )
+        except OSError as exc:
+            self.close()
+            raise KernelFeatureError(
+                f"cannot attach the sock_ops tracker's tracepoints: {exc.strerror}"
+            ) from None
+        try:
+            self._cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
             attach_sock_ops(self._cg_fd, self._prog_fd)
             self._attached = True
         except OSError as exc:
             self.close()
             raise KernelFeatureError(
-                f"cannot attach sock_ops to {cgroup}: {exc.strerror}"
+                f"cannot attach sock_ops to {self.cgroup}: {exc.strerror}"
             ) from None
         self.prog_id = prog_id_of(self._prog_fd)
         self._reader = BatchReader(
@@ -176,7 +226,8 @@ class SockOpsTracker:
         )
 
     def close(self) -> None:
-        """Detach and free; safe to call twice and after a failed start()."""
+        """Detach and free; safe to call twice, after a failed start() and
+        between begin() and finish() (the build is ended)."""
         if self._attached:
             self._attached = False
             try:
@@ -186,28 +237,33 @@ class SockOpsTracker:
         if self._cg_fd >= 0:
             os.close(self._cg_fd)
             self._cg_fd = -1
-        if self._compiled is not None:
-            compiled, self._compiled = self._compiled, None
-            compiled.close()
+        for fd in self._perf_fds:
+            tracefs.detach_tracepoint(fd)
+        self._perf_fds = []
+        if self._build is not None:
+            build, self._build = self._build, None
+            build.close()
+        if self._loaded is not None:
+            loaded, self._loaded = self._loaded, None
+            loaded.close()
         self._prog_fd = -1
-        self._maps = {}
         self._reader = None
         self._drainer = None
 
     @property
     def started(self) -> bool:
-        return self._compiled is not None and self._attached
+        return self._loaded is not None and self._attached
 
     # -- data -------------------------------------------------------------------------
 
     def read_records(self) -> np.ndarray:
         """Every tracked connection as a CONN_RECORD: the live ones, then
         those closed since the last read (state TCP_CLOSE), each once."""
-        if self._compiled is None or self._reader is None or self._drainer is None:
+        if self._loaded is None or self._reader is None or self._drainer is None:
             raise FlowtopError("the sock_ops tracker is not started")
-        keys, vals = self._reader.read(self._maps["conns"])
+        keys, vals = self._reader.read(self._loaded.maps["conns"])
         live = live_records(keys, vals)
-        _ck, closed = self._drainer.read(self._maps["closed"])
+        _ck, closed = self._drainer.read(self._loaded.maps["closed"])
         return merge_records(live, closed.copy())
 
     def read(self, now_ns: int | None = None) -> np.ndarray:
@@ -223,9 +279,10 @@ class SockOpsTracker:
     def stats(self) -> dict[str, int]:
         """Every counter of bpf/sockops.h, losses and bookkeeping alike."""
         names = counters.SOCKOPS_COUNTERS
-        if self._compiled is None:
+        if self._loaded is None:
             return dict.fromkeys(names, 0)
-        return dict(zip(names, percpu_sums(self._maps["so_counters"], len(names)), strict=True))
+        sums = percpu_sums(self._loaded.maps["so_counters"], len(names))
+        return dict(zip(names, sums, strict=True))
 
     def counters(self) -> dict[str, int]:
         """What could not be accounted for: connections not tracked (map

@@ -325,11 +325,25 @@ def _mapped(pid: int, lib: str) -> bool:
         return False
 
 
-def _wait_mapped(col: Collector, lib: str) -> None:
-    """Until the collector's process has `lib` mapped (it got that far)."""
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is pid (the ppid field of /proc/*/stat)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def _wait_mapped(col: Collector, lib: str, in_child: bool = False) -> None:
+    """Until the collector's process (in_child: one of its children, the
+    compilers) has `lib` mapped (it got that far)."""
     deadline = time.monotonic() + READY_TIMEOUT
     assert col.proc is not None
-    while not _mapped(col.pid, lib):
+    while not any(_mapped(p, lib) for p in (_children(col.pid) if in_child else [col.pid])):
         assert col.proc.poll() is None, f"exited before loading {lib}:\n{col.stderr}"
         assert time.monotonic() < deadline, f"never loaded {lib}:\n{col.stderr}"
         time.sleep(0.002)
@@ -367,7 +381,7 @@ def _interrupt_once(p: Pair, point: str, run: int) -> tuple[float | None, str | 
         if point == "importing":  # numpy is loaded: flowtop's own imports are under way
             _wait_mapped(col, "_multiarray_umath")
         elif point == "compiling":  # bcc is loaded: the TC program compiles now
-            _wait_mapped(col, "libbcc")
+            _wait_mapped(col, "libbcc", in_child=True)
         elif point == "attaching":  # its first filter is on: the rest, then sock_ops
             assert _wait_for_filter(p.a, "va", col), col.stderr
         else:

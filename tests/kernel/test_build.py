@@ -1,0 +1,269 @@
+"""The compiler stays in short-lived children (flowtop.kernel.build): what the
+long-lived process maps, how many children run and when, and what a child
+that dies or hangs, or a parent killed mid-compile, leaves behind.
+
+Ground truth is /proc: a process's memory maps (/proc/PID/maps), its
+children (the ppid field of /proc/*/stat), and bpftool's list of loaded
+programs (a sock_ops program is named after the flowtop pid that owns it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from . import netns
+from .dump import READY_MARK, Collector
+from .expect import drain, udp_client, udp_sink
+from .netns import Pair
+
+pytestmark = pytest.mark.kernel
+
+COMPILER_LIBS = ("libbcc", "libLLVM", "libclang")
+COMPILER = "flowtop.kernel.compiler"
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def children(pid: int) -> dict[int, str]:
+    """{pid: command line} of pid's live children (zombies left out)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out[int(entry.name)] = cmd
+    return out
+
+
+def compilers(pid: int) -> dict[int, str]:
+    return {c: cmd for c, cmd in children(pid).items() if COMPILER in cmd}
+
+
+def ready(col: Collector) -> bool:
+    """Whether flowtop says it is collecting (asserts it still runs)."""
+    assert col.proc is not None
+    if READY_MARK in col.stderr:
+        return True
+    assert col.proc.poll() is None, col.stderr
+    return False
+
+
+def mapped(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            text = f.read()
+    except OSError:
+        return []
+    return [lib for lib in COMPILER_LIBS if lib in text]
+
+
+def sock_ops_loaded(pid: int) -> bool:
+    out = subprocess.run(
+        ["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=30
+    ).stdout
+    return any(p.get("name") == f"ftsops_{pid}" for p in json.loads(out or "[]"))
+
+
+def wait_for(cond, timeout: float, what: str, step: float = 0.002):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(step)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@contextmanager
+def env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def config(tmp_path, text: str) -> str:  # type: ignore[no-untyped-def]
+    path = tmp_path / "flowtop.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_two_compilers_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
+    """With sock_ops on, the TC and sock_ops builds run as two children at
+    the same time; once collecting, flowtop maps no compiler library, its
+    children are gone (the L3 pair's stage included), and it still counts."""
+    p = quiet_pair
+    col = Collector(p.a, ["va"]).start()
+    try:
+        most: dict[int, str] = {}
+        ever_mapped = False
+        while not ready(col):
+            now = compilers(col.pid)
+            ever_mapped = ever_mapped or any(mapped(c) for c in now)
+            if len(now) > len(most):
+                most = now
+            time.sleep(0.005)
+        assert sorted(cmd.split()[-1] for cmd in most.values()) == ["sockops.c", "tc.c"], most
+        assert ever_mapped  # the compilers do map bcc and LLVM: what is looked for is there
+        assert mapped(col.pid) == []
+        assert sock_ops_loaded(col.pid)  # handed over and attached: local TCP health is on
+        wait_for(lambda: not children(col.pid), 60, "exit of the compilers", 0.05)
+        assert mapped(col.pid) == []
+        sink = udp_sink(p.b, "10.200.1.2", 6711)
+        client = udp_client(p.a, "10.200.1.2", 6712)
+        for _ in range(7):
+            client.sendto(b"x" * 50, ("10.200.1.2", 6711))
+        assert drain(sink, 7) == 7
+        sink.close()
+        client.close()
+        time.sleep(1.5)
+    finally:
+        res = col.stop()
+    ours = res.find(iface="va", direction="egress", proto=17, dport=6711)
+    assert sum(f["packets"] for f in ours) == 7, ours
+
+
+def test_without_sock_ops_only_the_tc_program_compiles(quiet_pair: Pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(tmp_path, "[collector]\nsockops = false\n")
+    col = Collector(quiet_pair.a, ["va"], extra_args=["--config", cfg]).start()
+    try:
+        seen: set[str] = set()
+        while not ready(col):
+            seen |= {cmd.split()[-1] for cmd in compilers(col.pid).values()}
+            time.sleep(0.005)
+        assert seen == {"tc.c"}
+        assert not sock_ops_loaded(col.pid)
+    finally:
+        col.stop()
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_kill9_of_flowtop_while_compiling_leaves_nothing(quiet_pair: Pair, run: int) -> None:
+    """SIGKILL of flowtop at a random moment while its compilers run: the
+    children notice (their socket closes) and exit at once, nothing is
+    attached, and a sock_ops program that was not attached yet (loaded in a
+    child, handed over or not) is unloaded with its last fd. One attached
+    already (its compile won the race) outlives the process by kernel
+    design: the next start's stale clean-up removes it."""
+    from flowtop.kernel.sockops_attach import remove_stale_programs
+
+    rng = random.Random(f"kill9-{run}-{os.getpid()}")
+    col = Collector(quiet_pair.a, ["va"]).start()
+    pid = col.pid
+    try:
+        kids = wait_for(lambda: compilers(pid), 40, "compiler child")
+        wait_for(lambda: any(mapped(k) for k in compilers(pid)), 40, "a compiler with bcc mapped")
+        time.sleep(rng.uniform(0, 1.5))
+        kids = compilers(pid)
+        sockops_compiling = any(cmd.endswith("sockops.c ") for cmd in kids.values())
+    finally:
+        col.kill9()
+    assert kids, "the kill came after the compiles: not the point under test"
+    for k in kids:
+        wait_for(lambda k=k: gone(k), 5, f"exit of compiler {k}", 0.01)
+    assert not netns.flowtop_filters(quiet_pair.a, "va", "ingress")
+    assert not netns.flowtop_filters(quiet_pair.a, "va", "egress")
+    if sockops_compiling:
+        assert wait_for(lambda: not sock_ops_loaded(pid), 10, "sock_ops program unloaded", 0.2)
+    elif sock_ops_loaded(pid):
+        removed = remove_stale_programs()
+        assert any(r.startswith(f"ftsops_{pid} ") for r in removed), removed
+        assert not sock_ops_loaded(pid)
+
+
+def _tc_compiler(pid: int) -> int:
+    got = wait_for(
+        lambda: [c for c, cmd in compilers(pid).items() if cmd.endswith("tc.c ")], 40, "tc build"
+    )
+    return int(got[0])
+
+
+def _one_error_line(stderr: str) -> str:
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("flowtop: error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return errors[0]
+
+
+def test_a_compiler_that_dies_is_one_line(quiet_pair: Pair) -> None:
+    col = Collector(quiet_pair.a, ["va"]).start()
+    child = _tc_compiler(col.pid)
+    os.kill(child, signal.SIGKILL)
+    assert col.proc is not None
+    rc = col.proc.wait(timeout=30)
+    col.stop(check=False)
+    line = _one_error_line(col.stderr)
+    assert rc == 69, col.stderr
+    assert "was killed by signal 9 (SIGKILL) building the TC program" in line, line
+    assert not children(col.pid)
+
+
+def test_a_compiler_that_hangs_is_one_line_and_ended(quiet_pair: Pair) -> None:
+    with env(FLOWTOP_BUILD_TIMEOUT="3"):
+        col = Collector(quiet_pair.a, ["va"]).start()
+    child = _tc_compiler(col.pid)
+    os.kill(child, signal.SIGSTOP)
+    assert col.proc is not None
+    t0 = time.monotonic()
+    try:
+        rc = col.proc.wait(timeout=30)
+    finally:
+        if not gone(child):
+            os.kill(child, signal.SIGKILL)
+    took = time.monotonic() - t0
+    col.stop(check=False)
+    line = _one_error_line(col.stderr)
+    assert rc == 69 and took < 10, (rc, took, col.stderr)
+    assert "did not finish building the TC program within 3 s" in line, line
+    assert wait_for(lambda: gone(child), 5, "end of the hung compiler", 0.01)
+
+
+def test_compile_error_shows_the_compilers_message(quiet_pair: Pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bpf = tmp_path / "bpf"
+    bpf.mkdir()
+    (bpf / "tc.c").write_text("int flowtop_ingress(struct __sk_buff *skb) { return nope; }\n")
+    with env(FLOWTOP_BPF_DIR=str(bpf)):
+        col = Collector(quiet_pair.a, ["va"]).start()
+    assert col.proc is not None
+    rc = col.proc.wait(timeout=60)
+    col.stop(check=False)
+    line = _one_error_line(col.stderr)
+    assert rc == 69
+    assert "cannot compile or load the TC program" in line
+    assert "use of undeclared identifier 'nope'" in line, line
