@@ -13,7 +13,8 @@
  * callbacks cost nothing until a program asks for them per socket
  * (bpf_sock_ops_cb_flags_set), which we do when a connection opens.
  *
- * Build-time options come as -D cflags from flowtop/kernel/sockops.py:
+ * Build-time options come as -D cflags from flowtop/kernel/sockops.py (FT_MDEV_OFF from
+ * flowtop/kernel/compiler.py, which reads the running kernel's BTF):
  *   FT_PROG_NAME        name of the sock_ops function, ftsops_<pid>: the kernel
  *                       keeps it as the program name, which is how a later run
  *                       tells a program of a dead flowtop from anyone else's
