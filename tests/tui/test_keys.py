@@ -7,6 +7,7 @@ from textual.widgets import Input
 
 from flowtop.query.types import GROUPS
 from flowtop.tui import FlowtopApp
+from flowtop.tui.columns import cell
 from flowtop.tui.screens.detail import DetailScreen
 from flowtop.tui.screens.groupby import CHOICES, GroupByScreen
 from flowtop.tui.screens.help import HelpScreen
@@ -72,7 +73,7 @@ async def test_sort_next_previous_and_reverse(size: tuple[int, int]) -> None:
         assert rates == sorted(rates)
         # the table shows the snapshot's order
         t = table(pilot)
-        keys = [t.coordinate_to_cell_key((i, 0)).row_key.value for i in range(t.row_count)]
+        keys = [t.key_at(i) for i in range(t.row_count)]
         assert keys == [r.key for r in app.shown.rows]  # type: ignore[union-attr]
 
 
@@ -420,11 +421,11 @@ async def test_selected_row_stays_selected_while_rows_move(size: tuple[int, int]
 
 async def test_rows_update_in_place(size: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
     src = FakeSource(frames=2)
-    app = make_app(src)
+    app = make_app(src, resolve=False)
     async with app.run_test(size=size) as pilot:
         await settle(pilot)
         t = table(pilot)
-        calls = {"clear": 0, "add_row": 0, "update_cell": 0}
+        calls = {"clear": 0, "add_row": 0, "remove_row": 0, "sort": 0}
         for name in calls:
             original = getattr(t, name)
 
@@ -433,10 +434,25 @@ async def test_rows_update_in_place(size: tuple[int, int], monkeypatch: pytest.M
                 return _o(*a, **k)  # type: ignore[operator]
 
             monkeypatch.setattr(t, name, counted)
-        before = {r.key for r in app.shown.rows}  # type: ignore[union-attr]
+
+        def texts() -> list[tuple[str, ...]]:
+            return [
+                tuple(cell(c, r, app.display_opts, app.names) for c in t.shown)
+                for r in app.shown.rows  # type: ignore[union-attr]
+            ]
+
+        before, updated = texts(), t.cells_updated
         src.frames = 3
         await settle(pilot)
-        after = {r.key for r in app.shown.rows}  # type: ignore[union-attr]
-        assert calls["clear"] == 0
-        assert calls["add_row"] == len(after - before)  # only rows new to the top list
-        assert 0 < calls["update_cell"] <= len(app.shown.rows) * len(t.shown)  # type: ignore[union-attr]
+        after = texts()
+        # Rows are slots updated in place: nothing rebuilt, re-sorted, added or removed
+        # while the number of rows stays, and exactly the cells whose text changed are
+        # rewritten (rows that moved included).
+        assert len(after) == len(before)
+        assert calls == {"clear": 0, "add_row": 0, "remove_row": 0, "sort": 0}
+        changed = sum(
+            a != b
+            for old, new in zip(before, after, strict=True)
+            for a, b in zip(old, new, strict=True)
+        )
+        assert 0 < t.cells_updated - updated == changed <= len(after) * len(t.shown)

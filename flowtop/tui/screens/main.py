@@ -42,11 +42,18 @@ class MainScreen(Screen[None]):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        # Kept, not queried: show() runs every refresh.
+        self._interfaces = InterfacesPanel(id="interfaces")
+        self._table = TalkersTable(id="talkers")
+        self._tcp = TcpHealth(id="tcp")
+
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
-        yield InterfacesPanel(id="interfaces")
-        yield TalkersTable(id="talkers")
-        yield TcpHealth(id="tcp")
+        yield self._interfaces
+        yield self._table
+        yield self._tcp
         yield FilterBar(id="filterbar")
         yield Footer()
 
@@ -75,10 +82,8 @@ class MainScreen(Screen[None]):
             header.set(snap, paused, display)
             if snap is None:
                 return
-            self.query_one(InterfacesPanel).set(
-                snap.interfaces, history, display, max_lines=8 if tall else 3
-            )
-            table = self.query_one(TalkersTable)
+            self._interfaces.set(snap.interfaces, history, display, max_lines=8 if tall else 3)
+            table = self._table
             table.show(
                 snap.rows,
                 snap.query.group_by,
@@ -87,7 +92,7 @@ class MainScreen(Screen[None]):
                 app.names,
                 max(20, table.size.width - 1 if table.size.width else self.app.size.width - 1),
             )
-            self.query_one(TcpHealth).set(history, charts=tall, groups=snap.tcp_health)
+            self._tcp.set(history, charts=tall, groups=snap.tcp_health)
             if snap.filter_error:
                 self.query_one(FilterBar).show_error(snap.filter_error)
 
@@ -158,5 +163,6 @@ class MainScreen(Screen[None]):
 
     @on(DataTable.RowSelected)
     def _row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value is not None:
-            self.flowtop.open_detail(event.row_key.value)
+        key = self._table.key_at(event.cursor_row)  # the table's own row keys are slots
+        if key is not None:
+            self.flowtop.open_detail(key)

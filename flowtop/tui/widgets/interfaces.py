@@ -1,4 +1,9 @@
-"""One line per interface: name, rx rate, rx sparkline, tx rate, tx sparkline (60 s)."""
+"""One line per interface: name, rx rate, rx sparkline, tx rate, tx sparkline (60 s).
+
+Per refresh a line repaints what moved: a rate label when its text changed (no
+layout: the labels have a fixed width and one line), a sparkline when its data
+did (`Sparkline.data` is reactive and compares).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Label, Sparkline
+from textual.widgets import Label
 
 from flowtop.query.types import InterfaceRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
+from flowtop.tui.widgets.sparkline import Sparkline
 
 
 class InterfaceLine(Horizontal):
@@ -21,15 +27,16 @@ class InterfaceLine(Horizontal):
         super().__init__(classes="iface-line")
         self.iface = name
         self._shown = ("", "")
+        self._rx_rate = Label("", classes="iface-rate iface-rx-rate")
+        self._rx = Sparkline([], classes="iface-spark iface-rx")
+        self._tx_rate = Label("", classes="iface-rate iface-tx-rate")
+        self._tx = Sparkline([], classes="iface-spark iface-tx")
 
     def compose(self) -> ComposeResult:
         yield Label(
             Text(clean(self.iface, 64), no_wrap=True, overflow="ellipsis"), classes="iface-name"
         )
-        yield Label("", classes="iface-rate iface-rx-rate")
-        yield Sparkline([], classes="iface-spark iface-rx")
-        yield Label("", classes="iface-rate iface-tx-rate")
-        yield Sparkline([], classes="iface-spark iface-tx")
+        yield from (self._rx_rate, self._rx, self._tx_rate, self._tx)
 
     def set(self, row: InterfaceRow, history: RateHistory, display: Display) -> None:
         if display.cumulative:
@@ -38,12 +45,13 @@ class InterfaceLine(Horizontal):
         else:
             rx = "rx " + fmt.rate(row.rx_bps, display.bits)
             tx = "tx " + fmt.rate(row.tx_bps, display.bits)
-        if (rx, tx) != self._shown:  # an update re-lays out the screen: only on change
+        if (rx, tx) != self._shown:
             self._shown = (rx, tx)
-            self.query_one(".iface-rx-rate", Label).update(Text(rx, no_wrap=True))
-            self.query_one(".iface-tx-rate", Label).update(Text(tx, no_wrap=True))
-        self.query_one(".iface-rx", Sparkline).data = list(history.rx.get(row.name, ()))
-        self.query_one(".iface-tx", Sparkline).data = list(history.tx.get(row.name, ()))
+            # Fixed size (CSS width, one line): repaint only, no layout of the screen.
+            self._rx_rate.update(Text(rx, no_wrap=True), layout=False)
+            self._tx_rate.update(Text(tx, no_wrap=True), layout=False)
+        self._rx.data = list(history.rx.get(row.name, ()))
+        self._tx.data = list(history.tx.get(row.name, ()))
 
 
 class InterfacesPanel(VerticalScroll):

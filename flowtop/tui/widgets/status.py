@@ -1,9 +1,17 @@
-"""The header: host, interfaces, totals, flows, collector health, interval, PAUSED."""
+"""The header: host, interfaces, totals, flows, collector health, interval, PAUSED.
+
+Drawn line by line (Line API): `set()` builds the two lines and repaints only
+a line whose text or styles changed; the second line (collector, shown,
+grouping, interfaces) seldom does, the first (rates) about every second.
+"""
 
 from __future__ import annotations
 
 from rich.style import Style
 from rich.text import Text
+from textual.geometry import Region
+from textual.strip import Strip
+from textual.visual import Visual, visualize
 from textual.widget import Widget
 
 from flowtop.core.model import PROBLEM_COUNTERS
@@ -36,15 +44,54 @@ class StatusHeader(Widget):
         self.paused = False
         self.display_opts = Display()
         self.theme_name = ""
+        self.lines: list[Text] = []  # what each line shows
+        self.lines_repainted = 0  # lines set() asked to repaint (tests, bench)
+        self._restyle = False
 
     def set(self, snapshot: Snapshot | None, paused: bool, display: Display) -> None:
         self.snapshot, self.paused, self.display_opts = snapshot, paused, display
+        lines = self._split()
+        if len(lines) != len(self.lines):
+            self.lines = lines
+            self.lines_repainted += len(lines)
+            self.refresh()
+            return
+        width = self.size.width
+        changed = [
+            y for y, (new, old) in enumerate(zip(lines, self.lines, strict=True)) if new != old
+        ]
+        self.lines = lines
+        self.lines_repainted += len(changed)
+        if changed:
+            self.refresh(*(Region(0, y, width, 1) for y in changed))
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._restyle = True  # a theme change: the lines carry the old styles
         self.refresh()
+
+    def _split(self) -> list[Text]:
+        lines = list(self.render().split("\n"))
+        for line in lines:  # what split() does not carry over
+            line.no_wrap, line.end = True, ""
+        return lines
+
+    def render_line(self, y: int) -> Strip:
+        if self._restyle:  # here, not in notify_style_update: the styles are ready now
+            self._restyle = False
+            self.lines = self._split() if self.lines else []
+        width = self.size.width
+        if y >= len(self.lines):
+            return Strip.blank(width, self.visual_style.rich_style)
+        # One line as the whole Text would render (no wrapping: lines are independent).
+        visual = visualize(self, self.lines[y])
+        return Visual.to_strips(self, visual, width, 1, self.visual_style)[0]
 
     def _style(self, name: str) -> Style:
         return self.get_component_rich_style(f"status--{name}", partial=True)
 
     def render(self) -> Text:
+        """Both lines, with the styles of the current theme."""
         s = self.snapshot
         label, value = self._style("label"), self._style("value")
         t = Text(no_wrap=True, overflow="ellipsis", end="")

@@ -2,7 +2,8 @@
 
 Compact (one line) on small terminals, charts when there is room. Rows carry
 `rtt_us`/`retransmits` only once the kernel side measures them; until then the
-panel says so instead of drawing empty axes.
+panel says so instead of drawing empty axes. The charts are drawn only while
+shown, and again only when what they plot (or their colours) changed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class TcpHealth(Vertical):
         super().__init__(id=id)
         self.history: RateHistory | None = None
         self._summary = NO_DATA
+        self._plotted: tuple[object, ...] | None = None  # what the charts show
+        self.charts_drawn = 0  # times the charts were drawn (tests, bench)
 
     def compose(self) -> ComposeResult:
         yield Static(Text(NO_DATA, no_wrap=True, overflow="ellipsis"), id="tcp-summary")
@@ -106,12 +109,18 @@ class TcpHealth(Vertical):
         h = self.history
         if h is None:
             return
+        rx, tx = self._colour("flowtop-rx"), self._colour("flowtop-tx")
+        plotted = (h.rtts_us, tuple(h.retransmits), rx, tx)
+        if plotted == self._plotted:
+            return
+        self._plotted = plotted
+        self.charts_drawn += 1
         rtt = self.query_one("#tcp-rtt", PlotextPlot)
         plt = rtt.plt
         plt.clear_data()
         plt.title("RTT distribution (ms)")
         if h.rtts_us:
-            plt.hist([v / 1000.0 for v in h.rtts_us], bins=20, color=self._colour("flowtop-rx"))
+            plt.hist([v / 1000.0 for v in h.rtts_us], bins=20, color=rx)
         rtt.refresh()
         ret = self.query_one("#tcp-retrans", PlotextPlot)
         plt = ret.plt
@@ -121,6 +130,6 @@ class TcpHealth(Vertical):
             t0 = h.retransmits[-1][0]
             xs = [t - t0 for t, _ in h.retransmits]
             ys = [float(v) for _, v in h.retransmits]
-            plt.plot(xs, ys, marker="braille", color=self._colour("flowtop-tx"))
+            plt.plot(xs, ys, marker="braille", color=tx)
             plt.xlabel("seconds")
         ret.refresh()
