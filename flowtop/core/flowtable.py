@@ -270,12 +270,13 @@ class FlowTable:
             c[f.name][live] = 0.0
         ended: list[FlowBatch] = []
         touched: list[np.ndarray] = []
+        created: list[np.ndarray] = []
         fin: list[np.ndarray] = []
         flags = fields.member("tcp_flags")
         for keys, stats in batches:
             if len(keys) == 0:
                 continue
-            rows, stats = self._upsert(keys, stats, touched, ended)
+            rows, stats = self._upsert(keys, stats, touched, ended, created)
             for f in _COUNTERS:
                 col, new = c[f.name], stats[f.member]
                 if f.merge == SUM:
@@ -293,6 +294,11 @@ class FlowTable:
                     c[f.name][rows] += stats[fields.member(f.rate_of)] * f.scale / interval
             touched.append(rows)
             fin.append(rows[(stats[flags] & (TCP_FIN | TCP_RST)) != 0])
+        if created:
+            # A flow new in this interval starts at its first packet on any
+            # CPU: a later batch (another CPU) may have lowered first_ns.
+            new_rows = np.concatenate(created)
+            c["exp_start_ns"][new_rows] = c["first_ns"][new_rows]
         if on_merged is not None:
             on_merged()
         if fin:
@@ -307,9 +313,11 @@ class FlowTable:
         stats: np.ndarray,
         touched: list[np.ndarray],
         ended: list[FlowBatch],
+        created: list[np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows for keys, creating the missing ones (evicting if full).
 
+        New rows are appended to `created`.
         Returns (rows, stats) for the keys that have a row; keys that found
         no room even after eviction end at once (records in `ended`) and are
         counted as forced evictions.
@@ -346,6 +354,7 @@ class FlowTable:
             c["first_ns"][new_rows] = stats[first][new]
             c["exp_start_ns"][new_rows] = stats[first][new]
             c["live"][new_rows] = True
+            created.append(new_rows)
         have = rows >= 0
         return rows[have], stats[have]
 

@@ -108,6 +108,19 @@ def test_active_timeout_exports_deltas_and_keeps_the_flow() -> None:
     assert len(t) == 0
 
 
+def test_new_flow_starts_at_its_earliest_packet_on_any_cpu() -> None:
+    # One interval drained as per-CPU batches: the flow's row is created by
+    # the batch that saw it later; its start (and active timeout) must follow
+    # the earliest packet of all batches.
+    t = table(active_timeout=60.0, idle_timeout=1000.0)
+    k = keys(1)
+    later = stats(1, packets=2, t=T0 + 5 * NS)
+    earlier = stats(1, packets=3, t=T0)
+    t.merge_many([(k, later), (k, earlier)], interval=1.0)
+    exported = t.expire(T0 + 60 * NS)
+    assert [(r.packets, r.unix(r.first_ns)) for r in exported.records()] == [(5, T0 / NS)]
+
+
 def test_exports_add_up_to_cumulative_counters() -> None:
     t = table(active_timeout=2.0, idle_timeout=1000.0)
     k = keys(5)
