@@ -77,7 +77,9 @@ BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 2);
  * for them an inlined array lookup and a key compare replace it, with no
  * atomics (the slot belongs to this CPU). A flow takes a slot only when the
  * slot is free, so there is no eviction path: a flow whose slot is taken
- * goes to the hash map for the rest of the interval. Index: generation.
+ * goes to the hash map for the rest of the interval. The programs name
+ * cache_a and cache_b (account_cached()); cache_maps (index: generation)
+ * is what userspace fills at start, read by no program.
  */
 BPF_PERCPU_ARRAY(cache_a, struct flow_cache_entry, FT_CACHE_SLOTS);
 BPF_PERCPU_ARRAY(cache_b, struct flow_cache_entry, FT_CACHE_SLOTS);
@@ -98,6 +100,40 @@ BPF_TABLE("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
 /* Everything not accounted in a flow (index: enum ft_counter), per CPU.
  * Never deleted; userspace reads the sums. */
 BPF_PERCPU_ARRAY(counters, __u64, FT_CTR_MAX);
+
+/*
+ * This CPU's last CLOCK_MONOTONIC_COARSE reading and the jiffies it was
+ * taken at (index 0; only now_coarse() uses it, nobody deletes it).
+ */
+struct ft_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+BPF_PERCPU_ARRAY(clock_cache, struct ft_clock, 1);
+
+/*
+ * CLOCK_MONOTONIC_COARSE, as bpf_ktime_get_coarse_ns() reads it, for
+ * first/last seen and the passive tracker: tick resolution is plenty. The
+ * helper is called once per jiffy per CPU; other packets pay a load of
+ * jiffies (the verifier inlines bpf_jiffies64()). Both move on the tick, so
+ * this is the coarse clock, give or take a reading taken between the
+ * jiffies and the timekeeping updates of one tick, which lags that tick.
+ */
+static __always_inline __u64 now_coarse(void)
+{
+	__u32 zero = 0;
+	struct ft_clock *c = clock_cache.lookup(&zero);
+	__u64 j = bpf_jiffies64();
+
+	if (!c)
+		return bpf_ktime_get_coarse_ns();
+	if (c->jiffies != j) {
+		c->ns = bpf_ktime_get_coarse_ns();
+		c->jiffies = j;
+	}
+	return c->ns;
+}
 
 /* See bpf/counters.h. */
 static __always_inline void count(__u32 idx, __u64 n)
@@ -122,6 +158,14 @@ BPF_TABLE("lru_hash", struct tcp_conn_key, struct tcp_conn, tcp_conns, FT_TCP_CO
  * entry, without 272 bytes of zeroes on the BPF stack. */
 BPF_ARRAY(tcp_conn_zero, struct tcp_conn, 1);
 
+/*
+ * The TCP packet being tracked, and the last one of each flow, per CPU
+ * (index: the flow's cache slot, flow_slot(); value: struct ft_tcp_pkt,
+ * see bpf/tcprtt.h). Overwritten by TCP packets, never deleted; an entry
+ * is only compared with a packet of the same flow key.
+ */
+BPF_PERCPU_ARRAY(tcp_pkts, struct ft_tcp_pkt, FT_CACHE_SLOTS);
+
 /* The accessors tcprtt.h declares. */
 static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k)
 {
@@ -133,6 +177,11 @@ static __always_inline struct tcp_conn *tcp_conn_zero_value(void)
 	__u32 zero = 0;
 
 	return tcp_conn_zero.lookup(&zero);
+}
+
+static __always_inline struct ft_tcp_pkt *tcp_pkt_slot(__u32 slot)
+{
+	return tcp_pkts.lookup(&slot);
 }
 
 static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
@@ -207,24 +256,18 @@ static __always_inline void add_to_flow(struct flow_stats *st, __u64 segs, __u64
 		__sync_fetch_and_or(&st->tcp_flags, flags);
 }
 
-/* Counts the packet in this CPU's cache when its flow owns (or can take)
- * its slot; returns 0 when the caller must use the hash map. */
-static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64 segs,
-					  __u64 bytes, __u64 flags, __u8 dscp, __u32 mpls,
-					  __u64 now)
+/*
+ * Adds the packet to its flow's slot e of this CPU's cache when the flow
+ * owns the slot, or takes it when it is free; returns 0 when the slot
+ * belongs to another flow (the caller uses the hash map).
+ */
+static __always_inline int cache_add(struct flow_cache_entry *e, struct flow_key *key,
+				     __u64 segs, __u64 bytes, __u64 flags, __u8 dscp, __u32 mpls,
+				     __u64 now)
 {
-	void *cache = cache_maps.lookup(&gen);
 	__u64 *w = (__u64 *)key;
+	__u64 *k = (__u64 *)&e->key;
 
-	if (!cache)
-		return 0;
-	/* Fibonacci hashing of the folded key words: cheap, and spreads ports. */
-	__u64 h = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5]) * 0x9E3779B97F4A7C15ULL;
-	__u32 slot = (h >> 32) & (FT_CACHE_SLOTS - 1);
-	struct flow_cache_entry *e = bpf_map_lookup_elem(cache, &slot);
-
-	if (!e)
-		return 0;
 	if (e->stats.packets == 0) {
 		__builtin_memcpy(&e->key, key, sizeof(*key));
 		e->stats.packets = segs;
@@ -236,8 +279,6 @@ static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64
 		e->stats.mpls = mpls;
 		return 1;
 	}
-	__u64 *k = (__u64 *)&e->key;
-
 	if (k[0] != w[0] || k[1] != w[1] || k[2] != w[2] || k[3] != w[3] || k[4] != w[4] ||
 	    k[5] != w[5])
 		return 0;
@@ -250,18 +291,58 @@ static __always_inline int account_cached(__u32 gen, struct flow_key *key, __u64
 	return 1;
 }
 
-static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64 bytes,
-					 __u64 flags, __u8 dscp, __u32 mpls)
+/* log2(FT_CACHE_SLOTS): a slot is the top bits of the key's hash. */
+#define FT_CACHE_BITS (__builtin_ctz(FT_CACHE_SLOTS))
+
+/*
+ * The flow's slot in the per-CPU caches (the flow cache, tcp_pkts):
+ * Fibonacci hashing of the folded key words, whose product's top bits
+ * depend on every bit of the fold.
+ */
+static __always_inline __u32 flow_slot(struct flow_key *key)
+{
+	__u64 *w = (__u64 *)key;
+	__u64 h = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4] ^ w[5]) * 0x9E3779B97F4A7C15ULL;
+
+	return (h >> (64 - FT_CACHE_BITS)) & (FT_CACHE_SLOTS - 1);
+}
+
+/*
+ * Counts the packet in the flow's slot of this CPU's cache of generation
+ * gen (see cache_add()); returns 0 when the caller must use the hash map.
+ * cache_a and cache_b are named here rather than reached through
+ * cache_maps: each lookup is then an inlined array access at an address
+ * the JIT knows, not a load of the inner map's address first, on the path
+ * every cached packet takes.
+ */
+static __always_inline int account_cached(__u32 gen, __u32 slot, struct flow_key *key,
+					  __u64 segs, __u64 bytes, __u64 flags, __u8 dscp,
+					  __u32 mpls, __u64 now)
+{
+	struct flow_cache_entry *e;
+
+	if (gen) {
+		e = cache_b.lookup(&slot);
+		return e && cache_add(e, key, segs, bytes, flags, dscp, mpls, now);
+	}
+	e = cache_a.lookup(&slot);
+	return e && cache_add(e, key, segs, bytes, flags, dscp, mpls, now);
+}
+
+/*
+ * The flow's counters for this interval: in this CPU's cache (its slot
+ * free or its own), else in the interval's hash map. slot: flow_slot(),
+ * now: the coarse clock (now_coarse()).
+ */
+static __always_inline void account_flow(struct flow_key *key, __u32 slot, __u64 segs,
+					 __u64 bytes, __u64 flags, __u8 dscp, __u32 mpls, __u64 now)
 {
 	__u32 zero = 0, gen = 0;
 	__u32 *g = active_gen.lookup(&zero);
-	/* Tick resolution (a few ms) is plenty for first/last seen and half the
-	 * price of the precise clock on every packet. */
-	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (g)
 		gen = *g & 1;
-	if (account_cached(gen, key, segs, bytes, flags, dscp, mpls, now))
+	if (account_cached(gen, slot, key, segs, bytes, flags, dscp, mpls, now))
 		return;
 	void *flows = flow_maps.lookup(&gen);
 
@@ -301,16 +382,26 @@ static __always_inline void account_flow(struct flow_key *key, __u64 segs, __u64
 	count(FT_CTR_LOST_BYTES, bytes);
 }
 
-/* Hands a complete TCP header to the passive RTT code with its payload
+#if FT_PASSIVE_RTT
+/*
+ * Hands a complete TCP header to the passive RTT code, through this CPU's
+ * tcp_pkts entry for the flow (see struct ft_tcp_pkt), with its payload
  * length: from the skb for a GSO packet (its IP length may describe the
  * aggregate, or be 0 for BIG TCP), else from the IP header (a frame can
- * carry Ethernet padding). */
+ * carry Ethernet padding). Not when ft_tcp_skippable() says the previous
+ * packet there left it nothing to do.
+ */
 static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u64 segs,
-				      __u8 dir)
+				      __u8 dir, __u64 now, __u32 slot)
 {
-	__u32 l4len;
+	struct ft_tcp_pkt *e;
+	__u32 l4len, payload;
+	__u8 flags = p->flags;
 
 	if (p->key.proto != IPPROTO_TCP || p->l4_hdr < sizeof(struct tcphdr))
+		return;
+	e = tcp_pkt_slot(slot);
+	if (!e)
 		return;
 	if (segs > 1) {
 		l4len = skb->len - p->l4_off;
@@ -321,9 +412,30 @@ static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u6
 
 		l4len = ip > hdr ? ip - hdr : 0;
 	}
-	ft_tcp_track(&p->key, &p->tcp, p->flags, l4len > p->l4_hdr ? l4len - p->l4_hdr : 0, segs,
-		     dir);
+	payload = l4len > p->l4_hdr ? l4len - p->l4_hdr : 0;
+	int skip = ft_tcp_skippable(e, &p->key, &p->tcp, flags, payload, now);
+
+	if (skip == FT_SKIP_ALL)
+		return;
+	if (!ft_same_flow(&e->key, &p->key))
+		__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
+	__builtin_memcpy(&e->seg, &p->tcp, sizeof(e->seg));
+	e->now = now;
+	e->segs = segs;
+	e->payload = payload;
+	e->flags = flags;
+	e->comparable = !(flags & (FT_TCP_SYN | FT_TCP_RST));
+	e->skip_echo = skip == FT_SKIP_ECHO;
+	/* The tracker reads them back from the map, not from registers. */
+	asm volatile("" ::: "memory");
+	ft_tcp_track(e, dir);
 }
+#else
+static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u64 segs,
+				      __u8 dir, __u64 now, __u32 slot)
+{
+}
+#endif
 
 /* The counter of a packet parse_packet() gave up on (st: a negative enum
  * ft_parse_status). */
@@ -424,8 +536,11 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const 
 	 * its flow, and (informational, not a loss) in no_ports. */
 	if (p.l4_truncated)
 		count(FT_CTR_NO_PORTS, 1);
-	account_flow(&p.key, segs, bytes, p.flags, p.dscp, p.mpls);
-	track_tcp(skb, &p, segs, dir);
+	__u64 now = now_coarse();
+	__u32 slot = flow_slot(&p.key);
+
+	account_flow(&p.key, slot, segs, bytes, p.flags, p.dscp, p.mpls, now);
+	track_tcp(skb, &p, segs, dir, now, slot);
 	return TC_ACT_UNSPEC;
 }
 

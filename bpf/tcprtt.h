@@ -23,9 +23,10 @@
  * the rest, as pping does: the first data (or FIN) segment carrying a new
  * TSval starts a sample when none is pending (a pure ACK does not: its echo
  * waits for the peer's next data, which measures the application), and the
- * first packet of the other direction echoing it (TSecr == TSval) ends it. One sample pending per direction; a
- * new one starts no sooner than FT_RTT_GAP_DIV-th of the half's smoothed RTT
- * after the last one ended, and never sooner than FT_RTT_MIN_GAP_NS: at
+ * first packet of the other direction echoing it (TSecr == TSval) ends it.
+ * One sample pending per direction; a new one starts no sooner than
+ * FT_RTT_GAP_DIV-th of the half's smoothed RTT after the last one ended,
+ * and never sooner than FT_RTT_MIN_GAP_NS: at
  * most a few samples per RTT on long paths and 1000 / 5 = 200 per second on
  * a LAN, where TCP's own per-ACK samples would be thousands. An echo that
  * goes past the pending TSval (its segment was lost after the box) drops the
@@ -50,6 +51,14 @@
  * Concurrency: counters (retrans, data_segs) are atomic; the RTT state of a
  * direction is written only at its observation point, where racing CPUs can
  * at worst lose one sample.
+ *
+ * Cost. Every segment that counts (data, SYN, FIN, RST) needs the shared
+ * entry: a hash lookup and the cache lines of its half. What does not is
+ * left out: each CPU remembers the last packet of each flow it tracked
+ * (tcp_pkts), so a pure ACK repeating the last one's timestamps within the
+ * tick (most ACKs of a bulk transfer) skips the lookup, and a segment
+ * echoing the same TSecr skips the other direction's half (see
+ * ft_tcp_skippable()).
  *
  * FT_PASSIVE_RTT=0 compiles all of it out (the benchmark's baseline; see
  * bpf/tcpseg.h, which reads the TCP header for it).
@@ -80,14 +89,57 @@ FT_MAIN_DEFINES(static __always_inline int tcp_conn_insert(struct tcp_conn_key *
 /* An all-zero struct tcp_conn, never written (NULL: cannot happen). */
 FT_MAIN_DEFINES(static __always_inline struct tcp_conn *tcp_conn_zero_value(void))
 
+/*
+ * The packet as the tracker is given it, and what the next packet of the
+ * flow on this CPU compares itself with (ft_tcp_skippable()): this CPU's
+ * entry of the tcp_pkts map for the flow's slot (by the flow key's hash,
+ * as the flow cache). track_tcp() writes the packet there after comparing
+ * it with the previous one, and the tracker reads only the entry. What a
+ * map holds is unknown to the verifier, so every way of reaching the
+ * tracker (each header layout, each way the option walk ends, each
+ * length) is one state for it: it is verified once, not once per layout,
+ * which is past the verifier's budget. (Per CPU: no other program runs on
+ * this CPU between the write and its use.) Private to the kernel side.
+ */
+struct ft_tcp_pkt {
+	struct flow_key key;  /* the flow: addresses, ports, ifindex, hook */
+	struct ft_tcpseg seg; /* what parse_packet() read from the TCP header */
+	__u64 now;            /* coarse clock (CLOCK_MONOTONIC_COARSE) */
+	__u64 segs;           /* segments the skb stands for (GSO) */
+	__u32 payload;        /* TCP payload bytes of the skb */
+	__u8 flags;           /* the TCP flags byte */
+	__u8 comparable;      /* 0: a SYN or RST, which no later packet compares with */
+	__u8 skip_echo;       /* ft_tcp_skippable() said FT_SKIP_ECHO */
+	__u8 pad;
+};
+
+/* tcp_pkts' entry for a slot (< FT_CACHE_SLOTS); NULL: cannot happen. */
+FT_MAIN_DEFINES(static __always_inline struct ft_tcp_pkt *tcp_pkt_slot(__u32 slot))
+
+/* The last 8 bytes of struct tcp_conn_key as one word: port0, port1,
+ * ip_version, zero padding, in memory order. */
+static __always_inline __u64 ft_conn_key_tail(__u16 port0, __u16 port1, __u8 ip_version)
+{
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return (__u64)port0 | (__u64)port1 << 16 | (__u64)ip_version << 32;
+#else
+	return (__u64)port0 << 48 | (__u64)port1 << 32 | (__u64)ip_version << 24;
+#endif
+}
+
+_Static_assert(sizeof(struct tcp_conn_key) == 40 &&
+		       __builtin_offsetof(struct tcp_conn_key, port0) == 32 &&
+		       __builtin_offsetof(struct tcp_conn_key, port1) == 34 &&
+		       __builtin_offsetof(struct tcp_conn_key, ip_version) == 36,
+	       "ft_conn_key() writes struct tcp_conn_key in 8-byte words");
+
 /* Fills the canonical key; returns the packet's direction in it (0: the
  * source is endpoint 0). */
 static __always_inline __u32 ft_conn_key(struct flow_key *k, struct tcp_conn_key *ck)
 {
 	__u64 *s = (__u64 *)k->src;
 	__u64 *d = (__u64 *)k->dst;
-	__u64 *a0 = (__u64 *)ck->addr0;
-	__u64 *a1 = (__u64 *)ck->addr1;
+	__u64 *q = (__u64 *)ck;
 	__u32 dir;
 
 	if (s[0] != d[0])
@@ -96,22 +148,21 @@ static __always_inline __u32 ft_conn_key(struct flow_key *k, struct tcp_conn_key
 		dir = s[1] > d[1];
 	else
 		dir = k->sport > k->dport;
-	__builtin_memset(ck, 0, sizeof(*ck));
-	ck->ip_version = k->ip_version;
+	/* In whole words, padding included: the map hashes and compares the
+	 * key right after, and a load that spans several smaller stores waits
+	 * for them to reach the cache. Word 4 is port0, port1, ip_version. */
 	if (dir == 0) {
-		a0[0] = s[0];
-		a0[1] = s[1];
-		a1[0] = d[0];
-		a1[1] = d[1];
-		ck->port0 = k->sport;
-		ck->port1 = k->dport;
+		q[0] = s[0];
+		q[1] = s[1];
+		q[2] = d[0];
+		q[3] = d[1];
+		q[4] = ft_conn_key_tail(k->sport, k->dport, k->ip_version);
 	} else {
-		a0[0] = d[0];
-		a0[1] = d[1];
-		a1[0] = s[0];
-		a1[1] = s[1];
-		ck->port0 = k->dport;
-		ck->port1 = k->sport;
+		q[0] = d[0];
+		q[1] = d[1];
+		q[2] = s[0];
+		q[3] = s[1];
+		q[4] = ft_conn_key_tail(k->dport, k->sport, k->ip_version);
 	}
 	return dir;
 }
@@ -378,20 +429,64 @@ static __always_inline void ft_ts_start(struct tcp_half *h, struct tcp_rtt *hr,
 	h->ts_time_ns = start;
 }
 
-/*
- * The tracker, for a TCP segment whose header was complete. k: the flow key
- * (ifindex, addresses, ports), s: what parse_packet() read from the TCP
- * header, flags: the TCP flags byte, payload: TCP payload bytes of the
- * skb, segs: segments it stands for (GSO), hook: FT_DIR_*.
- */
-static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s, __u8 flags,
-					 __u32 payload, __u64 segs, __u8 hook)
+/* Whether two flow keys are the same, word by word. */
+static __always_inline int ft_same_flow(struct flow_key *a, struct flow_key *b)
 {
+	__u64 *x = (__u64 *)a, *y = (__u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
+	       x[5] == y[5];
+}
+
+/*
+ * What the last packet this CPU tracked of the flow (in l, if its key is
+ * k) lets this one skip. FT_SKIP_ALL: a pure ACK (no payload, no SYN, FIN or RST)
+ * in the same clock tick with the same timestamps (or none) changes
+ * nothing. Its own half saw a packet this tick (last_ns), its TSval is not
+ * newer, and it echoes what the last one echoed; a pure ACK starts no
+ * sample and occupies no sequence space. The entry lookup goes too: on a
+ * bulk transfer most ACKs are this. FT_SKIP_ECHO: the same TSecr as the
+ * last one, which cannot end or drop the other direction's pending sample:
+ * that one was checked against it, and a TSval the other direction sends
+ * later is newer than everything the box saw it send before, this echoed
+ * TSval included (the box is on the path, so it saw the TSval before its
+ * receiver could echo it). Saves reading the other direction's half,
+ * which another CPU writes. (The one thing a skipped ACK could have done:
+ * mark its half seen again in an entry userspace deleted and a packet of
+ * the other direction made anew within the tick.)
+ */
+#define FT_SKIP_ECHO 1
+#define FT_SKIP_ALL 2
+
+static __always_inline int ft_tcp_skippable(struct ft_tcp_pkt *l, struct flow_key *k,
+					    struct ft_tcpseg *s, __u8 flags, __u32 payload,
+					    __u64 now)
+{
+	if (!l->comparable || l->seg.has_ts != s->has_ts || !ft_same_flow(&l->key, k))
+		return 0;
+	if (s->has_ts && l->seg.tsecr != s->tsecr)
+		return 0;
+	if (payload == 0 && !(flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST)) && l->now == now &&
+	    (!s->has_ts || l->seg.tsval == s->tsval))
+		return FT_SKIP_ALL;
+	return s->has_ts ? FT_SKIP_ECHO : 0;
+}
+
+/*
+ * The tracker, for a TCP segment whose header was complete, as in (see
+ * struct ft_tcp_pkt); hook: FT_DIR_*.
+ */
+static __always_inline void ft_tcp_track(struct ft_tcp_pkt *in, __u8 hook)
+{
+	struct flow_key *k = &in->key;
+	struct ft_tcpseg *s = &in->seg;
+	__u8 flags = in->flags;
+	__u32 payload = in->payload;
+	__u64 now = in->now;
 	struct tcp_conn_key ck;
 	__u32 dir = ft_conn_key(k, &ck) & 1;
 	struct tcp_conn *c = tcp_conn_lookup(&ck);
 	struct tcp_half *h, *r;
-	__u64 now = bpf_ktime_get_coarse_ns();
 	__u64 t = 0;
 
 	if (!c) {
@@ -413,7 +508,7 @@ static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s
 		return;
 	}
 	ft_handshake(c, h, r, s, flags, dir, &t);
-	ft_seq_track(h, s, flags, payload, segs);
+	ft_seq_track(h, s, flags, payload, in->segs);
 
 	if (!s->has_ts)
 		return;
@@ -424,16 +519,9 @@ static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s
 		h->flags |= FT_HALF_TS;
 		return;
 	}
-	if (flags & FT_TCP_ACK)
+	if ((flags & FT_TCP_ACK) && !in->skip_echo)
 		ft_ts_echo(r, &c->side[dir ^ 1].rtt, s->tsecr, &t);
 	ft_ts_start(h, &c->side[dir].rtt, s, flags, payload, now, &t);
-}
-
-#else /* !FT_PASSIVE_RTT */
-
-static __always_inline void ft_tcp_track(struct flow_key *k, struct ft_tcpseg *s, __u8 flags,
-					 __u32 payload, __u64 segs, __u8 hook)
-{
 }
 
 #endif /* FT_PASSIVE_RTT */

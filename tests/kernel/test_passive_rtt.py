@@ -51,7 +51,7 @@ import pytest
 from flowtop.kernel import layout
 
 from . import impair
-from .netns import Capture, Captured, Netns, Router, entered
+from .netns import MAC_A, MAC_B, Capture, Captured, Netns, Pair, Router, entered
 
 pytestmark = pytest.mark.kernel
 
@@ -494,3 +494,93 @@ def test_full_connection_map_is_counted(router: Router) -> None:
     assert len(recs) <= 64 and 0 < len(live) <= 64, (len(recs), len(live))
     # Nothing was deleted yet (closed ones go at the second read).
     assert counters["tcp_conn_evicted"] == n - len(recs), (counters, len(recs))
+
+
+# --------------------------------------------------------------------------- #
+# crafted segments: what the per-CPU last-packet cache may skip
+# --------------------------------------------------------------------------- #
+
+CC, SS = "10.200.9.1", "10.200.9.2"  # not B's: its stack drops them after TC
+CP, SP = 40000, 5201
+
+
+def _seg(
+    src: str, dst: str, sport: int, dport: int, flags: str, seq: int, ack: int,
+    ts: tuple[int, int], payload: int = 0,
+) -> bytes:  # fmt: skip
+    from scapy.all import IP, TCP, Ether, Raw  # type: ignore[import-untyped]
+
+    opts = [("NOP", None), ("NOP", None), ("Timestamp", ts)]
+    tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, options=opts)
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst=dst) / tcp / Raw(b"d" * payload))
+
+
+def _c2s(flags: str, seq: int, ack: int, ts: tuple[int, int], payload: int = 0) -> bytes:
+    return _seg(CC, SS, CP, SP, flags, seq, ack, ts, payload)
+
+
+def _s2c(flags: str, seq: int, ack: int, ts: tuple[int, int], payload: int = 0) -> bytes:
+    return _seg(SS, CC, SP, CP, flags, seq, ack, ts, payload)
+
+
+def test_repeated_acks_skip_nothing_that_counts(quiet_pair: Pair) -> None:
+    """A crafted connection, both directions sent by A over va, the program
+    on vb's ingress: one observation point for both. Every pure ACK is sent
+    four times with the same timestamps, as a bulk receiver does within a
+    clock tick; the tracker skips those repeats (the last-packet cache) and
+    echoes that cannot end a sample. Nothing they could change may differ
+    from what was sent: data segments and retransmissions per direction,
+    the handshake, FIN both ways, and exactly the RTT samples the
+    timestamps allow (each direction's TSval stops moving after its first
+    sample, so no second one can start, however long sending takes)."""
+    from flowtop.kernel.attach import TcAttacher
+    from flowtop.kernel.program import ProgramOptions, TcProgram
+
+    from . import frames as fr
+
+    p = quiet_pair
+    ack3 = [_c2s("A", 1001, 5001, (101, 900))] * 4
+    frames = [
+        _c2s("S", 1000, 0, (100, 0)),
+        _s2c("SA", 5000, 1001, (900, 100)),
+        *ack3,  # completes the handshake: its ACK half
+        _c2s("PA", 1001, 5001, (102, 900), 100),  # new TSval: starts a sample
+        _c2s("PA", 1101, 5001, (102, 900), 100),  # same TSecr: echo skipped
+        *[_s2c("A", 5001, 1201, (901, 102))] * 4,  # echoes 102: ends it, 3 repeats
+        _c2s("PA", 1001, 5001, (102, 901), 100),  # sent again
+        _c2s("PA", 1201, 5001, (102, 901), 100),
+        _s2c("PA", 5001, 1301, (902, 102), 50),  # the server's sample starts
+        *[_c2s("A", 1301, 5051, (102, 902))] * 4,  # ... and ends
+        _c2s("FA", 1301, 5051, (102, 902)),
+        _s2c("FA", 5051, 1302, (902, 102)),  # (sent again, a FIN would count)
+        *[_c2s("A", 1302, 5052, (102, 902))] * 4,
+    ]
+    prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=1024))
+    try:
+        with entered(p.b.name):
+            att = TcAttacher(prog.ingress.fd, prog.egress.fd)
+        try:
+            att.attach(p.pb.ifindex, p.pb.name)
+            assert fr.send_frames(p.a, p.pa.name, frames) == len(frames)
+            time.sleep(0.3)
+            keys, vals = prog.tcp_conns()
+            counters = prog.counters()
+        finally:
+            att.detach_all()
+            att.close()
+    finally:
+        prog.close()
+    assert len(keys) == 1, keys
+    k, v = keys[0], vals[0]
+    c = 0 if (int(k["port0"]), int(k["port1"])) == (CP, SP) else 1  # the client's direction
+    half, rtt = v["side"]["half"], v["side"]["rtt"]
+    assert counters["tcp_conn_new"] == 1 and counters["tcp_conn_map_full"] == 0, counters
+    assert v["client"] == c + 1, v["client"]
+    assert v["syn_ns"] and v["synack_ns"] and v["ack_ns"], v
+    assert v["flags"] == 0, v["flags"]  # no RST, nothing sent twice in the handshake
+    assert (int(half["data_segs"][c]), int(half["retrans"][c])) == (4, 1), half
+    assert (int(half["data_segs"][1 - c]), int(half["retrans"][1 - c])) == (1, 0), half
+    assert half["flags"][c] & layout.HALF_FIN and half["flags"][1 - c] & layout.HALF_FIN, half
+    # Each half: its handshake sample and one timestamp sample, none pending.
+    assert [int(n) for n in rtt["samples"]] == [2, 2], rtt
+    assert [int(t) for t in half["ts_time_ns"]] == [0, 0], half
