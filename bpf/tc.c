@@ -53,8 +53,8 @@
 
 /*
  * Double buffering. Everything a packet writes per interval lives in one of
- * two generations: generation g is flow_maps[g] (a hash map) and
- * cache_maps[g] (the per-CPU cache below). active_gen[0] says which one
+ * two generations: generation g is flow_maps[g] (a hash map) and cache_a
+ * or cache_b (the per-CPU cache below). active_gen[0] says which one
  * programs fill; a program reads it once per packet and uses that pair.
  *
  * Userspace flips active_gen, then rewrites a flow_maps slot with the map it
@@ -78,12 +78,10 @@ BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 2);
  * atomics (the slot belongs to this CPU). A flow takes a slot only when the
  * slot is free, so there is no eviction path: a flow whose slot is taken
  * goes to the hash map for the rest of the interval. The programs name
- * cache_a and cache_b (account_cached()); cache_maps (index: generation)
- * is what userspace fills at start, read by no program.
+ * cache_a and cache_b directly (account_cached()).
  */
 BPF_PERCPU_ARRAY(cache_a, struct flow_cache_entry, FT_CACHE_SLOTS);
 BPF_PERCPU_ARRAY(cache_b, struct flow_cache_entry, FT_CACHE_SLOTS);
-BPF_ARRAY_OF_MAPS(cache_maps, "cache_a", 2);
 
 /*
  * Interface counters, per CPU so increments need no atomics, cumulative.
@@ -310,8 +308,8 @@ static __always_inline __u32 flow_slot(struct flow_key *key)
 /*
  * Counts the packet in the flow's slot of this CPU's cache of generation
  * gen (see cache_add()); returns 0 when the caller must use the hash map.
- * cache_a and cache_b are named here rather than reached through
- * cache_maps: each lookup is then an inlined array access at an address
+ * cache_a and cache_b are named here rather than reached through a
+ * map-in-map: each lookup is then an inlined array access at an address
  * the JIT knows, not a load of the inner map's address first, on the path
  * every cached packet takes.
  */

@@ -61,7 +61,7 @@ FUNCTIONS = {
 }
 # The maps userspace reads or writes.
 MAPS = (
-    "active_gen", "flows_a", "flows_b", "flow_maps", "cache_a", "cache_b", "cache_maps",
+    "active_gen", "flows_a", "flows_b", "flow_maps", "cache_a", "cache_b",
     "iface_slots", "iface_counters", "counters",
 )  # fmt: skip
 
@@ -294,7 +294,6 @@ class _Generations:
         self._caches = (fds["cache_a"], fds["cache_b"])
         for gen in (0, 1):
             self._update(self._flow_maps, gen, self._flows[gen])
-            self._update(fds["cache_maps"], gen, self._caches[gen])
         self.active = 0
         self._update(self._gen_fd, 0, 0)
 
