@@ -25,6 +25,9 @@
  *   FT_CACHE_SLOTS     slots of the per-CPU flow cache (power of two)
  *   FT_PASSIVE_RTT     1: passive TCP RTT/retransmits (bpf/tcprtt.h), 0: without
  *   FT_TCP_CONN_MAP_SIZE  entries of its connection map
+ *   FT_L3_PAIR         0: the Ethernet pair, which creates the maps; 1: the
+ *                      pair for L3 devices, compiled second in the same
+ *                      build child, on the first compile's maps (below)
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -47,6 +50,24 @@
 #ifndef FT_CACHE_SLOTS
 #define FT_CACHE_SLOTS 1024 /* a power of two */
 #endif
+#ifndef FT_L3_PAIR
+#define FT_L3_PAIR 0
+#endif
+
+/*
+ * Every map is declared with FT_MAP(). The two pairs are two compiles (the
+ * first attachment waits only for the Ethernet one, half the compile
+ * time), and must fill the same maps: the Ethernet compile makes them
+ * public (BPF_TABLE_PUBLIC), the L3 one declares them extern, and bcc
+ * resolves those to the public maps of the earlier module in the same
+ * process (flowtop/kernel/compiler.py keeps it alive for that).
+ */
+#if FT_L3_PAIR
+#define FT_MAP(type, key, value, name, size) BPF_TABLE("extern", key, value, name, size)
+#else
+#define FT_MAP(type, key, value, name, size) BPF_TABLE_PUBLIC(type, key, value, name, size)
+#endif
+
 #ifndef FT_TCP_CONN_MAP_SIZE
 #define FT_TCP_CONN_MAP_SIZE 65536
 #endif
@@ -63,12 +84,12 @@
  * old generation has finished. The old pair is then read without racing any
  * increment; userspace deletes every hash entry and zeroes the cache.
  */
-BPF_ARRAY(active_gen, __u32, 1);
+FT_MAP("array", int, __u32, active_gen, 1);
 
 /* Interval flow maps (key: struct flow_key, value: struct flow_stats). */
-BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE);
-BPF_TABLE("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
-BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 2);
+FT_MAP("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE);
+FT_MAP("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
+FT_MAP("array_of_maps$flows_a", int, int, flow_maps, 2);
 
 /*
  * Per-CPU flow cache in front of the hash map (index: a hash of the flow
@@ -80,8 +101,8 @@ BPF_ARRAY_OF_MAPS(flow_maps, "flows_a", 2);
  * goes to the hash map for the rest of the interval. The programs name
  * cache_a and cache_b directly (account_cached()).
  */
-BPF_PERCPU_ARRAY(cache_a, struct flow_cache_entry, FT_CACHE_SLOTS);
-BPF_PERCPU_ARRAY(cache_b, struct flow_cache_entry, FT_CACHE_SLOTS);
+FT_MAP("percpu_array", int, struct flow_cache_entry, cache_a, FT_CACHE_SLOTS);
+FT_MAP("percpu_array", int, struct flow_cache_entry, cache_b, FT_CACHE_SLOTS);
 
 /*
  * Interface counters, per CPU so increments need no atomics, cumulative.
@@ -91,13 +112,13 @@ BPF_PERCPU_ARRAY(cache_b, struct flow_cache_entry, FT_CACHE_SLOTS);
  * ifindexes (hosts with thousands of veths) go to iface_counters (key:
  * struct iface_key). Nobody deletes entries; userspace reads what it attached.
  */
-BPF_PERCPU_ARRAY(iface_slots, struct iface_stats, FT_IFACE_SLOTS * 6);
-BPF_TABLE("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
+FT_MAP("percpu_array", int, struct iface_stats, iface_slots, FT_IFACE_SLOTS * 6);
+FT_MAP("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
 	  FT_IFACE_MAP_SIZE);
 
 /* Everything not accounted in a flow (index: enum ft_counter), per CPU.
  * Never deleted; userspace reads the sums. */
-BPF_PERCPU_ARRAY(counters, __u64, FT_CTR_MAX);
+FT_MAP("percpu_array", int, __u64, counters, FT_CTR_MAX);
 
 /*
  * This CPU's last CLOCK_MONOTONIC_COARSE reading and the jiffies it was
@@ -108,7 +129,7 @@ struct ft_clock {
 	__u64 ns;
 };
 
-BPF_PERCPU_ARRAY(clock_cache, struct ft_clock, 1);
+FT_MAP("percpu_array", int, struct ft_clock, clock_cache, 1);
 
 /*
  * CLOCK_MONOTONIC_COARSE, as bpf_ktime_get_coarse_ns() reads it, for
@@ -150,11 +171,11 @@ static __always_inline void count(__u32 idx, __u64 n)
  * deletes closed and idle entries (TcProgram.tcp_samples) and infers LRU
  * evictions from FT_CTR_TCP_CONN_NEW.
  */
-BPF_TABLE("lru_hash", struct tcp_conn_key, struct tcp_conn, tcp_conns, FT_TCP_CONN_MAP_SIZE);
+FT_MAP("lru_hash", struct tcp_conn_key, struct tcp_conn, tcp_conns, FT_TCP_CONN_MAP_SIZE);
 
 /* One all-zero struct tcp_conn, never written: the initial value of a new
  * entry, without 272 bytes of zeroes on the BPF stack. */
-BPF_ARRAY(tcp_conn_zero, struct tcp_conn, 1);
+FT_MAP("array", int, struct tcp_conn, tcp_conn_zero, 1);
 
 /*
  * The TCP packet being tracked, and the last one of each flow, per CPU
@@ -162,7 +183,7 @@ BPF_ARRAY(tcp_conn_zero, struct tcp_conn, 1);
  * see bpf/tcprtt.h). Overwritten by TCP packets, never deleted; an entry
  * is only compared with a packet of the same flow key.
  */
-BPF_PERCPU_ARRAY(tcp_pkts, struct ft_tcp_pkt, FT_CACHE_SLOTS);
+FT_MAP("percpu_array", int, struct ft_tcp_pkt, tcp_pkts, FT_CACHE_SLOTS);
 
 /* The accessors tcprtt.h declares. */
 static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k)
@@ -197,7 +218,7 @@ static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
  * bpf/packet.h uses it, nobody deletes it): a value read back from a map
  * is unknown to it.
  */
-BPF_PERCPU_ARRAY(opaque, __u32, 1);
+FT_MAP("percpu_array", int, __u32, opaque, 1);
 
 /* The accessor packet.h declares. */
 static __always_inline __u32 *ft_opaque_slot(void)
@@ -544,6 +565,7 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const 
 
 /* TC_ACT_UNSPEC everywhere: flowtop only watches. It lets the next filter on
  * the hook (someone else's) classify the packet as if we were not there. */
+#if !FT_L3_PAIR
 int flowtop_ingress(struct __sk_buff *skb)
 {
 	return handle_packet(skb, FT_DIR_INGRESS, 0);
@@ -553,7 +575,7 @@ int flowtop_egress(struct __sk_buff *skb)
 {
 	return handle_packet(skb, FT_DIR_EGRESS, 0);
 }
-
+#else
 /* Devices without an Ethernet header (see parse_l3dev()). */
 int flowtop_l3_ingress(struct __sk_buff *skb)
 {
@@ -564,3 +586,4 @@ int flowtop_l3_egress(struct __sk_buff *skb)
 {
 	return handle_packet(skb, FT_DIR_EGRESS, 1);
 }
+#endif

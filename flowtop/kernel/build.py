@@ -52,6 +52,11 @@ BPF_DIR: Path = resources.bpf_dir()
 # Program types, by the names bcc's BPF class gives them.
 SCHED_CLS = "SCHED_CLS"
 SOCK_OPS = "SOCK_OPS"
+# cgroup programs; the kind names the expected attach type too (compiler.py
+# loads them with it): BPF_CGROUP_INET_SOCK_CREATE, _INGRESS, _EGRESS.
+CGROUP_SOCK_CREATE = "CGROUP_SOCK_CREATE"
+CGROUP_SKB_INGRESS = "CGROUP_SKB_INGRESS"
+CGROUP_SKB_EGRESS = "CGROUP_SKB_EGRESS"
 
 # Seconds a build stage may take before it counts as hung; $FLOWTOP_BUILD_TIMEOUT
 # overrides (a slow machine, or a test).
@@ -92,7 +97,7 @@ class Request:
     sock_ops recipe (tracepoint programs too, FT_MDEV_OFF from BTF). what:
     how errors name it ("the TC program"); later_what for the second stage,
     which runs at a niceness of at least BACKGROUND_NICE (nothing waits
-    for it yet)."""
+    for it yet) and may compile src again (later_cflags)."""
 
     src: str
     cflags: list[str]
@@ -101,6 +106,11 @@ class Request:
     what: str
     later: list[tuple[str, str]] = field(default_factory=list)
     later_what: str = ""
+    # Non-empty: the later programs come from a second compile of src with
+    # these cflags, in the same child, after the first message; its maps
+    # declared "extern" are the first compile's public ones (bcc shares
+    # them within a process), so both stages fill the same maps.
+    later_cflags: list[str] = field(default_factory=list)
     sockops: bool = False
     # Niceness of the child (os.nice): a build nothing waits for yet runs
     # beside the one the first attachment waits for without slowing it down

@@ -28,9 +28,20 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from flowtop.kernel.build import BACKGROUND_NICE, BCC_MISSING, SCHED_CLS, SOCK_OPS, Request, send
+from flowtop.kernel.build import (
+    BACKGROUND_NICE,
+    BCC_MISSING,
+    CGROUP_SKB_EGRESS,
+    CGROUP_SKB_INGRESS,
+    CGROUP_SOCK_CREATE,
+    SCHED_CLS,
+    SOCK_OPS,
+    Request,
+    send,
+)
 from flowtop.kernel.tracefs import TRACEPOINT_PREFIX
 
 
@@ -93,12 +104,20 @@ def _compile(bcc: Any, req: Request) -> tuple[Any, dict[str, Any]]:
 
 
 def _load(bcc: Any, b: Any, progs: list[tuple[str, str]], what: str) -> list[int]:
-    types = {SCHED_CLS: bcc.BPF.SCHED_CLS, SOCK_OPS: bcc.BPF.SOCK_OPS}
+    # kind -> (program type, expected attach type; -1: none given)
+    types = {
+        SCHED_CLS: (bcc.BPF.SCHED_CLS, -1),
+        SOCK_OPS: (bcc.BPF.SOCK_OPS, -1),
+        CGROUP_SOCK_CREATE: (bcc.BPF.CGROUP_SOCK, 2),  # BPF_CGROUP_INET_SOCK_CREATE
+        CGROUP_SKB_INGRESS: (bcc.BPF.CGROUP_SKB, 0),  # BPF_CGROUP_INET_INGRESS
+        CGROUP_SKB_EGRESS: (bcc.BPF.CGROUP_SKB, 1),  # BPF_CGROUP_INET_EGRESS
+    }
     fds = []
     for name, kind in progs:
+        prog_type, attach_type = types[kind]
         try:
             with quiet_stderr():
-                fds.append(b.load_func(name.encode(), types[kind]).fd)
+                fds.append(b.load_func(name.encode(), prog_type, attach_type=attach_type).fd)
         except Exception as exc:  # bcc raises bare Exception
             raise BuildError(f"{what}: {exc}") from None
     return fds
@@ -138,7 +157,13 @@ def build(sock: socket.socket, req: Request) -> None:
     if req.later:
         # Nothing waits for these yet: the parent is attaching the first ones.
         os.nice(max(0, BACKGROUND_NICE - req.nice))
-        later = _load(bcc, b, req.later, f"cannot load {req.later_what}")
+        if req.later_cflags:
+            # b stays alive: its public maps are what this compile's
+            # "extern" ones resolve to.
+            b2, _ = _compile(bcc, replace(req, cflags=req.later_cflags, what=req.later_what))
+            later = _load(bcc, b2, req.later, f"cannot load {req.later_what}")
+        else:
+            later = _load(bcc, b, req.later, f"cannot load {req.later_what}")
         send(sock, {"progs": [name for name, _ in req.later]}, later)
 
 
