@@ -13,8 +13,9 @@ message per stage, each a JSON object with its fds: {"progs": [names],
 "maps": [names], "meta": {...}} (fds: the programs', then the maps', in
 that order) or {"error": "one line"}. The request's "first" programs and
 every map come in the first message, its "later" programs in a second one
-(the TC program's pair for L3 devices: verified meanwhile, while this
-process attaches the first pair).
+(the TC program's pair for L3 devices: compiled a second time with
+other cflags and verified meanwhile, while this process attaches the first
+pair).
 
 Lifetimes. A loaded program or map lives while some fd or attachment refers
 to it: once the fds are here, the child's exit frees nothing. The child
