@@ -9,6 +9,11 @@ the table keeps. Also printed: the peak (VmHWM) delta, which includes the
 transient copies when the columns grow, and the theoretical size of the
 table's parts.
 
+The child sets glibc's mmap threshold as flowtop's process does
+(flowtop/run/malloc.py); --glibc-default leaves glibc's own policy, which
+keeps the high-water mark of transient arrays (about 110 bytes/flow at
+100k): run both to see the difference.
+
 Target: <= 300 bytes per flow (steady RSS delta / N).
 Run: .venv/bin/python bench/memory.py   (root not needed)
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -69,11 +75,19 @@ def batch(start: int, n: int):
     return keys, stats
 
 
+# --glibc-default: children keep glibc's malloc policy (passed on in the environment).
+GLIBC_DEFAULT_ENV = "FTB_GLIBC_DEFAULT"
+KEEP_MALLOC = os.environ.get(GLIBC_DEFAULT_ENV) == "1"
+
+
 def child(n: int) -> None:
     import numpy as np  # noqa: F401  (imported before the baseline)
 
     from flowtop.core.flowtable import FlowTable
+    from flowtop.run.malloc import return_large_frees
 
+    if not KEEP_MALLOC:
+        return_large_frees()  # as flowtop's own process does (cli.main)
     k, s = batch(0, 16)  # warm numpy/flowtop code paths before the baseline
     FlowTable(max_flows=16).merge(k, s, 1.0)
     del k, s
@@ -116,6 +130,9 @@ def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(int(sys.argv[2]))
         return 0
+    if "--glibc-default" in sys.argv[1:]:
+        os.environ[GLIBC_DEFAULT_ENV] = "1"
+        print("glibc's default malloc policy (--glibc-default)\n")
     rows = []
     parts = []
     results = []

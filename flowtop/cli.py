@@ -79,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="flowtop: %(message)s")
+    from flowtop.run.malloc import return_large_frees
+
+    return_large_frees()
     try:
         return _run(argv, stop)
     except Interrupted as exc:  # Ctrl-C during start-up: cleaned up, nothing to say
