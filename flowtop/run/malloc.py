@@ -20,7 +20,6 @@ $MALLOC_MMAP_THRESHOLD_ set by the user wins: then nothing is changed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_MMAP_THRESHOLD = -3
@@ -32,10 +31,9 @@ def return_large_frees() -> bool:
     (another libc) or the user chose a threshold."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):
+    try:  # the process's own symbols (libc among them): no library search
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
