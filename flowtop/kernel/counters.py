@@ -2,7 +2,9 @@
 
 The TC program counts into the per-CPU array ``counters``, indexed by ``enum
 ft_counter`` (bpf/flowtop.h); the sock_ops program into ``so_counters``,
-indexed by ``enum ft_so_counter`` (bpf/sockops.h). One record here per
+indexed by ``enum ft_so_counter`` (bpf/sockops.h); the socket owner
+programs into ``owner_counters``, indexed by ``enum ft_own_counter``
+(bpf/owner.h). One record here per
 enum value (plus the figures userspace works out beside them) says what the
 rest of flowtop does with it: the key it has in ``CollectorHealth.kernel``,
 whether it is a problem (``CollectorHealth.problems``, named in the live
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 TC = "tc"  # enum ft_counter, bpf/flowtop.h
 SOCKOPS = "sockops"  # enum ft_so_counter, bpf/sockops.h
+OWNER = "owner"  # enum ft_own_counter, bpf/owner.h
 USERSPACE = "userspace"  # worked out by the reader, no kernel slot
 
 
@@ -52,8 +55,8 @@ class Counter:
 
     @property
     def key(self) -> str:
-        """Its name in CollectorHealth.kernel (sock_ops ones are prefixed)."""
-        return f"sockops_{self.name}" if self.program == SOCKOPS else self.name
+        """Its name in CollectorHealth.kernel (sock_ops and owner ones are prefixed)."""
+        return f"{self.program}_{self.name}" if self.program in (SOCKOPS, OWNER) else self.name
 
 
 def _tc(index: int, name: str, help: str, **kw: bool) -> Counter:
@@ -62,6 +65,10 @@ def _tc(index: int, name: str, help: str, **kw: bool) -> Counter:
 
 def _so(index: int, name: str, c_name: str, **kw: bool) -> Counter:
     return Counter(name, SOCKOPS, index, f"FT_SO_{c_name}", None, **kw)
+
+
+def _own(index: int, name: str, **kw: bool) -> Counter:
+    return Counter(name, OWNER, index, f"FT_OWN_{name.upper()}", None, **kw)
 
 
 COUNTERS: tuple[Counter, ...] = (
@@ -148,6 +155,16 @@ COUNTERS: tuple[Counter, ...] = (
     _so(4, "adopted", "ADOPTED", reported=False),
     _so(5, "stale_replaced", "STALE_REPLACED", reported=False),
     _so(6, "retrans_untracked", "TP_UNTRACKED", reported=False),
+    # enum ft_own_counter, in order (OwnerCollector.counters()); the first
+    # three are attribution lost. Not in CollectorHealth yet (reported=False,
+    # so no problem flag either): the collector does not run the owner
+    # programs yet.
+    _own(0, "endpoints_full", reported=False),
+    _own(1, "update_failed", reported=False),
+    _own(2, "storage_failed", reported=False),
+    _own(3, "tuple_unparsed", reported=False),
+    _own(4, "reported", reported=False),
+    _own(5, "unknown_sockets", reported=False),
 )
 
 
@@ -161,6 +178,10 @@ TC_COUNTERS: tuple[str, ...] = tuple(c.name for c in _of(TC))
 SOCKOPS_COUNTERS: tuple[str, ...] = tuple(c.name for c in _of(SOCKOPS))
 # The sock_ops counters in CollectorHealth.kernel (as sockops_<name>).
 SOCKOPS_REPORTED: tuple[str, ...] = tuple(c.name for c in _of(SOCKOPS) if c.reported)
+# Slot order of the socket owner programs' counter array (enum ft_own_counter).
+OWNER_COUNTERS: tuple[str, ...] = tuple(c.name for c in _of(OWNER))
+# Of those, attribution lost (a tuple or a socket not attributed).
+OWNER_LOSSES: tuple[str, ...] = ("endpoints_full", "update_failed", "storage_failed")
 # Counted by userspace readers beside the TC program's array.
 TC_DERIVED: tuple[str, ...] = tuple(c.name for c in COUNTERS if c.program == USERSPACE)
 # Kernel counters of packets that are in no flow: over non-GSO traffic, the
