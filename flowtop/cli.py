@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 70
     finally:
+        early = sys.modules.get("flowtop.kernel.build")
+        if early is not None:  # a compile begun early that the run never took
+            early.discard_early()
         stop.restore()
 
 
@@ -127,14 +130,17 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
     if args.mode == o.DUMP:
         if args.duration <= 0:
             raise ConfigError("--duration must be positive")
+        cfg = _begin_compile(_config(args, args.interval))
         from flowtop.run.commands import run_dump
 
-        return run_dump(_config(args, args.interval), args.duration, args.json, stop)
+        return run_dump(cfg, args.duration, args.json, stop)
     if args.mode == o.EXPORT:
+        cfg = _begin_compile(_config(args, args.delay))
         from flowtop.run.service import run_export_only
 
-        cfg = _config(args, args.delay)
         return run_export_only(cfg, reload=lambda: _config(args, args.delay), stop=stop)
+    if args.mode != o.REPLAY:
+        cfg = _begin_compile(_config(args, args.delay))
     from flowtop.run.commands import run_live
 
     if args.mode == o.REPLAY:
@@ -143,8 +149,6 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
         from flowtop.config import Config, EnrichConfig
 
         cfg = Config(enrich=EnrichConfig(resolve=True if args.resolve else None))
-    else:
-        cfg = _config(args, args.delay)
     return run_live(
         cfg,
         theme=args.theme,
@@ -154,6 +158,19 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
         speed=args.speed,
         stop=stop,
     )
+
+
+def _begin_compile(cfg: Config) -> Config:
+    """Start compiling the TC program before the run's imports and checks:
+    the first attachment waits for the compile, which now runs beside them
+    (the collector takes the build over: kernel/build.take). Returns cfg."""
+    if os.geteuid() == 0:
+        from flowtop.kernel.build import begin_early
+        from flowtop.kernel.program import ProgramOptions, request
+
+        c = cfg.collector
+        begin_early(request(ProgramOptions(flow_map_size=c.map_size, passive_rtt=c.passive_rtt)))
+    return cfg
 
 
 def _detach(everyone: bool) -> int:

@@ -46,7 +46,7 @@ from typing import Any
 
 import flowtop
 from flowtop import resources
-from flowtop.errors import ConfigError, KernelFeatureError
+from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError
 
 BPF_DIR: Path = resources.bpf_dir()
 
@@ -309,3 +309,30 @@ class Build:
                 proc.kill()
         if proc is not None:
             proc.wait(timeout=10)
+
+
+# Builds started before anything asked for them (begin_early), by request.
+_EARLY: dict[bytes, Build] = {}
+
+
+def begin_early(request: Request) -> None:
+    """Start the build of request now, for a caller that asks for it later
+    (take()): the compile then runs beside whatever this process does
+    meanwhile (imports, interface checks). Errors are left for take()'s
+    caller to meet when it builds for itself."""
+    key = request.to_json()
+    if key not in _EARLY:
+        with contextlib.suppress(FlowtopError):
+            _EARLY[key] = Build(request)
+
+
+def take(request: Request) -> Build:
+    """The build of request: the one begin_early() started, else a new one."""
+    early = _EARLY.pop(request.to_json(), None)
+    return early if early is not None else Build(request)
+
+
+def discard_early() -> None:
+    """End the early builds nobody took (the run stopped before)."""
+    while _EARLY:
+        _EARLY.popitem()[1].close()

@@ -15,7 +15,7 @@ import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from flowtop.kernel import devices, layout
+from flowtop.kernel import build, devices, layout
 from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
 from flowtop.kernel.build import Build
 from flowtop.kernel.program import ProgramOptions, TcProgram, require_root
@@ -106,7 +106,7 @@ class KernelCollector:
             require_root()
             # Both compiles run at once, each in a child: the TC program's
             # first (the first attachment waits for it), then sock_ops'.
-            tc_build = Build(tc_request(options))
+            tc_build = build.take(tc_request(options))  # begun early by the cli
             if sockops:
                 tracker = self._begin_sockops()
             program = TcProgram(options, checkpoint, tc_build)
