@@ -32,6 +32,7 @@ from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRoo
 from flowtop.kernel import counters
 from flowtop.kernel.bpfsys import prog_id_of
 from flowtop.kernel.build import (
+    BACKGROUND_NICE,
     BPF_DIR,
     CGROUP_SKB_EGRESS,
     CGROUP_SKB_INGRESS,
@@ -135,6 +136,8 @@ class OwnerCollector:
             first=[(self.names[letter], kind) for letter, _, kind, _ in PROGRAMS],
             maps=["endpoints", "owner_counters"],
             what="the socket owner programs",
+            # Beside the TC compile, which the first attachment waits for.
+            nice=BACKGROUND_NICE,
         )
 
     def start(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
