@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: namespaces, veth pairs, cleanup, tables.
+"""Shared helpers for the benchmarks: namespaces, veth pairs, cleanup, tables,
+the C traffic sender and throw-away git worktrees.
 
 Everything lives in network namespaces named ``ftb-<pid>-<random>-<role>``
 created here; nothing touches the root namespace's interfaces. Namespaces are
@@ -17,6 +18,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -203,3 +205,227 @@ def bpf_stats() -> Iterator[None]:
     finally:
         with open(path, "w") as f:
             f.write(old)
+
+
+# --------------------------------------------------------------------------- #
+# the paced C sender (accuracy.py, footprint.py)
+# --------------------------------------------------------------------------- #
+
+SENDER_C = r"""
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/udp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* sender -m udp|packet -s SRC -d DST -p DPORT -b BASE_SPORT -n NFLOWS -r PPS -t SECONDS
+ *        [-i IFNAME -M DSTMAC]  (packet mode)
+ *
+ * Goes round NFLOWS UDP flows at PPS packets/s, paced in bursts every 1 ms:
+ * flow i has source port BASE_SPORT + i % SPAN and destination port
+ * DPORT + i / SPAN (SPAN = 65536 - BASE_SPORT).
+ *   udp:    one UDP socket bound to SRC:sport per flow (NFLOWS <= SPAN), 100-byte datagrams;
+ *   packet: Ethernet/IPv4/UDP frames written with an AF_PACKET socket out of IFNAME
+ *           to DSTMAC (bypassing routing, neighbours and the UDP stack), 18-byte payload.
+ * SECONDS 0 sends until SIGTERM/SIGINT. Prints "sent failed elapsed_s" once, at the end. */
+
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
+static unsigned short csum(const void *p, int n)
+{
+	const unsigned short *w = p;
+	unsigned long s = 0;
+	for (; n > 1; n -= 2) s += *w++;
+	while (s >> 16) s = (s & 0xffff) + (s >> 16);
+	return (unsigned short)~s;
+}
+
+int main(int argc, char **argv)
+{
+	const char *mode = NULL, *src = NULL, *dst = NULL, *ifname = NULL, *dmacs = NULL;
+	long dport = -1, base = -1, nflows = 0, pps = 0, secs = -1;
+	int opt;
+	while ((opt = getopt(argc, argv, "m:s:d:p:b:n:r:t:i:M:")) != -1) {
+		switch (opt) {
+		case 'm': mode = optarg; break;
+		case 's': src = optarg; break;
+		case 'd': dst = optarg; break;
+		case 'p': dport = atol(optarg); break;
+		case 'b': base = atol(optarg); break;
+		case 'n': nflows = atol(optarg); break;
+		case 'r': pps = atol(optarg); break;
+		case 't': secs = atol(optarg); break;
+		case 'i': ifname = optarg; break;
+		case 'M': dmacs = optarg; break;
+		default: return 2;
+		}
+	}
+	int packet = mode && !strcmp(mode, "packet");
+	if (!mode || (!packet && strcmp(mode, "udp")) || !src || !dst || dport < 0 || base < 1
+		|| base > 65535 || nflows < 1 || pps < 1 || secs < 0 || (packet && (!ifname || !dmacs))) {
+		fprintf(stderr, "sender: bad arguments\n");
+		return 2;
+	}
+	long span = 65536 - base;
+	if (dport + (nflows - 1) / span > 65535 || (!packet && nflows > span)) {
+		fprintf(stderr, "sender: too many flows for the port range\n");
+		return 2;
+	}
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+
+	int *fds = NULL, pfd = -1;
+	struct sockaddr_in to4 = { .sin_family = AF_INET, .sin_port = htons(dport) };
+	struct sockaddr_ll toll = { .sll_family = AF_PACKET, .sll_halen = 6,
+		.sll_protocol = htons(ETH_P_IP) };
+	unsigned char f[14 + 20 + 8 + 18];
+	struct iphdr *ip = (void *)(f + 14);
+	struct udphdr *udp = (void *)(f + 34);
+	char payload[100];
+	memset(payload, 'x', sizeof(payload));
+	if (packet) {
+		unsigned char dmac[6];
+		if (sscanf(dmacs, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &dmac[0], &dmac[1], &dmac[2],
+			&dmac[3], &dmac[4], &dmac[5]) != 6) {
+			fprintf(stderr, "sender: bad MAC\n");
+			return 2;
+		}
+		toll.sll_ifindex = if_nametoindex(ifname);
+		memcpy(toll.sll_addr, dmac, 6);
+		pfd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_IP));
+		if (pfd < 0 || !toll.sll_ifindex) { perror("socket"); return 1; }
+		memset(f, 0, sizeof(f));
+		memcpy(f, dmac, 6);
+		f[6] = 0x02; f[11] = 0x01; /* a locally administered source MAC */
+		f[12] = 0x08; f[13] = 0x00;
+		ip->version = 4; ip->ihl = 5; ip->ttl = 64; ip->protocol = 17;
+		ip->tot_len = htons(20 + 8 + 18);
+		inet_pton(AF_INET, src, &ip->saddr);
+		inet_pton(AF_INET, dst, &ip->daddr);
+		udp->len = htons(8 + 18);
+	} else {
+		inet_pton(AF_INET, dst, &to4.sin_addr);
+		fds = calloc(nflows, sizeof(int));
+		for (long i = 0; i < nflows; i++) {
+			struct sockaddr_in me = { .sin_family = AF_INET,
+				.sin_port = htons(base + i) };
+			inet_pton(AF_INET, src, &me.sin_addr);
+			fds[i] = socket(AF_INET, SOCK_DGRAM, 0);
+			if (fds[i] < 0 || bind(fds[i], (void *)&me, sizeof(me)) < 0) {
+				perror("socket/bind");
+				return 1;
+			}
+		}
+	}
+
+	long total = secs > 0 ? pps * secs : -1, sent = 0, failed = 0, tick = 0, i = 0;
+	struct timespec t0, next, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	next = t0;
+	while (!stop && (total < 0 || sent + failed < total)) {
+		/* packets due by the end of this 1 ms tick */
+		tick++;
+		long due = pps * tick / 1000;
+		if (total >= 0 && due > total) due = total;
+		while (sent + failed < due) {
+			int ok;
+			if (packet) {
+				udp->source = htons(base + i % span);
+				udp->dest = htons(dport + i / span);
+				ip->check = 0;
+				ip->check = csum(ip, 20);
+				ok = sendto(pfd, f, sizeof(f), 0, (void *)&toll, sizeof(toll))
+					== sizeof(f);
+			} else {
+				ok = sendto(fds[i], payload, sizeof(payload), 0, (void *)&to4,
+					sizeof(to4)) == sizeof(payload);
+			}
+			if (ok)
+				sent++;
+			else
+				failed++;
+			i = (i + 1) % nflows;
+		}
+		next.tv_nsec += 1000000;
+		if (next.tv_nsec >= 1000000000) { next.tv_sec++; next.tv_nsec -= 1000000000; }
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double el = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+	printf("%ld %ld %.6f\n", sent, failed, el);
+	return 0;
+}
+"""
+
+
+def build_sender(tmp: Path) -> Path:
+    """Compiles SENDER_C with gcc into tmp; returns the executable."""
+    src = tmp / "sender.c"
+    src.write_text(SENDER_C)
+    exe = tmp / "sender"
+    run(["gcc", "-O2", "-Wall", "-Werror", "-o", str(exe), str(src)])
+    return exe
+
+
+def sender_args(
+    exe: Path,
+    mode: str,
+    src: str,
+    dst: str,
+    dport: int,
+    base_sport: int,
+    flows: int,
+    pps: int,
+    seconds: int,
+    ifname: str | None = None,
+    dst_mac: str | None = None,
+) -> list[str]:
+    """The sender's command line (seconds=0: until SIGTERM). Its one output line
+    is parsed by sender_result."""
+    cmd = [str(exe), "-m", mode, "-s", src, "-d", dst, "-p", str(dport), "-b", str(base_sport)]
+    cmd += ["-n", str(flows), "-r", str(pps), "-t", str(seconds)]
+    if ifname is not None:
+        cmd += ["-i", ifname]
+    if dst_mac is not None:
+        cmd += ["-M", dst_mac]
+    return cmd
+
+
+def sender_result(stdout: str) -> tuple[int, int, float]:
+    """(sent, failed, elapsed seconds) from the sender's output line."""
+    sent, failed, elapsed = stdout.split()
+    return int(sent), int(failed), float(elapsed)
+
+
+# --------------------------------------------------------------------------- #
+# another revision of the code, side by side
+# --------------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def worktree(rev: str, prefix: str = "flowtop-before-") -> Iterator[Path]:
+    """`rev` checked out in a temporary git worktree (no branch), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev],
+        check=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+        )
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)

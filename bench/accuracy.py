@@ -1,9 +1,10 @@
 """Accuracy under load: 50k packets/s over 1,000 UDP flows for 10 s, every packet counted.
 
 Namespace a sends through veth va -> vb (namespace b). A tiny C sender
-(compiled here with gcc) binds 1,000 UDP sockets to distinct source ports and
-sends 100-byte datagrams round robin, paced in bursts every 1 ms to 50,000
-packets/s, and prints how many sendto() calls succeeded. In namespace b a UDP
+(_common.SENDER_C in its udp mode, compiled here with gcc) binds 1,000 UDP
+sockets to distinct source ports and sends 100-byte datagrams round robin,
+paced in bursts every 1 ms to 50,000 packets/s, and prints how many sendto()
+calls succeeded. In namespace b a UDP
 socket is bound to the destination port and never read (no ICMP port
 unreachable; the socket drops what overflows *after* TC ingress, where flowtop
 counts). flowtop runs as the user would run it, in namespace b:
@@ -42,77 +43,6 @@ SECONDS = 10
 BASE_SPORT = 20000
 DPORT = 9999
 
-SENDER_C = r"""
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-/* sender SRC DST DPORT BASE_SPORT NFLOWS PPS SECONDS */
-int main(int argc, char **argv)
-{
-	if (argc != 8) { fprintf(stderr, "usage\n"); return 2; }
-	const char *src = argv[1], *dst = argv[2];
-	int dport = atoi(argv[3]), base = atoi(argv[4]), nflows = atoi(argv[5]);
-	long pps = atol(argv[6]), secs = atol(argv[7]);
-	int *fds = calloc(nflows, sizeof(int));
-	struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(dport) };
-	inet_pton(AF_INET, dst, &to.sin_addr);
-	for (int i = 0; i < nflows; i++) {
-		struct sockaddr_in me = { .sin_family = AF_INET, .sin_port = htons(base + i) };
-		inet_pton(AF_INET, src, &me.sin_addr);
-		fds[i] = socket(AF_INET, SOCK_DGRAM, 0);
-		if (fds[i] < 0 || bind(fds[i], (void *)&me, sizeof(me)) < 0) {
-			perror("socket/bind");
-			return 1;
-		}
-	}
-	char payload[100];
-	memset(payload, 'x', sizeof(payload));
-	long total = pps * secs, sent = 0, failed = 0, tick = 0;
-	struct timespec t0, next, t1;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	next = t0;
-	int cur = 0;
-	while (sent + failed < total) {
-		/* packets due by the end of this 1 ms tick */
-		tick++;
-		long due = pps * tick / 1000;
-		if (due > total) due = total;
-		while (sent + failed < due) {
-			ssize_t r = sendto(fds[cur], payload, sizeof(payload), 0,
-					(void *)&to, sizeof(to));
-			if (r == sizeof(payload))
-				sent++;
-			else
-				failed++;
-			cur = (cur + 1) % nflows;
-		}
-		next.tv_nsec += 1000000;
-		if (next.tv_nsec >= 1000000000) { next.tv_sec++; next.tv_nsec -= 1000000000; }
-		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
-	}
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	double el = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
-	printf("%ld %ld %.6f\n", sent, failed, el);
-	return 0;
-}
-"""
-
-
-def build_sender(tmp: Path) -> Path:
-    src = tmp / "sender.c"
-    src.write_text(SENDER_C)
-    exe = tmp / "sender"
-    C.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src)])
-    return exe
-
 
 def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 60) -> str:
     """Reads the collector's stderr until 'collecting on'."""
@@ -140,7 +70,7 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="ftb-") as tmpd, C.pair() as p:
         try:
-            exe = build_sender(Path(tmpd))
+            exe = C.build_sender(Path(tmpd))
             with entered(p.b):
                 sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sink.bind((Pair.B4, DPORT))  # never read: no ICMP unreachable
@@ -167,18 +97,12 @@ def main() -> int:
             time.sleep(0.5)
             a0, b0 = p.a.link_stats(p.va), p.b.link_stats(p.vb)
             snd = p.a.exec(
-                str(exe),
-                Pair.A4,
-                Pair.B4,
-                str(DPORT),
-                str(BASE_SPORT),
-                str(FLOWS),
-                str(PPS),
-                str(SECONDS),
+                *C.sender_args(
+                    exe, "udp", Pair.A4, Pair.B4, DPORT, BASE_SPORT, FLOWS, PPS, SECONDS
+                ),
                 timeout=SECONDS + 30,
             )
-            sent, failed, elapsed = snd.stdout.split()
-            sent, failed, elapsed = int(sent), int(failed), float(elapsed)
+            sent, failed, elapsed = C.sender_result(snd.stdout)
             time.sleep(1.0)
             a1, b1 = p.a.link_stats(p.va), p.b.link_stats(p.vb)
             dump.send_signal(signal.SIGINT)

@@ -31,11 +31,9 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,23 +151,6 @@ def measure(
     return samples
 
 
-@contextlib.contextmanager
-def worktree(rev: str) -> Iterator[Path]:
-    """`rev` checked out in a temporary git worktree (no branch), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="flowtop-tui-before-"))
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), rev],
-        check=True,
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
-        )
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
-
-
 def _size(text: str) -> tuple[int, int]:
     cols, rows = text.split("x")
     return int(cols), int(rows)
@@ -190,12 +171,17 @@ def main() -> int:
     sizes = [_size(s) for s in args.sizes.split(",")]
     flow_counts = [int(x) for x in args.flows.split(",")]
     sys.path.insert(0, str(ROOT))
+    # Not at the top: the child (--child) must import flowtop from its own tree,
+    # and _common imports this checkout's.
     from bench import _common as C
 
     with contextlib.ExitStack() as stack:
         trees: dict[str, Path] = {"after": ROOT}
         if args.before:
-            trees = {"before": stack.enter_context(worktree(args.before)), "after": ROOT}
+            trees = {
+                "before": stack.enter_context(C.worktree(args.before, "flowtop-tui-before-")),
+                "after": ROOT,
+            }
         print(
             f"flowtop live view, whole process at a 1 s refresh; median of {args.windows} x "
             f"{args.seconds:g} s after {WARMUP:g} s; before = {args.before or '-'}, after = {ROOT}"
