@@ -14,8 +14,9 @@
  *                        from the last one the socket reported, write
  *                        endpoints[tuple] = owner. Always allow the packet.
  *
- * The common per-packet path is one sk-storage lookup and a 40-byte
- * compare. A socket created before these programs were attached has no
+ * The common per-packet path is one sk-storage lookup, a coarse clock
+ * read and a 40-byte compare; a socket that keeps its tuple reports it
+ * again every FT_REREPORT_NS. A socket created before these programs were attached has no
  * storage: the first packet makes an empty one, and its tuples are
  * reported with FT_OWNER_F_UNKNOWN (userspace attributes those from /proc).
  *
@@ -24,6 +25,11 @@
  *   FT_EGRESS_NAME      kernel keeps them as program names, which is how a
  *   FT_INGRESS_NAME     later run tells the programs of a dead flowtop
  *   FT_ENDPOINTS_SIZE   tuples reported between two drains
+ *   FT_REREPORT_NS      a socket still sending the same tuple reports it
+ *                       again after this long (ns): userspace forgets a
+ *                       tuple no flow used for an idle timeout, and a
+ *                       socket that idled longer and resumes must be
+ *                       attributed again; set below the idle timeout
  *   FT_SKB_NETNS        1: the kernel has bpf_get_netns_cookie() in cgroup_skb
  *                       programs (recent kernels), which gives the sockets
  *                       older than flowtop their namespace's cookie too;
@@ -47,6 +53,9 @@
 #endif
 #ifndef FT_SKB_NETNS
 #define FT_SKB_NETNS 0
+#endif
+#ifndef FT_REREPORT_NS
+#define FT_REREPORT_NS 5000000000ULL
 #endif
 
 #define FT_AF_INET 2
@@ -239,7 +248,9 @@ static __always_inline int observe(struct __sk_buff *skb, int ingress)
 			return 1;
 		}
 	}
-	if (same_tuple(&t, &st->last))
+	__u64 now = bpf_ktime_get_coarse_ns();
+
+	if (same_tuple(&t, &st->last) && now - st->reported_ns < FT_REREPORT_NS)
 		return 1;
 	/* Two CPUs can get here for one socket at once: both report, which
 	 * costs a duplicate entry at worst (the same tuple: one key). st->last
@@ -260,6 +271,7 @@ static __always_inline int observe(struct __sk_buff *skb, int ingress)
 
 	if (err == 0) {
 		st->last = t;
+		st->reported_ns = now;
 		count(FT_OWN_REPORTED);
 	}
 	else if (err == -FT_E2BIG)

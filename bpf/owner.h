@@ -59,12 +59,14 @@ struct ft_owner {
 
 /*
  * The socket-local storage (sk_owner map): the owner, and the last tuple the
- * socket reported, so that a packet with the same tuple costs one lookup and
- * one compare. last.family == 0: nothing reported yet.
+ * socket reported and when, so that a packet with the same tuple costs one
+ * lookup, a clock read and one compare. last.family == 0: nothing reported
+ * yet.
  */
 struct ft_owner_sk {
 	struct ft_owner owner;
 	struct ft_owner_tuple last;
+	__u64 reported_ns; /* bpf_ktime_get_coarse_ns() of the last report */
 };
 
 /*

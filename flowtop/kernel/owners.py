@@ -65,6 +65,9 @@ PROGRAMS: tuple[tuple[str, str, str, int], ...] = (
 )
 ATTACH_TYPES: tuple[int, ...] = tuple(p[3] for p in PROGRAMS)
 ENDPOINTS_SIZE = 65536
+# Seconds after which a socket still sending the same tuple reports it again
+# (FT_REREPORT_NS), at most: its owner-table entry outlives an idle socket.
+REREPORT_MAX = 5.0
 WHAT = "socket owner"
 
 
@@ -97,9 +100,16 @@ class OwnerCollector:
     traffic).
     """
 
-    def __init__(self, cgroup: str | None = None, endpoints_size: int = ENDPOINTS_SIZE) -> None:
+    def __init__(
+        self,
+        cgroup: str | None = None,
+        endpoints_size: int = ENDPOINTS_SIZE,
+        rereport: float | None = None,
+    ) -> None:
         if endpoints_size < 1:
             raise ConfigError(f"the owner endpoints map needs a size above 0, not {endpoints_size}")
+        # A tuple is reported again after this many seconds (bpf/owner.c FT_REREPORT_NS).
+        self.rereport = REREPORT_MAX if rereport is None else max(0.1, rereport)
         self.cgroup_arg = cgroup
         self.cgroup: str | None = None
         self.endpoints_size = endpoints_size
@@ -128,6 +138,7 @@ class OwnerCollector:
             f"-I{BPF_DIR}",
             f"-DFT_ENDPOINTS_SIZE={self.endpoints_size}",
             f"-DFT_SKB_NETNS={int(self.skb_netns)}",
+            f"-DFT_REREPORT_NS={int(self.rereport * 1e9)}ULL",
         ]
         cflags += [f"-D{flag}={self.names[letter]}" for letter, flag, *_ in PROGRAMS]
         return Request(
