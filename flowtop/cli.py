@@ -174,13 +174,15 @@ def _begin_compile(cfg: Config) -> Config:
 
 
 def _detach(everyone: bool) -> int:
-    """Stale (with everyone: all) flowtop clsact filters, TCX links and sock_ops programs."""
+    """Stale (with everyone: all) flowtop clsact filters, TCX links, sock_ops and socket
+    owner programs."""
     from flowtop.kernel.attach import detach_everywhere
 
     if os.geteuid() != 0:
         from flowtop.errors import NotRootError
 
         raise NotRootError("flowtop detach needs root (or CAP_NET_ADMIN)")
+    from flowtop.kernel.owners import remove_stale_owner_programs
     from flowtop.kernel.sockops_attach import remove_stale_programs
     from flowtop.kernel.tcx import remove_links
 
@@ -195,6 +197,9 @@ def _detach(everyone: bool) -> int:
     progs = remove_stale_programs(everyone=everyone)
     for what in progs:
         print(f"removed sock_ops program {what}")
-    if not removed and not links and not progs:
-        print("no flowtop filters, TCX links or sock_ops programs to remove")
+    owner_progs = remove_stale_owner_programs(everyone=everyone)
+    for what in owner_progs:
+        print(f"removed socket owner program {what}")
+    if not removed and not links and not progs and not owner_progs:
+        print("no flowtop filters, TCX links, sock_ops or socket owner programs to remove")
     return 0

@@ -38,6 +38,7 @@ class CollectorConfig:
     active_timeout: float = 60.0
     sockops: bool = True  # local TCP health from sock_ops + tracepoint
     passive_rtt: bool = True  # passive RTT/retransmits in the TC program
+    owners: bool = True  # socket owners (process/service/container) from cgroup programs
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.interval <= 3600:
@@ -86,6 +87,7 @@ class CollectorConfig:
             active_timeout=base.active_timeout if active_timeout is None else active_timeout,
             sockops=base.sockops,
             passive_rtt=base.passive_rtt,
+            owners=base.owners,
         )
 
 
@@ -270,6 +272,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "tc_priority": ("tc_priority", _int(1, 65535)),
         "sockops": ("sockops", _bool),
         "passive_rtt": ("passive_rtt", _bool),
+        "owners": ("owners", _bool),
     },
     "ipfix": {
         "collectors": ("collectors", _endpoints),

@@ -18,12 +18,20 @@ import numpy as np
 
 from flowtop.core.flowtable import FlowBatch, FlowTable, empty_batch
 from flowtop.core.model import CollectorHealth, InterfaceCounters
-from flowtop.core.readings import EngineReadings, remote_bytes
+from flowtop.core.owners import (
+    OWNER_PENDING,
+    STATE_ATTRIBUTED,
+    STATE_UNATTRIBUTED,
+    OwnerColumns,
+    OwnerTable,
+)
+from flowtop.core.readings import EngineReadings, owner_bytes, remote_bytes
 from flowtop.errors import CollectorFailedError
 from flowtop.kernel.collector import Drain
 from flowtop.stop import StopSignal
 
 if TYPE_CHECKING:
+    from flowtop.core.procsockets import ProcSnapshot
     from flowtop.enrich import Enricher
 
 from flowtop.core.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
@@ -34,6 +42,21 @@ log = logging.getLogger("flowtop.engine")
 # that fails once is skipped and counted; one that never works again ends
 # the run with one line instead of a view that silently shows nothing.
 MAX_DRAIN_FAILURES = 10
+
+# Socket owners (fields.OWNER). A flow is joined to the OwnerTable while its
+# owner_state is OWNER_PENDING: first in the interval that created its row. A
+# flow whose first packets were counted before its socket's report was read
+# (an incoming first packet: TC ingress counts it before the socket's
+# cgroup hook reports the tuple, and a drain can fall in between) is joined
+# again for this many intervals after its first packet before it settles
+# with no owner (or unattributed). A flow that ends meanwhile settles with
+# its flow-end record (_emit).
+OWNER_RETRY_INTERVALS = 3
+# OwnerColumns field -> flow table column.
+OWNER_COLUMNS = (
+    ("pid", "pid"), ("uid", "uid"), ("cgroup_id", "cgroup_id"), ("comm", "comm_id"),
+    ("service", "service_id"), ("container", "container_id"), ("pod", "pod_id"),
+)  # fmt: skip
 
 
 def _enricher_errors(enricher: Enricher | None) -> int:
@@ -180,6 +203,13 @@ class Engine:
     last_tcp: TcpUpdate = field(default_factory=TcpUpdate)
     failures: Failures = field(default_factory=Failures)
     _enrich_errors_before: int = 0  # of enrichers replaced since (reload)
+    # Who owns the local sockets (core/owners.py), None: no attribution (off,
+    # failed to start, a replay). Fed by Drain.owners; its names resolve the
+    # flows' comm_id/service_id/container_id/pod_id (owners.names).
+    owners: OwnerTable | None = None
+    # Flows settled as STATE_UNATTRIBUTED so far (CollectorHealth.owners_unattributed).
+    owners_unattributed: int = 0
+    _owner_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.tcp_health is None:
@@ -204,8 +234,16 @@ class Engine:
         self.table.set_column("dst_ent", rows, -1)
 
     def _merged(self, d: Drain) -> None:
-        """TCP samples and enrichment onto the merged rows (before FIN flows leave)."""
+        """TCP samples, owners and enrichment onto the merged rows (before FIN
+        flows leave)."""
         self.last_tcp = join(self.table, d.tcp, d.now_ns)
+        if self.owners is not None:
+            try:
+                self._join_owners(self.owners, d)
+            except Exception as exc:  # the rows stay pending and are tried again
+                self.failures.enrich.failed(exc, "socket owners")
+            else:
+                self.failures.enrich.ok("socket owners")
         if self.enricher is None:
             return
         try:
@@ -214,6 +252,62 @@ class Engine:
             self.failures.enrich.failed(exc)
         else:
             self.failures.enrich.ok()
+
+    def use_owners(self, owners: OwnerTable, snapshot: ProcSnapshot | None = None) -> None:
+        """Attribute flows from now on: owners is fed each drain's Drain.owners;
+        snapshot (the sockets older than the owner programs) goes in first."""
+        if snapshot is not None:
+            owners.add_snapshot(snapshot)
+        self.owners = owners
+
+    def _join_owners(self, owners: OwnerTable, d: Drain) -> None:
+        """The interval's socket reports in; pending rows joined, and settled
+        when attributed or past their retry window. Live attributed rows are
+        joined too, a 1/k slice per interval, only so that their OwnerTable
+        entries stay alive as long as the flows (a flow that idles out and
+        comes back finds its socket's entry: the kernel reports a tuple
+        once)."""
+        if d.owners is not None and len(d.owners):
+            owners.add(d.owners)
+        t = self.table
+        live = t.live_rows()
+        state = t.column("owner_state", live)
+        pending = live[state == OWNER_PENDING]
+        self._owner_steps += 1
+        k = max(1, int(owners.idle_timeout / (2 * max(self.interval, 1e-3))))
+        refresh = live[(state == STATE_ATTRIBUTED) & (live % k == self._owner_steps % k)]
+        if not len(pending) and not len(refresh):
+            owners.expire()
+            return
+        rows = np.concatenate([pending, refresh])
+        cols = owners.join(t.keys_at(rows))
+        n = len(pending)
+        retry_ns = int(OWNER_RETRY_INTERVALS * max(self.interval, d.interval) * 1e9)
+        young = t.column("first_ns", pending).astype(np.int64) > d.now_ns - retry_ns
+        settle = np.flatnonzero((cols.state[:n] == STATE_ATTRIBUTED) | ~young)
+        if len(settle):
+            vals = self._settle(cols, settle)
+            for name, v in vals.items():
+                t.set_column(name, pending[settle], v)
+
+    def _settle(self, cols: OwnerColumns, at: np.ndarray) -> dict[str, np.ndarray]:
+        """The owner columns (flow table names) of the joined rows at `at`,
+        their state final; counts the unattributed ones."""
+        out = {col: getattr(cols, name)[at] for name, col in OWNER_COLUMNS}
+        out["owner_state"] = st = cols.state[at]
+        self.owners_unattributed += int((st == STATE_UNATTRIBUTED).sum())
+        return out
+
+    def _owners_batch(self, owners: OwnerTable, batch: FlowBatch) -> None:
+        """Flow-end records still pending (ended inside their retry window, or
+        never had a row) joined once more and settled, in place."""
+        ext = batch.columns
+        at = np.flatnonzero(ext["owner_state"] == OWNER_PENDING)
+        if not len(at):
+            return
+        vals = self._settle(owners.join(batch.keys[at]), np.arange(len(at)))
+        for name, v in vals.items():
+            ext[name][at] = v
 
     def _enrich_rows(self, enricher: Enricher) -> None:
         if enricher.maybe_reload():
@@ -290,6 +384,13 @@ class Engine:
     def _emit(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
             return
+        if self.owners is not None:
+            try:
+                self._owners_batch(self.owners, batch)
+            except Exception as exc:  # they go out without owners rather than not at all
+                self.failures.enrich.failed(exc, "socket owners of ended flows")
+            else:
+                self.failures.enrich.ok("socket owners of ended flows")
         if self.enricher is not None:
             try:
                 self._enrich_batch(self.enricher, batch.columns, batch.keys)
@@ -347,6 +448,11 @@ class Engine:
         return EngineReadings(
             drain=d,
             remote=remote_bytes(d, enricher) if d is not None and enricher is not None else None,
+            owners=(
+                owner_bytes(d, self.owners, self.table)
+                if d is not None and self.owners is not None
+                else None
+            ),
             tcp=self.last_tcp,
             names=self.collector.names(),
             interfaces=self.interface_counters(),
@@ -368,6 +474,7 @@ class Engine:
             enrich_errors=h.enrich_errors + f.enrich.total + enrich,
             output_errors=h.output_errors + f.output.total,
             record_errors=h.record_errors + f.record.total,
+            owners_unattributed=h.owners_unattributed + self.owners_unattributed,
         )  # resolve_errors: the resolvers count their own (dump and the view add them)
 
     def run(

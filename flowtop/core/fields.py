@@ -29,9 +29,9 @@ reaching the table, flow-end records, dump JSON and text from FIELDS alone:
 - kernel counter: the member in bpf/flowtop.h and layout.FLOW_STATS (the BPF
   code fills it), and a Field with origin KERNEL, `member` and `merge`; the
   flow table then keeps, merges, exports and dumps it with no other change.
-- TCP health or enrichment: a Field with origin TCP or ENRICH; the code that
-  fills it writes the column with FlowTable.set_column (core/tcphealth.join,
-  the engine's enrichment).
+- TCP health, enrichment or socket owner: a Field with origin TCP, ENRICH or
+  OWNER; the code that fills it writes the column with FlowTable.set_column
+  (core/tcphealth.join, the engine's enrichment and owner join).
 - FlowRecord (core/model.py) gets the attribute with the field's Python type
   (test_fields fails until its attributes are exactly RECORD_FIELDS).
 - a value computed where it is shown (origin SHOWN): its renderer in the
@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from flowtop.core.model import EndReason
+from flowtop.core.owners import OWNER_PENDING, UID_NONE
 from flowtop.kernel import layout
 
 # Where a field's value comes from (Field.origin).
@@ -63,6 +64,7 @@ KEY = "key"  # a member of the flow key (layout.FLOW_KEY), kept with the key
 KERNEL = "kernel"  # a member of layout.FLOW_STATS, merged interval by interval
 TCP = "tcp"  # from layout.TCP_SAMPLE records, written by core/tcphealth.join
 ENRICH = "enrich"  # written by the engine from the Enricher
+OWNER = "owner"  # written by the engine from its OwnerTable (core/owners.py)
 RATE = "rate"  # derived by the flow table over the last interval (live flows only)
 END = "end"  # set by the flow table when it emits a record
 SHOWN = "shown"  # computed from other fields where it is shown (no column)
@@ -117,7 +119,7 @@ class Field:
     """One field of a flow record: what it is, where it comes from, what it is called outside."""
 
     name: str  # the internal name (flow table column, FlowBatch, FlowRecord)
-    origin: str  # KEY, KERNEL, TCP, ENRICH, RATE, END or SHOWN
+    origin: str  # KEY, KERNEL, TCP, ENRICH, OWNER, RATE, END or SHOWN
     unit: str
     member: str | None = None  # the struct member: FLOW_KEY (KEY), FLOW_STATS, TCP_SAMPLE
     dtype: str = ""  # numpy dtype of its column ("" when it has none)
@@ -140,12 +142,12 @@ class Field:
     @property
     def column(self) -> bool:
         """A flow table column."""
-        return self.origin in (KERNEL, TCP, ENRICH, RATE)
+        return self.origin in (KERNEL, TCP, ENRICH, OWNER, RATE)
 
     @property
     def in_batch(self) -> bool:
         """A column of flow-end records (FlowBatch)."""
-        return self.origin in (KERNEL, TCP, ENRICH, END)
+        return self.origin in (KERNEL, TCP, ENRICH, OWNER, END)
 
 
 def _tcp_known(source: str, *codes: int) -> ValueOf:
@@ -174,6 +176,10 @@ def _nonzero(row: Row, v: int | float) -> int | None:
 
 def _mpls(row: Row, v: int | float) -> int | None:
     return layout.mpls_label(int(v))
+
+
+def _uid(row: Row, v: int | float) -> int | None:
+    return None if int(v) == UID_NONE else int(v)
 
 
 def _end_reason(row: Row, v: int | float) -> EndReason:
@@ -337,6 +343,36 @@ FIELDS: tuple[Field, ...] = (
     # -- enrichment ---------------------------------------------------------------
     *_entity_fields("src", "source"),
     *_entity_fields("dst", "destination"),
+    # -- socket owner (core/owners.py: the engine joins OwnerTable to new rows) ------
+    # Names are NameTable ids into the engine's OwnerTable.names (0: none);
+    # the SHOWN ones are resolved where shown. No IPFIX element carries these.
+    Field(
+        "pid", OWNER, "process id of the local socket's creator (0 in the column: unknown)",
+        dtype="<u4", value=_nonzero, json="pid", title="pid",
+    ),
+    Field("comm_id", OWNER, "OwnerNames.comm id of its command name", dtype="<u4"),
+    Field("comm", SHOWN, "command name (cleaned: untrusted text)", json="comm", title="command"),
+    Field(
+        "uid", OWNER, "its real uid (UID_NONE in the column: unknown)", dtype="<u4",
+        blank=UID_NONE, value=_uid, json="uid", title="user",
+    ),
+    Field("cgroup_id", OWNER, "its cgroup v2 id (0 in the column: unknown)", dtype="<u8",
+          value=_nonzero),
+    Field("cgroup", SHOWN, "its cgroup v2 path (cleaned)", json="cgroup", title="cgroup"),
+    Field("service_id", OWNER, "OwnerNames.service id of its systemd unit", dtype="<u4"),
+    Field("service", SHOWN, "systemd unit of its cgroup", json="service", title="service",
+          tui=Tui("Service", 12, grow=18)),
+    Field("container_id", OWNER, "OwnerNames.container id of its container", dtype="<u4"),
+    Field("container", SHOWN, "container id of its cgroup", json="container",
+          title="container", tui=Tui("Container", 12)),
+    Field("pod_id", OWNER, "OwnerNames.pod id of its pod", dtype="<u4"),
+    Field("pod", SHOWN, "kubelet pod UID of its cgroup", json="pod", title="pod"),
+    Field(
+        "owner_state", OWNER, "owners.STATE_* (OWNER_PENDING: not joined yet)", dtype="u1",
+        blank=OWNER_PENDING,
+    ),
+    Field("process", SHOWN, "comm/pid, for display", text=Text("PROCESS", group="owner"),
+          tui=Tui("Process", 12, grow=12), title="process"),
     # -- sometimes there --------------------------------------------------------
     Field(
         "mpls", KERNEL, "top MPLS label entry of the last packet: layout.MPLS_PRESENT | "
@@ -376,7 +412,7 @@ TEXT_COLUMNS: tuple[tuple[Field, Text], ...] = tuple(
     (FIELD[n], t)
     for n in (
         "iface", "direction", "proto_name", "src", "dst", "packets", "bytes", "tcp_flags",
-        "vlan", "mpls", "rtt_us", "retrans", "src_as", "dst_as",
+        "vlan", "mpls", "rtt_us", "retrans", "src_as", "dst_as", "process",
     )
     if (t := FIELD[n].text) is not None
 )  # fmt: skip

@@ -34,9 +34,9 @@ from flowtop.kernel import layout
 NS = 1_000_000_000
 _COUNTERS = tuple(f for f in fields.TABLE_FIELDS if f.origin == KERNEL)  # from FLOW_STATS
 _RATES = tuple(f for f in fields.TABLE_FIELDS if f.origin == RATE)
-# Written by TCP health and enrichment (set_column).
+# Written by TCP health, enrichment and the owner join (set_column).
 _WRITABLE = frozenset(
-    f.name for f in fields.TABLE_FIELDS if f.origin in (fields.TCP, fields.ENRICH)
+    f.name for f in fields.TABLE_FIELDS if f.origin in (fields.TCP, fields.ENRICH, fields.OWNER)
 )
 _BATCH_NAMES = frozenset(f.name for f in fields.BATCH_FIELDS)
 # The table's own columns: what each flow's summed counters were at its last

@@ -114,6 +114,17 @@ class FlowRecord:
     src_asn: int | None = None
     dst_ent: int = -1
     dst_asn: int | None = None
+    # The local socket's owner (fields.OWNER; core/owners.py): pid, uid and
+    # cgroup id (None: unknown), NameTable ids into the engine's
+    # OwnerTable.names (0: none), and owners.STATE_* (255, OWNER_PENDING: not joined)
+    pid: int | None = None
+    comm_id: int = 0
+    uid: int | None = None
+    cgroup_id: int | None = None
+    service_id: int = 0
+    container_id: int = 0
+    pod_id: int = 0
+    owner_state: int = 255
     pps: float = 0.0  # rates over the last interval (live flows)
     bps: float = 0.0  # bits per second
     end_reason: EndReason | None = None  # flow-end records
@@ -147,7 +158,12 @@ PROBLEM_COUNTERS = (
     "output_errors",
     "record_errors",
     "resolve_errors",
-)
+    # socket owners: the owner programs' losses, and flows of local sockets
+    # whose owner is unknown (older than flowtop and not in its snapshot)
+    *(c.key for c in counters.COUNTERS if c.program == counters.OWNER
+      and c.name in counters.OWNER_LOSSES),
+    "owners_unattributed",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +185,8 @@ class CollectorHealth:
     output_errors: int = 0
     record_errors: int = 0
     resolve_errors: int = 0
+    # Flows settled as STATE_UNATTRIBUTED (the engine's owner join), each once
+    owners_unattributed: int = 0
 
     @property
     def problems(self) -> int:
@@ -184,4 +202,5 @@ class CollectorHealth:
         d["output_errors"] = self.output_errors
         d["record_errors"] = self.record_errors
         d["resolve_errors"] = self.resolve_errors
+        d["owners_unattributed"] = self.owners_unattributed
         return d

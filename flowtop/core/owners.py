@@ -19,7 +19,12 @@ import numpy as np
 from flowtop.core.cgroups import CgroupPaths
 from flowtop.core.procsockets import ProcSnapshot
 from flowtop.kernel.layout import FLOW_KEY_WORDS
-from flowtop.kernel.owner_records import OWNER_RECORD, OWNER_TUPLE_WORDS, OWNER_UNKNOWN
+from flowtop.kernel.owner_records import (
+    OWNER_FROM_PACKET,
+    OWNER_RECORD,
+    OWNER_TUPLE_WORDS,
+    OWNER_UNKNOWN,
+)
 from flowtop.sanitize import clean
 
 # OwnerColumns.state, per flow
@@ -27,6 +32,9 @@ STATE_NONE = 0  # no end is a local socket flowtop knows (a forwarded flow)
 STATE_ATTRIBUTED = 1  # an end's socket has a known owner
 # an end is a local socket of unknown owner (older than flowtop, not in the snapshot)
 STATE_UNATTRIBUTED = 2
+# The flow table's owner_state before the engine's join settled it (its blank):
+# a new row, or one whose socket's report may still come (Engine._join_owners).
+OWNER_PENDING = 255
 # OwnerColumns.end: which end of the flow key the owner is
 END_NONE = 0
 END_SRC = 1  # src/sport is the owner's socket (it sent the flow's packets)
@@ -35,6 +43,7 @@ UID_NONE = 0xFFFF_FFFF  # (uid_t)-1: never a real uid; uid 0 is root
 NAME_NONE = 0  # id of "nothing known" in every NameTable
 NAME_OTHER = 1  # id every name gets once its table is full (counted in `full`)
 COMM_MAX_LEN = 16
+_TCP = 6
 
 _T = OWNER_TUPLE_WORDS
 _K = FLOW_KEY_WORDS
@@ -395,7 +404,10 @@ class OwnerTable:
     same tuple, or from a snapshot socket with no remote end (a listener, an
     unconnected UDP socket) bound to its local address (or any address) and
     port. Those no-remote entries are kept apart (at most `max_wildcards`),
-    used only for that filling, and do not expire; every other entry is
+    used only for that filling, and do not expire. A TCP record of unknown
+    owner with its tuple read from the packet that nothing fills is the
+    kernel's own reply (a RST, a TIME_WAIT ACK) and is dropped: its flows
+    have no owner, as forwarded ones. Every other entry is
     dropped when no join matched it for `idle_timeout` seconds, so a flow
     keeps its owner after the process exits for as long as the flow lives.
     At most `max_entries` tuples are held: when full, the least recently
@@ -422,11 +434,18 @@ class OwnerTable:
         self._workloads: dict[int, tuple[int, int, int]] = {}  # cgroup id -> name ids
         self._comms: dict[bytes, int] = {}
         self._stats = dict.fromkeys(
-            ("unattributed", "dropped_full", "expired", "filled", "snapshot_errors"), 0
-        )
+            ("unattributed", "dropped_full", "expired", "filled", "snapshot_errors",
+             "kernel_replies"), 0,
+        )  # fmt: skip
 
     def __len__(self) -> int:
         return self._exact.count
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        """The cleaned cgroup v2 path of an id (None: 0, unknown, or no cgroups)."""
+        if not cgroup_id or self.cgroups is None:
+            return None
+        return self.cgroups.path(cgroup_id)
 
     # -- adding -------------------------------------------------------------
     def add_snapshot(self, snap: ProcSnapshot, now: float | None = None) -> None:
@@ -463,6 +482,22 @@ class OwnerTable:
         rows = self._upsert(self._exact, words, cols)
         rows = rows[rows >= 0]
         self._fill(rows[self._exact.cols["unknown"][rows]])
+        self._drop_kernel_replies(rows)
+
+    def _drop_kernel_replies(self, rows: np.ndarray) -> None:
+        """TCP tuples of unknown owner read from the packet (a socket with no
+        peer) that no snapshot listener filled are the kernel's own replies:
+        RSTs to closed ports and TIME_WAIT ACKs leave from the namespace's
+        TCP control socket, which no process created. Their flows have no
+        owner (STATE_NONE), like forwarded ones, rather than counting as
+        unattributed; counted in kernel_replies."""
+        ex = self._exact
+        c = ex.cols
+        kern = rows[c["unknown"][rows] & ((c["flags"][rows] & OWNER_FROM_PACKET) != 0)]
+        kern = kern[_T.field(ex.words[kern], "proto") == _TCP]
+        if len(kern):
+            ex.delete(kern)
+            self._stats["kernel_replies"] += len(kern)
 
     def _upsert(
         self, ents: _Entries, words: np.ndarray, cols: Mapping[str, np.ndarray]
@@ -612,7 +647,8 @@ class OwnerTable:
         """entries (socket tuples held), unknown_entries (of unknown owner),
         wildcards (no-remote snapshot sockets), unattributed (flows of the
         last join), dropped_full, expired, filled (unknown owners filled
-        from the snapshot), snapshot_errors, names_full, cgroup_misses."""
+        from the snapshot), snapshot_errors, kernel_replies (tuples of the
+        kernel's own TCP replies, dropped), names_full, cgroup_misses."""
         ex = self._exact
         return {
             "entries": ex.count,

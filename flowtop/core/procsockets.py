@@ -146,6 +146,9 @@ def cmdline(pid: int, proc: str = PROC) -> str | None:
     except OSError:
         return None
     text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    # Line breaks inside an argument (a `-c` script) read as spaces, not as
+    # words run together once clean() drops them.
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
     return clean(text, CMDLINE_MAX_LEN).strip()
 
 

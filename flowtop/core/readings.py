@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.core.tcphealth import HealthGroup, TcpUpdate
 from flowtop.kernel.collector import Drain
 
 if TYPE_CHECKING:
+    from flowtop.core.flowtable import FlowTable
+    from flowtop.core.owners import OwnerTable
     from flowtop.enrich import Enricher
 
 
@@ -31,6 +34,20 @@ class RemoteBytes:
     asn: np.ndarray  # int64, 0 = unknown
     country: np.ndarray  # object (str), "" = unknown
     nbytes: np.ndarray  # int64
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerBytes:
+    """One interval's bytes and packets of local flows by their socket
+    owner's service and container (object arrays of names, None: none), one
+    entry per distinct (service, container); unattributed: live flows of a
+    local socket whose owner is unknown, now."""
+
+    service: np.ndarray
+    container: np.ndarray
+    nbytes: np.ndarray  # int64
+    packets: np.ndarray  # int64
+    unattributed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +69,7 @@ class EngineReadings:
     poll_seconds: float  # how long the last successful step took
     polls: int
     tcp_groups: tuple[HealthGroup, ...]  # TCP verdicts, worst first
+    owners: OwnerBytes | None = None  # None without socket owners or a drain
 
 
 def remote_bytes(drain: Drain, enricher: Enricher) -> RemoteBytes:
@@ -82,4 +100,35 @@ def remote_bytes(drain: Drain, enricher: Enricher) -> RemoteBytes:
         return RemoteBytes(empty, empty, np.zeros(0, dtype=object), empty)
     return RemoteBytes(
         np.concatenate(dirs), np.concatenate(asns), np.concatenate(countries), np.concatenate(sizes)
+    )
+
+
+def owner_bytes(drain: Drain, owners: OwnerTable, table: FlowTable) -> OwnerBytes:
+    """The drain's bytes and packets by the service and container of each
+    flow's socket owner (OwnerTable.join of the drained keys: the reports of
+    this interval are in), and the table's unattributed flows."""
+    ids: list[np.ndarray] = []
+    sizes: list[np.ndarray] = []
+    for keys, stats in drain.batches:
+        if len(keys) == 0:
+            continue
+        cols = owners.join(keys)
+        # (service id, container id) as one word: a 1-D unique is much cheaper.
+        ids.append(cols.service.astype(np.uint64) << np.uint64(32) | cols.container)
+        sizes.append(np.stack([stats["bytes"], stats["packets"]], axis=1).astype(np.float64))
+    live = table.live_rows()
+    unattributed = int((table.column("owner_state", live) == STATE_UNATTRIBUTED).sum())
+    if not ids:
+        empty = np.zeros(0, dtype=np.int64)
+        none = np.zeros(0, dtype=object)
+        return OwnerBytes(none, none, empty, empty, unattributed)
+    uniq, inv = np.unique(np.concatenate(ids), return_inverse=True)
+    both = np.concatenate(sizes)
+    inv = inv.ravel()
+    return OwnerBytes(
+        owners.names.service.texts(uniq >> np.uint64(32)),
+        owners.names.container.texts(uniq & np.uint64(0xFFFF_FFFF)),
+        np.bincount(inv, weights=both[:, 0], minlength=len(uniq)).astype(np.int64),
+        np.bincount(inv, weights=both[:, 1], minlength=len(uniq)).astype(np.int64),
+        unattributed,
     )

@@ -9,6 +9,8 @@ same with 100k flows as with ten.
 Label sets are bounded: at most max_series (interface, direction, protocol)
 series; flows of further combinations are counted in one series labelled
 "other", and a series once created keeps its labels (counters stay monotonic).
+The families by socket owner (service, container) are bounded the same way,
+each on its own.
 
 Which per-flow fields feed which family, under what name and help, is in
 core/fields.py (Field.metrics): every kernel counter with a family labelled
@@ -67,6 +69,17 @@ RTT = _metric("rtt_us", ("ifname",))
 RETRANSMITS = _metric("retrans", ("ifname",))
 RTO = _metric("rto", ("ifname",))
 REMOTE_BYTES = _metric("bytes", ("direction", "asn", "country"))
+# Bytes and packets by the socket owner's service and container (add_owners):
+# (label, family name, help's "by ..." part).
+OWNER_FAMILIES = (
+    (
+        "service",
+        "flowtop_service",
+        "the systemd unit (service or scope) of the local socket's owner",
+    ),
+    ("container", "flowtop_container", "the container id of the local socket's owner"),
+)
+OWNER_OTHER = "other"  # the label of the series past max_series (no unit or id is "other")
 # Kernel counters exported as totals, with what they count.
 KERNEL_COUNTERS = counters.PROMETHEUS_HELP
 
@@ -89,6 +102,9 @@ class MetricsSnapshot:
     verdicts: tuple[tuple[str, str, int], ...] = ()  # scope, group, 1 = degraded
     verdict_counts: tuple[tuple[str, int], ...] = ()  # verdict, groups
     remote: tuple[tuple[tuple[str, str, str], int], ...] = ()  # (direction, asn, country), bytes
+    # per OWNER_FAMILIES label: (name, bytes, packets) per series
+    owners: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    owner_unattributed: int = 0  # live flows of local sockets of unknown owner
 
 
 # RTT histogram buckets, seconds: LAN to intercontinental to a bad day.
@@ -111,6 +127,9 @@ class FlowMetrics:
         self._rto: dict[int, int] = {}
         self._remote: dict[tuple[int, int, str], int] = {}
         self._remote_other = [0, 0]
+        # OWNER_FAMILIES label -> name -> [bytes, packets]; OWNER_OTHER is the overflow
+        self._owners: dict[str, dict[str, list[int]]] = {lbl: {} for lbl, _, _ in OWNER_FAMILIES}
+        self._owner_unattributed = 0
         # Told about a scrape that failed (the HTTP thread); Outputs counts it
         # in the engine's output_errors. Without one: errors["scrape"].
         self.on_error: Callable[[BaseException], None] | None = None
@@ -154,6 +173,44 @@ class FlowMetrics:
                 self._remote_other[k[0] & 1] += int(b)
                 continue
             self._remote[k] = (slot or 0) + int(b)
+
+    def add_owners(
+        self,
+        service: np.ndarray,
+        container: np.ndarray,
+        nbytes: np.ndarray,
+        packets: np.ndarray,
+        unattributed: int,
+    ) -> None:
+        """One interval's bytes and packets of local flows with their owner's
+        service and container names (object arrays, None: no name; such
+        flows count in neither family), at most max_series series each (the
+        last one "other"); unattributed: how many live flows are of a local
+        socket whose owner is unknown now (the gauge)."""
+        self._owner_unattributed = int(unattributed)
+        if len(nbytes) == 0:
+            return
+        b = np.asarray(nbytes, dtype=np.float64)
+        p = np.asarray(packets, dtype=np.float64)
+        for label, names in (("service", service), ("container", container)):
+            keys = np.array([n or "" for n in names.tolist()], dtype=object)
+            uniq, inv = np.unique(keys.astype(str), return_inverse=True)
+            sums = zip(
+                uniq.tolist(),
+                np.bincount(inv.ravel(), weights=b, minlength=len(uniq)).tolist(),
+                np.bincount(inv.ravel(), weights=p, minlength=len(uniq)).tolist(),
+                strict=True,
+            )
+            series = self._owners[label]
+            for name, nb, npk in sums:
+                if not name:
+                    continue
+                slot = series.get(name)
+                if slot is None:
+                    full = len(series) - (OWNER_OTHER in series) >= self.max_series - 1
+                    slot = series.setdefault(OWNER_OTHER if full else name, [0, 0])
+                slot[0] += int(nb)
+                slot[1] += int(npk)
 
     def add_drain(self, drain: Drain) -> None:
         """Fold one interval's drained flows into the (ifindex, dir, proto) totals."""
@@ -235,6 +292,11 @@ class FlowMetrics:
             verdicts=tuple(verdicts),
             verdict_counts=tuple(counts),
             remote=tuple(remote),
+            owners={
+                lbl: tuple((n, v[0], v[1]) for n, v in series.items())
+                for lbl, series in self._owners.items()
+            },
+            owner_unattributed=self._owner_unattributed,
         )
 
     @property
@@ -314,6 +376,7 @@ class FlowtopCollector(Collector):
             exp.add_metric([outcome], s.exporter.get(f"records_{outcome}", 0))
         yield exp
         yield from self._tcp(s)
+        yield from self._owner_families(s)
         errs = CounterMetricFamily("flowtop_errors", "errors by subsystem", labels=["subsystem"])
         merged = dict(s.errors)
         merged["drain"] = s.health.drain_errors
@@ -326,6 +389,26 @@ class FlowtopCollector(Collector):
         for sub, n in sorted(merged.items()):
             errs.add_metric([sub], n)
         yield errs
+
+    @staticmethod
+    def _owner_families(s: MetricsSnapshot) -> Iterator[Metric]:
+        for label, name, by in OWNER_FAMILIES:
+            nbytes = CounterMetricFamily(
+                f"{name}_bytes", f"IP bytes of local flows by {by}", labels=[label]
+            )
+            packets = CounterMetricFamily(
+                f"{name}_packets", f"packets of local flows by {by}", labels=[label]
+            )
+            for value, b, p in s.owners.get(label, ()):
+                nbytes.add_metric([value], b)
+                packets.add_metric([value], p)
+            yield nbytes
+            yield packets
+        yield GaugeMetricFamily(
+            "flowtop_owner_unattributed_flows",
+            "live flows of a local socket whose owner (process) is unknown",
+            value=s.owner_unattributed,
+        )
 
     @staticmethod
     def _tcp(s: MetricsSnapshot) -> Iterator[Metric]:

@@ -15,14 +15,17 @@ import numpy as np
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from flowtop.kernel import build, devices, layout
+from flowtop.kernel import build, counters, devices, layout
 from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
 from flowtop.kernel.build import Build
+from flowtop.kernel.owner_records import OWNER_RECORD
 from flowtop.kernel.program import ProgramOptions, TcProgram, require_root
 from flowtop.kernel.program import request as tc_request
 from flowtop.kernel.tcx import TcxAttacher, resolve_attach_mode
 
 if TYPE_CHECKING:
+    from flowtop.core.procsockets import ProcSnapshot
+    from flowtop.kernel.owners import OwnerCollector
     from flowtop.kernel.sockops import SockOpsTracker
 from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError, InterfaceError, Interrupted
@@ -45,6 +48,10 @@ class Drain:
     # (part, why) of what could not be read this time while the flows were:
     # the engine counts each in drain_errors.
     errors: tuple[tuple[str, str], ...] = ()
+    # owner_records.OWNER_RECORDs reported since the last drain (read after the
+    # flows, so a packet counted this interval has its socket's report here or,
+    # rarely, in the next drain); None: no socket owners (off, or failed to start).
+    owners: np.ndarray | None = None
 
 
 class InterfaceSelector:
@@ -74,8 +81,11 @@ class KernelCollector:
     """checkpoint: called during start-up, while the compiles run (every
     50 ms), before each attach and around sock_ops; a stop request raises
     there (StopSignal.check) and the caller's close() removes what is
-    attached. The TC program and the sock_ops program (sockops=True only)
-    compile in two child processes at once (flowtop.kernel.build)."""
+    attached. The TC program, the sock_ops program (sockops=True only) and
+    the socket owner programs (owners=True only) compile in child processes
+    at once (flowtop.kernel.build). sock_ops and the owner programs are
+    optional: either failing is one warning line and the run goes on
+    without it (sockops_error, owners_error say why)."""
 
     def __init__(
         self,
@@ -86,11 +96,20 @@ class KernelCollector:
         sockops: bool = True,
         passive_rtt: bool = True,
         checkpoint: Callable[[], None] = _no_checkpoint,
+        owners: bool = True,
+        owner_rereport: float | None = None,
     ) -> None:
         self._checkpoint = checkpoint
+        self._owner_rereport = owner_rereport  # None: OwnerCollector's default
         self.selector = InterfaceSelector(interfaces)
         self.sockops: SockOpsTracker | None = None
         self.sockops_error: str | None = None
+        # Socket owners: the collector once attached, and the /proc snapshot of
+        # the sockets older than its programs (taken right after they attach).
+        self.owners: OwnerCollector | None = None
+        self.owners_error: str | None = None
+        self.owner_snapshot: ProcSnapshot | None = None
+        self._owner_build: OwnerCollector | None = None
         tracker: SockOpsTracker | None = None
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
@@ -109,6 +128,8 @@ class KernelCollector:
             tc_build = build.take(tc_request(options))  # begun early by the cli
             if sockops:
                 tracker = self._begin_sockops()
+            if owners:
+                self._owner_build = self._begin_owners()
             program = TcProgram(options, checkpoint, tc_build)
             checkpoint()
         except BaseException:
@@ -117,6 +138,9 @@ class KernelCollector:
             self._ipr.close()
             if tracker is not None:
                 tracker.close()
+            if self._owner_build is not None:
+                self._owner_build.close()
+                self._owner_build = None
             if program is not None:
                 program.close()
             elif tc_build is not None:
@@ -168,6 +192,8 @@ class KernelCollector:
                 log.warning("skipping %s: %s", name, exc)
         self._checkpoint()
         self._start_sockops()
+        self._checkpoint()
+        self._start_owners()
         self._checkpoint()
         return self.interfaces()
 
@@ -285,6 +311,46 @@ class KernelCollector:
         if self.sockops is None and self.sockops_error is not None:
             log.warning("local TCP health (sock_ops) disabled: %s", self.sockops_error)
 
+    def _begin_owners(self) -> OwnerCollector | None:
+        """Socket owners' checks and compile (OwnerCollector.begin), beside the
+        TC build; a failure is told when start() gets to it."""
+        from flowtop.kernel.owners import OwnerCollector
+
+        owner = OwnerCollector(rereport=self._owner_rereport)
+        try:
+            owner.begin()
+        except FlowtopError as exc:
+            owner.close()
+            self.owners_error = str(exc)
+            return None
+        return owner
+
+    def _start_owners(self) -> None:
+        """Socket owners attached, then the /proc snapshot: every socket is then
+        either seen by the programs (made after they attached) or older and in
+        the snapshot. Without them flowtop still runs (no attribution)."""
+        owner, self._owner_build = self._owner_build, None
+        if owner is not None:
+            try:
+                owner.finish(self._checkpoint)
+            except Interrupted:
+                raise  # a stop request (finish() closed it)
+            except FlowtopError as exc:
+                owner.close()
+                self.owners_error = str(exc)
+            else:
+                from flowtop.core.procsockets import snapshot
+
+                self.owners = owner
+                self.owner_snapshot = snap = snapshot(owner.cgroup)
+                log.info(
+                    "socket owners on %s; %d older sockets of %d processes in %d network "
+                    "namespaces from /proc (%d unreadable)",
+                    owner.cgroup, len(snap.records), snap.processes, snap.namespaces, snap.errors,
+                )  # fmt: skip
+        if self.owners is None and self.owners_error is not None:
+            log.warning("socket owners (process attribution) disabled: %s", self.owners_error)
+
     def drain(self) -> Drain:
         """The interval just ended. A flow map that cannot be read raises (the
         engine counts it and skips the interval); a TCP sample map that cannot
@@ -310,7 +376,16 @@ class KernelCollector:
             tcp = np.zeros(0, dtype=layout.TCP_SAMPLE)
         else:
             tcp = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return Drain(batches, now, interval, tcp, tuple(errors))
+        owners: np.ndarray | None = None
+        if self.owners is not None:
+            try:
+                owners = self.owners.drain()
+            except (FlowtopError, OSError) as exc:
+                # What was not read stays in the map for the next drain
+                # (unless it fills: owner_endpoints_full counts that).
+                owners = np.zeros(0, dtype=OWNER_RECORD)
+                errors.append(("reading the socket owners", str(exc)))
+        return Drain(batches, now, interval, tcp, tuple(errors), owners)
 
     def interface_counters(self) -> list[InterfaceCounters]:
         raw = self.program.iface_counters(self._seen)
@@ -329,6 +404,9 @@ class KernelCollector:
         kernel = self.program.counters()
         if self.sockops is not None:
             kernel.update({f"sockops_{k}": v for k, v in self.sockops.counters().items()})
+        if self.owners is not None:
+            got = self.owners.counters()
+            kernel.update({f"{counters.OWNER}_{k}": got[k] for k in counters.OWNER_LOSSES})
         return CollectorHealth(
             kernel=kernel,
             forced_evictions=forced_evictions,
@@ -354,4 +432,7 @@ class KernelCollector:
             for tracker in (self.sockops, self._tracker):
                 if tracker is not None:
                     tracker.close()
+            for owner in (self.owners, self._owner_build):
+                if owner is not None:
+                    owner.close()
             self.program.close()

@@ -10,16 +10,24 @@
            | proto NAME|N | tcp | udp | icmp | icmpv6 | sctp
            | iface NAME (glob) | in | out | vlan N
            | [src|dst] asn N | [src|dst] country CC | [src|dst] label NAME (glob)
+           | proc GLOB | pid N | user NAME|UID | service GLOB
+           | container ID-PREFIX | unattributed
 
 A is an IPv4 or IPv6 address, P a port number or a service name from
 /etc/services. A parsed filter evaluates over a whole table at once: it
 gets the key columns and returns a boolean mask, no Python per flow.
+
+The owner terms (proc, pid, user, service, container, unattributed) test the
+socket owner the engine joined to each flow (query/owners.py): proc is the
+command name (comm), user a login name resolved once here or a numeric uid,
+container a case-insensitive prefix of the container id (hex).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import pwd
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -28,8 +36,10 @@ from typing import Protocol
 
 import numpy as np
 
+from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.errors import FlowtopError
 from flowtop.kernel import layout
+from flowtop.query import owners as own
 
 PROTOCOLS = {
     "icmp": 1,
@@ -73,6 +83,8 @@ class Columns:
     # Entity ids of both ends and what they mean; None without enrichment.
     ents: tuple[np.ndarray, np.ndarray] | None = None
     entities: EntityAttrs | None = None
+    # The rows' socket owners; None when attribution is off.
+    owners: own.OwnerRows | None = None
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
@@ -87,6 +99,12 @@ class Columns:
         # Id 0 is "nothing known"; -1 (not looked up yet) means the same here.
         out: np.ndarray = values[np.maximum(eids, 0)]
         return out
+
+    def owner(self, term: str) -> own.OwnerRows:
+        """The rows' owners, for a filter term."""
+        if self.owners is None:
+            raise FilterError(f"{term}: no socket owners (process attribution is off)")
+        return self.owners
 
     def __len__(self) -> int:
         return len(self.words)
@@ -190,6 +208,29 @@ def _glob(pattern: str) -> Callable[[np.ndarray], np.ndarray]:
         return out
 
     return test
+
+
+def _owner_eq(term: str, column: str, value: int) -> Mask:
+    return lambda c: c.owner(term).column(column) == value
+
+
+def _owner_name(term: str, column: str, key: str, test: Callable[[str], bool]) -> Mask:
+    """Flows whose owner name (an id column) passes test: each name of the
+    table tested once (cached until it grows), then indexed by the ids."""
+
+    def f(c: Columns) -> np.ndarray:
+        rows = c.owner(term)
+        ids = rows.column(column)  # before the names: the table only grows
+        hit = rows.arrays.matches(column, key, test)
+        out = np.zeros(len(ids), dtype=bool)
+        ok = ids < len(hit)
+        out[ok] = hit[ids[ok]]
+        return out
+
+    return f
+
+
+_HEX = re.compile(r"[0-9a-fA-F]+")
 
 
 def _iface(pattern: str) -> Mask:
@@ -310,6 +351,8 @@ class _Parser:
             return _field_eq("vlan", self.number("a VLAN ID", 0, 4095))
         if word in ("asn", "as", "country", "label"):
             return self.entity_term(None, word)
+        if word in ("proc", "pid", "user", "service", "container", "unattributed"):
+            return self.owner_term(word)
         raise FilterError(f"unknown filter term {tok!r} ({where})")
 
     def entity_term(self, which: str | None, word: str) -> Mask:
@@ -329,6 +372,36 @@ class _Parser:
             cc = tok.upper()
             return _entity(which, "country", lambda v: v == cc)
         return _entity(which, "label", _glob(self.need("a label name")))
+
+    def owner_term(self, word: str) -> Mask:
+        if word == "unattributed":
+            return _owner_eq(word, "owner_state", STATE_UNATTRIBUTED)
+        if word == "pid":
+            return _owner_eq(word, "pid", self.number("a process id", 1, 0xFFFF_FFFF))
+        if word == "user":
+            return _owner_eq(word, "uid", self.user())
+        where = self.where()
+        if word == "container":
+            tok = self.need("a container id prefix")
+            if not _HEX.fullmatch(tok):
+                raise FilterError(f"not a container id prefix (hex): {tok!r} ({where})")
+            return _owner_name(word, "container_id", f"prefix:{tok.lower()}", own.prefix_test(tok))
+        column = "comm_id" if word == "proc" else "service_id"
+        pattern = self.need("a process name" if word == "proc" else "a service name")
+        return _owner_name(word, column, f"glob:{pattern}", own.glob_test(pattern))
+
+    def user(self) -> int:
+        """A uid, or a login name looked up once, now (an unknown name is an error)."""
+        where = self.where()
+        tok = self.need("a user name or uid")
+        if tok.isdigit():
+            if int(tok) >= 0xFFFF_FFFF:  # (uid_t)-1 is no uid
+                raise FilterError(f"uid out of range: {tok} ({where})")
+            return int(tok)
+        try:
+            return pwd.getpwnam(tok).pw_uid
+        except KeyError:
+            raise FilterError(f"unknown user: {tok!r} ({where})") from None
 
     def host(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         where = self.where()

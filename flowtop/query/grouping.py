@@ -9,12 +9,13 @@ ignores masked off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from flowtop.core.flowindex import hash_words
 from flowtop.kernel import layout
+from flowtop.query.owners import OWNER_COLUMNS
 
 _KEY = layout.FLOW_KEY_WORDS
 # The key members that identify a group (port: see group_words).
@@ -68,6 +69,8 @@ class Aggregate:
     flags: np.ndarray
     flows: np.ndarray
     ids: np.ndarray  # u64 identity of each row (flow or group)
+    # owners.OWNER_COLUMNS of a representative flow per row, when read
+    owner: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def aggregate(
@@ -75,7 +78,9 @@ def aggregate(
 ) -> Aggregate:
     """One row per flow (group "flow") or per group of the flows' key words
     and gathered table columns; gid: each flow's group id when the caller
-    knows it (entity groups), else a hash of group_words."""
+    knows it (entity and owner groups), else a hash of group_words. The
+    owner columns in cols, when there, are carried (a representative's)."""
+    owner = {n: cols[n] for n in OWNER_COLUMNS if n in cols}
     known = (cols["retrans_source"] > 0).astype(np.int64)
     if group == "flow":
         return Aggregate(
@@ -94,6 +99,7 @@ def aggregate(
             cols["tcp_flags"],
             np.ones(len(words), dtype=np.int64),
             hash_words(words),
+            owner,
         )
     if gid is None:
         gid = hash_words(group_words(words, group))
@@ -123,4 +129,5 @@ def aggregate(
         red(np.bitwise_or, cols["tcp_flags"]),
         np.diff(np.concatenate((starts, [len(g)]))),
         g[starts],
+        {n: c[rep] for n, c in owner.items()},
     )

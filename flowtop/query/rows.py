@@ -10,10 +10,12 @@ import numpy as np
 
 from flowtop.core.flowtable import NS
 from flowtop.core.model import proto_name
+from flowtop.core.owners import UID_NONE
 from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, group_value
 from flowtop.query.grouping import Aggregate, service_port
-from flowtop.query.types import ENTITY_GROUPS, ViewRow
+from flowtop.query.owners import GROUP_COLUMN, NO_OWNER, OwnerArrays
+from flowtop.query.types import ENTITY_GROUPS, OWNER_GROUPS, ViewRow
 from flowtop.sanitize import clean
 
 # The columns each group keeps (the others are None in its rows).
@@ -28,6 +30,9 @@ _GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "asn": (),
     "country": (),
     "label": (),
+    "process": (),
+    "service": (),
+    "container": (),
 }
 
 
@@ -54,6 +59,24 @@ def _ends(
     return out
 
 
+def _owner(a: Aggregate, i: int, oa: OwnerArrays | None) -> dict[str, object]:
+    """A flow row's owner: ids and names, None where unknown."""
+    if oa is None or "owner_state" not in a.owner:
+        return {}
+    o = {n: int(c[i]) for n, c in a.owner.items()}
+    pid, uid = o["pid"], o["uid"]
+    return {
+        "pid": pid or None,
+        "uid": None if uid == UID_NONE else uid,
+        "comm": oa.name("comm_id", o["comm_id"]),
+        "service": oa.name("service_id", o["service_id"]),
+        "container": oa.name("container_id", o["container_id"]),
+        "pod": oa.name("pod_id", o["pod_id"]),
+        "cgroup": oa.cgroup_path(o["cgroup_id"]),
+        "owner_state": o["owner_state"],
+    }
+
+
 def view_row(
     a: Aggregate,
     i: int,
@@ -62,6 +85,7 @@ def view_row(
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
     group_eid: np.ndarray | None = None,
+    oa: OwnerArrays | None = None,
 ) -> ViewRow:
     """Row i of a, as a query grouped by `group` shows it; offset: the
     table's clock offset (monotonic ns -> wall-clock seconds)."""
@@ -78,6 +102,10 @@ def view_row(
     if group in ENTITY_GROUPS:
         eid = int(group_eid[i]) if group_eid is not None else 0
         gval = group_value(group, ea, eid)
+    elif group in OWNER_GROUPS:
+        column = GROUP_COLUMN[group]
+        nid = int(a.owner[column][i]) if column in a.owner else 0
+        gval = (oa.name(column, nid) if oa is not None else None) or NO_OWNER
     rtt = int(a.rtt[i])
     return ViewRow(
         key=f"{group}:{int(a.ids[i]):016x}",
@@ -102,4 +130,5 @@ def view_row(
         retransmits=int(a.retrans[i]) if a.retr_known[i] else None,
         group=gval,
         **_ends(a, i, ea, shown),  # type: ignore[arg-type]
+        **(_owner(a, i, oa) if group == "flow" else {}),  # type: ignore[arg-type]
     )

@@ -20,6 +20,7 @@ from flowtop.core.engine import Engine
 from flowtop.core.model import InterfaceCounters
 from flowtop.query.entities import EntityArrays
 from flowtop.query.filterexpr import Filter, FilterError, parse
+from flowtop.query.owners import OwnerArrays, available
 from flowtop.query.tablequery import query_table
 from flowtop.query.types import InterfaceRow, Snapshot, ViewQuery, ViewRow
 from flowtop.sanitize import clean
@@ -91,6 +92,7 @@ class TableSource:
         self._now = time.time()
         self._ea: EntityArrays | None = None
         self._ea_of: object = None
+        self._oa: OwnerArrays | None = None
 
     # subclasses say what time it is (replay: the recorded time)
     def now(self) -> float:
@@ -122,12 +124,14 @@ class TableSource:
                 self._filter = flt
             ifnames = dict(self.engine.collector.names())
             ea = self._entity_arrays()
+            oa = self._owner_arrays()
+            table = self.engine.table
             try:
-                rows, matched = query_table(self.engine.table, query, flt, ifnames, ea)
+                rows, matched = query_table(table, query, flt, ifnames, ea, oa)
             except FilterError as exc:  # a term the data cannot answer (no enrichment)
                 error = str(exc)
                 self._filter = parse("")
-                rows, matched = query_table(self.engine.table, query, self._filter, ifnames, ea)
+                rows, matched = query_table(table, query, self._filter, ifnames, ea, oa)
             self._remember(rows)
             health = self.engine.health()
             counters = health.as_dict()
@@ -156,6 +160,15 @@ class TableSource:
             self._ea = EntityArrays(enricher)
             self._ea_of = enricher
         return self._ea
+
+    def _owner_arrays(self) -> OwnerArrays | None:
+        # Engines without attribution (off, failed to start) have owners None.
+        owners = getattr(self.engine, "owners", None)
+        if owners is None or not available():
+            return None
+        if self._oa is None or self._oa.owners is not owners:
+            self._oa = OwnerArrays(owners)
+        return self._oa
 
     def _remember(self, rows: list[ViewRow]) -> None:
         for r in rows:

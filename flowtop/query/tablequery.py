@@ -18,8 +18,15 @@ from flowtop.query.entities import EntityArrays, entity_groups
 from flowtop.query.filterexpr import Columns, Filter
 from flowtop.query.grouping import aggregate
 from flowtop.query.ordering import smallest, sort_order
+from flowtop.query.owners import (
+    GROUP_COLUMN,
+    OwnerArrays,
+    OwnerRows,
+    owner_columns,
+    owner_groups,
+)
 from flowtop.query.rows import view_row
-from flowtop.query.types import ENTITY_GROUPS, ViewQuery, ViewRow
+from flowtop.query.types import ENTITY_GROUPS, OWNER_GROUPS, ViewQuery, ViewRow
 
 # Sort keys of the flow view that are one table column each: the counters and
 # times the kernel gives and the rates the table derives (core/fields.py).
@@ -33,8 +40,25 @@ def _ents(table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return table.column("src_ent", rows), table.column("dst_ent", rows)
 
 
+def _columns(
+    table: FlowTable, rows: np.ndarray, group: str, oa: OwnerArrays | None
+) -> dict[str, np.ndarray]:
+    """The view's columns at rows, with the owner columns the group shows
+    when attribution is on (all for flows, the group's own for an owner group)."""
+    cols = table.gather_columns(rows)
+    if oa is not None and group == "flow":
+        cols.update(owner_columns(table, rows))
+    elif oa is not None and group in OWNER_GROUPS:
+        cols.update(owner_columns(table, rows, (GROUP_COLUMN[group],)))
+    return cols
+
+
 def _matching(
-    table: FlowTable, flt: Filter, ifnames: Mapping[int, str], ea: EntityArrays | None = None
+    table: FlowTable,
+    flt: Filter,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
+    oa: OwnerArrays | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Live rows passing the filter (and their key words, when read)."""
     rows = table.live_rows()
@@ -42,7 +66,8 @@ def _matching(
         return rows, None
     words = table.words_at(rows)
     ents = _ents(table, rows) if ea is not None else None
-    keep = flt(Columns(words, ifnames, ents, ea))
+    owners = OwnerRows(table, rows, oa) if oa is not None else None
+    keep = flt(Columns(words, ifnames, ents, ea, owners))
     return rows[keep], words[keep]
 
 
@@ -52,6 +77,7 @@ def _top_flows(
     flt: Filter,
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
+    oa: OwnerArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The flow view sorted by a counter: only the top rows are gathered.
 
@@ -59,7 +85,7 @@ def _top_flows(
     other columns only for the rows on screen, so a refresh costs little
     more with 100k flows than with 1k.
     """
-    rows, _ = _matching(table, flt, ifnames, ea)
+    rows, _ = _matching(table, flt, ifnames, ea, oa)
     matched = len(rows)
     if matched == 0:
         return [], 0
@@ -71,10 +97,10 @@ def _top_flows(
     limit = min(query.limit, matched)
     top = smallest(vals, limit)
     sel = rows[top]
-    agg = aggregate(table.words_at(sel), table.gather_columns(sel), "flow")
+    agg = aggregate(table.words_at(sel), _columns(table, sel, "flow", oa), "flow")
     order = np.lexsort((agg.ids, vals[top]))[:limit]
     off = table.clock_offset
-    return [view_row(agg, int(i), "flow", off, ifnames, ea) for i in order], matched
+    return [view_row(agg, int(i), "flow", off, ifnames, ea, None, oa) for i in order], matched
 
 
 def query_table(
@@ -83,11 +109,14 @@ def query_table(
     flt: Filter,
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
+    oa: OwnerArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
-    """The query's top rows and how many rows (flows or groups) matched."""
+    """The query's top rows and how many rows (flows or groups) matched;
+    oa: the socket owners' names (None: attribution off, every flow in the
+    "-" group of an owner group)."""
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
-        return _top_flows(table, query, flt, ifnames, ea)
-    rows, words = _matching(table, flt, ifnames, ea)
+        return _top_flows(table, query, flt, ifnames, ea, oa)
+    rows, words = _matching(table, flt, ifnames, ea, oa)
     if len(rows) == 0:
         return [], 0
     if words is None:
@@ -97,10 +126,17 @@ def query_table(
     if query.group_by in ENTITY_GROUPS:
         ents = _ents(table, rows) if ea is not None else None
         gid, group_eid = entity_groups(query.group_by, words, ents, ea)
-    agg = aggregate(words, table.gather_columns(rows), query.group_by, gid)
+    cols = _columns(table, rows, query.group_by, oa)
+    if query.group_by in OWNER_GROUPS:
+        gid = (
+            owner_groups(query.group_by, cols)
+            if oa is not None
+            else np.zeros(len(rows), dtype=np.uint64)
+        )
+    agg = aggregate(words, cols, query.group_by, gid)
     order = sort_order(agg, query.sort, query.descending, query.limit, ifnames)
     out = [
-        view_row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid)
+        view_row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid, oa)
         for i in order
     ]
     return out, len(agg.ids)

@@ -12,9 +12,15 @@ from typing import Protocol
 
 from flowtop.core.tcphealth import HealthGroup
 
-GROUPS = ("flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label")
+GROUPS = (
+    "flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label",
+    "process", "service", "container",
+)  # fmt: skip
 # Groups by what enrichment knows of each flow's remote end.
 ENTITY_GROUPS = ("asn", "country", "label")
+# Groups by the flow's socket owner (query/owners.py): process is the command
+# name (comm), so the workers of one program are one row.
+OWNER_GROUPS = ("process", "service", "container")
 SORT_KEYS = (
     "bps",
     "pps",
@@ -84,7 +90,18 @@ class ViewRow:
     dst_country: str | None = None
     src_label: str | None = None
     dst_label: str | None = None
-    group: str | None = None  # the value of an asn/country/label group
+    group: str | None = None  # the value of an asn/country/label/owner group
+    # The socket owner of a flow row (query/owners.py; names cleaned), None
+    # when unknown or in groups. owner_state: owners.STATE_*, None without
+    # attribution.
+    pid: int | None = None
+    uid: int | None = None
+    comm: str | None = None
+    service: str | None = None
+    container: str | None = None
+    pod: str | None = None
+    cgroup: str | None = None  # the cgroup v2 path
+    owner_state: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

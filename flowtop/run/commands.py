@@ -73,6 +73,7 @@ def run_dump(
             entity_of=engine.enricher.entity if engine.enricher is not None else None,
             name_of=resolver.name if resolver is not None else None,
             health=engine.tcp_health.groups(),
+            owners=engine.owners,
         )
         emit(flows, ifname, ifaces, health, as_json, extras=extras)
         if failure is not None:

@@ -27,6 +27,7 @@ from flowtop.core.model import (
     proto_name,
     tcp_flags_str,
 )
+from flowtop.core.owners import STATE_ATTRIBUTED, STATE_UNATTRIBUTED, OwnerNames
 from flowtop.core.tcphealth import HealthGroup
 from flowtop.sanitize import clean
 
@@ -102,13 +103,55 @@ EntityOf = Callable[[int], EntityLike | None]
 NameOf = Callable[[str], str | None]
 
 
+class OwnerLookup(Protocol):
+    """What dump needs of the engine's OwnerTable: the name tables behind the
+    records' *_id columns and cgroup id -> path (both cleaned already)."""
+
+    @property
+    def names(self) -> OwnerNames: ...
+
+    def cgroup_path(self, cgroup_id: int) -> str | None: ...
+
+
+# SHOWN owner fields: the record's id column and the OwnerNames table it points into.
+_OWNER_NAMES = {"comm": "comm_id", "service": "service_id", "container": "container_id",
+                "pod": "pod_id"}  # fmt: skip
+
+
+def _owner_value(name: str, r: FlowRecord, owners: OwnerLookup | None) -> str | None:
+    """comm, service, container, pod or cgroup of a record; None when unknown."""
+    if owners is None:
+        return None
+    if name == "cgroup":
+        return owners.cgroup_path(r.cgroup_id) if r.cgroup_id else None
+    nid: int = getattr(r, _OWNER_NAMES[name])
+    table = getattr(owners.names, name)
+    return table.get(nid) if nid else None
+
+
+def _process(r: FlowRecord, owners: OwnerLookup | None) -> str:
+    """The PROCESS cell: comm/pid, "(unattributed)" for a local socket of
+    unknown owner, "" for none (forwarded)."""
+    if r.owner_state == STATE_UNATTRIBUTED:
+        return "(unattributed)"
+    if r.owner_state != STATE_ATTRIBUTED:
+        return ""
+    comm = _owner_value("comm", r, owners) or "?"
+    return f"{comm}/{r.pid}" if r.pid is not None else comm
+
+
 def _entity(r: FlowRecord, id_field: str, entity_of: EntityOf | None) -> EntityLike | None:
     eid: int = getattr(r, id_field)
     return entity_of(eid) if entity_of is not None and eid >= 0 else None
 
 
 def _json_value(
-    f: Field, r: FlowRecord, ifname: str, entity_of: EntityOf | None, name_of: NameOf | None
+    f: Field,
+    r: FlowRecord,
+    ifname: str,
+    entity_of: EntityOf | None,
+    name_of: NameOf | None,
+    owners: OwnerLookup | None = None,
 ) -> object:
     k = r.key
     if f.entity is not None:
@@ -126,6 +169,8 @@ def _json_value(
     if f.json_when == fields.NAMES:
         assert name_of is not None
         return name_of(str(getattr(k, fields.member(f.name))))
+    if f.name in _OWNER_NAMES or f.name == "cgroup":
+        return _owner_value(f.name, r, owners)
     assert f.origin != fields.SHOWN, f"{f.name}: no JSON renderer"
     v = getattr(r, f.name)
     return iso(r.unix(v)) if f.unit == fields.MONO_NS else v
@@ -136,14 +181,16 @@ def flow_json(
     ifname: str,
     entity_of: EntityOf | None = None,
     name_of: NameOf | None = None,
+    owners: OwnerLookup | None = None,
 ) -> dict[str, object]:
     """One flow line: fields.JSON_FIELDS in order (keys that are only sometimes
-    there last: mpls_label on flows that carried a label, names when asked)."""
+    there last: mpls_label on flows that carried a label, names when asked).
+    owners: the engine's OwnerTable, for the owner names (null without)."""
     d: dict[str, object] = {"type": "flow"}
     for f in fields.JSON_FIELDS:
         if f.json_when == fields.NAMES and name_of is None:
             continue
-        v = _json_value(f, r, ifname, entity_of, name_of)
+        v = _json_value(f, r, ifname, entity_of, name_of, owners)
         if f.json_when == fields.KNOWN and v is None:
             continue
         d[str(f.json)] = v
@@ -152,11 +199,13 @@ def flow_json(
 
 @dataclass(frozen=True)
 class Extras:
-    """What dump prints beyond counters: names of entities, DNS names, health."""
+    """What dump prints beyond counters: names of entities, DNS names, health,
+    socket owners (the engine's OwnerTable)."""
 
     entity_of: EntityOf | None = None
     name_of: NameOf | None = None
     health: Sequence[HealthGroup] = ()
+    owners: OwnerLookup | None = None
 
 
 def write_json(
@@ -169,7 +218,10 @@ def write_json(
 ) -> None:
     for r in records:
         iface = ifname.get(r.key.ifindex, str(r.key.ifindex))
-        out.write(json.dumps(flow_json(r, iface, extras.entity_of, extras.name_of)) + "\n")
+        # json.dumps' default ensure_ascii writes every control and non-ASCII
+        # character as an escape: no untrusted name reaches a terminal raw.
+        line = flow_json(r, iface, extras.entity_of, extras.name_of, extras.owners)
+        out.write(json.dumps(line) + "\n")
     for g in extras.health:
         out.write(json.dumps(g.as_dict()) + "\n")
     for ic in ifaces:
@@ -213,7 +265,7 @@ def write_table(
     rows: list[tuple[str, ...]] = [tuple(t.header for _, t in cols)]
     for r in records:
         name = ifname.get(r.key.ifindex, str(r.key.ifindex))
-        rows.append(tuple(_cell(f, r, name, ent) for f, _ in cols))
+        rows.append(tuple(_cell(f, r, name, ent, extras.owners) for f, _ in cols))
     _print_rows(out, rows, right={i for i, (_, t) in enumerate(cols) if t.right})
     out.write("\n")
     irows: list[tuple[str, ...]] = [
@@ -264,11 +316,15 @@ def _shown(col: Text, records: list[FlowRecord], entities: bool) -> bool:
         return True
     if col.group == "entity":
         return entities
+    if col.group == "owner":  # some flow is a local socket's
+        return any(r.owner_state in (STATE_ATTRIBUTED, STATE_UNATTRIBUTED) for r in records)
     same = [f.name for f, t in fields.TEXT_COLUMNS if t.group == col.group]
     return any(getattr(r, n) is not None for r in records for n in same)
 
 
-def _cell(f: Field, r: FlowRecord, ifname: str, ent: EntityOf | None) -> str:
+def _cell(
+    f: Field, r: FlowRecord, ifname: str, ent: EntityOf | None, owners: OwnerLookup | None = None
+) -> str:
     """A text table cell."""
     k = r.key
     if f.name == "iface":
@@ -293,6 +349,8 @@ def _cell(f: Field, r: FlowRecord, ifname: str, ent: EntityOf | None) -> str:
         return clean(
             e.label or (f"AS{e.asn}" if e.asn else "") + (f" {e.country}" if e.country else "")
         )
+    if f.name == "process":
+        return _process(r, owners)
     assert f.origin != fields.SHOWN, f"{f.name}: no text renderer"
     v = getattr(k, fields.member(f.name)) if f.origin == fields.KEY else getattr(r, f.name)
     return "" if v is None else str(v)

@@ -98,6 +98,7 @@ class Parts:
         """Compiled and loaded, not attached; checkpoint is called between its
         steps (what it raises leaves nothing behind: the collector closes itself)."""
         from flowtop.kernel.collector import KernelCollector
+        from flowtop.kernel.owners import REREPORT_MAX
 
         return KernelCollector(
             interfaces=cfg.interfaces,
@@ -107,6 +108,10 @@ class Parts:
             sockops=cfg.sockops,
             passive_rtt=cfg.passive_rtt,
             checkpoint=checkpoint,
+            owners=cfg.owners,
+            # An idle socket's tuple must be reported again before the owner
+            # table forgets it (after an idle timeout without flows).
+            owner_rereport=min(REREPORT_MAX, cfg.idle_timeout / 2),
         )
 
     def replay(self, path: str, speed: float) -> ReplaySource:
@@ -251,6 +256,14 @@ class Run:
             check()
         self.names = kernel.start()  # checks stop between its steps and after the last
         check()
+        owner = getattr(kernel, "owners", None)  # stand-in collectors (tests) have none
+        if owner is not None:
+            from flowtop.core.cgroups import CgroupPaths
+            from flowtop.core.owners import OwnerTable
+
+            # Entries live as long as the flows (the engine keeps live ones alive).
+            owners = OwnerTable(CgroupPaths(owner.cgroup), idle_timeout=c.idle_timeout)
+            self.engine.use_owners(owners, kernel.owner_snapshot)
 
     def resolver(self, on_resolved: Callable[[], None] | None = None) -> ReverseResolver:
         """A reverse DNS resolver that this run closes (first of its parts).

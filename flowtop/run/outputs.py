@@ -105,6 +105,9 @@ class Outputs:
         if r.remote is not None:
             rb = r.remote
             self.metrics.add_remote(rb.direction, rb.asn, rb.country, rb.nbytes)
+        if r.owners is not None:
+            o = r.owners
+            self.metrics.add_owners(o.service, o.container, o.nbytes, o.packets, o.unattributed)
         self.metrics.add_tcp(r.tcp)
         exporter: dict[str, int] = {}
         if self.ipfix is not None:

@@ -28,6 +28,7 @@ from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
 from flowtop.tui.messages import NamesResolved, SnapshotReady
 from flowtop.tui.screens.detail import DetailScreen
+from flowtop.tui.screens.groupby import GroupByScreen
 from flowtop.tui.screens.help import HelpScreen
 from flowtop.tui.screens.main import MainScreen
 
@@ -263,7 +264,11 @@ class FlowtopApp(App[None]):
             return
         self.push_screen(
             HelpScreen(
-                [("Main view", list(MainScreen.BINDINGS)), ("Anywhere", list(self.BINDINGS))]
+                [
+                    ("Main view", list(MainScreen.BINDINGS)),
+                    ("Anywhere", list(self.BINDINGS)),
+                    ("Group by (g, then)", list(GroupByScreen.BINDINGS)[1:]),
+                ]
             )
         )
 

@@ -3,7 +3,9 @@
 Columns a grouping drops (every row has None there) are left out; RTT,
 retransmits and ASN/country only appear when some row has a value. What does
 not fit the width goes, least important first: in rate mode the totals go
-before the rates, in cumulative mode the rates go first.
+before the rates, in cumulative mode the rates go first. The socket owner
+columns (Process, Service, Container) come last in that order of priority:
+only where the width has room after every other column.
 
 A column showing a flow field is keyed by the field's name and takes its
 label, width and sort name from core/fields.py (Field.tui, Field.sort); its
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from flowtop.core import fields
+from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.query.types import ViewRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
@@ -71,6 +74,21 @@ def _asn(which: str) -> Callable[[ViewRow, Display, Names], str]:
     return f
 
 
+def _process(r: ViewRow, d: Display, names: Names) -> str:
+    """'comm/pid'; '?' for a local socket whose owner is unknown (unattributed)."""
+    if r.comm is None and r.pid is None:
+        return "?" if r.owner_state == STATE_UNATTRIBUTED else ""
+    comm = clean_name(r.comm or "")
+    return f"{comm}/{r.pid}" if r.pid else comm
+
+
+def _container(r: ViewRow, d: Display, names: Names) -> str:
+    # The short id, as `docker ps` shows it; the detail screen has it whole.
+    return clean_name(r.container or "")[:CONTAINER_SHORT]
+
+
+CONTAINER_SHORT = 12
+
 CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "src": _addr("src"),
     # ICMP has no source port: its key keeps type/code in dport only.
@@ -89,6 +107,9 @@ CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "src_as": _asn("src"),
     "dst_as": _asn("dst"),
     "group": lambda r, d, n: clean_name(r.group or ""),
+    "process": _process,
+    "service": lambda r, d, n: clean_name(r.service or ""),
+    "container": _container,
 }
 
 # The view's own columns: what a group has that a single flow does not.
@@ -96,16 +117,25 @@ _GROUP_ONLY = (
     Column("flows", "Flows", 5, "flows", numeric=True),
     Column("group", "Group", 18, None, grow=30),
 )
+# The socket owner of a flow (query/owners.py), shown where the width allows.
+_OWNER_COLUMNS = (
+    Column("process", "Process", 12, None, grow=12),
+    Column("service", "Service", 12, None, grow=18),
+    Column("container", "Container", CONTAINER_SHORT, None),
+)
 _FIELD_COLUMNS = tuple(
     Column(f.name, t.label, t.width, f.sort, t.numeric, t.grow)
     for f in fields.FIELDS
     if (t := f.tui) is not None
 )
-COLUMNS: dict[str, Column] = {c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY)}
+COLUMNS: dict[str, Column] = {c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY, *_OWNER_COLUMNS)}
 assert COLUMNS.keys() == CELLS.keys(), "a column without a cell, or a cell without a column"
 KEY_COLUMNS = ("group", "src", "sport", "dst", "dport", "proto", "iface")
 # Shown when some row has a value, after the counters.
 _EXTRAS = ("rtt_us", "retrans", "src_as", "dst_as")
+# Shown when some row has a value and there is room after everything else,
+# in this order; on screen they follow the key columns.
+OWNER_KEYS = tuple(c.key for c in _OWNER_COLUMNS)
 # What each column needs from a row to be worth showing.
 _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "group": lambda r: r.group is not None,
@@ -119,6 +149,9 @@ _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "retrans": lambda r: r.retransmits is not None,
     "src_as": lambda r: bool(r.src_asn or r.src_country or r.src_label),
     "dst_as": lambda r: bool(r.dst_asn or r.dst_country or r.dst_label),
+    "process": lambda r: r.comm is not None or r.owner_state == STATE_UNATTRIBUTED,
+    "service": lambda r: r.service is not None,
+    "container": lambda r: r.container is not None,
 }
 # Which key columns each grouping keeps (used when there are no rows yet).
 GROUP_COLUMNS = {
@@ -132,6 +165,9 @@ GROUP_COLUMNS = {
     "asn": ("group",),
     "country": ("group",),
     "label": ("group",),
+    "process": ("group",),
+    "service": ("group",),
+    "container": ("group",),
 }
 
 
@@ -153,12 +189,13 @@ def choose(
         metrics.insert(1, "flows")
     extras = [k for k in _EXTRAS if any(_PRESENT[k](r) for r in rows)]
     wanted = keys + metrics[:1]  # never dropped
-    optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:]
+    owners = [k for k in OWNER_KEYS if any(_PRESENT[k](r) for r in rows)]
+    optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:] + owners
     cols = [COLUMNS[k] for k in wanted]
     for k in optional:
         if _span([*cols, COLUMNS[k]]) <= width:
             cols.append(COLUMNS[k])
-    order = [*KEY_COLUMNS, *metrics, *_EXTRAS]
+    order = [*KEY_COLUMNS, *OWNER_KEYS, *metrics, *_EXTRAS]
     cols.sort(key=lambda c: order.index(c.key))
     return tuple(_grow(cols, width))
 

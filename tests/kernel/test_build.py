@@ -124,10 +124,11 @@ def config(tmp_path, text: str) -> str:  # type: ignore[no-untyped-def]
     return str(path)
 
 
-def test_two_compilers_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
-    """With sock_ops on, the TC and sock_ops builds run as two children at
-    the same time; once collecting, flowtop maps no compiler library, its
-    children are gone (the L3 pair's stage included), and it still counts."""
+def test_the_compilers_run_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
+    """With sock_ops and socket owners on (the default), the TC, sock_ops and
+    owner builds run as three children at the same time; once collecting,
+    flowtop maps no compiler library, its children are gone (the L3 pair's
+    stage included), and it still counts."""
     p = quiet_pair
     col = Collector(p.a, ["va"]).start()
     try:
@@ -139,7 +140,9 @@ def test_two_compilers_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
             if len(now) > len(most):
                 most = now
             time.sleep(0.005)
-        assert sorted(cmd.split()[-1] for cmd in most.values()) == ["sockops.c", "tc.c"], most
+        assert sorted(cmd.split()[-1] for cmd in most.values()) == [
+            "owner.c", "sockops.c", "tc.c",
+        ], most  # fmt: skip
         assert ever_mapped  # the compilers do map bcc and LLVM: what is looked for is there
         assert mapped(col.pid) == []
         assert sock_ops_loaded(col.pid)  # handed over and attached: local TCP health is on
@@ -159,8 +162,10 @@ def test_two_compilers_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
     assert sum(f["packets"] for f in ours) == 7, ours
 
 
-def test_without_sock_ops_only_the_tc_program_compiles(quiet_pair: Pair, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cfg = config(tmp_path, "[collector]\nsockops = false\n")
+def test_without_sock_ops_and_owners_only_the_tc_program_compiles(
+    quiet_pair: Pair, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(tmp_path, "[collector]\nsockops = false\nowners = false\n")
     col = Collector(quiet_pair.a, ["va"], extra_args=["--config", cfg]).start()
     try:
         seen: set[str] = set()

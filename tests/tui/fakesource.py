@@ -22,6 +22,7 @@ import numpy as np
 
 from flowtop.core.flowtable import NS, FlowTable
 from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.core.owners import STATE_ATTRIBUTED, STATE_UNATTRIBUTED, OwnerNames, OwnerTable
 from flowtop.core.tcphealth import HealthGroup
 from flowtop.kernel import layout
 from flowtop.query.source import TableSource
@@ -65,6 +66,32 @@ TCP_HEALTH = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class FakeOwner:
+    """A socket owner given to flows (names as given: not cleaned, like a
+    process or a cgroup's creator could choose them)."""
+
+    comm: str
+    pid: int
+    uid: int = 0
+    service: str | None = None
+    container: str | None = None
+    pod: str | None = None
+    cgroup: str | None = None
+
+
+@dataclass
+class FakeOwners:
+    """The engine's OwnerTable as the view reads it: real name tables
+    (NameTable.intern, no cleaning) and cgroup paths by id."""
+
+    names: OwnerNames = field(default_factory=lambda: OwnerTable().names)
+    paths: dict[int, str] = field(default_factory=dict)
+
+    def cgroup_path(self, cgroup_id: int) -> str | None:
+        return self.paths.get(cgroup_id)
+
+
 @dataclass
 class FakeEngine:
     table: FlowTable
@@ -72,6 +99,7 @@ class FakeEngine:
     interval: float
     enricher: None = None
     tcp_health: None = None
+    owners: FakeOwners | None = None
 
     def interface_counters(self) -> list[InterfaceCounters]:
         return self.collector.interface_counters()
@@ -124,6 +152,7 @@ class FakeSource(TableSource):
         host: str = "router-1",
         raw_ifnames: bool = False,
         paced: bool = False,
+        owners: list[FakeOwner] | None = None,
     ) -> None:
         self.ifnames = dict(ifnames or IFACES)
         collector = FakeCollector(self.ifnames, dict(problems or {}))
@@ -139,6 +168,10 @@ class FakeSource(TableSource):
         self._next = time.monotonic() + interval
         self.steps = 0
         self.keys = flow_keys(flows, self.ifnames)
+        # Flow i is owned by owners[i % len(owners)], except every 7th: unattributed.
+        self.owner_list = list(owners or ())
+        if owners is not None:
+            self.engine.owners = FakeOwners()
         self._closed = threading.Event()
         self._now = T0
         # Zipf-like sizes: a few elephants, many mice.
@@ -176,6 +209,7 @@ class FakeSource(TableSource):
             stats["last_seen_ns"] = t_ns - (np.arange(self.n) % 1000)
             stats["tcp_flags"] = np.where(self.keys["proto"] == 6, 0x18 | (2 if k == 1 else 0), 0)
             self.engine.table.merge(self.keys, stats, self.interval)
+            self._set_owners()
             for d in (0, 1):
                 for ifindex in self.ifnames:
                     sel = (self.keys["ifindex"] == ifindex) & (self.keys["direction"] == d)
@@ -183,6 +217,35 @@ class FakeSource(TableSource):
                     c[0] += int(packets[sel].sum())
                     c[1] += int(nbytes[sel].sum() + 14 * packets[sel].sum())
             self._after_step()
+
+    def _set_owners(self) -> None:
+        """The owner columns, as the engine's owner join writes them."""
+        fo = self.engine.owners
+        if fo is None or not self.owner_list:
+            return
+        t = self.engine.table
+        rows = t.live_rows()
+        index = {bytes(k): i for i, k in enumerate(self.keys)}
+        nm = fo.names
+        for row, key in zip(rows.tolist(), t.keys_at(rows), strict=True):
+            i = index[bytes(key)]
+            r = np.array([row])
+            if i % 7 == 6:
+                t.set_column("owner_state", r, STATE_UNATTRIBUTED)
+                continue
+            o = self.owner_list[i % len(self.owner_list)]
+            cgid = 0
+            if o.cgroup is not None:
+                cgid = 100 + self.owner_list.index(o)
+                fo.paths[cgid] = o.cgroup
+            t.set_column("pid", r, o.pid)
+            t.set_column("uid", r, o.uid)
+            t.set_column("cgroup_id", r, cgid)
+            t.set_column("comm_id", r, nm.comm.intern(o.comm))
+            t.set_column("service_id", r, nm.service.intern(o.service))
+            t.set_column("container_id", r, nm.container.intern(o.container))
+            t.set_column("pod_id", r, nm.pod.intern(o.pod))
+            t.set_column("owner_state", r, STATE_ATTRIBUTED)
 
     def snapshot(self, query: ViewQuery) -> Snapshot:
         snap = super().snapshot(query)

@@ -16,7 +16,7 @@ from textual.pilot import Pilot
 from flowtop.tui import FlowtopApp
 from tests.tui.conftest import no_dns
 from tests.tui.fakedns import resolver_of
-from tests.tui.fakesource import FakeSource
+from tests.tui.fakesource import FakeOwner, FakeSource
 from tests.tui.helpers import settle
 
 Steps = Callable[[Pilot[None]], Awaitable[None]]
@@ -65,6 +65,15 @@ class Scene:
         return FlowtopApp(FakeSource(**src_opts), **app_opts)
 
 
+_CTR = "4f1d9c2b7a3e" + "5c" * 26
+# Socket owners of the fake flows (the engine's owner join, faked).
+DEMO_OWNERS = [
+    FakeOwner("nginx", 1312, 33, "nginx.service", None, None, "/system.slice/nginx.service"),
+    FakeOwner("postgres", 2208, 106, None, _CTR, None, f"/system.slice/docker-{_CTR}.scope"),
+    FakeOwner("curl", 40211, 1000, "session-3.scope", None, None,
+              "/user.slice/user-1000.slice/session-3.scope"),
+]  # fmt: skip
+
 SCENES = (
     Scene("main-80x24"),
     Scene("main-160x48", size=(160, 48)),
@@ -79,6 +88,16 @@ SCENES = (
     Scene("cumulative-bytes-80x24", steps=_keys("c", "b")),
     Scene("paused-80x24", steps=_keys("p")),
     Scene("help-80x24", steps=_keys("question_mark")),
+    Scene("owners-160x48", size=(160, 48), source={"owners": DEMO_OWNERS}),
+    Scene(
+        "groupby-process-120x30",
+        size=(120, 30),
+        source={"owners": DEMO_OWNERS},
+        steps=_keys("g", "P"),
+    ),
+    Scene(
+        "detail-owner-120x40", size=(120, 40), source={"owners": DEMO_OWNERS}, steps=_keys("enter")
+    ),
     Scene("unhealthy-80x24", source={"problems": {"flow_map_full": 12, "no_flow_map": 3}}),
     Scene("theme-dark-100x30", size=(100, 30), source={"tcp": True}, app={"theme": "flowtop-dark"}),
     Scene(

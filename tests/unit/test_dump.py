@@ -18,6 +18,7 @@ FIELDS = [
     "rtt_us", "rtt_min_us", "retransmits", "rto", "rtt_source",
     "src_asn", "src_as_org", "src_country", "src_city", "src_label",
     "dst_asn", "dst_as_org", "dst_country", "dst_city", "dst_label",
+    "pid", "comm", "uid", "cgroup", "service", "container", "pod",
 ]  # fmt: skip
 
 

@@ -102,7 +102,9 @@ def test_text_table_columns_follow_the_description() -> None:
 
     every = [t.header for _, t in fields.TEXT_COLUMNS]
     plain = [t.header for _, t in fields.TEXT_COLUMNS if t.group is None]
-    assert header(_run(tcp=True), Extras(entity_of=lambda e: None)) == every
+    # No flow of _run has a socket owner: PROCESS is the one column left out.
+    assert header(_run(tcp=True), Extras(entity_of=lambda e: None)) == every[:-1]
+    assert every[-1] == "PROCESS"
     assert header(_run(tcp=False), Extras()) == [*plain, "MPLS"]  # one flow is labelled
 
 
@@ -258,3 +260,55 @@ def test_a_field_added_to_the_description_reaches_table_records_json_and_text() 
         assert f["echo_packets"] == f["packets"] == 12
         assert f["rtt_var_us"] == 321
     assert got["header"][got["header"].index("VLAN") + 1] == "RTTVAR"
+
+
+def test_owner_fields_are_columns_the_engine_writes_and_dump_resolves() -> None:
+    from flowtop.core.owners import (
+        OWNER_PENDING,
+        STATE_ATTRIBUTED,
+        UID_NONE,
+        NameTable,
+        OwnerNames,
+    )
+
+    owner = [f.name for f in FIELDS if f.origin == fields.OWNER]
+    assert owner == ["pid", "comm_id", "uid", "cgroup_id", "service_id", "container_id",
+                     "pod_id", "owner_state"]  # fmt: skip
+    assert all(FIELD[n].column and FIELD[n].in_batch and not FIELD[n].ie for n in owner)
+    t = FlowTable(clock_offset=0.0)
+    t.merge(keys(2), stats(2), 1.0)
+    rows = t.live_rows()
+    assert t.column("owner_state", rows).tolist() == [OWNER_PENDING] * 2  # the blank
+    assert t.column("uid", rows).tolist() == [UID_NONE] * 2
+    names = OwnerNames(NameTable(), NameTable(), NameTable(), NameTable())
+    comm, unit = names.comm.intern("nginx"), names.service.intern("nginx.service")
+
+    class Lookup:
+        def __init__(self) -> None:
+            self.names = names
+
+        def cgroup_path(self, cgroup_id: int) -> str | None:
+            return {55: "/system.slice/nginx.service"}.get(cgroup_id)
+
+    one = rows[:1]
+    for name, v in (("pid", 812), ("uid", 33), ("cgroup_id", 55), ("comm_id", comm),
+                    ("service_id", unit), ("owner_state", STATE_ATTRIBUTED)):  # fmt: skip
+        t.set_column(name, one, v)
+    acc = FlowAccumulator(0.0)
+    acc.flows_ended(t.flush())
+    out = io.StringIO()
+    emit(acc.per_key(), {7: "veth0"}, [], CollectorHealth(), as_json=True, out=out,
+         extras=Extras(owners=Lookup()))  # fmt: skip
+    flows = {x["sport"]: x for x in map(json.loads, out.getvalue().splitlines())
+             if x["type"] == "flow"}  # fmt: skip
+    keys_ = ("pid", "comm", "uid", "cgroup", "service", "container", "pod")
+    assert [flows[1000][k] for k in keys_] == [
+        812, "nginx", 33, "/system.slice/nginx.service", "nginx.service", None, None,
+    ]  # fmt: skip
+    assert [flows[1001][k] for k in keys_] == [None] * 7
+    text = io.StringIO()
+    emit(acc.per_key(), {7: "veth0"}, [], CollectorHealth(), as_json=False, out=text,
+         extras=Extras(owners=Lookup()))  # fmt: skip
+    lines = text.getvalue().splitlines()
+    assert lines[0].split()[-1] == "PROCESS"
+    assert next(ln for ln in lines if ":1000 " in ln).rstrip().endswith("nginx/812")

@@ -457,3 +457,14 @@ def test_cgroup_line_of_proc_pid_cgroup() -> None:
     # a cgroup name with a newline: the 0:: line runs to the end
     assert procsockets.cgroup_path("0::/evil\nname.service\n") == "/evil\nname.service"
     assert procsockets.cgroup_path("1:cpu:/x\n") is None  # cgroup v1 only
+
+
+def test_cmdline_joins_arguments_and_line_breaks_with_spaces(tmp_path: Path) -> None:
+    from flowtop.core.procsockets import cmdline
+
+    (tmp_path / "123").mkdir()
+    (tmp_path / "123" / "cmdline").write_bytes(b"python3\0-c\0import a\nimport b\0\x1b]2;x\x07\0")
+    got = cmdline(123, proc=str(tmp_path))
+    assert got is not None and got.startswith("python3 -c import a import b")
+    assert "\x1b" not in got and "\x07" not in got
+    assert cmdline(124, proc=str(tmp_path)) is None

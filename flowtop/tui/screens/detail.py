@@ -1,9 +1,15 @@
-"""Enter on a row: its full key, counters, TCP flags, first/last seen, rate history."""
+"""Enter on a row: its full key, counters, TCP flags, first/last seen, its
+socket owner (process, user, command line, cgroup, service, container, pod),
+rate history."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import pwd
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,7 +21,10 @@ from textual.widgets import Footer, Static
 from textual_plotext import PlotextPlot
 
 from flowtop.core import fields
+from flowtop.core.owners import COMM_MAX_LEN, STATE_ATTRIBUTED, STATE_UNATTRIBUTED
+from flowtop.core.procsockets import CMDLINE_MAX_LEN, PROC, cmdline
 from flowtop.query.types import ViewRow
+from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import Names, clean_name
 from flowtop.tui.format import Display
@@ -45,7 +54,87 @@ def title(row: ViewRow, names: Names, d: Display) -> str:
     return " ".join(parts)
 
 
-def facts(row: ViewRow, names: Names, d: Display, now: float, present: bool) -> Table:
+@lru_cache(maxsize=256)
+def user_name(uid: int) -> str:
+    """'name (uid)', or the uid alone when the passwd database has no name."""
+    try:
+        return f"{clean(pwd.getpwuid(uid).pw_name)} ({uid})"
+    except KeyError:
+        return str(uid)
+
+
+_TASKS_READ = 256  # threads whose names are compared at most
+
+
+def _comm_of(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(64)
+    except OSError:
+        return None
+    return clean(raw.removesuffix(b"\n").decode("utf-8", "replace"), COMM_MAX_LEN)
+
+
+def _runs(pid: int, comm: str, proc: str) -> bool:
+    """Whether the process has a thread named comm: the kernel recorded the
+    name of the thread that made the socket, which may not be the leader."""
+    if _comm_of(f"{proc}/{pid}/comm") == comm:
+        return True
+    try:
+        with os.scandir(f"{proc}/{pid}/task") as tasks:
+            for i, t in enumerate(tasks):
+                if i >= _TASKS_READ:
+                    break
+                if _comm_of(f"{t.path}/comm") == comm:
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def command_line(pid: int, comm: str | None, proc: str = PROC) -> str:
+    """The process's command line now (cleaned, bounded by procsockets), or
+    "(exited)" when it is gone or its pid now runs no thread of that name
+    (the pid was reused)."""
+    text = cmdline(pid, proc)
+    if text is None or (comm is not None and not _runs(pid, comm, proc)):
+        return "(exited)"
+    return text or f"[{comm or pid}]"  # kernel threads have no command line
+
+
+CommandLine = Callable[[int, str | None], str]
+
+
+def owner_facts(row: ViewRow, command: CommandLine = command_line) -> list[tuple[str, str]]:
+    """The owner of a flow row as (label, text) pairs; none without attribution."""
+    if row.owner_state is None:
+        return []
+    lbl = fields.title
+    if row.owner_state == STATE_UNATTRIBUTED:
+        return [("owner", "unattributed: a local socket whose owner flowtop could not learn")]
+    if row.owner_state != STATE_ATTRIBUTED:
+        return [("owner", "none (not a local socket's flow)")]
+    out = [
+        (lbl("pid"), str(row.pid) if row.pid else "?"),
+        (lbl("uid"), "?" if row.uid is None else user_name(row.uid)),
+        (lbl("comm"), row.comm or "?"),
+        ("command line", command(row.pid, row.comm) if row.pid else "?"),
+        (lbl("cgroup"), row.cgroup or "?"),
+        (lbl("service"), row.service or "-"),
+        (lbl("container"), row.container or "-"),
+        (lbl("pod"), row.pod or "-"),
+    ]
+    return [(a, clean(b, CMDLINE_MAX_LEN)) for a, b in out]
+
+
+def facts(
+    row: ViewRow,
+    names: Names,
+    d: Display,
+    now: float,
+    present: bool,
+    command: CommandLine = command_line,
+) -> Group:
     t = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     t.add_column(style="bold", no_wrap=True)
     t.add_column(overflow="fold")
@@ -84,7 +173,14 @@ def facts(row: ViewRow, names: Names, d: Display, now: float, present: bool) -> 
         t.add_row(Text(a), Text(b), Text(c), Text(e))
     if not present:
         t.add_row(Text("note"), Text("not in the current top rows; figures as last seen"), "", "")
-    return t
+    # The owner in a table of its own: a command line or a cgroup path takes
+    # the whole width, folded over lines when longer.
+    owner = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    owner.add_column(style="bold", no_wrap=True)
+    owner.add_column(overflow="fold")
+    for a, b in owner_facts(row, command):
+        owner.add_row(Text(a), Text(b))
+    return Group(t, owner)
 
 
 class DetailScreen(Screen[None]):
@@ -101,6 +197,13 @@ class DetailScreen(Screen[None]):
         self.present = True
         self.history: Sequence[tuple[float, float]] = ()
         self._ready = False
+        self._cmdlines: dict[tuple[int, str | None], str] = {}  # read once per process
+
+    def _command(self, pid: int, comm: str | None) -> str:
+        got = self._cmdlines.get((pid, comm))
+        if got is None:
+            got = self._cmdlines[(pid, comm)] = command_line(pid, comm)
+        return got
 
     @property
     def row_key(self) -> str:
@@ -147,7 +250,7 @@ class DetailScreen(Screen[None]):
         d = self.display_opts
         title_widget.update(Text(title(self.row, self.names, d), no_wrap=False, overflow="fold"))
         self.query_one("#detail-facts", Static).update(
-            facts(self.row, self.names, d, self.now, self.present)
+            facts(self.row, self.names, d, self.now, self.present, self._command)
         )
         chart = self.query_one("#detail-chart", PlotextPlot)
         plt = chart.plt

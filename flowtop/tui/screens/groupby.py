@@ -22,6 +22,9 @@ CHOICES = (
     ("asn", "a", "remote AS (needs an ASN database)"),
     ("country", "c", "remote country (needs a City/Country database)"),
     ("label", "l", "remote CIDR label (needs --labels)"),
+    ("process", "P", "process (command name, all its pids)"),
+    ("service", "S", "systemd service of the socket's owner"),
+    ("container", "C", "container of the socket's owner"),
 )
 
 

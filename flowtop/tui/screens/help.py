@@ -15,7 +15,9 @@ from textual.widgets import Static
 FILTER_HELP = (
     "Filter terms: host A, src A, dst A, net CIDR, src net CIDR, dst net CIDR, port P,\n"
     "sport P, dport P, proto tcp|udp|icmp|icmpv6|sctp|N, tcp, udp, iface NAME (glob),\n"
-    "in, out, vlan N; combine with and/&&, or/||, not/!, parentheses."
+    "in, out, vlan N; socket owners: proc NAME (command name, glob), pid N,\n"
+    "user NAME|UID, service GLOB, container ID-PREFIX, unattributed;\n"
+    "combine with and/&&, or/||, not/!, parentheses."
 )
 
 
