@@ -19,6 +19,7 @@ import numpy as np
 
 from flowtop.core import fields
 from flowtop.core.cgroups import PATH_MAX_LEN
+from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.sanitize import clean
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ NAME_OF = {"comm_id": "comm", "service_id": "service", "container_id": "containe
 # Group (query.types.OWNER_GROUPS) -> the id column it is keyed by.
 GROUP_COLUMN = {"process": "comm_id", "service": "service_id", "container": "container_id"}
 NO_OWNER = "-"  # the value of the group of flows without that owner name
+# The group of flows whose local socket's owner is unknown (owner_state
+# STATE_UNATTRIBUTED): never merged with "-" (forwarded, not local) nor a name.
+UNATTRIBUTED = "(unattributed)"
+UNATTRIBUTED_GROUP = 1 << 62  # its group id (name ids are far below)
 
 
 def available() -> bool:
@@ -139,6 +144,8 @@ def owner_columns(
 
 def owner_groups(group: str, cols: dict[str, np.ndarray]) -> np.ndarray:
     """Each flow's group id for an owner group: the name id (0: no name, the
-    "-" group, which no name shares)."""
+    "-" group, which no name shares); UNATTRIBUTED_GROUP for flows of a local
+    socket whose owner is unknown."""
     out: np.ndarray = cols[GROUP_COLUMN[group]].astype(np.uint64)
+    out[cols["owner_state"] == STATE_UNATTRIBUTED] = UNATTRIBUTED_GROUP
     return out

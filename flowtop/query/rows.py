@@ -14,7 +14,13 @@ from flowtop.core.owners import UID_NONE
 from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, group_value
 from flowtop.query.grouping import Aggregate, service_port
-from flowtop.query.owners import GROUP_COLUMN, NO_OWNER, OwnerArrays
+from flowtop.query.owners import (
+    GROUP_COLUMN,
+    NO_OWNER,
+    UNATTRIBUTED,
+    UNATTRIBUTED_GROUP,
+    OwnerArrays,
+)
 from flowtop.query.types import ENTITY_GROUPS, OWNER_GROUPS, ViewRow
 from flowtop.sanitize import clean
 
@@ -105,7 +111,10 @@ def view_row(
     elif group in OWNER_GROUPS:
         column = GROUP_COLUMN[group]
         nid = int(a.owner[column][i]) if column in a.owner else 0
-        gval = (oa.name(column, nid) if oa is not None else None) or NO_OWNER
+        if int(a.ids[i]) == UNATTRIBUTED_GROUP:
+            gval = UNATTRIBUTED
+        else:
+            gval = (oa.name(column, nid) if oa is not None else None) or NO_OWNER
     rtt = int(a.rtt[i])
     return ViewRow(
         key=f"{group}:{int(a.ids[i]):016x}",

@@ -44,12 +44,13 @@ def _columns(
     table: FlowTable, rows: np.ndarray, group: str, oa: OwnerArrays | None
 ) -> dict[str, np.ndarray]:
     """The view's columns at rows, with the owner columns the group shows
-    when attribution is on (all for flows, the group's own for an owner group)."""
+    when attribution is on (all for flows, the group's own and owner_state
+    for an owner group)."""
     cols = table.gather_columns(rows)
     if oa is not None and group == "flow":
         cols.update(owner_columns(table, rows))
     elif oa is not None and group in OWNER_GROUPS:
-        cols.update(owner_columns(table, rows, (GROUP_COLUMN[group],)))
+        cols.update(owner_columns(table, rows, (GROUP_COLUMN[group], "owner_state")))
     return cols
 
 

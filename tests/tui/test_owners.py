@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 
 from flowtop.core.owners import STATE_UNATTRIBUTED
-from flowtop.query.owners import NO_OWNER
+from flowtop.query.owners import NO_OWNER, UNATTRIBUTED
 from flowtop.query.types import ViewQuery
 from flowtop.tui.columns import choose
 from flowtop.tui.format import Display
@@ -36,11 +36,14 @@ FLOWS = 60
 
 
 def expected_groups(attr: str) -> Counter[str]:
-    """Flows per owner name as FakeSource assigns them (every 7th unattributed)."""
+    """Flows per owner name as FakeSource assigns them (every 7th unattributed:
+    a row of its own)."""
     out: Counter[str] = Counter()
     for i in range(FLOWS):
-        name = None if i % 7 == 6 else getattr(OWNERS[i % len(OWNERS)], attr)
-        out[name or NO_OWNER] += 1
+        if i % 7 == 6:
+            out[UNATTRIBUTED] += 1
+        else:
+            out[getattr(OWNERS[i % len(OWNERS)], attr) or NO_OWNER] += 1
     return out
 
 

@@ -1,5 +1,7 @@
 """Group-by process (command name), service and container: totals per owner
-equal the flows' own, and flows without that owner name are one "-" row."""
+equal the flows' own; flows of local sockets whose owner is unknown are one
+"(unattributed)" row, and the other flows without that owner name one "-"
+row (forwarded, not joined yet)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ from collections import defaultdict
 
 import pytest
 
+from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.query.filterexpr import parse
-from flowtop.query.owners import NO_OWNER, OwnerArrays
+from flowtop.query.owners import NO_OWNER, UNATTRIBUTED, OwnerArrays
 from flowtop.query.tablequery import query_table
 from flowtop.query.types import ViewQuery, ViewRow
 from tests.unit.test_filter_owners import FLOWS, owned_table
@@ -26,7 +29,7 @@ def expected(attr: str) -> dict[str, tuple[int, int]]:
     """(bytes, flows) per owner name, "-" for flows without one: from FLOWS."""
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for nbytes, o in FLOWS:
-        name = getattr(o, attr) or NO_OWNER
+        name = UNATTRIBUTED if o.state == STATE_UNATTRIBUTED else getattr(o, attr) or NO_OWNER
         out[name][0] += nbytes
         out[name][1] += 1
     return {k: (v[0], v[1]) for k, v in out.items()}
@@ -61,15 +64,19 @@ def test_process_is_the_command_name_across_pids() -> None:
 def test_no_owner_group_never_merges_with_a_name() -> None:
     rows, _ = grouped("container")
     dash = next(r for r in rows if r.group == NO_OWNER)
-    # unattributed, forwarded, pending and the two nginx flows have no container
-    assert dash.flows == 5
-    assert {r.group for r in rows} == {NO_OWNER, FLOWS[2][1].container, FLOWS[3][1].container}
+    # forwarded, pending and the two nginx flows have no container
+    assert dash.flows == 4
+    unknown = next(r for r in rows if r.group == UNATTRIBUTED)
+    assert (unknown.flows, unknown.bytes) == (1, 700)  # its own row, not in "-"
+    assert {r.group for r in rows} == {
+        NO_OWNER, UNATTRIBUTED, FLOWS[2][1].container, FLOWS[3][1].container,
+    }  # fmt: skip
 
 
 def test_grouping_with_a_filter_and_sorted_by_flows() -> None:
     rows, _ = grouped("service", sort="flows", expr="not unattributed")
     want = expected("service")
-    want[NO_OWNER] = (want[NO_OWNER][0] - 700, want[NO_OWNER][1] - 1)
+    del want[UNATTRIBUTED]
     assert totals(rows) == want
     assert [r.flows for r in rows] == sorted((f for _, f in want.values()), reverse=True)
 
