@@ -95,7 +95,9 @@ class Loaded:
 class Request:
     """What to build: src compiled with cflags; programs (name, kind) to load
     first and later (a second message); maps to hand over. sockops: the
-    sock_ops recipe (tracepoint programs too, FT_MDEV_OFF from BTF). what:
+    sock_ops recipe (tracepoint programs too, FT_MDEV_OFF from BTF);
+    tracepoints, btf_offsets, btf_constants: those parts of it for any
+    source (the drop reasons program). what:
     how errors name it ("the TC program"); later_what for the second stage,
     which runs at a niceness of at least BACKGROUND_NICE (nothing waits
     for it yet) and may compile src again (later_cflags)."""
@@ -113,6 +115,15 @@ class Request:
     # them within a process), so both stages fill the same maps.
     later_cflags: list[str] = field(default_factory=list)
     sockops: bool = False
+    # Hand over the source's TRACEPOINT_PROBE programs too (sockops implies it).
+    tracepoints: bool = False
+    # (macro, struct, member path, size in bytes): the compiler adds
+    # -Dmacro=<byte offset> from the running kernel's BTF (btf.Btf.member); a
+    # member it does not find, or of another size, fails the build.
+    btf_offsets: list[tuple[str, str, str, int]] = field(default_factory=list)
+    # (macro, enum, constant): -Dmacro=<value> from the BTF, -1 when the enum
+    # has no such constant; meta["enums"][enum] is the whole enum ({} absent).
+    btf_constants: list[tuple[str, str, str]] = field(default_factory=list)
     # Niceness of the child (os.nice): a build nothing waits for yet runs
     # beside the one the first attachment waits for without slowing it down
     # on a busy machine (on an idle one each has a core).
@@ -126,6 +137,8 @@ class Request:
         d = json.loads(raw)
         d["first"] = [tuple(x) for x in d["first"]]
         d["later"] = [tuple(x) for x in d["later"]]
+        d["btf_offsets"] = [tuple(x) for x in d.get("btf_offsets", [])]
+        d["btf_constants"] = [tuple(x) for x in d.get("btf_constants", [])]
         return cls(**d)
 
 

@@ -95,12 +95,41 @@ def _compile(bcc: Any, req: Request) -> tuple[Any, dict[str, Any]]:
         mdev_off = tcp_sock_offset("mdev_us")
         meta["mdev_off"] = mdev_off if mdev_off is not None else -1
         cflags.append(f"-DFT_MDEV_OFF={meta['mdev_off']}")
+    if req.btf_offsets or req.btf_constants:
+        cflags += _btf_cflags(req, meta)
     try:
         with quiet_stderr():
             b = bcc.BPF(src_file=req.src.encode(), cflags=cflags)
     except Exception as exc:  # bcc raises bare Exception for compile/load failures
         raise BuildError(f"cannot compile or load {req.what}: {exc}") from None
     return b, meta
+
+
+def _btf_cflags(req: Request, meta: dict[str, Any]) -> list[str]:
+    """-D cflags for the request's BTF offsets and constants (Request says
+    how); meta gets "btf_offsets" {macro: offset} and "enums"."""
+    from flowtop.kernel.btf import BTF_PATH, Btf
+
+    btf = Btf.load()
+    if btf is None:
+        raise BuildError(f"cannot build {req.what}: this kernel has no BTF ({BTF_PATH})")
+    out: list[str] = []
+    offsets: dict[str, int] = {}
+    for macro, struct_name, path, size in req.btf_offsets:
+        m = btf.member(struct_name, path)
+        if m is None or m.size != size:
+            got = "is not there" if m is None else f"is {m.size} bytes, not {size}"
+            raise BuildError(f"cannot build {req.what}: {struct_name}.{path} {got} in {BTF_PATH}")
+        offsets[macro] = m.offset
+        out.append(f"-D{macro}={m.offset}")
+    enums: dict[str, dict[str, int]] = {}
+    for macro, enum, const in req.btf_constants:
+        if enum not in enums:
+            enums[enum] = btf.enum(enum) or {}
+        out.append(f"-D{macro}={enums[enum].get(const, -1)}")
+    meta["btf_offsets"] = offsets
+    meta["enums"] = enums
+    return out
 
 
 def _load(bcc: Any, b: Any, progs: list[tuple[str, str]], what: str) -> list[int]:
@@ -145,7 +174,7 @@ def build(sock: socket.socket, req: Request) -> None:
     b, meta = _compile(bcc, req)
     progs = [name for name, _ in req.first]
     fds = _load(bcc, b, req.first, f"cannot compile or load {req.what}")
-    if req.sockops:
+    if req.sockops or req.tracepoints:
         names, tp_fds = _tracepoints(b)
         progs += names
         fds += tp_fds

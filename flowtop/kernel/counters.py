@@ -4,7 +4,8 @@ The TC program counts into the per-CPU array ``counters``, indexed by ``enum
 ft_counter`` (bpf/flowtop.h); the sock_ops program into ``so_counters``,
 indexed by ``enum ft_so_counter`` (bpf/sockops.h); the socket owner
 programs into ``owner_counters``, indexed by ``enum ft_own_counter``
-(bpf/owner.h). One record here per
+(bpf/owner.h); the drop reasons program into ``drop_counters``, indexed by
+``enum ft_drop_counter`` (bpf/drops.h). One record here per
 enum value (plus the figures userspace works out beside them) says what the
 rest of flowtop does with it: the key it has in ``CollectorHealth.kernel``,
 whether it is a problem (``CollectorHealth.problems``, named in the live
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 TC = "tc"  # enum ft_counter, bpf/flowtop.h
 SOCKOPS = "sockops"  # enum ft_so_counter, bpf/sockops.h
 OWNER = "owner"  # enum ft_own_counter, bpf/owner.h
+DROPS = "drops"  # enum ft_drop_counter, bpf/drops.h
 USERSPACE = "userspace"  # worked out by the reader, no kernel slot
 
 
@@ -56,7 +58,8 @@ class Counter:
     @property
     def key(self) -> str:
         """Its name in CollectorHealth.kernel (sock_ops and owner ones are prefixed)."""
-        return f"{self.program}_{self.name}" if self.program in (SOCKOPS, OWNER) else self.name
+        prefixed = (SOCKOPS, OWNER, DROPS)
+        return f"{self.program}_{self.name}" if self.program in prefixed else self.name
 
 
 def _tc(index: int, name: str, help: str, **kw: bool) -> Counter:
@@ -69,6 +72,10 @@ def _so(index: int, name: str, c_name: str, **kw: bool) -> Counter:
 
 def _own(index: int, name: str, **kw: bool) -> Counter:
     return Counter(name, OWNER, index, f"FT_OWN_{name.upper()}", None, **kw)
+
+
+def _drop(index: int, name: str, **kw: bool) -> Counter:
+    return Counter(name, DROPS, index, f"FT_DROP_{name.upper()}", None, **kw)
 
 
 COUNTERS: tuple[Counter, ...] = (
@@ -165,6 +172,12 @@ COUNTERS: tuple[Counter, ...] = (
     _own(3, "tuple_unparsed", reported=False),
     _own(4, "reported", reported=False),
     _own(5, "unknown_sockets", reported=False),
+    # enum ft_drop_counter, in order (DropCollector.counters()); the first two
+    # are kernel drops flowtop did not count. Not in CollectorHealth yet
+    # (reported=False): the collector does not run the drop program yet.
+    _drop(0, "map_full", reported=False),
+    _drop(1, "unreadable", reported=False),
+    _drop(2, "no_netns", reported=False),
 )
 
 
@@ -182,6 +195,14 @@ SOCKOPS_REPORTED: tuple[str, ...] = tuple(c.name for c in _of(SOCKOPS) if c.repo
 OWNER_COUNTERS: tuple[str, ...] = tuple(c.name for c in _of(OWNER))
 # Of those, attribution lost (a tuple or a socket not attributed).
 OWNER_LOSSES: tuple[str, ...] = ("endpoints_full", "update_failed", "storage_failed")
+# Slot order of the drop program's counter array (enum ft_drop_counter).
+DROPS_COUNTERS: tuple[str, ...] = tuple(c.name for c in _of(DROPS))
+# Of those, kernel drops flowtop did not count.
+DROPS_LOSSES: tuple[str, ...] = ("map_full", "unreadable")
+# Read beside them by DropCollector.counters(): runs of the drop program the
+# kernel skipped because it was already running on that CPU (a kfree_skb
+# inside one: their drops are not counted), the program's recursion_misses.
+DROPS_DERIVED: tuple[str, ...] = ("recursion_misses",)
 # Counted by userspace readers beside the TC program's array.
 TC_DERIVED: tuple[str, ...] = tuple(c.name for c in COUNTERS if c.program == USERSPACE)
 # Kernel counters of packets that are in no flow: over non-GSO traffic, the

@@ -1,8 +1,9 @@
 """tracefs and tracepoints: where tracefs is, mounting it, attaching tracepoint programs.
 
-The sock_ops tracker's tracepoint programs need the kernel's tracepoint
-descriptions (events/<category>/<name>/format and id). flowtop looks where
-bcc does: /sys/kernel/debug/tracing when it exists, else /sys/kernel/tracing;
+The tracepoint programs (the sock_ops tracker's, the drop reasons program
+on skb:kfree_skb) need the kernel's tracepoint descriptions
+(events/<category>/<name>/format and id). flowtop looks where bcc does:
+/sys/kernel/debug/tracing when it exists, else /sys/kernel/tracing;
 under `ip netns exec`, /sys is a fresh sysfs without tracefs, which is then
 mounted at its usual place (as `make setup` does). attach_tracepoint()
 attaches a loaded tracepoint program (an fd from a build) with raw syscalls.
