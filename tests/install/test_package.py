@@ -489,13 +489,14 @@ def test_installed_dump_counts_traffic_in_a_namespace(
 
 
 def _row(screen: str, sport: int, dport: int) -> list[str] | None:
-    """The cells after `out va` of the flow's row: rate, pkt/s, total, pkts."""
+    """The last cells of the flow's row: rate, pkt/s, total, pkts (a Process
+    column may come before them: the sender is a local socket)."""
     m = re.search(
         rf"10\.200\.1\.1\s+{sport}\s+10\.200\.1\.2\s+{dport}\s+udp\s+out\s+va\s+(.*)$",
         screen,
         re.M,
     )
-    return m.group(1).split() if m else None
+    return m.group(1).split()[-4:] if m else None
 
 
 def _wait_row(tmux: Tmux, sport: int, dport: int, want: list[str], timeout: float) -> str:
