@@ -429,3 +429,16 @@ def worktree(rev: str, prefix: str = "flowtop-before-") -> Iterator[Path]:
             ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
         )
         subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
+
+
+def v4_addresses(first: int, idx: Any) -> Any:
+    """16-byte flow-key addresses (V16, IPv4 in the first 4 bytes) `first`.x.y.z
+    with x.y.z the low 24 bits of each idx (a numpy integer array)."""
+    import numpy as np
+
+    a = np.zeros((len(idx), 16), dtype=np.uint8)
+    a[:, 0] = first
+    a[:, 1] = (idx >> 16) & 0xFF
+    a[:, 2] = (idx >> 8) & 0xFF
+    a[:, 3] = idx & 0xFF
+    return a.view("V16").ravel()

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _common import v4_addresses  # noqa: E402
+
 from flowtop.core.engine import OWNER_RETRY_INTERVALS, Engine  # noqa: E402
 from flowtop.core.flowtable import NS, FlowTable  # noqa: E402
 from flowtop.core.model import CollectorHealth, InterfaceCounters  # noqa: E402
@@ -50,21 +52,11 @@ STEADY = OWNER_RETRY_INTERVALS + 4  # steps after the first, the last ones timed
 T0 = 1_000 * NS
 
 
-def _v4(first: int, idx: np.ndarray) -> np.ndarray:
-    a = np.zeros((len(idx), 16), dtype=np.uint8)
-    a[:, 0] = first
-    a[:, 1] = (idx >> 16) & 0xFF
-    a[:, 2] = (idx >> 8) & 0xFF
-    a[:, 3] = idx & 0xFF
-    out: np.ndarray = a.view("V16").ravel()
-    return out
-
-
 def flows(n: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.arange(n, dtype=np.int64)
     k = np.zeros(n, dtype=layout.FLOW_KEY)
     k["ifindex"], k["direction"], k["ip_version"], k["proto"] = 2, layout.DIR_EGRESS, 4, 17
-    k["src"], k["dst"] = _v4(10, idx), _v4(192, idx % 251)
+    k["src"], k["dst"] = v4_addresses(10, idx), v4_addresses(192, idx % 251)
     k["sport"], k["dport"] = 1024 + idx % 60000, 53
     return k, idx
 

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _common import v4_addresses  # noqa: E402
+
 from flowtop.core.owners import STATE_ATTRIBUTED, STATE_NONE, OwnerTable  # noqa: E402
 from flowtop.kernel import layout  # noqa: E402
 from flowtop.kernel.owner_records import OWNER_RECORD  # noqa: E402
@@ -38,23 +40,13 @@ REPS = 5
 TARGET_MS = 50.0
 
 
-def _v4(first: int, idx: np.ndarray) -> np.ndarray:
-    a = np.zeros((len(idx), 16), dtype=np.uint8)
-    a[:, 0] = first
-    a[:, 1] = (idx >> 16) & 0xFF
-    a[:, 2] = (idx >> 8) & 0xFF
-    a[:, 3] = idx & 0xFF
-    out: np.ndarray = a.view("V16").ravel()
-    return out
-
-
 def sockets(n: int) -> np.ndarray:
     idx = np.arange(n, dtype=np.int64)
     r = np.zeros(n, dtype=OWNER_RECORD)
     t, o = r["tuple"], r["owner"]
     t["family"], t["proto"] = 4, 6
-    t["local"] = _v4(10, idx)
-    t["remote"] = _v4(192, idx % 251)
+    t["local"] = v4_addresses(10, idx)
+    t["remote"] = v4_addresses(192, idx % 251)
     t["lport"] = 1024 + idx % 60000
     t["rport"] = 443
     o["tgid"] = 1000 + idx
@@ -78,8 +70,8 @@ def flows(socks: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     k["sport"][:half] = np.where(egress, t["lport"], t["rport"])
     k["dport"][:half] = np.where(egress, t["rport"], t["lport"])
     other = np.arange(n - half, dtype=np.int64)
-    k["src"][half:] = _v4(172, other)
-    k["dst"][half:] = _v4(198, other % 997)
+    k["src"][half:] = v4_addresses(172, other)
+    k["dst"][half:] = v4_addresses(198, other % 997)
     k["sport"][half:] = 1024 + other % 60000
     k["dport"][half:] = 80
     pids = np.zeros(n, dtype=np.uint32)
