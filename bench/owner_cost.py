@@ -284,12 +284,11 @@ def main() -> int:
         C.bpf_stats(),
         empty_programs(cg, before=True) as pre,
         OwnerCollector(cgroup=str(cg)) as owners,
+        empty_programs(cg, before=False) as post,
     ):
-        owners.start()
-        with empty_programs(cg, before=False) as post:
-            ids = {**pre, **post, **{n: owners.prog_ids[n] for n in owners.names.values()}}
-            results = measure(p, cg, owners, ids)
-            counts = owners.counters()
+        ids = {**pre, **post, **{n: owners.prog_ids[n] for n in owners.names.values()}}
+        results = measure(p, cg, owners, ids)
+        counts = owners.counters()
     summary = report(results, owners.names)
     print(f"\nowner counters: {counts}")
     print("RESULT owner_cost (informational): " + "; ".join(summary))

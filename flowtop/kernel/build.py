@@ -70,8 +70,8 @@ MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
 BCC_MISSING = "bcc is not importable: install Debian's python3-bpfcc (run `make setup`)"
 
 
-def _no_checkpoint() -> None:
-    pass
+def no_checkpoint() -> None:
+    """A wait's checkpoint that never stops it."""
 
 
 @dataclass
@@ -231,7 +231,7 @@ class Build:
         """Every message received (or the build failed): nothing more to wait for."""
         return self._stages == 0
 
-    def wait(self, checkpoint: Callable[[], None] = _no_checkpoint) -> Loaded:
+    def wait(self, checkpoint: Callable[[], None] = no_checkpoint) -> Loaded:
         """The next message's programs and maps. checkpoint is called every
         50 ms meanwhile (a stop request raises there; close() then ends the
         child). KernelFeatureError when the child failed, died, or sent

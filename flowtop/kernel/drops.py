@@ -22,7 +22,7 @@ import ctypes as ct
 import logging
 import os
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,12 @@ import numpy as np
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
 from flowtop.kernel import counters, tracefs
 from flowtop.kernel.bpfsys import BPF_OBJ_GET_INFO_BY_FD, bpf, prog_id_of
-from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, Build, Loaded, Request
+from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, Loaded, Request
 from flowtop.kernel.drop_records import DROP_KEY, DROP_STATS, decode
 from flowtop.kernel.dropreasons import ENUM, DropReasons, load
 from flowtop.kernel.maps import BatchReader, delete, percpu, percpu_sums, update, update_u32
 from flowtop.kernel.sockops import netns_cookie
+from flowtop.kernel.staged import StagedProgram
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,7 @@ def prog_run_stats(fd: int) -> tuple[int, int, int]:
     return int(run_time), int(run_cnt), int(misses)
 
 
-def _no_checkpoint() -> None:
-    pass
-
-
-class DropCollector:
+class DropCollector(StagedProgram):
     """Packets the kernel dropped, per flow key and reason.
 
     What it gives the engine: drain(), once per interval, returns the drops
@@ -101,7 +98,10 @@ class DropCollector:
     it, devices of every namespace, whose ifindexes can coincide.
     """
 
+    what = "the drop collector"
+
     def __init__(self, map_size: int = 16384, watch_max: int = 1024, netns_only: bool = True):
+        super().__init__()
         if map_size < 1:
             raise ConfigError(f"drop map size must be at least 1, not {map_size}")
         if watch_max < 1:
@@ -113,21 +113,12 @@ class DropCollector:
         self.prog_id: int | None = None
         self.reasons: DropReasons | None = None
         self._format = ""
-        self._build: Build | None = None
-        self._loaded: Loaded | None = None
         self._events: Path | None = None
         self._perf_fds: list[int] = []
         self._watched: set[int] = set()
         self._reader: BatchReader | None = None
 
-    def __enter__(self) -> DropCollector:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (StagedProgram) --------------------------------------------------------
 
     def _request(self) -> Request:
         """The build of bpf/drops.c (the compiler adds the BTF offsets and
@@ -152,17 +143,8 @@ class DropCollector:
             nice=BACKGROUND_NICE,
         )
 
-    def start(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """begin() and finish(): checks, compile, attach."""
-        self.begin()
-        self.finish(checkpoint)
-
-    def begin(self) -> None:
-        """The checks and the compile started in a child process (it runs
-        while the caller does other things). In the network namespace whose
-        devices to watch (netns_only)."""
-        if self._build is not None or self._loaded is not None:
-            return
+    def _prepare(self) -> Request:
+        """The checks, in the network namespace whose devices to watch (netns_only)."""
         if os.geteuid() != 0:
             raise NotRootError("drop reasons need root (or CAP_BPF and CAP_PERFMON)")
         self._events = tracefs.events_dir()
@@ -174,58 +156,37 @@ class DropCollector:
         if not (BPF_DIR / "drops.c").is_file():
             raise KernelFeatureError(f"BPF source not found: {BPF_DIR / 'drops.c'}")
         self.netns_cookie = netns_cookie() if self.netns_only else None
-        self._build = Build(self._request())
+        return self._request()
 
-    def finish(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """Waits for the build (checkpoint: called meanwhile, may raise), then
-        attaches the tracepoint program."""
-        if self._build is None:
-            if self._loaded is not None:
-                return
-            raise FlowtopError("the drop collector was not begun")
+    def _attach(self, loaded: Loaded) -> None:
+        """The reason names from the build's meta, then the tracepoint program."""
         assert self._events is not None
+        self.reasons = load(loaded.meta.get("enums", {}).get(ENUM), self._format)
+        if self.reasons is None:
+            raise KernelFeatureError(
+                "neither the kernel's BTF nor skb:kfree_skb's format lists the drop reasons"
+            )
+        fd = loaded.progs[PROG]
         try:
-            self._loaded = loaded = self._build.wait(checkpoint)
-            self._build = None
-            self.reasons = load(loaded.meta.get("enums", {}).get(ENUM), self._format)
-            if self.reasons is None:
-                raise KernelFeatureError(
-                    "neither the kernel's BTF nor skb:kfree_skb's format lists the drop reasons"
-                )
-            fd = loaded.progs[PROG]
-            try:
-                self._perf_fds.append(
-                    tracefs.attach_tracepoint(fd, self._events, "skb", "kfree_skb")
-                )
-            except OSError as exc:
-                raise KernelFeatureError(
-                    f"cannot attach the drop reasons program to skb:kfree_skb: {exc.strerror}"
-                ) from None
-            self.prog_id = prog_id_of(fd)
-        except BaseException:
-            self.close()
-            raise
+            self._perf_fds.append(tracefs.attach_tracepoint(fd, self._events, "skb", "kfree_skb"))
+        except OSError as exc:
+            raise KernelFeatureError(
+                f"cannot attach the drop reasons program to skb:kfree_skb: {exc.strerror}"
+            ) from None
+        self.prog_id = prog_id_of(fd)
         self._reader = BatchReader(
             self.map_size, DROP_KEY, percpu(DROP_STATS), True, "the drops map"
         )
         if self._watched:
             self._apply_watch(set(), self._watched)
 
-    def close(self) -> None:
-        """Detach and free; safe to call twice, after a failed start() and
-        between begin() and finish() (the build is ended)."""
+    def _detach(self) -> None:
         for fd in self._perf_fds:
             try:
                 tracefs.detach_tracepoint(fd)
             except OSError as exc:
                 log.warning("detaching the drop reasons program: %s", exc)
         self._perf_fds = []
-        if self._build is not None:
-            build, self._build = self._build, None
-            build.close()
-        if self._loaded is not None:
-            loaded, self._loaded = self._loaded, None
-            loaded.close()
         self._reader = None
 
     @property

@@ -41,10 +41,10 @@ from flowtop.kernel.build import (
     Loaded,
     Request,
 )
-from flowtop.kernel.cgroup import find_cgroup2
 from flowtop.kernel.maps import BatchReader, percpu_sums
 from flowtop.kernel.owner_records import OWNER, OWNER_TUPLE, decode
 from flowtop.kernel.sockops_attach import attach_prog, detach_prog, remove_stale
+from flowtop.kernel.staged import StagedProgram, cgroup2_root
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,7 @@ def remove_stale_owner_programs(cgroup: str | None = None, everyone: bool = Fals
     return remove_stale(ATTACH_TYPES, PROG_NAME_RE, WHAT, cgroup, everyone)
 
 
-def _no_checkpoint() -> None:
-    pass
-
-
-class OwnerCollector:
+class OwnerCollector(StagedProgram):
     """Who owns the local sockets behind flows, for the engine.
 
     drain() returns the OWNER_RECORDs (owner_records.py: a tuple as the
@@ -100,12 +96,15 @@ class OwnerCollector:
     traffic).
     """
 
+    what = "the socket owner collector"
+
     def __init__(
         self,
         cgroup: str | None = None,
         endpoints_size: int = ENDPOINTS_SIZE,
         rereport: float | None = None,
     ) -> None:
+        super().__init__()
         if endpoints_size < 1:
             raise ConfigError(f"the owner endpoints map needs a size above 0, not {endpoints_size}")
         # A tuple is reported again after this many seconds (bpf/owner.c FT_REREPORT_NS).
@@ -119,19 +118,11 @@ class OwnerCollector:
         # Whether cgroup_skb programs may call bpf_get_netns_cookie (recent
         # kernels): tried first, built without when the kernel refuses.
         self.skb_netns = True
-        self._build: Build | None = None
-        self._loaded: Loaded | None = None
         self._cg_fd = -1
         self._attached: list[tuple[int, int, str]] = []  # (prog fd, attach type, name)
         self._reader: BatchReader | None = None
 
-    def __enter__(self) -> OwnerCollector:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (StagedProgram) --------------------------------------------------------
 
     def _request(self) -> Request:
         cflags = [
@@ -151,61 +142,38 @@ class OwnerCollector:
             nice=BACKGROUND_NICE,
         )
 
-    def start(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """begin() and finish(): checks, compile, attach."""
-        self.begin()
-        self.finish(checkpoint)
-
-    def begin(self) -> None:
-        """The checks, stale programs of dead runs removed, and the compile
-        started in a child process (the caller may do other things meanwhile)."""
-        if self._build is not None or self._loaded is not None:
-            return
+    def _prepare(self) -> Request:
+        """The checks and stale programs of dead runs removed."""
         if os.geteuid() != 0:
             raise NotRootError("socket owners need root (or CAP_BPF and CAP_NET_ADMIN)")
-        cgroup = self.cgroup_arg or find_cgroup2()
-        if cgroup is None:
-            raise KernelFeatureError(
-                "no cgroup v2 file system is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)"
-            )
-        if not os.path.isfile(os.path.join(cgroup, "cgroup.controllers")):
-            raise KernelFeatureError(f"{cgroup} is not a cgroup v2 directory")
+        cgroup = cgroup2_root(self.cgroup_arg)
         src = BPF_DIR / "owner.c"
         if not src.is_file():
             raise KernelFeatureError(f"BPF source not found: {src}")
         self.cgroup = cgroup
         self.removed_stale = remove_stale_owner_programs(cgroup)
-        self._build = Build(self._request())
+        return self._request()
 
-    def finish(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """Waits for the build (checkpoint: called meanwhile, may raise), then
-        attaches sock_create, egress and ingress, in that order."""
-        if self._build is None:
-            if self._loaded is not None:
-                return
-            raise FlowtopError("the socket owner collector was not begun")
-        assert self.cgroup is not None
+    def _wait(self, build: Build, checkpoint: Callable[[], None]) -> Loaded:
         try:
-            try:
-                self._loaded = loaded = self._build.wait(checkpoint)
-            except KernelFeatureError as exc:
-                # bcc's words for a program the verifier refused (not a
-                # compile error, a dead child or a timeout: those fail alike)
-                if not self.skb_netns or "Failed to load BPF program" not in str(exc):
-                    raise
-                # An older kernel: no netns cookie for sockets older than us.
-                log.info("socket owner programs without netns cookies in cgroup_skb: %s", exc)
-                self.skb_netns = False
-                self._build = Build(self._request())
-                self._loaded = loaded = self._build.wait(checkpoint)
-        except BaseException:
-            self.close()
-            raise
-        self._build = None
+            return build.wait(checkpoint)
+        except KernelFeatureError as exc:
+            # bcc's words for a program the verifier refused (not a compile
+            # error, a dead child or a timeout: those fail alike)
+            if not self.skb_netns or "Failed to load BPF program" not in str(exc):
+                raise
+            # An older kernel: no netns cookie for sockets older than us.
+            log.info("socket owner programs without netns cookies in cgroup_skb: %s", exc)
+        self.skb_netns = False
+        self._build = Build(self._request())
+        return self._build.wait(checkpoint)
+
+    def _attach(self, loaded: Loaded) -> None:
+        """sock_create, egress and ingress, in that order."""
+        assert self.cgroup is not None
         try:
             self._cg_fd = os.open(self.cgroup, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            self.close()
             raise KernelFeatureError(f"cannot open cgroup {self.cgroup}: {exc.strerror}") from None
         for letter, _, _, attach_type in PROGRAMS:
             name = self.names[letter]
@@ -213,7 +181,6 @@ class OwnerCollector:
             try:
                 attach_prog(self._cg_fd, fd, attach_type)
             except OSError as exc:
-                self.close()
                 raise KernelFeatureError(
                     f"cannot attach the socket owner program {name} to {self.cgroup}: "
                     f"{exc.strerror}"
@@ -224,9 +191,7 @@ class OwnerCollector:
             min(self.endpoints_size, 4096), OWNER_TUPLE, OWNER, True, "the socket owner map"
         )
 
-    def close(self) -> None:
-        """Detach and free; safe to call twice, after a failed start() and
-        between begin() and finish() (the build is ended)."""
+    def _detach(self) -> None:
         for fd, attach_type, name in reversed(self._attached):
             try:
                 detach_prog(self._cg_fd, fd, attach_type)
@@ -236,12 +201,6 @@ class OwnerCollector:
         if self._cg_fd >= 0:
             os.close(self._cg_fd)
             self._cg_fd = -1
-        if self._build is not None:
-            build, self._build = self._build, None
-            build.close()
-        if self._loaded is not None:
-            loaded, self._loaded = self._loaded, None
-            loaded.close()
         self._reader = None
 
     @property

@@ -22,7 +22,6 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,7 @@ import numpy as np
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRootError
 from flowtop.kernel import counters, layout, tracefs
 from flowtop.kernel.bpfsys import prog_id_of
-from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, SOCK_OPS, Build, Loaded, Request
-from flowtop.kernel.cgroup import find_cgroup2
+from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, SOCK_OPS, Loaded, Request
 from flowtop.kernel.maps import BatchReader, percpu_sums
 from flowtop.kernel.sockops_attach import (
     attach_sock_ops,
@@ -47,14 +45,11 @@ from flowtop.kernel.sockops_records import (
     merge_records,
     to_tcp_samples,
 )
+from flowtop.kernel.staged import StagedProgram, cgroup2_root
 
 log = logging.getLogger(__name__)
 
 SO_NETNS_COOKIE = 71
-
-
-def _no_checkpoint() -> None:
-    pass
 
 
 def netns_cookie() -> int:
@@ -71,7 +66,7 @@ def netns_cookie() -> int:
     return value
 
 
-class SockOpsTracker:
+class SockOpsTracker(StagedProgram):
     """Per-connection TCP figures of this host's sockets (see the module doc).
 
     netns_only: only sockets of the network namespace of the thread that
@@ -84,6 +79,8 @@ class SockOpsTracker:
     segment of a tracked socket.
     """
 
+    what = "the sock_ops tracker"
+
     def __init__(
         self,
         cgroup: str | None = None,
@@ -91,6 +88,7 @@ class SockOpsTracker:
         netns_only: bool = True,
         per_ack: bool = True,
     ) -> None:
+        super().__init__()
         if map_size < 1:
             raise ConfigError(f"sock_ops map size must be at least 1, not {map_size}")
         self.cgroup_arg = cgroup
@@ -103,8 +101,6 @@ class SockOpsTracker:
         self.prog_id: int | None = None
         self.rttvar_available = False
         self.removed_stale: list[str] = []
-        self._build: Build | None = None
-        self._loaded: Loaded | None = None
         self._events: Path | None = None
         self._perf_fds: list[int] = []
         self._prog_fd = -1
@@ -113,14 +109,7 @@ class SockOpsTracker:
         self._reader: BatchReader | None = None
         self._drainer: BatchReader | None = None
 
-    def __enter__(self) -> SockOpsTracker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- lifecycle --------------------------------------------------------------------
+    # -- lifecycle (StagedProgram) --------------------------------------------------------
 
     def _request(self, tp_format: str) -> Request:
         """The build of bpf/sockops.c (the compiler adds FT_MDEV_OFF: it reads
@@ -147,29 +136,14 @@ class SockOpsTracker:
             nice=BACKGROUND_NICE,
         )
 
-    def start(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """begin() and finish(): checks, compile, attach."""
-        self.begin()
-        self.finish(checkpoint)
-
-    def begin(self) -> None:
-        """The checks, stale programs of dead runs removed, and the compile
-        started in a child process (it runs while the caller does other
-        things: the TC program's build, attaching it). In the network
+    def _prepare(self) -> Request:
+        """The checks and stale programs of dead runs removed, in the network
         namespace whose sockets to report (netns_only)."""
-        if self._build is not None or self._loaded is not None:
-            return
         if os.geteuid() != 0:
             raise NotRootError(
                 "local TCP health needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)"
             )
-        cgroup = self.cgroup_arg or find_cgroup2()
-        if cgroup is None:
-            raise KernelFeatureError(
-                "no cgroup v2 file system is mounted (mount -t cgroup2 none /sys/fs/cgroup/unified)"
-            )
-        if not os.path.isfile(os.path.join(cgroup, "cgroup.controllers")):
-            raise KernelFeatureError(f"{cgroup} is not a cgroup v2 directory")
+        cgroup = cgroup2_root(self.cgroup_arg)
         self._events = tracefs.events_dir()
         tp_format = tracefs.tracepoint_format(self._events, "tcp", "tcp_retransmit_skb")
         src = BPF_DIR / "sockops.c"
@@ -178,22 +152,11 @@ class SockOpsTracker:
         self.cgroup = cgroup
         self.netns_cookie = netns_cookie()
         self.removed_stale = remove_stale_programs(cgroup)
-        self._build = Build(self._request(tp_format))
+        return self._request(tp_format)
 
-    def finish(self, checkpoint: Callable[[], None] = _no_checkpoint) -> None:
-        """Waits for the build (checkpoint: called meanwhile, may raise), then
-        attaches the tracepoint programs and the sock_ops program."""
-        if self._build is None:
-            if self._loaded is not None:
-                return
-            raise FlowtopError("the sock_ops tracker was not begun")
+    def _attach(self, loaded: Loaded) -> None:
+        """The tracepoint programs, then the sock_ops program."""
         assert self.cgroup is not None and self._events is not None
-        try:
-            self._loaded = loaded = self._build.wait(checkpoint)
-        except BaseException:
-            self.close()
-            raise
-        self._build = None
         self.rttvar_available = int(loaded.meta.get("mdev_off", -1)) >= 0
         self._prog_fd = loaded.progs[self.prog_name]
         try:
@@ -204,7 +167,6 @@ class SockOpsTracker:
                         tracefs.attach_tracepoint(fd, self._events, category, event)
                     )
         except OSError as exc:
-            self.close()
             raise KernelFeatureError(
                 f"cannot attach the sock_ops tracker's tracepoints: {exc.strerror}"
             ) from None
@@ -213,7 +175,6 @@ class SockOpsTracker:
             attach_sock_ops(self._cg_fd, self._prog_fd)
             self._attached = True
         except OSError as exc:
-            self.close()
             raise KernelFeatureError(
                 f"cannot attach sock_ops to {self.cgroup}: {exc.strerror}"
             ) from None
@@ -225,9 +186,7 @@ class SockOpsTracker:
             self.map_size, CLOSED_KEY, CONN_RECORD, True, "the sock_ops closed map"
         )
 
-    def close(self) -> None:
-        """Detach and free; safe to call twice, after a failed start() and
-        between begin() and finish() (the build is ended)."""
+    def _detach(self) -> None:
         if self._attached:
             self._attached = False
             try:
@@ -240,12 +199,6 @@ class SockOpsTracker:
         for fd in self._perf_fds:
             tracefs.detach_tracepoint(fd)
         self._perf_fds = []
-        if self._build is not None:
-            build, self._build = self._build, None
-            build.close()
-        if self._loaded is not None:
-            loaded, self._loaded = self._loaded, None
-            loaded.close()
         self._prog_fd = -1
         self._reader = None
         self._drainer = None
