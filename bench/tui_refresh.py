@@ -239,6 +239,9 @@ def main() -> int:
         verdicts = []
         for size, target in TARGETS.items():
             if ("after", size, TARGET_FLOWS) not in results:
+                # --flows without the target's count: no verdict, not a pass
+                ok = False
+                verdicts.append(f"{size[0]}x{size[1]} not run at {TARGET_FLOWS:,}")
                 continue
             r = results["after", size, TARGET_FLOWS]
             if isinstance(r, str):
