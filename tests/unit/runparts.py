@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -70,7 +70,7 @@ class FakeCollector:
     def __init__(
         self,
         events: list[str],
-        script: list[Drain],
+        script: Sequence[Drain | BaseException],
         fail_attach: bool = False,
         on_drain: Callable[[], None] | None = None,
     ) -> None:
@@ -92,9 +92,10 @@ class FakeCollector:
         self.drains += 1
         if self.on_drain is not None:
             self.on_drain()
-        if self.script:
-            return self.script.pop(0)
-        return Drain([], T0 + self.drains * NS, 1.0)
+        item = self.script.pop(0) if self.script else Drain([], T0 + self.drains * NS, 1.0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def wait(self, timeout: float, wake_fd: int | None = None) -> None:
         time.sleep(min(timeout, 0.01))

@@ -11,7 +11,6 @@ header, dump's stats and Prometheus, and never stop the collection.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import threading
@@ -24,70 +23,29 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from flowtop.core.engine import MAX_DRAIN_FAILURES, Engine
 from flowtop.core.flowtable import NS, FlowBatch, FlowTable
-from flowtop.core.model import CollectorHealth, InterfaceCounters
+from flowtop.core.model import CollectorHealth
 from flowtop.enrich import Enricher, EnrichOptions
 from flowtop.errors import CollectorFailedError, KernelFeatureError
 from flowtop.export.prometheus import FlowMetrics, FlowtopCollector
-from flowtop.kernel import layout
 from flowtop.kernel.collector import Drain
 from flowtop.query.source import TableSource
 from flowtop.run.dump import FlowAccumulator, emit
 from flowtop.run.record import Recorder, RecordingError, RecordingReader
 from flowtop.stop import StopSignal
-
-T0 = 1_000 * NS
+from tests.unit.runparts import T0, FakeCollector
+from tests.unit.runparts import flow as udp_flow
 
 
 def flow(sport: int, packets: int, now_ns: int = T0) -> tuple[np.ndarray, np.ndarray]:
     """One UDP flow 10.0.0.1:sport -> 192.0.2.1:53 on ifindex 2 with `packets` of 100 bytes."""
-    k = np.zeros(1, dtype=layout.FLOW_KEY)
-    s = np.zeros(1, dtype=layout.FLOW_STATS)
-    k["ifindex"], k["ip_version"], k["proto"] = 2, 4, 17
-    k["src"] = ipaddress.ip_address("10.0.0.1").packed.ljust(16, b"\0")
-    k["dst"] = ipaddress.ip_address("192.0.2.1").packed.ljust(16, b"\0")
-    k["sport"], k["dport"] = sport, 53
-    s["packets"], s["bytes"] = packets, packets * 100
-    s["first_seen_ns"] = s["last_seen_ns"] = now_ns
-    return k, s
+    return udp_flow("10.0.0.1", "192.0.2.1", sport, packets, direction=0, now_ns=now_ns)
 
 
-class Scripted:
+class Scripted(FakeCollector):
     """A collector that plays a script: a Drain is handed out, an exception raised."""
 
     def __init__(self, script: list[Drain | BaseException]) -> None:
-        self.script = list(script)
-        self.drains = 0
-
-    def start(self) -> list[str]:
-        return ["eth1"]
-
-    def drain(self) -> Drain:
-        self.drains += 1
-        item = self.script.pop(0) if self.script else Drain([], T0 + self.drains * NS, 1.0)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def wait(self, timeout: float, wake_fd: int | None = None) -> None:
-        time.sleep(min(timeout, 0.01))
-
-    def names(self) -> dict[int, str]:
-        return {2: "eth1"}
-
-    def interfaces(self) -> list[str]:
-        return ["eth1"]
-
-    def interface_counters(self) -> list[InterfaceCounters]:
-        return [InterfaceCounters(2, "eth1", "ipv4", 0, 0, 0, 0)]
-
-    def health(self, forced_evictions: int = 0) -> CollectorHealth:
-        return CollectorHealth(forced_evictions=forced_evictions)
-
-    def stop_capture(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+        super().__init__([], script)
 
 
 def ok(i: int, sport: int, packets: int) -> Drain:
