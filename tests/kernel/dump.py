@@ -174,6 +174,22 @@ class _Reader(threading.Thread):
         self.stream.close()
 
 
+def export_only(ns: Netns, *args: str) -> tuple[subprocess.Popen[str], _Reader, threading.Event]:
+    """Starts `flowtop --export-only ARGS` in ns; its stderr is read by a
+    thread (the reader's lines), and the event is set once it is collecting."""
+    proc = ns.popen(
+        [python(), "-m", "flowtop", "--export-only", *args],
+        cwd=RUN_DIR,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ready = threading.Event()
+    err = _Reader(proc.stderr, ready)
+    err.start()
+    return proc, err, ready
+
+
 @dataclass
 class Collector:
     """A running `flowtop dump` in a namespace."""

@@ -16,14 +16,13 @@ from __future__ import annotations
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .dump import READY_MARK, REPO, Collector, _Reader, flowtop_cmd, python
+from .dump import READY_MARK, Collector, export_only, flowtop_cmd
 from .expect import drain, udp_client, udp_sink
 from .netns import Pair, entered, flowtop_filters, veth
 
@@ -166,16 +165,7 @@ def test_sighup_with_an_unresolvable_collector_keeps_the_running_one(
     cfg = tmp_path / "flowtop.toml"
     _write(cfg, f"{B4}:{IPFIX_PORT}")
     sink = IpfixSink(p)
-    proc = p.a.popen(
-        [python(), "-m", "flowtop", "--export-only", "--config", str(cfg)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ready = threading.Event()
-    err = _Reader(proc.stderr, ready)
-    err.start()
+    proc, err, ready = export_only(p.a, "--config", str(cfg))
     try:
         assert ready.wait(40), "".join(err.lines)
         deadline = time.monotonic() + 10

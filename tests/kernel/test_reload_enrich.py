@@ -14,14 +14,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from .dump import READY_MARK, READY_TIMEOUT, REPO, RUN_DIR, _Reader, python
+from .dump import READY_MARK, READY_TIMEOUT, REPO, export_only
 from .netns import Pair, flowtop_filters
 
 pytestmark = pytest.mark.kernel
@@ -72,16 +70,7 @@ def test_sighup_twice_keeps_exactly_one_copy_of_each_database(
     sizes = sorted((first.stat().st_size, (MMDB / "GeoLite2-City-Test.mmdb").stat().st_size))
     conf = tmp_path / "flowtop.toml"
     _write(conf, first)
-    proc = p.a.popen(
-        [python(), "-m", "flowtop", "--export-only", "--config", str(conf)],
-        cwd=RUN_DIR,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ready = threading.Event()
-    err = _Reader(proc.stderr, ready)
-    err.start()
+    proc, err, ready = export_only(p.a, "--config", str(conf))
     seen: list[dict[int, int]] = []
     fds: list[list[int]] = []
     try:
