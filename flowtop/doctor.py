@@ -7,6 +7,7 @@ raises for an expected failure; the exit code is 0 when no check failed.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -320,6 +321,29 @@ def check_enrichment() -> Iterator[Result]:
             yield warn(f"geoip {kind}", f"{path}: {exc}; {what} enrichment disabled", "replace it")
 
 
+def check_program_cache() -> Iterator[Result]:
+    from flowtop.config import load
+    from flowtop.kernel import progcache
+
+    # a bad config file is the run's error to report, not this line's
+    with contextlib.suppress(Exception):
+        progcache.configure(load(None).collector.program_cache)
+    d = progcache.cache_dir(create=False)
+    where = os.environ.get(progcache.DIR_ENV) or progcache.DEFAULT_DIR
+    if d is None and progcache.enabled() and not os.path.lexists(where):
+        yield ok("program cache", f"in use: {where} (created at the first start), 0 entries")
+        return
+    if d is None:
+        yield warn(
+            "program cache",
+            f"not in use ({where}: off, missing, or not owned by root and private); "
+            "every start compiles",
+            "[collector] program_cache = true, and a root-owned 0700 directory",
+        )
+        return
+    yield ok("program cache", f"in use: {d}, {len(progcache.entries(d))} entries")
+
+
 CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_privileges,
     check_kernel,
@@ -331,6 +355,7 @@ CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_mounts,
     check_tcp_health,
     check_enrichment,
+    check_program_cache,
 )
 
 

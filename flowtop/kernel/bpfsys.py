@@ -27,6 +27,7 @@ _NR_BPF = {
 }  # fmt: skip
 
 # enum bpf_cmd
+BPF_MAP_CREATE = 0
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
@@ -37,6 +38,8 @@ BPF_PROG_DETACH = 9
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_QUERY = 16
+BPF_BTF_LOAD = 18
+BPF_BTF_GET_FD_BY_ID = 19
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_MAP_LOOKUP_AND_DELETE_BATCH = 25
 BPF_MAP_UPDATE_BATCH = 26
@@ -73,10 +76,20 @@ def prog_fd_by_id(prog_id: int) -> int:
 
 def _obj_info(fd: int, size: int) -> bytes:
     info = ct.create_string_buffer(size)
-    attr = ct.create_string_buffer(16)
-    struct.pack_into("<IIQ", attr, 0, fd, size, ct.addressof(info))
-    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    obj_info_into(fd, info)
     return info.raw
+
+
+def obj_info_into(fd: int, info: Any) -> None:
+    """BPF_OBJ_GET_INFO_BY_FD into a ctypes buffer (pointers in it already set)."""
+    attr = ct.create_string_buffer(16)
+    struct.pack_into("<IIQ", attr, 0, fd, len(info), ct.addressof(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+
+
+def obj_info(fd: int, size: int) -> bytes:
+    """The first size bytes of the object's info (struct bpf_{prog,map,btf}_info)."""
+    return _obj_info(fd, size)
 
 
 def prog_name_of(fd: int) -> str:

@@ -21,10 +21,23 @@ Lifetimes. A loaded program or map lives while some fd or attachment refers
 to it: once the fds are here, the child's exit frees nothing. The child
 watches its socket and exits at once when this process goes away (kill -9
 included), before anything it loaded was attached anywhere; this side kills
-it (SIGKILL) on close() and on any failure. A child that dies, says nothing
-within TIMEOUT seconds ($FLOWTOP_BUILD_TIMEOUT), or fails, is one
-KernelFeatureError line; compile errors carry the compiler's first error
+it (SIGKILL) on close() and on any failure (except a child finishing a
+program cache entry after the first stage, see below). A child that dies,
+says nothing within TIMEOUT seconds ($FLOWTOP_BUILD_TIMEOUT), or fails, is
+one KernelFeatureError line; compile errors carry the compiler's first error
 line, as bcc reported it.
+
+The program cache (progcache.py): before it starts a child, Build looks up
+the request's entry; on a hit no child runs at all: wait() creates the maps
+and loads the programs here with bpf(2), the first stage at once and the
+later one in a thread (ready() says when it is there). A failed load from
+the cache before anything was handed over (a corrupt entry, a refused
+program) removes the entry and starts the child instead; a later stage
+that fails from the cache is that stage's error (its programs must fill the
+first stage's maps). On a miss the child writes the entry (the whole
+build, both stages) before its last message; when this process closes the
+build after the first stage, the child is not killed but finishes the
+entry on its own (compiler.py) and exits.
 """
 
 from __future__ import annotations
@@ -32,12 +45,14 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import logging
 import os
 import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +62,10 @@ from typing import Any
 import flowtop
 from flowtop import resources
 from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError
+from flowtop.kernel import progcache
 
 BPF_DIR: Path = resources.bpf_dir()
+log = logging.getLogger(__name__)
 
 # Program types, by the names bcc's BPF class gives them.
 SCHED_CLS = "SCHED_CLS"
@@ -177,26 +194,63 @@ def timeout() -> float:
     return value
 
 
-def _env() -> dict[str, str]:
-    """The child imports the same flowtop as this process, wherever it is."""
+def _env(entry: Path | None = None) -> dict[str, str]:
+    """The child imports the same flowtop as this process, wherever it is;
+    entry: the program cache entry it writes (none: it writes none)."""
     env = dict(os.environ)
     root = str(Path(flowtop.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.pop(progcache.ENTRY_ENV, None)
+    if entry is not None:
+        env[progcache.ENTRY_ENV] = str(entry)
     return env
 
 
 class Build:
-    """One compile in a child process (see the module doc): started at once,
-    its results taken with wait()."""
+    """One build (see the module doc): from the program cache when it has
+    the request's entry (progcache: no child at all; from_cache says so
+    once wait() loaded it), else a compile in a child started at once. Its
+    results are taken with wait()."""
 
     def __init__(self, request: Request) -> None:
-        if importlib.util.find_spec("bcc") is None:
-            raise KernelFeatureError(BCC_MISSING)
         self.request = request
         self.timeout = timeout()
+        self._stages = 2 if request.later else 1
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        # True once wait() loaded the first stage from the cache; compiled:
+        # a compiler child was started (at once, or after a failed cache load).
+        self.from_cache = False
+        self.compiled = False
+        self._entry: progcache.Entry | None = None
+        # The later stage loading from the cache (a thread: the first
+        # attachment does not wait for it), and what it brought.
+        self._later_thread: threading.Thread | None = None
+        self._later: Loaded | progcache.CacheError | None = None
+        self._entry_path = progcache.entry_path(request)
+        if self._entry_path is not None:
+            try:
+                self._entry = progcache.read(self._entry_path)
+            except progcache.CacheError as exc:
+                self._drop_entry(str(exc))
+        if self._entry is None:
+            self._start_child()
+
+    def _drop_entry(self, why: str) -> None:
+        log.warning(
+            "program cache: %s for %s: %s; compiling", self._entry_path, self.request.what, why
+        )
+        if self._entry_path is not None:
+            progcache.remove(self._entry_path)
+
+    def _start_child(self) -> None:
+        if importlib.util.find_spec("bcc") is None:
+            raise KernelFeatureError(BCC_MISSING)
+        request = self.request
+        self.compiled = True
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self._proc = subprocess.Popen(
                 # the source's name: only for `ps` and tests to tell the builds apart
                 [
                     sys.executable,
@@ -207,7 +261,7 @@ class Build:
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                env=_env(),
+                env=_env(self._entry_path),
                 # Its own session: a Ctrl-C in the terminal goes to flowtop,
                 # which ends the child itself.
                 start_new_session=True,
@@ -220,11 +274,70 @@ class Build:
         # A child that died at once shows at wait(): its socket is closed.
         with contextlib.suppress(OSError):
             self._sock.send(request.to_json())
-        self._stages = 2 if request.later else 1
 
     @property
     def pid(self) -> int | None:
+        """The compiler child's, while it runs; None on a cache hit."""
         return self._proc.pid if self._proc is not None else None
+
+    def _load_cached(self) -> Loaded | None:
+        """The first stage from the cache entry (the later one then loads in
+        a thread), or None: it failed (logged, entry removed, nothing left
+        loaded) and the child compile runs instead."""
+        entry, self._entry = self._entry, None
+        if entry is None:
+            return None
+        try:
+            cached = progcache.CachedLoad(entry, self.request)
+        except progcache.CacheError as exc:
+            self._drop_entry(str(exc))
+            self._start_child()
+            return None
+        try:
+            first = cached.stage(0)
+        except BaseException as exc:
+            cached.close()
+            if not isinstance(exc, progcache.CacheError):
+                raise
+            self._drop_entry(str(exc))
+            self._start_child()
+            return None
+        self.from_cache = True
+        if not self.request.later:
+            cached.close()
+            return first
+
+        def later() -> None:
+            try:
+                self._later = cached.stage(1)
+            except progcache.CacheError as exc:
+                self._later = exc
+            finally:
+                cached.close()
+
+        self._later_thread = threading.Thread(target=later, name="progcache-later", daemon=True)
+        self._later_thread.start()
+        return first
+
+    def _wait_later_cached(self, checkpoint: Callable[[], None]) -> Loaded:
+        """The later stage from the cache thread. Its failure cannot fall
+        back to a compile (a child's programs would fill the child's maps,
+        not the first stage's): it is this stage's error, as a failed
+        compile of it would be, and the entry goes."""
+        thread = self._later_thread
+        assert thread is not None
+        while thread.is_alive():
+            thread.join(0.05)
+            if thread.is_alive():
+                checkpoint()
+        self._stages = 0
+        got, self._later = self._later, None
+        if isinstance(got, progcache.CacheError) or got is None:
+            self._drop_entry(str(got))
+            raise KernelFeatureError(
+                f"cannot load {self.request.later_what} from the program cache: {got}"
+            )
+        return got
 
     @property
     def done(self) -> bool:
@@ -238,6 +351,13 @@ class Build:
         nothing within self.timeout seconds."""
         if self._stages == 0:
             raise KernelFeatureError(f"{self.request.what}: nothing more to load")
+        if self._later_thread is not None:
+            return self._wait_later_cached(checkpoint)
+        first = self._load_cached()
+        if first is not None:
+            self._stages -= 1
+            return first
+        assert self._sock is not None
         later = self.request.later and self._stages == 1
         what = self.request.later_what if later else self.request.what
         limit = time.monotonic() + self.timeout
@@ -269,6 +389,8 @@ class Build:
                 os.close(fd)
             self._fail()
             raise KernelFeatureError(f"the BPF compiler sent {len(fds)} fds for {len(names)}")
+        if msg.get("cache_note"):
+            log.info("program cache, %s: %s", what, msg["cache_note"])
         n = len(msg.get("progs", []))
         loaded = Loaded(
             dict(zip(msg.get("progs", []), fds[:n], strict=True)),
@@ -284,6 +406,10 @@ class Build:
         """Whether the next message is there (wait() would not block)."""
         if self._stages == 0:
             return False
+        if self._later_thread is not None:
+            return not self._later_thread.is_alive()
+        if self._entry is not None or self._sock is None:
+            return True
         ready, _, _ = select.select([self._sock], [], [], 0)
         return bool(ready)
 
@@ -297,7 +423,8 @@ class Build:
 
     def _reap(self, timeout: float = 10) -> int | None:
         proc, self._proc = self._proc, None
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
         if proc is None:
             return None
         try:
@@ -312,11 +439,29 @@ class Build:
 
     def close(self) -> None:
         """Ends the child if it still runs (SIGKILL: it holds nothing that
-        outlives it) and drops whatever it did not hand over. Idempotent."""
+        outlives it) and drops whatever it did not hand over. Idempotent.
+        The exception: a child that sent the first stage and compiles the
+        later one for a program cache entry is left to finish that."""
+        writing = self._stages == 1 and bool(self.request.later) and self._entry_path is not None
         self._stages = 0
+        self._entry = None
+        if self._later_thread is not None:
+            # A verifier call cannot be interrupted; it ends within seconds.
+            self._later_thread.join()
+            self._later_thread = None
+        if isinstance(self._later, Loaded):
+            self._later.close()
+        self._later = None
         proc, self._proc = self._proc, None
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+        if writing and proc is not None and proc.poll() is None:
+            # The first stage is here and the child compiles the later one
+            # for the cache entry: it finishes that on its own (compiler.py
+            # _linger) instead of being killed; reaped when it exits.
+            threading.Thread(target=proc.wait, name="compiler-reaper", daemon=True).start()
+            return
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

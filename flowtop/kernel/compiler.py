@@ -14,23 +14,31 @@ live on only through the fds it sent. bcc attaches a source file's
 and are closed (detached) before the fds go: the parent attaches the
 tracepoint programs itself (tracefs.attach_tracepoint), so that no event
 ever runs a program twice. A watchdog thread ends the child the moment the
-parent's end of the socket closes, whatever the main thread is doing.
+parent's end of the socket closes, whatever the main thread is doing (but
+see _linger: a child that handed over its first stage finishes the program
+cache entry, flowtop/kernel/progcache.py, which it writes before its last
+message: $FLOWTOP_PROGCACHE_ENTRY names the file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes as ct
 import os
 import select
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from flowtop.kernel import bpfsys, progcache
 from flowtop.kernel.build import (
     BACKGROUND_NICE,
     BCC_MISSING,
@@ -132,18 +140,28 @@ def _btf_cflags(req: Request, meta: dict[str, Any]) -> list[str]:
     return out
 
 
+# kind -> expected attach type (-1: none given)
+ATTACH_TYPES = {
+    SCHED_CLS: -1,
+    SOCK_OPS: -1,
+    CGROUP_SOCK_CREATE: 2,  # BPF_CGROUP_INET_SOCK_CREATE
+    CGROUP_SKB_INGRESS: 0,  # BPF_CGROUP_INET_INGRESS
+    CGROUP_SKB_EGRESS: 1,  # BPF_CGROUP_INET_EGRESS
+}
+
+
 def _load(bcc: Any, b: Any, progs: list[tuple[str, str]], what: str) -> list[int]:
-    # kind -> (program type, expected attach type; -1: none given)
+    # kind -> program type
     types = {
-        SCHED_CLS: (bcc.BPF.SCHED_CLS, -1),
-        SOCK_OPS: (bcc.BPF.SOCK_OPS, -1),
-        CGROUP_SOCK_CREATE: (bcc.BPF.CGROUP_SOCK, 2),  # BPF_CGROUP_INET_SOCK_CREATE
-        CGROUP_SKB_INGRESS: (bcc.BPF.CGROUP_SKB, 0),  # BPF_CGROUP_INET_INGRESS
-        CGROUP_SKB_EGRESS: (bcc.BPF.CGROUP_SKB, 1),  # BPF_CGROUP_INET_EGRESS
+        SCHED_CLS: bcc.BPF.SCHED_CLS,
+        SOCK_OPS: bcc.BPF.SOCK_OPS,
+        CGROUP_SOCK_CREATE: bcc.BPF.CGROUP_SOCK,
+        CGROUP_SKB_INGRESS: bcc.BPF.CGROUP_SKB,
+        CGROUP_SKB_EGRESS: bcc.BPF.CGROUP_SKB,
     }
     fds = []
     for name, kind in progs:
-        prog_type, attach_type = types[kind]
+        prog_type, attach_type = types[kind], ATTACH_TYPES[kind]
         try:
             with quiet_stderr():
                 fds.append(b.load_func(name.encode(), prog_type, attach_type=attach_type).fd)
@@ -161,8 +179,88 @@ def _tracepoints(b: Any) -> tuple[list[str], list[int]]:
     return names, [b.funcs[n.encode()].fd for n in names]
 
 
+def _module_maps(bcc: Any, b: Any) -> dict[str, int]:
+    """{table name: fd} of every map bcc knows in module b (extern ones
+    are the earlier module's fds)."""
+    lib = bcc.lib
+    lib.bpf_num_tables.restype = ct.c_size_t
+    lib.bpf_num_tables.argtypes = [ct.c_void_p]
+    lib.bpf_table_name.restype = ct.c_char_p
+    lib.bpf_table_name.argtypes = [ct.c_void_p, ct.c_size_t]
+    lib.bpf_table_fd_id.restype = ct.c_int
+    lib.bpf_table_fd_id.argtypes = [ct.c_void_p, ct.c_size_t]
+    out: dict[str, int] = {}
+    for i in range(lib.bpf_num_tables(b.module)):
+        fd = lib.bpf_table_fd_id(b.module, i)
+        if fd >= 0:
+            out[lib.bpf_table_name(b.module, i).decode()] = fd
+    return out
+
+
+class _Cache:
+    """The entry this build writes (progcache.Recorder), or why it writes none."""
+
+    def __init__(self, req: Request) -> None:
+        self.path: Path | None = None
+        self.note = ""
+        self.rec = progcache.Recorder()
+        raw = os.environ.get(progcache.ENTRY_ENV)
+        if not raw:
+            return
+        path = Path(raw)
+        try:
+            # The key of the files as this compile reads them: one changed since
+            # the parent looked is not written under the old key.
+            if path.name != progcache.cache_key(req) + progcache.SUFFIX:
+                self.note = "the sources changed during the build"
+                return
+        except (OSError, ValueError) as exc:
+            self.note = str(exc)
+            return
+        self.path = path
+
+    def stage(
+        self,
+        bcc: Any,
+        b: Any,
+        progs: list[tuple[int, str, int, int]],
+        maps: list[str],
+        meta: dict[str, Any],
+    ) -> None:
+        """progs: (slot, name, fd, expected attach type) as loaded from module b."""
+        if self.path is None:
+            return
+        try:
+            self.rec.add_maps(_module_maps(bcc, b))
+            lic = bcc.lib.bpf_module_license(b.module).decode()
+            kv = int(bcc.lib.bpf_module_kern_version(b.module))
+            described = []
+            for slot, name, fd, attach in progs:
+                typ = struct.unpack_from("<I", bpfsys.obj_info(fd, 4))[0]
+                kname = bpfsys.prog_name_of(fd)
+                described.append((slot, name, kname, typ, attach, lic, kv, b.dump_func(name)))
+            self.rec.add_stage(described, maps, meta)
+        except (progcache.Uncacheable, OSError, ValueError) as exc:
+            self.path, self.note = None, f"not cached: {exc}"
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        try:
+            progcache.write(self.path, self.rec.entry())
+        except OSError as exc:
+            self.path, self.note = None, f"cannot write {self.path}: {exc.strerror}"
+
+    def message(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The last message, with the note for the parent's log."""
+        return {**msg, "cache_note": self.note} if self.note else msg
+
+
 def build(sock: socket.socket, req: Request) -> None:
-    """Runs one request: compile, first message, later message."""
+    """Runs one request: compile, first message, later message. The cache
+    entry is written before the last message (the parent ends this process
+    once it has it), the maps described before the first (they are the
+    parent's from then on)."""
     if req.nice:
         os.nice(req.nice)
     try:
@@ -171,38 +269,85 @@ def build(sock: socket.socket, req: Request) -> None:
         raise BuildError(BCC_MISSING) from None
     except Exception as exc:  # OSError: libbcc.so missing
         raise BuildError(f"bcc is not importable: {exc}") from None
+    cache = _Cache(req)
     b, meta = _compile(bcc, req)
     progs = [name for name, _ in req.first]
     fds = _load(bcc, b, req.first, f"cannot compile or load {req.what}")
+    described = [
+        (i, name, fd, ATTACH_TYPES[kind])
+        for i, ((name, kind), fd) in enumerate(zip(req.first, fds, strict=True))
+    ]
     if req.sockops or req.tracepoints:
         names, tp_fds = _tracepoints(b)
         progs += names
         fds += tp_fds
+        described += [(-1, n, fd, -1) for n, fd in zip(names, tp_fds, strict=True)]
     try:
         map_fds = [b[name.encode()].map_fd for name in req.maps]
     except KeyError as exc:
         raise BuildError(f"cannot compile or load {req.what}: no map {exc}") from None
-    send(sock, {"progs": progs, "maps": req.maps, "meta": meta}, fds + map_fds)
-    if req.later:
-        # Nothing waits for these yet: the parent is attaching the first ones.
-        os.nice(max(0, BACKGROUND_NICE - req.nice))
-        if req.later_cflags:
-            # b stays alive: its public maps are what this compile's
-            # "extern" ones resolve to.
-            b2, _ = _compile(bcc, replace(req, cflags=req.later_cflags, what=req.later_what))
-            later = _load(bcc, b2, req.later, f"cannot load {req.later_what}")
-        else:
-            later = _load(bcc, b, req.later, f"cannot load {req.later_what}")
-        send(sock, {"progs": [name for name, _ in req.later]}, later)
+    cache.stage(bcc, b, described, req.maps, meta)
+    first = {"progs": progs, "maps": req.maps, "meta": meta}
+    if not req.later:
+        cache.write()
+        send(sock, cache.message(first), fds + map_fds)
+        return
+    send(sock, first, fds + map_fds)
+    if cache.path is not None:
+        _linger.set()
+    # Nothing waits for these yet: the parent is attaching the first ones.
+    os.nice(max(0, BACKGROUND_NICE - req.nice))
+    module = b
+    if req.later_cflags:
+        # b stays alive: its public maps are what this compile's
+        # "extern" ones resolve to.
+        module, _ = _compile(bcc, replace(req, cflags=req.later_cflags, what=req.later_what))
+        later = _load(bcc, module, req.later, f"cannot load {req.later_what}")
+    else:
+        later = _load(bcc, b, req.later, f"cannot load {req.later_what}")
+    n = len(req.first)
+    cache.stage(
+        bcc,
+        module,
+        [
+            (n + i, name, fd, ATTACH_TYPES[kind])
+            for i, ((name, kind), fd) in enumerate(zip(req.later, later, strict=True))
+        ],
+        [],
+        {},
+    )
+    cache.write()
+    try:
+        send(sock, cache.message({"progs": [name for name, _ in req.later]}), later)
+    except OSError:
+        if not _linger.is_set():
+            raise
+        # the parent went away meanwhile: the entry was what was left to do
+
+
+# Set once the first message went out while a program cache entry is still
+# to be written (the later stage compiling): the parent going away (a short
+# run ends before the L3 pair is compiled) then no longer ends this process,
+# which finishes the entry at the lowest priority within LINGER seconds.
+# What it holds then is attached nowhere and freed when it exits.
+_linger = threading.Event()
+LINGER = 120.0
 
 
 def _watchdog(sock: socket.socket) -> None:
-    """Ends this process when the parent's end of the socket goes away."""
+    """Ends this process when the parent's end of the socket goes away
+    (unless it lingers for the cache entry: see _linger)."""
     p = select.poll()
     p.register(sock, select.POLLRDHUP | select.POLLHUP)
     while True:
         for _fd, ev in p.poll():
             if ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+                if not _linger.is_set():
+                    os._exit(3)
+                with contextlib.suppress(OSError):
+                    # the main thread (its tid is the pid) compiles
+                    os.setpriority(os.PRIO_PROCESS, os.getpid(), 19)
+                time.sleep(LINGER)
                 os._exit(3)
 
 
@@ -218,10 +363,12 @@ def main(argv: list[str]) -> int:
     try:
         build(sock, Request.from_json(request))
     except BuildError as exc:
-        send(sock, {"error": str(exc)})
+        with contextlib.suppress(OSError):  # a parent gone while this lingered
+            send(sock, {"error": str(exc)})
         return 1
     except Exception as exc:  # anything else is still one line for the parent
-        send(sock, {"error": f"the BPF compiler failed: {type(exc).__name__}: {exc}"})
+        with contextlib.suppress(OSError):
+            send(sock, {"error": f"the BPF compiler failed: {type(exc).__name__}: {exc}"})
         return 1
     # Skip bcc's atexit clean-up (it would walk what was handed over) and
     # LLVM's destructors: the kernel closes everything this process holds.

@@ -37,6 +37,12 @@ def _root() -> None:
         pytest.skip("needs root")
 
 
+@pytest.fixture(autouse=True)
+def _compile_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests watch the compiler child: the program cache would skip it."""
+    monkeypatch.setenv("FLOWTOP_PROGRAM_CACHE", "0")
+
+
 def children(pid: int) -> dict[int, str]:
     """{pid: command line} of pid's live children (zombies left out)."""
     out = {}

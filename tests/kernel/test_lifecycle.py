@@ -304,6 +304,13 @@ WINDOW = {"importing": 0.1, "compiling": 0.5, "attaching": 0.6, "collecting": 0.
 EXIT_BOUND = 15.0
 
 
+@pytest.fixture(autouse=True)
+def _compile_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stop points include the compile (a child with bcc mapped): the
+    program cache would skip it, so these starts compile."""
+    monkeypatch.setenv("FLOWTOP_PROGRAM_CACHE", "0")
+
+
 @pytest.fixture
 def cpu_hog() -> Iterator[None]:
     """A busy loop on every CPU, niced so that start-up slows without taking minutes."""
