@@ -85,6 +85,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="NAME",
     ),
     _opt(
+        "--listen",
+        COLLECTING,
+        "receive flows instead of watching interfaces (repeatable; no root needed): "
+        "ipfix://[ADDR]:PORT (UDP+TCP, default 4739), netflow://[ADDR]:PORT "
+        "(v9/v5, default 2055), sflow://[ADDR]:PORT (v5, default 6343); ADDR defaults to "
+        "127.0.0.1",
+        action="append",
+        metavar="URL",
+    ),
+    _opt(
         "--attach",
         COLLECTING,
         "how to attach to TC hooks: tcx links (Linux 6.6+), tc (clsact filters) or auto "
@@ -196,7 +206,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 # Options that cannot be given together (in any mode).
-CONFLICTS = (("--resolve", "--no-resolve"),)
+CONFLICTS = (
+    ("--resolve", "--no-resolve"),
+    # one source per run (config.Config checks [listen] with [interfaces] too)
+    ("--listen", "--interface"),
+    ("--listen", "--record"),  # a recording of received flows: not yet
+)
 
 _SUBCOMMAND_HELP = {
     DUMP: "collect for a while, then print flows",

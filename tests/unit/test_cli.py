@@ -121,6 +121,7 @@ def _samples(tmp: Path) -> dict[str, tuple[list[str], object]]:
     cfg.chmod(0o600)
     return {
         "interfaces": (["va"], ["va"]),
+        "listen": (["ipfix://"], ["ipfix://"]),
         "tc_priority": (["7"], 7),
         "attach": (["tc"], "tc"),
         "max_flows": (["1000"], 1000),
@@ -152,6 +153,7 @@ def _samples(tmp: Path) -> dict[str, tuple[list[str], object]]:
 # option goes into the Config at all (given the sample above).
 CONFIG_OF: dict[str, Callable[[Config], object]] = {
     "interfaces": lambda c: c.collector.interfaces == ("va",),
+    "listen": lambda c: [str(u) for u in c.listen.urls] == ["ipfix://127.0.0.1:4739 (udp+tcp)"],
     "tc_priority": lambda c: c.collector.tc_priority == 7,
     "attach": lambda c: c.collector.attach == "tc",
     "max_flows": lambda c: c.collector.max_flows == 1000,
