@@ -129,8 +129,41 @@ enum ft_counter {
 	FT_CTR_NO_PORTS = 12,       /* in a flow, but the L4 header was cut: ports 0/0 */
 	FT_CTR_MPLS_LIMIT = 13,     /* MPLS label stack deeper than we walk */
 	FT_CTR_NET_SEEK_LIMIT = 14, /* no Ethernet header, network header not found */
-	FT_CTR_MAX = 15,
+	/* Names from the wire (bpf/wirenames.h); the packets are in their flows. */
+	FT_CTR_WIRE_RATE_LIMITED = 15, /* events refused by the per-CPU token bucket */
+	FT_CTR_WIRE_RING_FULL = 16,    /* events refused because the ring was full */
+	FT_CTR_WIRE_EVENTS = 17,       /* events handed up through wire_ring */
+	FT_CTR_MAX = 18,
 };
+
+/* struct wire_event_hdr.kind (flowtop/kernel/wire_records.py KIND_*). */
+#define FT_WIRE_KIND_DNS 1       /* a DNS response (from a DNS port) */
+#define FT_WIRE_KIND_TCP_FIRST 2 /* a first data segment of a new TCP connection's client */
+
+/* Payload bytes an event carries at most (a -D cflag from
+ * flowtop/kernel/program.py). Records are as long as what they carry, so
+ * the cap costs nothing for small packets; 2048 holds a whole ClientHello
+ * with a post-quantum key share (~1.8 KB, often one GSO/GRO skb) whose
+ * extensions a browser may put in any order, SNI last. */
+#ifndef FT_WIRE_CAP
+#define FT_WIRE_CAP 2048
+#endif
+
+/*
+ * The header of one record of the wire_ring ring buffer (bpf/wirenames.h),
+ * followed by cap_len bytes of L4 payload (after the UDP or TCP header):
+ * the record is sizeof(struct wire_event_hdr) + cap_len bytes long.
+ * Mirrored by flowtop/kernel/wire_records.py WIRE_EVENT_HDR.
+ */
+struct wire_event_hdr {
+	struct flow_key key; /* the packet's own flow key */
+	__u8 kind;           /* FT_WIRE_KIND_* */
+	__u8 pad[3];
+	__u32 seq;           /* TCP sequence number of the first payload byte; 0 for UDP */
+	__u32 payload_len;   /* the payload's whole length in the packet */
+	__u32 cap_len;       /* bytes of it that follow (<= FT_WIRE_CAP) */
+};
+
 
 /*
  * Passive TCP tracking (bpf/tcprtt.h): one entry per connection, whichever

@@ -13,10 +13,13 @@
  * The pieces: parse_packet() (bpf/packet.h, with the header parsers of
  * bpf/parse.h) reads a packet into struct pkt; handle_packet() here
  * accounts it in the interface counters, its flow (account_flow()) or a
- * counter of enum ft_counter (count()), and hands TCP to the passive
- * RTT/retransmit tracker (bpf/tcprtt.h). The maps are all here, and so are
- * the functions the headers call to reach them (count(), tcp_conn_lookup(),
- * ...; see bpf/counters.h): bcc rewrites map calls in this file only.
+ * counter of enum ft_counter (count()), hands TCP to the passive
+ * RTT/retransmit tracker (bpf/tcprtt.h), and, last, DNS responses and new
+ * connections' first segments to names from the wire (bpf/wirenames.h:
+ * its tail-called program flowtop_wire is here too). The maps are all
+ * here, and so are the functions the headers call to reach them (count(),
+ * tcp_conn_lookup(), ...; see bpf/counters.h): bcc rewrites map calls in
+ * this file only.
  *
  * Build-time options come as -D cflags from flowtop/kernel/program.py:
  *   FT_FLOW_MAP_SIZE   entries of each interval flow map
@@ -28,6 +31,11 @@
  *   FT_L3_PAIR         0: the Ethernet pair, which creates the maps; 1: the
  *                      pair for L3 devices, compiled second in the same
  *                      build child, on the first compile's maps (below)
+ *   FT_WIRE_NAMES      1: hand DNS responses and new connections' first
+ *                      data segments up for names (bpf/wirenames.h), 0: without
+ *   FT_WIRE_RING_PAGES pages of its ring buffer (a power of two)
+ *   FT_WIRE_PORT1..4, FT_WIRE_COST_NS, FT_WIRE_BURST_NS, FT_WIRE_CAP: its
+ *                      extra DNS ports, rate and capture length (wirenames.h)
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -37,6 +45,9 @@
 #include "counters.h"
 #include "packet.h"
 #include "tcprtt.h"
+#if FT_WIRE_NAMES
+#include "wirenames.h"
+#endif
 
 #ifndef FT_FLOW_MAP_SIZE
 #define FT_FLOW_MAP_SIZE 65536
@@ -52,6 +63,12 @@
 #endif
 #ifndef FT_L3_PAIR
 #define FT_L3_PAIR 0
+#endif
+#ifndef FT_WIRE_NAMES
+#define FT_WIRE_NAMES 0
+#endif
+#ifndef FT_WIRE_RING_PAGES
+#define FT_WIRE_RING_PAGES 256 /* 1 MiB with 4 KiB pages */
 #endif
 
 /*
@@ -227,6 +244,100 @@ static __always_inline __u32 *ft_opaque_slot(void)
 
 	return opaque.lookup(&zero);
 }
+
+#if FT_WIRE_NAMES
+/*
+ * Names from the wire (bpf/wirenames.h). wire_ring: the ring buffer the
+ * events go up through (struct wire_event_hdr + payload; read by
+ * flowtop/kernel/ringbuf.py, consumed records need no deleting). FT_MAP()
+ * cannot declare a ring buffer (its methods differ), so the export and the
+ * extern declaration of the two compiles are spelled out: the extern one
+ * is BPF_RINGBUF_OUTPUT's struct in "maps/extern", which bcc resolves to
+ * the first compile's map as it does for FT_MAP.
+ */
+#if FT_L3_PAIR
+struct wire_ring_table_t {
+	int key;
+	__u32 leaf;
+	int (*ringbuf_output)(void *, __u64, __u64);
+	void *(*ringbuf_reserve)(__u64);
+	void (*ringbuf_discard)(void *, __u64);
+	void (*ringbuf_submit)(void *, __u64);
+	__u32 max_entries;
+};
+__attribute__((section("maps/extern"))) struct wire_ring_table_t wire_ring = {
+	.max_entries = FT_WIRE_RING_PAGES * PAGE_SIZE,
+};
+#else
+BPF_RINGBUF_OUTPUT(wire_ring, FT_WIRE_RING_PAGES);
+__attribute__((section("maps/export"))) struct wire_ring_table_t __wire_ring;
+#endif
+
+/* New connections (key: the flow key of the client's direction, value:
+ * struct wire_conn): inserted on the SYN, deleted here once their first
+ * segments went up; the LRU drops the ones that never send data. */
+FT_MAP("lru_hash", struct flow_key, struct wire_conn, wire_conns, FT_WIRE_YOUNG_SLOTS);
+
+/* The cheap test's slots (index: wire_young_index(), value: the last SYN's
+ * ISN + 1 there). Overwritten by SYNs, never deleted. */
+FT_MAP("array", int, __u32, wire_young, FT_WIRE_YOUNG_SLOTS);
+
+/* This CPU's token bucket (index 0; never deleted). */
+FT_MAP("percpu_array", int, struct wire_bucket, wire_bucket, 1);
+
+/* This CPU's event under construction (index 0: struct wire_scratch;
+ * never deleted). */
+FT_MAP("percpu_array", int, struct wire_scratch, wire_scratch, 1);
+
+/* Slot 0: flowtop_wire, which wire_handoff() tail-calls; userspace puts it
+ * there at load (TcProgram), the L3 pair's calls land in the same slot. */
+FT_MAP("prog", int, int, wire_tail, 1);
+
+/* The accessors wirenames.h declares. */
+static __always_inline __u32 *wire_young_slot(__u32 idx)
+{
+	return wire_young.lookup(&idx);
+}
+
+static __always_inline struct wire_conn *wire_conn_lookup(struct flow_key *k)
+{
+	return wire_conns.lookup(k);
+}
+
+static __always_inline int wire_conn_put(struct flow_key *k, struct wire_conn *v)
+{
+	return wire_conns.update(k, v);
+}
+
+static __always_inline void wire_conn_delete(struct flow_key *k)
+{
+	wire_conns.delete(k);
+}
+
+static __always_inline struct wire_bucket *wire_bucket_slot(void)
+{
+	__u32 zero = 0;
+
+	return wire_bucket.lookup(&zero);
+}
+
+static __always_inline struct wire_scratch *wire_scratch_slot(void)
+{
+	__u32 zero = 0;
+
+	return wire_scratch.lookup(&zero);
+}
+
+static __always_inline void wire_tail_call(struct __sk_buff *skb)
+{
+	wire_tail.call(skb, 0);
+}
+
+static __always_inline int wire_ring_output(void *data, __u64 size)
+{
+	return wire_ring.ringbuf_output(data, size, 0);
+}
+#endif
 
 /* Adds packets and len bytes to the interface counter (see struct
  * iface_stats for what the callers count). */
@@ -560,6 +671,9 @@ static __always_inline int handle_packet(struct __sk_buff *skb, __u8 dir, const 
 
 	account_flow(&p.key, slot, segs, bytes, p.flags, p.dscp, p.mpls, now);
 	track_tcp(skb, &p, segs, dir, now, slot);
+#if FT_WIRE_NAMES
+	wire_names(skb, &p, segs, now);
+#endif
 	return TC_ACT_UNSPEC;
 }
 
@@ -575,6 +689,14 @@ int flowtop_egress(struct __sk_buff *skb)
 {
 	return handle_packet(skb, FT_DIR_EGRESS, 0);
 }
+#if FT_WIRE_NAMES
+/* Tail-called by both pairs for the packets wirenames.h hands up. */
+int flowtop_wire(struct __sk_buff *skb)
+{
+	wire_output(skb);
+	return TC_ACT_UNSPEC;
+}
+#endif
 #else
 /* Devices without an Ethernet header (see parse_l3dev()). */
 int flowtop_l3_ingress(struct __sk_buff *skb)

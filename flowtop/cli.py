@@ -68,7 +68,14 @@ def _config(args: argparse.Namespace, interval: float | None) -> Config:
         enrich = replace(enrich, resolve=True)
     if args.no_resolve:
         enrich = replace(enrich, resolve=False)
-    return replace(cfg, collector=collector, ipfix=ipfix, prometheus=prom, enrich=enrich)
+    receive = cfg.listen
+    if args.listen:
+        from flowtop.listen.urls import parse_url
+
+        receive = replace(receive, urls=tuple(parse_url(u) for u in args.listen))
+    return replace(
+        cfg, collector=collector, ipfix=ipfix, prometheus=prom, enrich=enrich, listen=receive
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,12 +171,15 @@ def _begin_compile(cfg: Config) -> Config:
     """Start compiling the TC program before the run's imports and checks:
     the first attachment waits for the compile, which now runs beside them
     (the collector takes the build over: kernel/build.take). Returns cfg."""
-    if os.geteuid() == 0:
-        from flowtop.kernel.build import begin_early
-        from flowtop.kernel.program import ProgramOptions, request
+    from flowtop.kernel import progcache
 
-        c = cfg.collector
-        begin_early(request(ProgramOptions(flow_map_size=c.map_size, passive_rtt=c.passive_rtt)))
+    progcache.configure(cfg.collector.program_cache)
+    if os.geteuid() == 0 and not cfg.listen.urls:  # listening compiles nothing
+        from flowtop.kernel.build import begin_early
+        from flowtop.kernel.program import request
+        from flowtop.run.lifecycle import program_options
+
+        begin_early(request(program_options(cfg)))
     return cfg
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowtop.errors import ConfigError
+from flowtop.listen.urls import ListenUrl, parse_url
 
 DEFAULT_PATH = "/etc/flowtop/flowtop.toml"
 # The kernel keeps flows of one interval only; a map this size holds 65536
@@ -39,6 +40,8 @@ class CollectorConfig:
     sockops: bool = True  # local TCP health from sock_ops + tracepoint
     passive_rtt: bool = True  # passive RTT/retransmits in the TC program
     owners: bool = True  # socket owners (process/service/container) from cgroup programs
+    drops: bool = True  # kernel drop reasons per flow (skb:kfree_skb)
+    program_cache: bool = True  # load unchanged builds from kernel/progcache's directory
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.interval <= 3600:
@@ -88,6 +91,8 @@ class CollectorConfig:
             sockops=base.sockops,
             passive_rtt=base.passive_rtt,
             owners=base.owners,
+            drops=base.drops,
+            program_cache=base.program_cache,
         )
 
 
@@ -197,13 +202,83 @@ class EnrichConfig:
         return interactive if self.resolve is None else self.resolve
 
 
+NAMES_MAX_PORTS = 4  # extra DNS ports the TC program compares (bpf/wirenames.h)
+
+
+@dataclass(frozen=True, slots=True)
+class NamesConfig:
+    """[names]: names from the wire (DNS responses, TLS SNI, HTTP Host).
+    dns_ports: ports besides 53 whose responses are read; rate: events the
+    kernel hands up per second per CPU (a burst of one second's worth)."""
+
+    enabled: bool = True
+    dns_ports: tuple[int, ...] = ()
+    rate: int = 2000
+    # A DNS answer names flows for max(its TTL, min_ttl) seconds (at most an
+    # hour): clients reuse answers past short CDN TTLs.
+    min_ttl: int = 30
+
+    def __post_init__(self) -> None:
+        if len(self.dns_ports) > NAMES_MAX_PORTS:
+            raise ConfigError(
+                f"names.dns_ports takes at most {NAMES_MAX_PORTS} ports, not {len(self.dns_ports)}"
+            )
+        for port in self.dns_ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(f"names.dns_ports: not a port (1..65535): {port!r}")
+        if not 1 <= self.rate <= 1_000_000:
+            raise ConfigError(f"names.rate must be 1..1000000 events/s, not {self.rate}")
+        if not 0 <= self.min_ttl <= 3600:
+            raise ConfigError(f"names.min_ttl must be 0..3600 s, not {self.min_ttl}")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """[listen] / --listen: flowtop as an IPFIX / NetFlow collector
+    (flowtop/listen/); urls empty: the kernel collector."""
+
+    urls: tuple[ListenUrl, ...] = ()
+    max_exporters: int = 1024  # exporters kept; the one heard from longest ago goes
+    max_templates: int = 128  # templates per exporter
+    template_lifetime: float = 1800.0  # s a UDP template lives without a refresh
+    queue_mb: int = 64  # received, not yet decoded datagrams at most (full: counted)
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, int, bool]] = set()
+        for u in self.urls:
+            for tcp in [t for t, on in ((False, u.udp), (True, u.tcp)) if on]:
+                if (u.host, u.port, tcp) in seen:
+                    raise ConfigError(f"listen: {u} is given twice")
+                seen.add((u.host, u.port, tcp))
+        if not 1 <= self.max_exporters <= 1_000_000:
+            raise ConfigError(f"listen.max_exporters must be 1..1000000, not {self.max_exporters}")
+        if not 1 <= self.max_templates <= 65536:
+            raise ConfigError(f"listen.max_templates must be 1..65536, not {self.max_templates}")
+        if not 1 <= self.template_lifetime <= 86400:
+            raise ConfigError(
+                f"listen.template_lifetime must be 1..86400 s, not {self.template_lifetime}"
+            )
+        if not 1 <= self.queue_mb <= 4096:
+            raise ConfigError(f"listen.queue_mb must be 1..4096, not {self.queue_mb}")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     ipfix: IpfixConfig = field(default_factory=IpfixConfig)
     prometheus: PrometheusConfig = field(default_factory=PrometheusConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    names: NamesConfig = field(default_factory=NamesConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
     path: str | None = None  # the file it came from
+
+    def __post_init__(self) -> None:
+        # One source per run for now: received flows or this box's interfaces.
+        if self.listen.urls and self.collector.interfaces:
+            raise ConfigError(
+                "listening (--listen, [listen]) and interfaces (-i, [interfaces]) "
+                "do not go together (yet): run two flowtops"
+            )
 
 
 # -- the file -------------------------------------------------------------------------------
@@ -249,6 +324,18 @@ def _strs(key: str, v: Any) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _ports(key: str, v: Any) -> tuple[int, ...]:
+    if not isinstance(v, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in v
+    ):
+        raise ConfigError(f"{key} must be a list of port numbers")
+    return tuple(v)
+
+
+def _listen_urls(key: str, v: Any) -> tuple[ListenUrl, ...]:
+    return tuple(parse_url(x, key) for x in _strs(key, v))
+
+
 def _endpoints(key: str, v: Any) -> tuple[Endpoint, ...]:
     return tuple(parse_endpoint(x, key) for x in _strs(key, v))
 
@@ -273,6 +360,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "sockops": ("sockops", _bool),
         "passive_rtt": ("passive_rtt", _bool),
         "owners": ("owners", _bool),
+        "drops": ("drops", _bool),
+        "program_cache": ("program_cache", _bool),
     },
     "ipfix": {
         "collectors": ("collectors", _endpoints),
@@ -294,6 +383,19 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "geoip_city": ("geoip_city", _str),
         "labels": ("labels", _str),
         "resolve": ("resolve", _bool),
+    },
+    "names": {
+        "enabled": ("enabled", _bool),
+        "dns_ports": ("dns_ports", _ports),
+        "rate": ("rate", _int(1, 1_000_000)),
+        "min_ttl": ("min_ttl", _int(0, 3600)),
+    },
+    "listen": {
+        "urls": ("urls", _listen_urls),
+        "max_exporters": ("max_exporters", _int(1, 1_000_000)),
+        "max_templates": ("max_templates", _int(1, 65536)),
+        "template_lifetime": ("template_lifetime", _num(1, 86400)),
+        "queue_mb": ("queue_mb", _int(1, 4096)),
     },
 }
 
@@ -346,6 +448,8 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
         ipfix=IpfixConfig(**values["ipfix"]),
         prometheus=PrometheusConfig(**values["prometheus"]),
         enrich=EnrichConfig(**values["enrich"]),
+        names=NamesConfig(**values["names"]),
+        listen=ListenConfig(**values["listen"]),
         path=path,
     )
 

@@ -16,23 +16,21 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from flowtop.core.drops import DropTable
 from flowtop.core.flowtable import FlowBatch, FlowTable, empty_batch
+from flowtop.core.joins import NameJoin, OwnerJoin
 from flowtop.core.model import CollectorHealth, InterfaceCounters
-from flowtop.core.owners import (
-    OWNER_PENDING,
-    STATE_ATTRIBUTED,
-    STATE_UNATTRIBUTED,
-    OwnerColumns,
-    OwnerTable,
-)
+from flowtop.core.owners import OwnerTable
 from flowtop.core.readings import EngineReadings, owner_bytes, remote_bytes
 from flowtop.errors import CollectorFailedError
 from flowtop.kernel.collector import Drain
 from flowtop.stop import StopSignal
+from flowtop.wirenames.names import WireNames
 
 if TYPE_CHECKING:
     from flowtop.core.procsockets import ProcSnapshot
     from flowtop.enrich import Enricher
+    from flowtop.kernel.dropreasons import DropReasons
 
 from flowtop.core.tcphealth import GroupNamer, HealthTracker, TcpUpdate, join, prefix_group
 
@@ -42,21 +40,6 @@ log = logging.getLogger("flowtop.engine")
 # that fails once is skipped and counted; one that never works again ends
 # the run with one line instead of a view that silently shows nothing.
 MAX_DRAIN_FAILURES = 10
-
-# Socket owners (fields.OWNER). A flow is joined to the OwnerTable while its
-# owner_state is OWNER_PENDING: first in the interval that created its row. A
-# flow whose first packets were counted before its socket's report was read
-# (an incoming first packet: TC ingress counts it before the socket's
-# cgroup hook reports the tuple, and a drain can fall in between) is joined
-# again for this many intervals after its first packet before it settles
-# with no owner (or unattributed). A flow that ends meanwhile settles with
-# its flow-end record (_emit).
-OWNER_RETRY_INTERVALS = 3
-# OwnerColumns field -> flow table column.
-OWNER_COLUMNS = (
-    ("pid", "pid"), ("uid", "uid"), ("cgroup_id", "cgroup_id"), ("comm", "comm_id"),
-    ("service", "service_id"), ("container", "container_id"), ("pod", "pod_id"),
-)  # fmt: skip
 
 
 def _enricher_errors(enricher: Enricher | None) -> int:
@@ -207,9 +190,19 @@ class Engine:
     # failed to start, a replay). Fed by Drain.owners; its names resolve the
     # flows' comm_id/service_id/container_id/pod_id (owners.names).
     owners: OwnerTable | None = None
-    # Flows settled as STATE_UNATTRIBUTED so far (CollectorHealth.owners_unattributed).
-    owners_unattributed: int = 0
-    _owner_steps: int = 0
+    # Names from the wire (wirenames/names.py), None: off (not collected, a
+    # replay). Fed by its reader thread (wirenames/reader.py); its `names`
+    # resolve the flows' src_name_id/dst_name_id/name_cname_id.
+    names: WireNames | None = None
+    # The joins of those two onto the flows (core/joins.py), made by use_owners/use_names.
+    _joins: list[OwnerJoin | NameJoin] = field(default_factory=list)
+    # Kernel drops per flow key and reason (core/drops.py), made by use_drops
+    # (the run, once the drop program runs) or at the first drain that carries
+    # drop reasons (Drain.drop_reasons); None: no drops
+    # collected (off, failed to start, a replay). Entries of keys without a
+    # live flow go after drop_keep_s without drops (None: kept for the run: dump).
+    drops: DropTable | None = None
+    drop_keep_s: float | None = 60.0
 
     def __post_init__(self) -> None:
         if self.tcp_health is None:
@@ -234,16 +227,23 @@ class Engine:
         self.table.set_column("dst_ent", rows, -1)
 
     def _merged(self, d: Drain) -> None:
-        """TCP samples, owners and enrichment onto the merged rows (before FIN
-        flows leave)."""
+        """TCP samples, names, owners, drops and enrichment onto the merged
+        rows (before FIN flows leave)."""
         self.last_tcp = join(self.table, d.tcp, d.now_ns)
-        if self.owners is not None:
+        for j in self._joins:
             try:
-                self._join_owners(self.owners, d)
+                j.rows(self.table, d, self.interval)
             except Exception as exc:  # the rows stay pending and are tried again
-                self.failures.enrich.failed(exc, "socket owners")
+                self.failures.enrich.failed(exc, j.what)
             else:
-                self.failures.enrich.ok("socket owners")
+                self.failures.enrich.ok(j.what)
+        if d.drops is not None and d.drop_reasons is not None:
+            try:
+                self._join_drops(d)
+            except Exception as exc:  # this interval's drops miss their flows (counted)
+                self.failures.enrich.failed(exc, "drops")
+            else:
+                self.failures.enrich.ok("drops")
         if self.enricher is None:
             return
         try:
@@ -259,55 +259,43 @@ class Engine:
         if snapshot is not None:
             owners.add_snapshot(snapshot)
         self.owners = owners
+        self._joins = [j for j in self._joins if not isinstance(j, OwnerJoin)]
+        self._joins.append(OwnerJoin(owners))
 
-    def _join_owners(self, owners: OwnerTable, d: Drain) -> None:
-        """The interval's socket reports in; pending rows joined, and settled
-        when attributed or past their retry window. Live attributed rows are
-        joined too, a 1/k slice per interval, only so that their OwnerTable
-        entries stay alive as long as the flows (a flow that idles out and
-        comes back finds its socket's entry: the kernel reports a tuple
-        once)."""
-        if d.owners is not None and len(d.owners):
-            owners.add(d.owners)
-        t = self.table
-        live = t.live_rows()
-        state = t.column("owner_state", live)
-        pending = live[state == OWNER_PENDING]
-        self._owner_steps += 1
-        k = max(1, int(owners.idle_timeout / (2 * max(self.interval, 1e-3))))
-        refresh = live[(state == STATE_ATTRIBUTED) & (live % k == self._owner_steps % k)]
-        if not len(pending) and not len(refresh):
-            owners.expire()
-            return
-        rows = np.concatenate([pending, refresh])
-        cols = owners.join(t.keys_at(rows))
-        n = len(pending)
-        retry_ns = int(OWNER_RETRY_INTERVALS * max(self.interval, d.interval) * 1e9)
-        young = t.column("first_ns", pending).astype(np.int64) > d.now_ns - retry_ns
-        settle = np.flatnonzero((cols.state[:n] == STATE_ATTRIBUTED) | ~young)
-        if len(settle):
-            vals = self._settle(cols, settle)
-            for name, v in vals.items():
-                t.set_column(name, pending[settle], v)
+    def use_drops(self, reasons: DropReasons) -> None:
+        """Join drops from now on (the collector's drop program runs): the
+        view's drop filter terms work before the first drain."""
+        if self.drops is None:
+            self.drops = DropTable(reasons, keep_s=self.drop_keep_s)
 
-    def _settle(self, cols: OwnerColumns, at: np.ndarray) -> dict[str, np.ndarray]:
-        """The owner columns (flow table names) of the joined rows at `at`,
-        their state final; counts the unattributed ones."""
-        out = {col: getattr(cols, name)[at] for name, col in OWNER_COLUMNS}
-        out["owner_state"] = st = cols.state[at]
-        self.owners_unattributed += int((st == STATE_UNATTRIBUTED).sum())
-        return out
+    def keep_all_drops(self) -> None:
+        """Keep every key's drops for the run (dump: its run is bounded)."""
+        self.drop_keep_s = None
+        if self.drops is not None:
+            self.drops.keep_ns = None
 
-    def _owners_batch(self, owners: OwnerTable, batch: FlowBatch) -> None:
-        """Flow-end records still pending (ended inside their retry window, or
-        never had a row) joined once more and settled, in place."""
-        ext = batch.columns
-        at = np.flatnonzero(ext["owner_state"] == OWNER_PENDING)
-        if not len(at):
-            return
-        vals = self._settle(owners.join(batch.keys[at]), np.arange(len(at)))
-        for name, v in vals.items():
-            ext[name][at] = v
+    def _join_drops(self, d: Drain) -> None:
+        """The interval's drops onto their flows' rows (DropTable.join: one
+        vectorised key lookup), after the counters merged and before FIN
+        flows leave, so their last records carry them."""
+        assert d.drops is not None and d.drop_reasons is not None
+        self.use_drops(d.drop_reasons)
+        assert self.drops is not None
+        self.drops.join(self.table, d.drops, d.now_ns)
+        self.drops.expire(self.table, d.now_ns)
+        assert self.tcp_health is not None
+        self.tcp_health.add_drops(d.drops, d.drop_reasons, d.now_ns / 1e9)
+
+    def use_names(self, names: WireNames) -> None:
+        """Name flows from the wire from now on (a reader thread feeds names)."""
+        self.names = names
+        self._joins = [j for j in self._joins if not isinstance(j, NameJoin)]
+        self._joins.insert(0, NameJoin(names))
+
+    @property
+    def owners_unattributed(self) -> int:
+        """Flows settled unattributed so far (CollectorHealth.owners_unattributed)."""
+        return sum(j.unattributed for j in self._joins if isinstance(j, OwnerJoin))
 
     def _enrich_rows(self, enricher: Enricher) -> None:
         if enricher.maybe_reload():
@@ -384,13 +372,13 @@ class Engine:
     def _emit(self, batch: FlowBatch) -> None:
         if len(batch) == 0:
             return
-        if self.owners is not None:
+        for j in self._joins:
             try:
-                self._owners_batch(self.owners, batch)
-            except Exception as exc:  # they go out without owners rather than not at all
-                self.failures.enrich.failed(exc, "socket owners of ended flows")
+                j.ended(batch)
+            except Exception as exc:  # they go out without it rather than not at all
+                self.failures.enrich.failed(exc, f"{j.what} of ended flows")
             else:
-                self.failures.enrich.ok("socket owners of ended flows")
+                self.failures.enrich.ok(f"{j.what} of ended flows")
         if self.enricher is not None:
             try:
                 self._enrich_batch(self.enricher, batch.columns, batch.keys)
@@ -468,6 +456,8 @@ class Engine:
         h = self.collector.health(self.table.forced_evictions)
         f = self.failures
         enrich = self._enrich_errors_before + _enricher_errors(self.enricher)
+        names = self._names_health()
+        enrich += names["read_errors"]
         return replace(
             h,
             drain_errors=h.drain_errors + f.drain.total,
@@ -475,7 +465,22 @@ class Engine:
             output_errors=h.output_errors + f.output.total,
             record_errors=h.record_errors + f.record.total,
             owners_unattributed=h.owners_unattributed + self.owners_unattributed,
+            names_dropped=h.names_dropped + names["dropped"],
+            names_unparsed=h.names_unparsed + names["unparsed"],
+            names_malformed=h.names_malformed + names["malformed"],
         )  # resolve_errors: the resolvers count their own (dump and the view add them)
+
+    def _names_health(self) -> dict[str, int]:
+        """CollectorHealth's names_* counters (and the reader's read errors,
+        counted in enrich_errors) from WireNames.counters; 0 when off."""
+        c = self.names.counters() if self.names is not None else {}
+        g = c.get
+        return {
+            "dropped": g("evicted", 0) + g("first_dropped", 0),
+            "unparsed": g("dns_tcp_unparsed", 0) + g("first_incomplete", 0),
+            "malformed": g("dns_malformed", 0) + g("first_malformed", 0) + g("bad_packets", 0),
+            "read_errors": g("read_errors", 0),
+        }
 
     def run(
         self,

@@ -58,6 +58,7 @@ from types import MappingProxyType
 from flowtop.core.model import EndReason
 from flowtop.core.owners import OWNER_PENDING, UID_NONE
 from flowtop.kernel import layout
+from flowtop.wirenames.names import NAME_PENDING
 
 # Where a field's value comes from (Field.origin).
 KEY = "key"  # a member of the flow key (layout.FLOW_KEY), kept with the key
@@ -65,6 +66,8 @@ KERNEL = "kernel"  # a member of layout.FLOW_STATS, merged interval by interval
 TCP = "tcp"  # from layout.TCP_SAMPLE records, written by core/tcphealth.join
 ENRICH = "enrich"  # written by the engine from the Enricher
 OWNER = "owner"  # written by the engine from its OwnerTable (core/owners.py)
+WIRE = "wire"  # written by the engine from its WireNames (wirenames/names.py)
+DROP = "drop"  # written by the engine from its DropTable (core/drops.py)
 RATE = "rate"  # derived by the flow table over the last interval (live flows only)
 END = "end"  # set by the flow table when it emits a record
 SHOWN = "shown"  # computed from other fields where it is shown (no column)
@@ -76,7 +79,8 @@ SUM, MIN, MAX, OR, LAST = "sum", "min", "max", "or", "last"
 # When a dump JSON key is there (Field.json_when).
 ALWAYS = "always"
 KNOWN = "known"  # only when the value is not None
-NAMES = "names"  # only when names were asked for (dump --resolve)
+NAMES = "names"  # only when names were asked for (dump --resolve) or come from the wire
+WIRE_ON = "wire_on"  # only when names from the wire are on (the run has a WireNames)
 
 MONO_NS = "ns, CLOCK_MONOTONIC"  # unit of times: add the clock offset for unix time
 
@@ -119,7 +123,7 @@ class Field:
     """One field of a flow record: what it is, where it comes from, what it is called outside."""
 
     name: str  # the internal name (flow table column, FlowBatch, FlowRecord)
-    origin: str  # KEY, KERNEL, TCP, ENRICH, OWNER, RATE, END or SHOWN
+    origin: str  # KEY, KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE, END or SHOWN
     unit: str
     member: str | None = None  # the struct member: FLOW_KEY (KEY), FLOW_STATS, TCP_SAMPLE
     dtype: str = ""  # numpy dtype of its column ("" when it has none)
@@ -142,12 +146,12 @@ class Field:
     @property
     def column(self) -> bool:
         """A flow table column."""
-        return self.origin in (KERNEL, TCP, ENRICH, OWNER, RATE)
+        return self.origin in (KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE)
 
     @property
     def in_batch(self) -> bool:
         """A column of flow-end records (FlowBatch)."""
-        return self.origin in (KERNEL, TCP, ENRICH, OWNER, END)
+        return self.origin in (KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, END)
 
 
 def _tcp_known(source: str, *codes: int) -> ValueOf:
@@ -373,6 +377,25 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("process", SHOWN, "comm/pid, for display", text=Text("PROCESS", group="owner"),
           tui=Tui("Process", 12, grow=12), title="process"),
+    # -- kernel drops (core/drops.py: the engine joins each drain's drops by key) --
+    # Cumulative over the row's life (merge LAST: a flow-end record carries the
+    # total so far). `drops` (reason name -> packets) is the DropTable's, per
+    # key over the run: dump and the detail screen ask it.
+    Field(
+        "drop_packets", DROP, "packets of this flow the kernel dropped on this box "
+        "(record: None when none)", dtype="<u8", value=_nonzero,
+        text=Text("DROPS", right=True, group="drops"), tui=Tui("Drops", 5, numeric=True),
+        title="dropped packets", sort="drops",
+    ),
+    Field("drop_bytes", DROP, "their IP bytes", dtype="<u8", title="dropped bytes"),
+    Field(
+        "drop_reason", DROP, "enum skb_drop_reason value with the most dropped packets "
+        "(0: none; record: None)", dtype="<u4", value=_nonzero,
+    ),
+    Field(
+        "drops", SHOWN, "dropped packets by reason name, most first ({}: none; the key "
+        "is left out when drops are not collected)", json="drops", json_when=KNOWN,
+    ),
     # -- sometimes there --------------------------------------------------------
     Field(
         "mpls", KERNEL, "top MPLS label entry of the last packet: layout.MPLS_PRESENT | "
@@ -394,9 +417,27 @@ FIELDS: tuple[Field, ...] = (
         "end_reason", END, "why the record was emitted (EndReason: IPFIX flowEndReason)",
         dtype="u1", value=_end_reason, ie=("flowEndReason",),
     ),
-    # -- reverse DNS names (dump --resolve) -----------------------------------------
-    Field("src_name", SHOWN, "reverse DNS name", member="src", json="src_name", json_when=NAMES),
-    Field("dst_name", SHOWN, "reverse DNS name", member="dst", json="dst_name", json_when=NAMES),
+    # -- names from the wire (wirenames/: the engine joins WireNames to new rows) -----
+    # Ids into the engine's WireNames.names (0: none); the server end's is set.
+    Field("src_name_id", WIRE, "WireNames.names id of the source's wire name", dtype="<u4"),
+    Field("dst_name_id", WIRE, "WireNames.names id of the destination's wire name",
+          dtype="<u4"),
+    Field("name_cname_id", WIRE, "WireNames.names id of the DNS answer's CNAME chain end",
+          dtype="<u4", title="CNAME chain end"),
+    Field(
+        "name_source", WIRE, "names.SOURCE_* of the named end's name (0: none; dump: dns, "
+        "sni, http, rdns or null)", dtype="u1", json="name_source", json_when=WIRE_ON,
+        title="name source",
+    ),
+    Field("name_state", WIRE, "names.NAME_* (NAME_PENDING: not joined yet)", dtype="u1",
+          blank=NAME_PENDING),
+    Field("name", SHOWN, "the named end's name and its source, for display",
+          text=Text("NAME", group="wire"), tui=Tui("Name", 16, grow=16), title="name"),
+    # -- names: from the wire, else reverse DNS (dump --resolve) -------------------
+    Field("src_name", SHOWN, "wire name, else reverse DNS name", member="src", json="src_name",
+          json_when=NAMES),
+    Field("dst_name", SHOWN, "wire name, else reverse DNS name", member="dst", json="dst_name",
+          json_when=NAMES),
 )  # fmt: skip
 
 FIELD: Mapping[str, Field] = MappingProxyType({f.name: f for f in FIELDS})
@@ -412,7 +453,8 @@ TEXT_COLUMNS: tuple[tuple[Field, Text], ...] = tuple(
     (FIELD[n], t)
     for n in (
         "iface", "direction", "proto_name", "src", "dst", "packets", "bytes", "tcp_flags",
-        "vlan", "mpls", "rtt_us", "retrans", "src_as", "dst_as", "process",
+        "vlan", "mpls", "rtt_us", "retrans", "drop_packets", "src_as", "dst_as", "name",
+        "process",
     )
     if (t := FIELD[n].text) is not None
 )  # fmt: skip

@@ -34,9 +34,11 @@ from flowtop.kernel import layout
 NS = 1_000_000_000
 _COUNTERS = tuple(f for f in fields.TABLE_FIELDS if f.origin == KERNEL)  # from FLOW_STATS
 _RATES = tuple(f for f in fields.TABLE_FIELDS if f.origin == RATE)
-# Written by TCP health, enrichment and the owner join (set_column).
+# Written by TCP health, enrichment, the owner join and the drop join (set_column).
 _WRITABLE = frozenset(
-    f.name for f in fields.TABLE_FIELDS if f.origin in (fields.TCP, fields.ENRICH, fields.OWNER)
+    f.name
+    for f in fields.TABLE_FIELDS
+    if f.origin in (fields.TCP, fields.ENRICH, fields.OWNER, fields.DROP, fields.WIRE)
 )
 _BATCH_NAMES = frozenset(f.name for f in fields.BATCH_FIELDS)
 # The table's own columns: what each flow's summed counters were at its last
@@ -48,7 +50,7 @@ SORT_COLUMNS = tuple(f.sort for f in fields.TABLE_FIELDS if f.sort)
 # The columns gather_columns() hands the view.
 VIEW_COLUMNS = (
     "packets", "bytes", "first_ns", "last_ns", "pps", "bps", "tcp_flags", "rtt_us", "retrans",
-    "retrans_source", "src_ent", "dst_ent",
+    "retrans_source", "src_ent", "dst_ent", "drop_packets",
 )  # fmt: skip
 
 
@@ -443,6 +445,12 @@ class FlowTable:
         if name not in _WRITABLE:
             raise KeyError(name)
         self._c[name][rows] = values
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """The live row of each layout.FLOW_KEY key, -1 where it has none."""
+        keys = np.ascontiguousarray(keys, dtype=layout.FLOW_KEY)
+        words = layout.FLOW_KEY_WORDS.view(keys)
+        return self._index.lookup(words, hash_words(words), self._words())
 
     def keys_at(self, rows: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._keys[rows]

@@ -7,6 +7,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from flowtop.kernel import counters
+from flowtop.listen import counters as listen_counters
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -125,9 +126,22 @@ class FlowRecord:
     container_id: int = 0
     pod_id: int = 0
     owner_state: int = 255
+    # Kernel drops of this flow on this box (fields.DROP; core/drops.py):
+    # packets (None: none), their bytes, the reason value with the most (None: none)
+    drop_packets: int | None = None
+    drop_bytes: int = 0
+    drop_reason: int | None = None
     pps: float = 0.0  # rates over the last interval (live flows)
     bps: float = 0.0  # bits per second
     end_reason: EndReason | None = None  # flow-end records
+    # Names from the wire (fields.WIRE; wirenames/names.py): WireNames.names
+    # ids of each end's name and the CNAME chain end (0: none), the named
+    # end's names.SOURCE_*, and names.NAME_* (255, NAME_PENDING: not joined)
+    src_name_id: int = 0
+    dst_name_id: int = 0
+    name_cname_id: int = 0
+    name_source: int = 0
+    name_state: int = 255
 
     def unix(self, ns: int) -> float:
         """A CLOCK_MONOTONIC time of this record (first_ns, last_ns) in unix seconds."""
@@ -163,6 +177,16 @@ PROBLEM_COUNTERS = (
     *(c.key for c in counters.COUNTERS if c.program == counters.OWNER
       and c.name in counters.OWNER_LOSSES),
     "owners_unattributed",
+    # drop reasons: kernel drops the drop program could not count
+    *(c.key for c in counters.COUNTERS if c.program == counters.DROPS
+      and c.name in counters.DROPS_LOSSES),
+    # names from the wire: entries dropped for room, hellos/requests and TCP
+    # DNS answers flowtop could not read whole (names_malformed, broken
+    # traffic, is not one)
+    "names_dropped",
+    "names_unparsed",
+    # received flows (--listen): records lost, templates missing, decode errors, ...
+    *listen_counters.LOSSES,
 )  # fmt: skip
 
 
@@ -187,6 +211,13 @@ class CollectorHealth:
     resolve_errors: int = 0
     # Flows settled as STATE_UNATTRIBUTED (the engine's owner join), each once
     owners_unattributed: int = 0
+    # Names from the wire (the engine's WireNames.counters): entries and waiting
+    # connections dropped for room; TCP DNS responses spanning segments and
+    # ClientHellos/HTTP heads still cut after their segments; DNS responses and
+    # TLS handshakes that do not parse
+    names_dropped: int = 0
+    names_unparsed: int = 0
+    names_malformed: int = 0
 
     @property
     def problems(self) -> int:
@@ -203,4 +234,7 @@ class CollectorHealth:
         d["record_errors"] = self.record_errors
         d["resolve_errors"] = self.resolve_errors
         d["owners_unattributed"] = self.owners_unattributed
+        d["names_dropped"] = self.names_dropped
+        d["names_unparsed"] = self.names_unparsed
+        d["names_malformed"] = self.names_malformed
         return d

@@ -33,7 +33,7 @@ STATE_ATTRIBUTED = 1  # an end's socket has a known owner
 # an end is a local socket of unknown owner (older than flowtop, not in the snapshot)
 STATE_UNATTRIBUTED = 2
 # The flow table's owner_state before the engine's join settled it (its blank):
-# a new row, or one whose socket's report may still come (Engine._join_owners).
+# a new row, or one whose socket's report may still come (core/joins.OwnerJoin).
 OWNER_PENDING = 255
 # OwnerColumns.end: which end of the flow key the owner is
 END_NONE = 0

@@ -10,6 +10,14 @@ HealthTracker then keeps a short window per group and says `healthy` or
 `degraded`, with a reason that points where the problem is: one remote
 group degraded while the others are fine points away from this box; every
 destination of an interface degraded points at the local link.
+
+Drops on this box (core/drops.py, add_drops) come before all that: an
+interface or remote group whose packets the kernel dropped here within the
+window is degraded with a reason that says so and names the reason
+("dropped on this box: NETFILTER_DROP, 12 packets"), whatever its RTT and
+retransmits say: retransmits caused by a local firewall rule or a missing
+route are not the network's fault. Groups with drops and no TCP get a
+verdict of their own (UDP dropped by a rule is as dropped).
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flowtop.core.drops import group_sums
 from flowtop.core.flowindex import FlowIndex, hash_words
 from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
+from flowtop.kernel.dropreasons import DropReasons
 
 NS = 1_000_000_000
 # Which key members identify a connection: ip_version, proto, the addresses
@@ -42,6 +52,9 @@ MIN_SEGMENTS = 50  # ... over at least this many data segments ...
 MIN_RETRANS = 3  # ... and at least this many retransmits
 HEALTHY = "healthy"
 DEGRADED = "degraded"
+LOCAL_DROPS = "dropped on this box"  # how a drop verdict's reason begins
+_DROP_REASONS_SHOWN = 2  # reasons a verdict names, most packets first
+DROP_REMOTES = 256  # remote addresses per interval whose drops reach their groups
 
 
 def conn_words(words: np.ndarray) -> np.ndarray:
@@ -367,6 +380,10 @@ class HealthTracker:
         self._series: OrderedDict[tuple[int | None, str | None], _Series] = OrderedDict()
         self.groups_dropped = 0
         self._result: list[HealthGroup] = []
+        # Drops on this box per interval: (time, {(ifindex, None) | (None,
+        # group): {reason name: packets}}), kept for WINDOW seconds.
+        self._drops: deque[tuple[float, dict[tuple[int | None, str | None], dict[str, int]]]]
+        self._drops = deque()
 
     def set_group_namer(self, group_of: GroupNamer) -> None:
         self._group_of = group_of
@@ -409,7 +426,93 @@ class HealthTracker:
             s.expire(now)
             if s.empty:
                 del self._series[key]
+        while self._drops and self._drops[0][0] <= now - WINDOW:
+            self._drops.popleft()
         self._result = self._judge_all()
+
+    def add_drops(self, recs: np.ndarray, reasons: DropReasons, now: float) -> None:
+        """One interval's drop_records.DROP_RECORDs, per interface and per
+        remote group (the source of an ingress drop, the destination of an
+        egress one); call before update(). Interfaces get every drop; remote
+        groups those of the DROP_REMOTES addresses with the most dropped
+        packets this interval (a group is named per address, in Python: the
+        cost stays bounded when a box drops for many addresses at once)."""
+        if not len(recs):
+            return
+        k = recs["key"]
+        got: dict[tuple[int | None, str | None], dict[str, int]] = {}
+
+        def add(key: tuple[int | None, str | None], reason: int, n: int) -> None:
+            per = got.setdefault(key, {})
+            name = reasons.name(reason)
+            per[name] = per.get(name, 0) + n
+
+        # Per interface and reason: few distinct pairs, summed in numpy.
+        pair = k["ifindex"].astype(np.uint64) << np.uint64(32) | recs["reason"].astype(np.uint64)
+        uniq, inv = np.unique(pair, return_inverse=True)
+        sums = group_sums(inv.ravel(), recs["packets"], len(uniq))
+        for u, n in zip(uniq.tolist(), sums.tolist(), strict=True):
+            add((u >> 32, None), u & 0xFFFF_FFFF, n)
+        # Per remote address (IP drops only), the busiest DROP_REMOTES of them.
+        ip = np.flatnonzero(np.isin(k["ip_version"], (4, 6)))
+        if not len(ip):
+            self._drops.append((now, got))
+            return
+        kk = k[ip]
+        remote = np.where(kk["direction"] == layout.DIR_INGRESS, kk["src"], kk["dst"])
+        ident = np.zeros(len(ip), dtype=[("a", "V16"), ("v", "u1")])
+        ident["a"], ident["v"] = remote, kk["ip_version"]
+        addrs, ainv = np.unique(ident, return_inverse=True)
+        ainv = ainv.ravel()
+        per_addr = group_sums(ainv, recs["packets"][ip], len(addrs))
+        top = np.argsort(-per_addr.astype(np.float64), kind="stable")[:DROP_REMOTES]
+        keep = np.isin(ainv, top)
+        ar = ainv[keep].astype(np.uint64) << np.uint64(32) | recs["reason"][ip][keep].astype(
+            np.uint64
+        )
+        uniq, inv = np.unique(ar, return_inverse=True)
+        sums = group_sums(inv.ravel(), recs["packets"][ip][keep], len(uniq))
+        for u, n in zip(uniq.tolist(), sums.tolist(), strict=True):
+            a = addrs[u >> 32]
+            add((None, self._group(bytes(a["a"]), int(a["v"]))), u & 0xFFFF_FFFF, n)
+        self._drops.append((now, got))
+
+    def _drops_in_window(self) -> dict[tuple[int | None, str | None], dict[str, int]]:
+        out: dict[tuple[int | None, str | None], dict[str, int]] = {}
+        for _t, got in self._drops:
+            for key, per in got.items():
+                acc = out.setdefault(key, {})
+                for name, n in per.items():
+                    acc[name] = acc.get(name, 0) + n
+        return out
+
+    def _with_drops(self, groups: list[HealthGroup]) -> list[HealthGroup]:
+        """Groups with drops on this box in the window: degraded, the drops
+        named first in the reason (see the module doc)."""
+        drops = self._drops_in_window()
+        if not drops:
+            return groups
+        named: dict[tuple[str, str], dict[str, int]] = {}
+        for (ifindex, name), per in drops.items():
+            if ifindex is not None:
+                named[("interface", self._ifname(ifindex))] = per
+            elif name is not None:
+                named[("remote", name)] = per
+        out = []
+        for g in groups:
+            per = named.pop((g.scope, g.group), {})
+            if not per:
+                out.append(g)
+                continue
+            why = drop_reason_text(per)
+            out.append(_replace(g, DEGRADED, f"{why}; {g.reason}" if g.reason else why))
+        for (scope, group), per in named.items():
+            out.append(
+                HealthGroup(
+                    scope, group, DEGRADED, drop_reason_text(per), None, None, None, None, 0, 0, 0
+                )
+            )
+        return out
 
     def _add(self, upd: TcpUpdate, names: np.ndarray, now: float) -> None:
         ifs = upd.ifindex.astype(np.int64)
@@ -466,6 +569,7 @@ class HealthTracker:
                     only = next(iter(pair_problems.get(ifindex, {})), "?")
                     g = _replace(g, DEGRADED, f"{', '.join(problems)} on {ifn} to {only}")
                 out.append(g)
+        out = self._with_drops(out)
         out.sort(key=_badness, reverse=True)
         return out
 
@@ -475,6 +579,19 @@ class HealthTracker:
 
     def degraded(self) -> list[HealthGroup]:
         return [g for g in self._result if g.degraded]
+
+
+def drop_reason_text(per: dict[str, int]) -> str:
+    """'dropped on this box: NETFILTER_DROP, 12 packets (and NO_SOCKET, 3)'."""
+    top = sorted(per.items(), key=lambda t: (-t[1], t[0]))
+    first, n = top[0]
+    text = f"{LOCAL_DROPS}: {first}, {n} packet{'s' if n != 1 else ''}"
+    more = top[1:_DROP_REASONS_SHOWN]
+    if more:
+        text += " (and " + ", ".join(f"{nm}, {c}" for nm, c in more) + ")"
+    if len(top) > _DROP_REASONS_SHOWN:
+        text += f" and {len(top) - _DROP_REASONS_SHOWN} more reasons"
+    return text
 
 
 def _replace(g: HealthGroup, verdict: str, reason: str) -> HealthGroup:

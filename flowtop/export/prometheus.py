@@ -20,7 +20,7 @@ fields.FLOW_LABELS is summed per series here without further code.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,8 @@ from flowtop.core.tcphealth import DEGRADED, HEALTHY, HealthGroup, TcpUpdate
 from flowtop.errors import ConfigError
 from flowtop.kernel import counters
 from flowtop.kernel.collector import Drain
+from flowtop.kernel.dropreasons import DropReasons
+from flowtop.listen import counters as listen_counters
 
 OTHER = ("other", "other", "other")
 # The kernel counters summed per (interface, direction, protocol) series, with
@@ -105,6 +107,9 @@ class MetricsSnapshot:
     # per OWNER_FAMILIES label: (name, bytes, packets) per series
     owners: dict[str, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
     owner_unattributed: int = 0  # live flows of local sockets of unknown owner
+    # reason name -> (packets, bytes) the kernel dropped (flowtop_drops_total);
+    # None: drops not collected (no family then)
+    drops: tuple[tuple[str, int, int], ...] | None = None
 
 
 # RTT histogram buckets, seconds: LAN to intercontinental to a bad day.
@@ -130,9 +135,25 @@ class FlowMetrics:
         # OWNER_FAMILIES label -> name -> [bytes, packets]; OWNER_OTHER is the overflow
         self._owners: dict[str, dict[str, list[int]]] = {lbl: {} for lbl, _, _ in OWNER_FAMILIES}
         self._owner_unattributed = 0
+        # drop reason name -> [packets, bytes]; None until a drain carries drops.
+        # Names come from the kernel's enum: the label set is bounded by it.
+        self._drops: dict[str, list[int]] | None = None
+        # Received flows (--listen): (exporter, records, lost) per exporter, at
+        # most max_series (the rest summed as "other"); None: not listening.
+        self.listen: tuple[tuple[str, int, int], ...] | None = None
         # Told about a scrape that failed (the HTTP thread); Outputs counts it
         # in the engine's output_errors. Without one: errors["scrape"].
         self.on_error: Callable[[BaseException], None] | None = None
+
+    def set_listen(self, exporters: Sequence[Mapping[str, Any]]) -> None:
+        """The listener's per-exporter table (ListenCollector.exporters()), bounded."""
+        rows = sorted(exporters, key=lambda e: -int(e["records"]))
+        out = [(str(e["exporter"]), int(e["records"]), int(e["lost"])) for e in rows]
+        keep = self.max_series - 1
+        if len(out) > self.max_series:
+            rest = out[keep:]
+            out = [*out[:keep], ("other", sum(r for _, r, _ in rest), sum(x for _, _, x in rest))]
+        self.listen = tuple(out)
 
     def scrape_failed(self, exc: BaseException) -> None:
         if self.on_error is not None:
@@ -213,7 +234,10 @@ class FlowMetrics:
                 slot[1] += int(npk)
 
     def add_drain(self, drain: Drain) -> None:
-        """Fold one interval's drained flows into the (ifindex, dir, proto) totals."""
+        """Fold one interval's drained flows into the (ifindex, dir, proto)
+        totals, and its drops into the per-reason ones."""
+        if drain.drops is not None and drain.drop_reasons is not None:
+            self._add_drops(drain.drops, drain.drop_reasons)
         for keys, stats in drain.batches:
             if len(keys) == 0:
                 continue
@@ -237,6 +261,22 @@ class FlowMetrics:
                         slot = self._totals[key] = [0] * len(FLOW_COUNTERS)
                 for i, v in enumerate(values):
                     slot[i] += int(v)
+
+    def _add_drops(self, recs: np.ndarray, reasons: DropReasons) -> None:
+        if self._drops is None:
+            self._drops = {}
+        if not len(recs):
+            return
+        uniq, inv = np.unique(recs["reason"], return_inverse=True)
+        inv = inv.ravel()
+        pk = np.zeros(len(uniq), dtype=np.uint64)
+        by = np.zeros(len(uniq), dtype=np.uint64)
+        np.add.at(pk, inv, recs["packets"])
+        np.add.at(by, inv, recs["bytes"])
+        for r, p, b in zip(uniq.tolist(), pk.tolist(), by.tolist(), strict=True):
+            slot = self._drops.setdefault(reasons.name(r), [0, 0])
+            slot[0] += p
+            slot[1] += b
 
     def publish(
         self,
@@ -297,6 +337,11 @@ class FlowMetrics:
                 for lbl, series in self._owners.items()
             },
             owner_unattributed=self._owner_unattributed,
+            drops=(
+                None
+                if self._drops is None
+                else tuple((n, v[0], v[1]) for n, v in sorted(self._drops.items()))
+            ),
         )
 
     @property
@@ -377,6 +422,8 @@ class FlowtopCollector(Collector):
         yield exp
         yield from self._tcp(s)
         yield from self._owner_families(s)
+        yield from self._drop_families(s)
+        yield from self._listen_families(self._metrics.listen, s.health.kernel)
         errs = CounterMetricFamily("flowtop_errors", "errors by subsystem", labels=["subsystem"])
         merged = dict(s.errors)
         merged["drain"] = s.health.drain_errors
@@ -389,6 +436,60 @@ class FlowtopCollector(Collector):
         for sub, n in sorted(merged.items()):
             errs.add_metric([sub], n)
         yield errs
+
+    @staticmethod
+    def _listen_families(
+        listen: tuple[tuple[str, int, int], ...] | None, kernel: Mapping[str, int]
+    ) -> Iterator[Metric]:
+        """Received flows (--listen): per exporter, and the listener's counters."""
+        if listen is None:
+            return
+        recs = CounterMetricFamily(
+            "flowtop_listen_exporter_records",
+            "flow records received, by exporter",
+            labels=["exporter"],
+        )
+        lost = GaugeMetricFamily(
+            "flowtop_listen_exporter_lost_records",
+            "records (NetFlow v9: export packets) the exporter's sequence numbers say are "
+            "missing, by exporter",
+            labels=["exporter"],
+        )
+        for name, n, x in listen:
+            recs.add_metric([name], n)
+            lost.add_metric([name], x)
+        yield recs
+        yield lost
+        for name in listen_counters.ALL:
+            yield CounterMetricFamily(
+                f"flowtop_{name}",
+                f"listener: {name[7:].replace('_', ' ')}",
+                value=kernel.get(name, 0),
+            )
+
+    @staticmethod
+    def _drop_families(s: MetricsSnapshot) -> Iterator[Metric]:
+        if s.drops is not None:
+            packets = CounterMetricFamily(
+                "flowtop_drops", "packets the kernel dropped on the watched interfaces, by "
+                "reason (enum skb_drop_reason)", labels=["reason"],
+            )  # fmt: skip
+            nbytes = CounterMetricFamily(
+                "flowtop_drop_bytes", "IP bytes of those packets, by reason", labels=["reason"]
+            )
+            for name, p, b in s.drops:
+                packets.add_metric([name], p)
+                nbytes.add_metric([name], b)
+            yield packets
+            yield nbytes
+            # What the drop program could not count (a full map, an unreadable packet).
+            uncounted = CounterMetricFamily(
+                "flowtop_drops_uncounted", "kernel drops flowtop could not count, by cause",
+                labels=["cause"],
+            )  # fmt: skip
+            for cause in counters.DROPS_LOSSES:
+                uncounted.add_metric([cause], s.health.kernel.get(f"{counters.DROPS}_{cause}", 0))
+            yield uncounted
 
     @staticmethod
     def _owner_families(s: MetricsSnapshot) -> Iterator[Metric]:

@@ -18,15 +18,19 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from flowtop.kernel import build, counters, devices, layout
 from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
 from flowtop.kernel.build import Build
+from flowtop.kernel.drop_records import DROP_RECORD
 from flowtop.kernel.owner_records import OWNER_RECORD
-from flowtop.kernel.program import ProgramOptions, TcProgram, require_root
+from flowtop.kernel.program import ProgramOptions, TcProgram, WireOptions, require_root
 from flowtop.kernel.program import request as tc_request
 from flowtop.kernel.tcx import TcxAttacher, resolve_attach_mode
 
 if TYPE_CHECKING:
     from flowtop.core.procsockets import ProcSnapshot
+    from flowtop.kernel.dropreasons import DropReasons
+    from flowtop.kernel.drops import DropCollector
     from flowtop.kernel.owners import OwnerCollector
     from flowtop.kernel.sockops import SockOpsTracker
+    from flowtop.kernel.wirecapture import WireCapture
 from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError, InterfaceError, Interrupted
 
@@ -52,6 +56,11 @@ class Drain:
     # flows, so a packet counted this interval has its socket's report here or,
     # rarely, in the next drain); None: no socket owners (off, or failed to start).
     owners: np.ndarray | None = None
+    # drop_records.DROP_RECORDs of the interval (read after the flows: a new
+    # flow's drop can come a drain before its row, core/drops.py) and the
+    # kernel's reason table; None: no drop reasons (off, or failed to start).
+    drops: np.ndarray | None = None
+    drop_reasons: DropReasons | None = None
 
 
 class InterfaceSelector:
@@ -98,6 +107,8 @@ class KernelCollector:
         checkpoint: Callable[[], None] = _no_checkpoint,
         owners: bool = True,
         owner_rereport: float | None = None,
+        names: WireOptions | None = None,
+        drops: bool = True,
     ) -> None:
         self._checkpoint = checkpoint
         self._owner_rereport = owner_rereport  # None: OwnerCollector's default
@@ -110,19 +121,29 @@ class KernelCollector:
         self.owners_error: str | None = None
         self.owner_snapshot: ProcSnapshot | None = None
         self._owner_build: OwnerCollector | None = None
+        # Drop reasons (kernel/drops.py): begun first (its compile runs beside
+        # the others), attached in start(), watching the attached interfaces.
+        self.drops: DropCollector | None = None
+        self.drops_error: str | None = None
+        self._drop_build: DropCollector | None = None
         tracker: SockOpsTracker | None = None
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
         self._ipr = IPRoute()
         program: TcProgram | None = None
+        wire: WireCapture | None = None
         tc_build: Build | None = None
         try:
             self._check_explicit()
             # Before the compile: `--attach tcx` on a kernel without TCX fails at once.
             self.attach_mode, self.attach_reason = resolve_attach_mode(attach)
             checkpoint()
-            options = ProgramOptions(flow_map_size=flow_map_size, passive_rtt=passive_rtt)
+            options = ProgramOptions(
+                flow_map_size=flow_map_size, passive_rtt=passive_rtt, wire=names
+            )
             require_root()
+            if drops:
+                self._drop_build = self._begin_drops()
             # Both compiles run at once, each in a child: the TC program's
             # first (the first attachment waits for it), then sock_ops'.
             tc_build = build.take(tc_request(options))  # begun early by the cli
@@ -131,16 +152,25 @@ class KernelCollector:
             if owners:
                 self._owner_build = self._begin_owners()
             program = TcProgram(options, checkpoint, tc_build)
+            if (ring := program.wire_ring_fd()) is not None:
+                from flowtop.kernel.wirecapture import WireCapture
+
+                wire = WireCapture(ring)
             checkpoint()
         except BaseException:
             # A half-built collector must not leave netlink sockets or compiler
             # processes behind (pyroute2's event loop complains about the former).
             self._ipr.close()
+            if wire is not None:
+                wire.close()
             if tracker is not None:
                 tracker.close()
             if self._owner_build is not None:
                 self._owner_build.close()
                 self._owner_build = None
+            if self._drop_build is not None:
+                self._drop_build.close()
+                self._drop_build = None
             if program is not None:
                 program.close()
             elif tc_build is not None:
@@ -148,6 +178,9 @@ class KernelCollector:
             raise
         self._tracker = tracker
         self.program = program
+        # Names from the wire (names given): the ring's reader, for the
+        # userspace names thread; None when names are off.
+        self.wire_capture = wire
         self.attacher: TcAttacher | TcxAttacher
         if self.attach_mode == "tcx":
             self.attacher = TcxAttacher(self.program.fd, devices.is_l3)
@@ -195,6 +228,8 @@ class KernelCollector:
         self._checkpoint()
         self._start_owners()
         self._checkpoint()
+        self._start_drops()
+        self._checkpoint()
         return self.interfaces()
 
     def reselect(self, patterns: Sequence[str] | None) -> None:
@@ -213,6 +248,7 @@ class KernelCollector:
                 self.attacher.detach(ifindex)
                 del self._names[ifindex]
                 log.info("detached from %s", name)
+        self._watch_drops()
 
     def _attach(self, ifindex: int, name: str) -> None:
         self.program.reset_iface(ifindex)
@@ -224,6 +260,7 @@ class KernelCollector:
         self._names[ifindex] = name
         self._seen[ifindex] = name
         log.info("attached to %s", name)
+        self._watch_drops()
 
     def interfaces(self) -> list[str]:
         return [self._names[i] for i in sorted(self._names)]
@@ -266,6 +303,7 @@ class KernelCollector:
                     log.info("interface %s went away", name)
                     self.attacher.forget(ifindex)
                     self._names.pop(ifindex, None)
+                    self._watch_drops()
                 continue
             if msg["event"] != "RTM_NEWLINK":
                 continue
@@ -351,6 +389,54 @@ class KernelCollector:
         if self.owners is None and self.owners_error is not None:
             log.warning("socket owners (process attribution) disabled: %s", self.owners_error)
 
+    def _begin_drops(self) -> DropCollector | None:
+        """Drop reasons' checks and compile (DropCollector.begin), beside the
+        TC build; a failure is told when start() gets to it."""
+        from flowtop.kernel.drops import DropCollector
+
+        dc = DropCollector()
+        try:
+            dc.begin()
+        except FlowtopError as exc:
+            dc.close()
+            self.drops_error = str(exc)
+            return None
+        return dc
+
+    def _start_drops(self) -> None:
+        """Drop reasons attached, watching the attached interfaces; without
+        them flowtop still runs (no drops shown)."""
+        dc, self._drop_build = self._drop_build, None
+        if dc is not None:
+            try:
+                dc.watch(self._watch_list())
+                dc.finish(self._checkpoint)
+            except Interrupted:
+                raise  # a stop request (finish() closed it)
+            except FlowtopError as exc:
+                dc.close()
+                self.drops_error = str(exc)
+            else:
+                self.drops = dc
+        if self.drops is None and self.drops_error is not None:
+            log.warning("drop reasons disabled: %s", self.drops_error)
+
+    def _watch_list(self) -> list[int]:
+        # With nothing attached an empty list would make the drop program count
+        # every device: an ifindex no device has stands for "none".
+        return sorted(self._names) or [0xFFFF_FFFF]
+
+    def _watch_drops(self) -> None:
+        """The drop program counts drops on exactly the attached interfaces."""
+        dc = self.drops
+        if dc is None:
+            return
+        try:
+            dc.watch(self._watch_list())
+        except FlowtopError as exc:  # more interfaces than its watch list holds
+            self.attach_errors += 1
+            log.warning("drop reasons: %s", exc)
+
     def drain(self) -> Drain:
         """The interval just ended. A flow map that cannot be read raises (the
         engine counts it and skips the interval); a TCP sample map that cannot
@@ -385,7 +471,15 @@ class KernelCollector:
                 # (unless it fills: owner_endpoints_full counts that).
                 owners = np.zeros(0, dtype=OWNER_RECORD)
                 errors.append(("reading the socket owners", str(exc)))
-        return Drain(batches, now, interval, tcp, tuple(errors), owners)
+        drops: np.ndarray | None = None
+        if self.drops is not None:
+            try:
+                drops = self.drops.drain()
+            except (FlowtopError, OSError) as exc:  # left in the map for the next drain
+                drops = np.zeros(0, dtype=DROP_RECORD)
+                errors.append(("reading the drops", str(exc)))
+        reasons = self.drops.reasons if self.drops is not None else None
+        return Drain(batches, now, interval, tcp, tuple(errors), owners, drops, reasons)
 
     def interface_counters(self) -> list[InterfaceCounters]:
         raw = self.program.iface_counters(self._seen)
@@ -407,6 +501,9 @@ class KernelCollector:
         if self.owners is not None:
             got = self.owners.counters()
             kernel.update({f"{counters.OWNER}_{k}": got[k] for k in counters.OWNER_LOSSES})
+        if self.drops is not None:
+            dropped = self.drops.counters()
+            kernel.update({f"{counters.DROPS}_{k}": dropped[k] for k in counters.DROPS_LOSSES})
         return CollectorHealth(
             kernel=kernel,
             forced_evictions=forced_evictions,
@@ -435,4 +532,9 @@ class KernelCollector:
             for owner in (self.owners, self._owner_build):
                 if owner is not None:
                     owner.close()
+            for dc in (self.drops, self._drop_build):
+                if dc is not None:
+                    dc.close()
+            if self.wire_capture is not None:
+                self.wire_capture.close()
             self.program.close()

@@ -144,6 +144,21 @@ COUNTERS: tuple[Counter, ...] = (
         problem=True,
         not_in_flow=True,
     ),
+    # Names from the wire (bpf/wirenames.h): events not handed up, and those
+    # that were; their packets are in their flows all the same
+    _tc(
+        15,
+        "wire_rate_limited",
+        "DNS responses and first TCP segments not handed up for names: over the rate",
+        problem=True,
+    ),
+    _tc(
+        16,
+        "wire_ring_full",
+        "DNS responses and first TCP segments not handed up for names: the ring was full",
+        problem=True,
+    ),
+    _tc(17, "wire_events", "DNS responses and first TCP segments handed up for names"),
     # LRU evictions of the passive TCP map: what the kernel inserted minus what
     # userspace deleted minus what is left (tcpconn.TcpConnTable)
     Counter(
@@ -173,10 +188,12 @@ COUNTERS: tuple[Counter, ...] = (
     _own(4, "reported", reported=False),
     _own(5, "unknown_sockets", reported=False),
     # enum ft_drop_counter, in order (DropCollector.counters()); the first two
-    # are kernel drops flowtop did not count. Not in CollectorHealth yet
-    # (reported=False): the collector does not run the drop program yet.
-    _drop(0, "map_full", reported=False),
-    _drop(1, "unreadable", reported=False),
+    # are kernel drops flowtop did not count, in CollectorHealth as
+    # drops_<name> (KernelCollector.health) and problems there (model.py
+    # PROBLEM_COUNTERS, as the owner losses); no_netns (drops in other
+    # namespaces, left out on purpose) is not reported.
+    _drop(0, "map_full"),
+    _drop(1, "unreadable"),
     _drop(2, "no_netns", reported=False),
 )
 

@@ -10,6 +10,7 @@ map (flowtop.kernel.tcpconn).
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,38 @@ from flowtop.kernel.tcpconn import TcpConnTable
 
 
 @dataclass(frozen=True, slots=True)
+class WireOptions:
+    """The build of names from the wire (bpf/wirenames.h): extra DNS ports
+    (at most 4; 53 always), events per second per CPU (a burst of one
+    second's worth), payload bytes per event, ring size in bytes (a power
+    of two of pages). config.NamesConfig checks what users give."""
+
+    dns_ports: tuple[int, ...] = ()
+    rate: int = 2000
+    cap: int = 2048
+    ring_bytes: int = 1 << 20
+
+    def cflags(self) -> list[str]:
+        ports = [*self.dns_ports, *([53] * (4 - len(self.dns_ports)))]
+        if len(ports) != 4 or not all(1 <= p <= 65535 for p in ports):
+            raise ValueError(f"at most 4 extra DNS ports, 1..65535: {self.dns_ports}")
+        pages = self.ring_bytes // mmap.PAGESIZE
+        if pages < 1 or pages & (pages - 1) or pages * mmap.PAGESIZE != self.ring_bytes:
+            raise ValueError(f"ring size {self.ring_bytes}: not a power of two of pages")
+        if self.rate < 1 or not 1 <= self.cap <= 65535:
+            raise ValueError(f"wire rate {self.rate} or capture length {self.cap} out of range")
+        cost = 1_000_000_000 // self.rate
+        return [
+            "-DFT_WIRE_NAMES=1",
+            *(f"-DFT_WIRE_PORT{i + 1}={p}" for i, p in enumerate(ports)),
+            f"-DFT_WIRE_COST_NS={cost}ULL",
+            f"-DFT_WIRE_BURST_NS={cost * self.rate}ULL",
+            f"-DFT_WIRE_CAP={self.cap}",
+            f"-DFT_WIRE_RING_PAGES={pages}",
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramOptions:
     flow_map_size: int = 65536
     iface_map_size: int = 4096
@@ -30,8 +63,12 @@ class ProgramOptions:
     cache_slots: int = 1024  # per CPU, a power of two
     passive_rtt: bool = True  # passive TCP RTT/retransmits (bpf/tcprtt.h)
     tcp_conn_map_size: int = 65536  # connections it tracks (LRU)
+    # Names from the wire (bpf/wirenames.h): off unless the run asks, so that
+    # nothing fills a ring nobody reads.
+    wire: WireOptions | None = None
 
     def cflags(self) -> list[str]:
+        wire = self.wire.cflags() if self.wire is not None else ["-DFT_WIRE_NAMES=0"]
         return [
             f"-I{BPF_DIR}",
             f"-DFT_FLOW_MAP_SIZE={self.flow_map_size}",
@@ -40,6 +77,7 @@ class ProgramOptions:
             f"-DFT_CACHE_SLOTS={self.cache_slots}",
             f"-DFT_PASSIVE_RTT={int(self.passive_rtt)}",
             f"-DFT_TCP_CONN_MAP_SIZE={self.tcp_conn_map_size}",
+            *wire,
         ]
 
 
@@ -64,6 +102,13 @@ MAPS = (
     "active_gen", "flows_a", "flows_b", "flow_maps", "cache_a", "cache_b",
     "iface_slots", "iface_counters", "counters",
 )  # fmt: skip
+# Names from the wire (only with ProgramOptions.wire): the ring buffer, and
+# the program both pairs tail-call for the packets they hand up, put in
+# slot 0 of the prog array WIRE_TAIL at load (kept open: the kernel empties
+# a prog array when its last fd closes).
+WIRE_RING = "wire_ring"
+WIRE_TAIL = "wire_tail"
+WIRE_FUNCTION = "flowtop_wire"
 
 
 def request(options: ProgramOptions) -> Request:
@@ -73,10 +118,14 @@ def request(options: ProgramOptions) -> Request:
     while this process attaches the first: the first attachment waits for
     half the compile."""
     names = (*MAPS, "tcp_conns") if options.passive_rtt else MAPS
+    first = [(FUNCTIONS[(d, False)], SCHED_CLS) for d in layout.DIRECTIONS]
+    if options.wire is not None:
+        names = (*names, WIRE_RING, WIRE_TAIL)
+        first.append((WIRE_FUNCTION, SCHED_CLS))
     return Request(
         src=str(BPF_DIR / "tc.c"),
         cflags=options.cflags(),
-        first=[(FUNCTIONS[(d, False)], SCHED_CLS) for d in layout.DIRECTIONS],
+        first=first,
         maps=list(names),
         what="the TC program",
         later=[(FUNCTIONS[(d, True)], SCHED_CLS) for d in layout.DIRECTIONS],
@@ -134,6 +183,9 @@ class TcProgram:
                 ("egress", False): self.egress,
             }
             self._gen = _Generations(self._maps)
+            if options.wire is not None:
+                # Before any attachment: a packet handed up meanwhile is lost.
+                maps.update_u32(self._maps[WIRE_TAIL], 0, first.progs[WIRE_FUNCTION])
         except BaseException:
             self.close()
             raise
@@ -190,8 +242,13 @@ class TcProgram:
         return {hook: p.fd for hook, p in self._progs.items()}
 
     def map_fd(self, name: str) -> int:
-        """The fd of one of the maps userspace uses (MAPS, tcp_conns)."""
+        """The fd of one of the maps userspace uses (MAPS, tcp_conns, WIRE_RING)."""
         return self._maps[name]
+
+    def wire_ring_fd(self) -> int | None:
+        """The fd of the names-from-the-wire ring buffer; None when the
+        program was built without it (ProgramOptions.wire)."""
+        return self._maps.get(WIRE_RING)
 
     def drain_flows(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Swap buffers and return the interval just ended as (keys, stats) batches.
@@ -312,3 +369,8 @@ class _Generations:
         # The fence: same value, but the kernel waits for running programs.
         self._update(self._flow_maps, old, self._flows[old])
         return self._flows[old], self._caches[old]
+
+
+def wire_options(enabled: bool, dns_ports: tuple[int, ...], rate: int) -> WireOptions | None:
+    """ProgramOptions.wire for a run's [names] (config.NamesConfig): None when off."""
+    return WireOptions(dns_ports=dns_ports, rate=rate) if enabled else None

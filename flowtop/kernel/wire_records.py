@@ -9,7 +9,10 @@ userspace side (flowtop/wirenames/) WirePackets; nothing else crosses.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+
+import numpy as np
 
 # WirePacket.kind
 KIND_DNS = 1  # a DNS response: UDP or TCP from a DNS port (53 or a configured one)
@@ -35,3 +38,34 @@ class WirePacket:
     seq: int
     payload: bytes
     payload_len: int
+
+
+# The header of one ring record (struct wire_event_hdr, bpf/flowtop.h),
+# followed by cap_len payload bytes.
+WIRE_EVENT_HDR = np.dtype(
+    [
+        ("key", "V48"),
+        ("kind", "u1"),
+        ("pad", "V3"),
+        ("seq", "<u4"),
+        ("payload_len", "<u4"),
+        ("cap_len", "<u4"),
+    ]
+)
+HDR_SIZE = WIRE_EVENT_HDR.itemsize
+_HDR = struct.Struct("<48sB3xIII")
+assert _HDR.size == HDR_SIZE
+
+
+def decode(record: bytes) -> WirePacket | None:
+    """The WirePacket of one ring record; None when it is not one (shorter
+    than its header, a length that disagrees, an unknown kind)."""
+    if len(record) < HDR_SIZE:
+        return None
+    key, kind, seq, payload_len, cap_len = _HDR.unpack_from(record)
+    # The ring rounds nothing into the record itself: its bytes are exact.
+    if kind not in (KIND_DNS, KIND_TCP_FIRST) or len(record) != HDR_SIZE + cap_len:
+        return None
+    if cap_len > payload_len:
+        return None
+    return WirePacket(key, kind, seq, record[HDR_SIZE:], payload_len)

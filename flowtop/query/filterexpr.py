@@ -12,6 +12,8 @@
            | [src|dst] asn N | [src|dst] country CC | [src|dst] label NAME (glob)
            | proc GLOB | pid N | user NAME|UID | service GLOB
            | container ID-PREFIX | unattributed
+           | dropped | drop REASON
+           | name GLOB
 
 A is an IPv4 or IPv6 address, P a port number or a service name from
 /etc/services. A parsed filter evaluates over a whole table at once: it
@@ -21,6 +23,16 @@ The owner terms (proc, pid, user, service, container, unattributed) test the
 socket owner the engine joined to each flow (query/owners.py): proc is the
 command name (comm), user a login name resolved once here or a numeric uid,
 container a case-insensitive prefix of the container id (hex).
+
+The drop terms test the kernel drops the engine joined to each flow
+(core/drops.py): `dropped` is a flow with packets dropped on this box,
+`drop REASON` one with drops of that reason (enum skb_drop_reason's name
+without SKB_DROP_REASON_, case-insensitive, a glob: `drop netfilter*`); a
+name the running kernel does not have is an error when the filter runs.
+
+`name GLOB` tests the names from the wire (DNS answers, TLS SNI, HTTP Host)
+the engine joined to either end of each flow (query/names.py),
+case-insensitive: `name *.example.com`.
 """
 
 from __future__ import annotations
@@ -36,9 +48,11 @@ from typing import Protocol
 
 import numpy as np
 
+from flowtop.core.drops import DropRows
 from flowtop.core.owners import STATE_UNATTRIBUTED
 from flowtop.errors import FlowtopError
 from flowtop.kernel import layout
+from flowtop.query import names as wirenames
 from flowtop.query import owners as own
 
 PROTOCOLS = {
@@ -85,6 +99,10 @@ class Columns:
     entities: EntityAttrs | None = None
     # The rows' socket owners; None when attribution is off.
     owners: own.OwnerRows | None = None
+    # The rows' kernel drops; None when drops are not collected.
+    drops: DropRows | None = None
+    # The rows' names from the wire; None when they are off.
+    names: wirenames.NameRows | None = None
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
@@ -105,6 +123,18 @@ class Columns:
         if self.owners is None:
             raise FilterError(f"{term}: no socket owners (process attribution is off)")
         return self.owners
+
+    def name_rows(self, term: str) -> wirenames.NameRows:
+        """The rows' wire names, for a filter term."""
+        if self.names is None:
+            raise FilterError(f"{term}: no names from the wire (they are off)")
+        return self.names
+
+    def drop_rows(self, term: str) -> DropRows:
+        """The rows' drops, for a filter term."""
+        if self.drops is None:
+            raise FilterError(f"{term}: no drop reasons (drops are off or could not start)")
+        return self.drops
 
     def __len__(self) -> int:
         return len(self.words)
@@ -208,6 +238,26 @@ def _glob(pattern: str) -> Callable[[np.ndarray], np.ndarray]:
         return out
 
     return test
+
+
+def _drop_reason(pattern: str) -> Mask:
+    """Flows with drops of a reason whose name matches pattern (the running
+    kernel's names: checked when the filter runs, since only the collector
+    knows them)."""
+    if not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", pattern):
+        raise FilterError(f"not a drop reason name: {pattern!r}")
+
+    def mask(c: Columns) -> np.ndarray:
+        rows = c.drop_rows("drop")
+        values = rows.table.values_matching(pattern)
+        if not values:
+            raise FilterError(
+                f"drop {pattern}: this kernel has no such drop reason "
+                "(names as the drops panel shows them, e.g. NETFILTER_DROP, NO_SOCKET)"
+            )
+        return rows.of_reasons(values, c.words)
+
+    return mask
 
 
 def _owner_eq(term: str, column: str, value: int) -> Mask:
@@ -353,6 +403,15 @@ class _Parser:
             return self.entity_term(None, word)
         if word in ("proc", "pid", "user", "service", "container", "unattributed"):
             return self.owner_term(word)
+        if word == "dropped":
+            return lambda c: c.drop_rows(word).packets() > 0
+        if word == "drop":
+            return _drop_reason(self.need("a drop reason (NETFILTER_DROP, NO_SOCKET, ...)"))
+        if word == "name":
+            pattern = self.need("a host name (glob)")
+            test = wirenames.glob_test(pattern)
+            key = f"glob:{pattern.lower()}"
+            return lambda c: wirenames.name_mask(c.name_rows(word), key, test)
         raise FilterError(f"unknown filter term {tok!r} ({where})")
 
     def entity_term(self, which: str | None, word: str) -> Mask:

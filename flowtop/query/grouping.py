@@ -15,6 +15,7 @@ import numpy as np
 
 from flowtop.core.flowindex import hash_words
 from flowtop.kernel import layout
+from flowtop.query.names import NAME_COLUMNS
 from flowtop.query.owners import OWNER_COLUMNS
 
 _KEY = layout.FLOW_KEY_WORDS
@@ -71,6 +72,16 @@ class Aggregate:
     ids: np.ndarray  # u64 identity of each row (flow or group)
     # owners.OWNER_COLUMNS of a representative flow per row, when read
     owner: dict[str, np.ndarray] = field(default_factory=dict)
+    # packets the kernel dropped, summed over the row's flows (core/drops.py)
+    drops: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    # names.NAME_COLUMNS of a representative flow per row, when read
+    wire: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _drops(cols: dict[str, np.ndarray], n: int) -> np.ndarray:
+    # Column sets gathered without it (callers that do not show drops): none.
+    got = cols.get("drop_packets")
+    return got if got is not None else np.zeros(n, dtype=np.uint64)
 
 
 def aggregate(
@@ -81,6 +92,7 @@ def aggregate(
     knows it (entity and owner groups), else a hash of group_words. The
     owner columns in cols, when there, are carried (a representative's)."""
     owner = {n: cols[n] for n in OWNER_COLUMNS if n in cols}
+    wire = {n: cols[n] for n in NAME_COLUMNS if n in cols}
     known = (cols["retrans_source"] > 0).astype(np.int64)
     if group == "flow":
         return Aggregate(
@@ -100,6 +112,8 @@ def aggregate(
             np.ones(len(words), dtype=np.int64),
             hash_words(words),
             owner,
+            _drops(cols, len(words)),
+            wire,
         )
     if gid is None:
         gid = hash_words(group_words(words, group))
@@ -130,4 +144,6 @@ def aggregate(
         np.diff(np.concatenate((starts, [len(g)]))),
         g[starts],
         {n: c[rep] for n, c in owner.items()},
+        np.add.reduceat(_drops(cols, len(words))[order], starts),
+        {n: c[rep] for n, c in wire.items()},
     )

@@ -60,6 +60,7 @@ def sort_order(
         "last_seen": a.last_ns,
         "rtt": a.rtt,
         "retrans": a.retrans,
+        "drops": a.drops,
     }
     if by in counters or by in ("sport", "dport", "proto"):
         col = counters[by] if by in counters else _KEY.field(a.words, by)

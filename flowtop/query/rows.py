@@ -14,6 +14,7 @@ from flowtop.core.owners import UID_NONE
 from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, group_value
 from flowtop.query.grouping import Aggregate, service_port
+from flowtop.query.names import NO_NAME, NameArrays, shown_id, source_name
 from flowtop.query.owners import (
     GROUP_COLUMN,
     NO_OWNER,
@@ -21,7 +22,7 @@ from flowtop.query.owners import (
     UNATTRIBUTED_GROUP,
     OwnerArrays,
 )
-from flowtop.query.types import ENTITY_GROUPS, OWNER_GROUPS, ViewRow
+from flowtop.query.types import ENTITY_GROUPS, NAME_GROUPS, OWNER_GROUPS, ViewRow
 from flowtop.sanitize import clean
 
 # The columns each group keeps (the others are None in its rows).
@@ -39,6 +40,7 @@ _GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "process": (),
     "service": (),
     "container": (),
+    "name": (),
 }
 
 
@@ -83,6 +85,19 @@ def _owner(a: Aggregate, i: int, oa: OwnerArrays | None) -> dict[str, object]:
     }
 
 
+def _wire(a: Aggregate, i: int, na: NameArrays | None) -> dict[str, object]:
+    """A flow row's names from the wire, None where none."""
+    if na is None or "name_source" not in a.wire:
+        return {}
+    w = {n: int(c[i]) for n, c in a.wire.items()}
+    return {
+        "src_name": na.name(w["src_name_id"]),
+        "dst_name": na.name(w["dst_name_id"]),
+        "name_cname": na.name(w["name_cname_id"]),
+        "name_source": source_name(w["name_source"]),
+    }
+
+
 def view_row(
     a: Aggregate,
     i: int,
@@ -92,6 +107,7 @@ def view_row(
     ea: EntityArrays | None = None,
     group_eid: np.ndarray | None = None,
     oa: OwnerArrays | None = None,
+    na: NameArrays | None = None,
 ) -> ViewRow:
     """Row i of a, as a query grouped by `group` shows it; offset: the
     table's clock offset (monotonic ns -> wall-clock seconds)."""
@@ -115,6 +131,9 @@ def view_row(
             gval = UNATTRIBUTED
         else:
             gval = (oa.name(column, nid) if oa is not None else None) or NO_OWNER
+    elif group in NAME_GROUPS:
+        nid = int(shown_id({n: c[i : i + 1] for n, c in a.wire.items()})[0]) if a.wire else 0
+        gval = (na.name(nid) if na is not None else None) or NO_NAME
     rtt = int(a.rtt[i])
     return ViewRow(
         key=f"{group}:{int(a.ids[i]):016x}",
@@ -138,6 +157,8 @@ def view_row(
         rtt_us=float(rtt) if rtt else None,
         retransmits=int(a.retrans[i]) if a.retr_known[i] else None,
         group=gval,
+        drops=int(a.drops[i]) if len(a.drops) else 0,
         **_ends(a, i, ea, shown),  # type: ignore[arg-type]
         **(_owner(a, i, oa) if group == "flow" else {}),  # type: ignore[arg-type]
+        **(_wire(a, i, na) if group == "flow" else {}),  # type: ignore[arg-type]
     )

@@ -16,10 +16,12 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from flowtop.core.drops import summary as drop_summary
 from flowtop.core.engine import Engine
 from flowtop.core.model import InterfaceCounters
 from flowtop.query.entities import EntityArrays
 from flowtop.query.filterexpr import Filter, FilterError, parse
+from flowtop.query.names import NameArrays
 from flowtop.query.owners import OwnerArrays, available
 from flowtop.query.tablequery import query_table
 from flowtop.query.types import InterfaceRow, Snapshot, ViewQuery, ViewRow
@@ -93,6 +95,7 @@ class TableSource:
         self._ea: EntityArrays | None = None
         self._ea_of: object = None
         self._oa: OwnerArrays | None = None
+        self._na: NameArrays | None = None
 
     # subclasses say what time it is (replay: the recorded time)
     def now(self) -> float:
@@ -125,13 +128,15 @@ class TableSource:
             ifnames = dict(self.engine.collector.names())
             ea = self._entity_arrays()
             oa = self._owner_arrays()
+            dt = getattr(self.engine, "drops", None)  # core/drops.DropTable; stand-ins have none
+            na = self._name_arrays()
             table = self.engine.table
             try:
-                rows, matched = query_table(table, query, flt, ifnames, ea, oa)
+                rows, matched = query_table(table, query, flt, ifnames, ea, oa, dt, na)
             except FilterError as exc:  # a term the data cannot answer (no enrichment)
                 error = str(exc)
                 self._filter = parse("")
-                rows, matched = query_table(table, query, self._filter, ifnames, ea, oa)
+                rows, matched = query_table(table, query, self._filter, ifnames, ea, oa, dt, na)
             self._remember(rows)
             health = self.engine.health()
             counters = health.as_dict()
@@ -150,6 +155,7 @@ class TableSource:
                 problems=health.problems,
                 filter_error=error,
                 tcp_health=tuple(self.engine.tcp_health.groups() if self.engine.tcp_health else ()),
+                drops=drop_summary(dt, table) if dt is not None else None,
             )
 
     def _entity_arrays(self) -> EntityArrays | None:
@@ -169,6 +175,15 @@ class TableSource:
         if self._oa is None or self._oa.owners is not owners:
             self._oa = OwnerArrays(owners)
         return self._oa
+
+    def _name_arrays(self) -> NameArrays | None:
+        # Engines without names from the wire (off, a replay, stand-ins) have none.
+        wire = getattr(self.engine, "names", None)
+        if wire is None:
+            return None
+        if self._na is None or self._na.wire is not wire:
+            self._na = NameArrays(wire)
+        return self._na
 
     def _remember(self, rows: list[ViewRow]) -> None:
         for r in rows:

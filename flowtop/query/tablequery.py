@@ -9,14 +9,18 @@ screen only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 
 from flowtop.core import fields
+from flowtop.core.drops import DropRows, DropTable
 from flowtop.core.flowtable import FlowTable
+from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, entity_groups
 from flowtop.query.filterexpr import Columns, Filter
-from flowtop.query.grouping import aggregate
+from flowtop.query.grouping import Aggregate, aggregate
+from flowtop.query.names import NameArrays, NameRows, name_columns, shown_id
 from flowtop.query.ordering import smallest, sort_order
 from flowtop.query.owners import (
     GROUP_COLUMN,
@@ -26,12 +30,14 @@ from flowtop.query.owners import (
     owner_groups,
 )
 from flowtop.query.rows import view_row
-from flowtop.query.types import ENTITY_GROUPS, OWNER_GROUPS, ViewQuery, ViewRow
+from flowtop.query.types import ENTITY_GROUPS, NAME_GROUPS, OWNER_GROUPS, ViewQuery, ViewRow
 
 # Sort keys of the flow view that are one table column each: the counters and
 # times the kernel gives and the rates the table derives (core/fields.py).
 _FLOW_SORT_COLUMNS = {
-    sort: f.name for sort, f in fields.SORTABLE.items() if f.origin in (fields.KERNEL, fields.RATE)
+    sort: f.name
+    for sort, f in fields.SORTABLE.items()
+    if f.origin in (fields.KERNEL, fields.RATE, fields.DROP)
 }
 _FLOW_SORT_COLUMNS["flows"] = "packets"  # one flow per row: order by packets
 
@@ -41,12 +47,19 @@ def _ents(table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _columns(
-    table: FlowTable, rows: np.ndarray, group: str, oa: OwnerArrays | None
+    table: FlowTable,
+    rows: np.ndarray,
+    group: str,
+    oa: OwnerArrays | None,
+    na: NameArrays | None = None,
 ) -> dict[str, np.ndarray]:
     """The view's columns at rows, with the owner columns the group shows
     when attribution is on (all for flows, the group's own and owner_state
-    for an owner group)."""
+    for an owner group), and the name columns (flows, the name group) when
+    names from the wire are on."""
     cols = table.gather_columns(rows)
+    if na is not None and (group == "flow" or group in NAME_GROUPS):
+        cols.update(name_columns(table, rows))
     if oa is not None and group == "flow":
         cols.update(owner_columns(table, rows))
     elif oa is not None and group in OWNER_GROUPS:
@@ -60,6 +73,8 @@ def _matching(
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
     oa: OwnerArrays | None = None,
+    dt: DropTable | None = None,
+    na: NameArrays | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Live rows passing the filter (and their key words, when read)."""
     rows = table.live_rows()
@@ -68,7 +83,9 @@ def _matching(
     words = table.words_at(rows)
     ents = _ents(table, rows) if ea is not None else None
     owners = OwnerRows(table, rows, oa) if oa is not None else None
-    keep = flt(Columns(words, ifnames, ents, ea, owners))
+    drops = DropRows(table, rows, dt) if dt is not None else None
+    names = NameRows(table, rows, na) if na is not None else None
+    keep = flt(Columns(words, ifnames, ents, ea, owners, drops, names))
     return rows[keep], words[keep]
 
 
@@ -79,6 +96,8 @@ def _top_flows(
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
     oa: OwnerArrays | None = None,
+    dt: DropTable | None = None,
+    na: NameArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The flow view sorted by a counter: only the top rows are gathered.
 
@@ -86,7 +105,7 @@ def _top_flows(
     other columns only for the rows on screen, so a refresh costs little
     more with 100k flows than with 1k.
     """
-    rows, _ = _matching(table, flt, ifnames, ea, oa)
+    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na)
     matched = len(rows)
     if matched == 0:
         return [], 0
@@ -98,10 +117,27 @@ def _top_flows(
     limit = min(query.limit, matched)
     top = smallest(vals, limit)
     sel = rows[top]
-    agg = aggregate(table.words_at(sel), _columns(table, sel, "flow", oa), "flow")
+    agg = aggregate(table.words_at(sel), _columns(table, sel, "flow", oa, na), "flow")
     order = np.lexsort((agg.ids, vals[top]))[:limit]
     off = table.clock_offset
-    return [view_row(agg, int(i), "flow", off, ifnames, ea, None, oa) for i in order], matched
+    out = [view_row(agg, int(i), "flow", off, ifnames, ea, None, oa, na) for i in order]
+    return _drop_reasons(out, agg, order, dt), matched
+
+
+def _drop_reasons(
+    out: list[ViewRow], agg: Aggregate, order: np.ndarray, dt: DropTable | None
+) -> list[ViewRow]:
+    """The flow rows on screen with drops get their drops by reason (one
+    DropTable lookup for all of them; the detail screen lists them)."""
+    if dt is None or not len(agg.drops):
+        return out
+    at = [j for j, i in enumerate(order.tolist()) if agg.drops[i]]
+    if not at:
+        return out
+    keys = np.ascontiguousarray(agg.words[order[at]]).view(layout.FLOW_KEY).reshape(-1)
+    for j, per in zip(at, dt.by_key(keys), strict=True):
+        out[j] = replace(out[j], drop_reasons=tuple(per.items()))
+    return out
 
 
 def query_table(
@@ -111,13 +147,15 @@ def query_table(
     ifnames: Mapping[int, str],
     ea: EntityArrays | None = None,
     oa: OwnerArrays | None = None,
+    dt: DropTable | None = None,
+    na: NameArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The query's top rows and how many rows (flows or groups) matched;
     oa: the socket owners' names (None: attribution off, every flow in the
     "-" group of an owner group)."""
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
-        return _top_flows(table, query, flt, ifnames, ea, oa)
-    rows, words = _matching(table, flt, ifnames, ea, oa)
+        return _top_flows(table, query, flt, ifnames, ea, oa, dt, na)
+    rows, words = _matching(table, flt, ifnames, ea, oa, dt, na)
     if len(rows) == 0:
         return [], 0
     if words is None:
@@ -127,7 +165,9 @@ def query_table(
     if query.group_by in ENTITY_GROUPS:
         ents = _ents(table, rows) if ea is not None else None
         gid, group_eid = entity_groups(query.group_by, words, ents, ea)
-    cols = _columns(table, rows, query.group_by, oa)
+    cols = _columns(table, rows, query.group_by, oa, na)
+    if query.group_by in NAME_GROUPS:
+        gid = shown_id(cols) if na is not None else np.zeros(len(rows), dtype=np.uint64)
     if query.group_by in OWNER_GROUPS:
         gid = (
             owner_groups(query.group_by, cols)
@@ -137,7 +177,9 @@ def query_table(
     agg = aggregate(words, cols, query.group_by, gid)
     order = sort_order(agg, query.sort, query.descending, query.limit, ifnames)
     out = [
-        view_row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid, oa)
+        view_row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid, oa, na)
         for i in order
     ]
+    if query.group_by == "flow":
+        out = _drop_reasons(out, agg, order, dt)
     return out, len(agg.ids)

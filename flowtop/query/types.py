@@ -10,17 +10,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from flowtop.core.drops import DropSummary
 from flowtop.core.tcphealth import HealthGroup
 
 GROUPS = (
     "flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label",
-    "process", "service", "container",
+    "process", "service", "container", "name",
 )  # fmt: skip
 # Groups by what enrichment knows of each flow's remote end.
 ENTITY_GROUPS = ("asn", "country", "label")
 # Groups by the flow's socket owner (query/owners.py): process is the command
 # name (comm), so the workers of one program are one row.
 OWNER_GROUPS = ("process", "service", "container")
+# Groups by the flow's name from the wire (query/names.py): the named end's.
+NAME_GROUPS = ("name",)
 SORT_KEYS = (
     "bps",
     "pps",
@@ -37,6 +40,7 @@ SORT_KEYS = (
     "last_seen",
     "rtt",
     "retrans",
+    "drops",
 )
 
 
@@ -102,6 +106,16 @@ class ViewRow:
     pod: str | None = None
     cgroup: str | None = None  # the cgroup v2 path
     owner_state: int | None = None
+    drops: int = 0  # packets the kernel dropped on this box (core/drops.py)
+    # A flow row's drops by reason name, most first (the detail screen); () in groups.
+    drop_reasons: tuple[tuple[str, int], ...] = ()
+    # Names from the wire of a flow row (query/names.py; cleaned), None when
+    # none or in groups: each end's, the CNAME chain end, and the source of
+    # the named (server) end's name: dns, sni or http
+    src_name: str | None = None
+    dst_name: str | None = None
+    name_cname: str | None = None
+    name_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +154,8 @@ class Snapshot:
     problems: int
     filter_error: str | None = None
     tcp_health: tuple[HealthGroup, ...] = ()  # worst first
+    # Kernel drops on this box (the drops panel); None: drops not collected.
+    drops: DropSummary | None = None
 
 
 class ViewSource(Protocol):

@@ -43,6 +43,7 @@ def run_dump(
         stop.install()
     with Run(cfg, stop, parts=parts) as run:
         engine = run.engine
+        engine.keep_all_drops()  # every flow's drops until the end (the run is bounded)
         acc = FlowAccumulator(engine.table.clock_offset)
         engine.sinks.append(acc)
         if not run.names:
@@ -74,6 +75,9 @@ def run_dump(
             name_of=resolver.name if resolver is not None else None,
             health=engine.tcp_health.groups(),
             owners=engine.owners,
+            drops=engine.drops,
+            wire=engine.names,
+            exporters=getattr(run.collector, "exporters", list)(),  # --listen only
         )
         emit(flows, ifname, ifaces, health, as_json, extras=extras)
         if failure is not None:

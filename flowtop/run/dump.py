@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol, TextIO
 
@@ -18,10 +18,11 @@ import numpy as np
 
 from flowtop.core import fields
 from flowtop.core.fields import Field, Text
-from flowtop.core.flowtable import FlowBatch
+from flowtop.core.flowtable import FlowBatch, decode_key
 from flowtop.core.model import (
     CollectorHealth,
     Direction,
+    FlowKey,
     FlowRecord,
     InterfaceCounters,
     proto_name,
@@ -30,6 +31,7 @@ from flowtop.core.model import (
 from flowtop.core.owners import STATE_ATTRIBUTED, STATE_UNATTRIBUTED, OwnerNames
 from flowtop.core.tcphealth import HealthGroup
 from flowtop.sanitize import clean
+from flowtop.wirenames.names import RDNS, SOURCE_NAMES
 
 
 class FlowAccumulator:
@@ -101,6 +103,58 @@ class EntityLike(Protocol):
 
 EntityOf = Callable[[int], EntityLike | None]
 NameOf = Callable[[str], str | None]
+# A record's drops by reason name ({}: none); see Extras.drops.
+DropsOf = Callable[[FlowKey], dict[str, int]]
+
+
+class DropLookup(Protocol):
+    """What dump needs of the engine's DropTable (core/drops.py)."""
+
+    def by_key(self, keys: np.ndarray) -> list[dict[str, int]]: ...
+
+    def totals(self) -> dict[str, int]: ...
+
+    def no_flow_packets(self) -> int: ...
+
+    @property
+    def evicted(self) -> int: ...
+
+
+class WireLookup(Protocol):
+    """What dump needs of the engine's WireNames (wirenames/names.py): the
+    name behind a record's *_name_id (cleaned already)."""
+
+    def name(self, nid: int) -> str | None: ...
+
+
+def _end_name(
+    end: str, r: FlowRecord, name_of: NameOf | None, wire: WireLookup | None
+) -> str | None:
+    """src_name/dst_name: the end's wire name, else its reverse DNS name (--resolve)."""
+    nid: int = getattr(r, f"{end}_name_id")
+    if nid and wire is not None:
+        got = wire.name(nid)
+        if got:
+            return clean(got)
+    return name_of(str(getattr(r.key, end))) if name_of is not None else None
+
+
+def _name_source(r: FlowRecord, name_of: NameOf | None) -> str | None:
+    """dns, sni, http; rdns when only reverse DNS named an end; None: no name."""
+    if r.name_source:
+        return SOURCE_NAMES.get(r.name_source)
+    if name_of is not None and (name_of(str(r.key.src)) or name_of(str(r.key.dst))):
+        return RDNS
+    return None
+
+
+def _name_cell(r: FlowRecord, wire: WireLookup | None) -> str:
+    """The NAME cell: the named end's wire name and its source, "" for none."""
+    nid = r.dst_name_id or r.src_name_id
+    got = wire.name(nid) if wire is not None and nid else None
+    if not got:
+        return ""
+    return f"{clean(got)} ({SOURCE_NAMES.get(r.name_source, '?')})"
 
 
 class OwnerLookup(Protocol):
@@ -152,8 +206,12 @@ def _json_value(
     entity_of: EntityOf | None,
     name_of: NameOf | None,
     owners: OwnerLookup | None = None,
+    drops_of: DropsOf | None = None,
+    wire: WireLookup | None = None,
 ) -> object:
     k = r.key
+    if f.name == "drops":  # None (key left out): not collected (off, failed, a replay)
+        return drops_of(k) if drops_of is not None else None
     if f.entity is not None:
         e = _entity(r, f.entity[0], entity_of)
         return getattr(e, f.entity[1]) if e is not None else None
@@ -166,6 +224,10 @@ def _json_value(
         return clean(ifname)
     if f.name == "proto_name":
         return proto_name(k.proto)
+    if f.name in ("src_name", "dst_name"):
+        return _end_name(f.name[:3], r, name_of, wire)
+    if f.name == "name_source":
+        return _name_source(r, name_of)
     if f.json_when == fields.NAMES:
         assert name_of is not None
         return name_of(str(getattr(k, fields.member(f.name))))
@@ -182,15 +244,19 @@ def flow_json(
     entity_of: EntityOf | None = None,
     name_of: NameOf | None = None,
     owners: OwnerLookup | None = None,
+    drops_of: DropsOf | None = None,
+    wire: WireLookup | None = None,
 ) -> dict[str, object]:
     """One flow line: fields.JSON_FIELDS in order (keys that are only sometimes
     there last: mpls_label on flows that carried a label, names when asked).
     owners: the engine's OwnerTable, for the owner names (null without)."""
     d: dict[str, object] = {"type": "flow"}
     for f in fields.JSON_FIELDS:
-        if f.json_when == fields.NAMES and name_of is None:
+        if f.json_when == fields.NAMES and name_of is None and wire is None:
             continue
-        v = _json_value(f, r, ifname, entity_of, name_of, owners)
+        if f.json_when == fields.WIRE_ON and wire is None:
+            continue
+        v = _json_value(f, r, ifname, entity_of, name_of, owners, drops_of, wire)
         if f.json_when == fields.KNOWN and v is None:
             continue
         d[str(f.json)] = v
@@ -206,6 +272,15 @@ class Extras:
     name_of: NameOf | None = None
     health: Sequence[HealthGroup] = ()
     owners: OwnerLookup | None = None
+    # The engine's DropTable (None: drops not collected): `drops` of each flow
+    # line, and the "drops" summary line (JSON) / footer (text).
+    drops: DropLookup | None = None
+    drops_of: DropsOf | None = None  # emit() makes it from `drops` for the records
+    # The engine's WireNames (None: names from the wire off): src_name,
+    # dst_name and name_source of each flow line, the NAME text column.
+    wire: WireLookup | None = None
+    # --listen: ListenCollector.exporters(), one "exporter" line (JSON) or row each
+    exporters: Sequence[Mapping[str, object]] = ()
 
 
 def write_json(
@@ -220,10 +295,27 @@ def write_json(
         iface = ifname.get(r.key.ifindex, str(r.key.ifindex))
         # json.dumps' default ensure_ascii writes every control and non-ASCII
         # character as an escape: no untrusted name reaches a terminal raw.
-        line = flow_json(r, iface, extras.entity_of, extras.name_of, extras.owners)
+        line = flow_json(
+            r, iface, extras.entity_of, extras.name_of, extras.owners, extras.drops_of, extras.wire
+        )
         out.write(json.dumps(line) + "\n")
     for g in extras.health:
         out.write(json.dumps(g.as_dict()) + "\n")
+    if extras.drops is not None:
+        # Every drop of the run by reason, and those of packets no flow has
+        # (egress drops before TC: core/drops.py).
+        d = extras.drops
+        out.write(
+            json.dumps(
+                {
+                    "type": "drops",
+                    "by_reason": d.totals(),
+                    "no_flow": d.no_flow_packets(),
+                    "evicted": d.evicted,  # per-flow entries forgotten for room (bounded)
+                }
+            )
+            + "\n"
+        )
     for ic in ifaces:
         out.write(
             json.dumps(
@@ -240,6 +332,8 @@ def write_json(
             )
             + "\n"
         )
+    for e in extras.exporters:  # the addresses are numeric: nothing to clean
+        out.write(json.dumps({"type": "exporter", **e}) + "\n")
     out.write(json.dumps({"type": "stats", **health.as_dict()}) + "\n")
 
 
@@ -265,7 +359,7 @@ def write_table(
     rows: list[tuple[str, ...]] = [tuple(t.header for _, t in cols)]
     for r in records:
         name = ifname.get(r.key.ifindex, str(r.key.ifindex))
-        rows.append(tuple(_cell(f, r, name, ent, extras.owners) for f, _ in cols))
+        rows.append(tuple(_cell(f, r, name, ent, extras.owners, extras.wire) for f, _ in cols))
     _print_rows(out, rows, right={i for i, (_, t) in enumerate(cols) if t.right})
     out.write("\n")
     irows: list[tuple[str, ...]] = [
@@ -302,6 +396,27 @@ def write_table(
             )
         _print_rows(out, hrows, right={3, 4})
         out.write("\n")
+    if extras.exporters:
+        xrows: list[tuple[str, ...]] = [
+            (
+                "EXPORTER",
+                "PROTOCOL",
+                "RECORDS",
+                "LOST",
+                "TEMPLATES",
+                "MISSING",
+                "ERRORS",
+                "SAMPLING",
+            )
+        ]
+        for e in extras.exporters:
+            keys = ("records", "lost", "templates", "templates_missing", "errors")
+            sampling = f"1:{e['sampling']} (estimated)" if e["estimated"] else "-"
+            xrows.append(
+                (str(e["exporter"]), str(e["protocol"]), *(str(e[k]) for k in keys), sampling)
+            )
+        _print_rows(out, xrows, right={2, 3, 4, 5, 6})
+        out.write("\n")
     out.write(
         "collector: "
         + (", ".join(f"{k}={v}" for k, v in sorted(lost.items())) if lost else "nothing lost")
@@ -316,6 +431,10 @@ def _shown(col: Text, records: list[FlowRecord], entities: bool) -> bool:
         return True
     if col.group == "entity":
         return entities
+    if col.group == "drops":  # some flow had drops
+        return any(r.drop_packets for r in records)
+    if col.group == "wire":  # some flow has a name from the wire
+        return any(r.name_source for r in records)
     if col.group == "owner":  # some flow is a local socket's
         return any(r.owner_state in (STATE_ATTRIBUTED, STATE_UNATTRIBUTED) for r in records)
     same = [f.name for f, t in fields.TEXT_COLUMNS if t.group == col.group]
@@ -323,7 +442,12 @@ def _shown(col: Text, records: list[FlowRecord], entities: bool) -> bool:
 
 
 def _cell(
-    f: Field, r: FlowRecord, ifname: str, ent: EntityOf | None, owners: OwnerLookup | None = None
+    f: Field,
+    r: FlowRecord,
+    ifname: str,
+    ent: EntityOf | None,
+    owners: OwnerLookup | None = None,
+    wire: WireLookup | None = None,
 ) -> str:
     """A text table cell."""
     k = r.key
@@ -351,6 +475,8 @@ def _cell(
         )
     if f.name == "process":
         return _process(r, owners)
+    if f.name == "name":
+        return _name_cell(r, wire)
     assert f.origin != fields.SHOWN, f"{f.name}: no text renderer"
     v = getattr(k, fields.member(f.name)) if f.origin == fields.KEY else getattr(r, f.name)
     return "" if v is None else str(v)
@@ -361,6 +487,14 @@ def _print_rows(out: TextIO, rows: list[tuple[str, ...]], right: set[int]) -> No
     for r in rows:
         cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)]
         out.write("  ".join(cells).rstrip() + "\n")
+
+
+def _drops_of(drops: DropLookup, batch: FlowBatch) -> DropsOf:
+    """The batch's drops by key: one DropTable lookup for all of it; only
+    the keys with drops are decoded."""
+    per = drops.by_key(batch.keys)
+    got = {decode_key(batch.keys[i]): d for i, d in enumerate(per) if d}
+    return lambda key: got.get(key, {})
 
 
 def sorted_records(batch: FlowBatch) -> list[FlowRecord]:
@@ -379,4 +513,6 @@ def emit(
     extras: Extras = Extras(),
 ) -> None:
     records = sorted_records(batch)
+    if extras.drops is not None and extras.drops_of is None:
+        extras = replace(extras, drops_of=_drops_of(extras.drops, batch))
     (write_json if as_json else write_table)(out, records, ifname, ifaces, health, extras)

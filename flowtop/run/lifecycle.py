@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from flowtop.config import CollectorConfig, Config, EnrichConfig
+from flowtop.config import Config, EnrichConfig, ListenConfig
 from flowtop.core.engine import Engine
 from flowtop.core.flowtable import FlowTable
 from flowtop.sanitize import clean
@@ -64,8 +64,11 @@ if TYPE_CHECKING:
     from flowtop.enrich import Enricher
     from flowtop.enrich.dns import ReverseResolver
     from flowtop.kernel.collector import KernelCollector
+    from flowtop.kernel.program import ProgramOptions
+    from flowtop.listen.collector import ListenCollector
     from flowtop.run.outputs import Outputs
     from flowtop.run.record import Recorder, ReplaySource
+    from flowtop.wirenames.reader import WireSource
 
 log = logging.getLogger("flowtop")
 
@@ -73,6 +76,20 @@ FLUSH_SECONDS = 1.5  # IPFIX flush at a normal end: of the 2 s between SIGTERM a
 ERROR_FLUSH_SECONDS = 0.2  # on the way out with an error: do not hang on a collector
 
 T = TypeVar("T")
+
+
+def program_options(cfg: Config) -> ProgramOptions:
+    """The TC program's build options from a run's config: one place, for the
+    cli's early compile (kernel/build.begin_early) and the collector that
+    takes it over (the two must ask for the same build)."""
+    from flowtop.kernel.program import ProgramOptions, wire_options
+
+    c, n = cfg.collector, cfg.names
+    return ProgramOptions(
+        flow_map_size=c.map_size,
+        passive_rtt=c.passive_rtt,
+        wire=wire_options(n.enabled, n.dns_ports, n.rate),
+    )
 
 
 class Parts:
@@ -94,24 +111,42 @@ class Parts:
 
         return Outputs(cfg)
 
-    def collector(self, cfg: CollectorConfig, checkpoint: Callable[[], None]) -> KernelCollector:
+    def collector(self, config: Config, checkpoint: Callable[[], None]) -> KernelCollector:
         """Compiled and loaded, not attached; checkpoint is called between its
         steps (what it raises leaves nothing behind: the collector closes itself)."""
         from flowtop.kernel.collector import KernelCollector
         from flowtop.kernel.owners import REREPORT_MAX
 
+        cfg = config.collector
+        options = program_options(config)
         return KernelCollector(
             interfaces=cfg.interfaces,
-            flow_map_size=cfg.map_size,
+            flow_map_size=options.flow_map_size,
             tc_priority=cfg.tc_priority,
             attach=cfg.attach,
             sockops=cfg.sockops,
-            passive_rtt=cfg.passive_rtt,
+            passive_rtt=options.passive_rtt,
+            names=options.wire,
             checkpoint=checkpoint,
             owners=cfg.owners,
+            drops=cfg.drops,
             # An idle socket's tuple must be reported again before the owner
             # table forgets it (after an idle timeout without flows).
             owner_rereport=min(REREPORT_MAX, cfg.idle_timeout / 2),
+        )
+
+    def listener(self, cfg: ListenConfig) -> ListenCollector:
+        """The sockets bound (a port in use fails here), not yet receiving."""
+        from flowtop.listen.collector import ListenCollector, ListenOptions
+
+        return ListenCollector(
+            ListenOptions(
+                urls=cfg.urls,
+                max_exporters=cfg.max_exporters,
+                max_templates=cfg.max_templates,
+                template_lifetime=cfg.template_lifetime,
+                queue_bytes=cfg.queue_mb * 1024 * 1024,
+            )
         )
 
     def replay(self, path: str, speed: float) -> ReplaySource:
@@ -177,7 +212,7 @@ class Run:
         self.recorder: Recorder | None = None
         self.replay: ReplaySource | None = None
         self.names: list[str] = []  # the interfaces start() attached to
-        self._kernel: KernelCollector | None = None
+        self._kernel: KernelCollector | ListenCollector | None = None
         self._engine: Engine | None = None
         self._open: list[_Open] = []  # in start order
         self._state = "new"  # -> "started" -> "closed"
@@ -193,8 +228,8 @@ class Run:
         return self._engine
 
     @property
-    def collector(self) -> KernelCollector:
-        """The kernel collector (every mode but --replay)."""
+    def collector(self) -> KernelCollector | ListenCollector:
+        """The kernel collector, or the listener with --listen (every mode but --replay)."""
         if self._kernel is None:
             raise RuntimeError("this run has no kernel collector")
         return self._kernel
@@ -239,23 +274,36 @@ class Run:
             outputs = parts.outputs(cfg)
             self.outputs = self._own("the exports", outputs, lambda: outputs.close(self._flush))
             check()
-        kernel = parts.collector(cfg.collector, check)
-        self._kernel = self._own("the collector", kernel, kernel.close)
+        # --listen / [listen]: received flows take the kernel's place (no root, no BPF)
+        source: KernelCollector | ListenCollector
+        kernel: KernelCollector | None = None
+        listener: ListenCollector | None = None
+        if cfg.listen.urls:
+            source = listener = parts.listener(cfg.listen)
+        else:
+            source = kernel = parts.collector(cfg, check)
+        self._kernel = self._own("the collector", source, source.close)
         c = cfg.collector
         table = FlowTable(
             max_flows=c.max_flows, idle_timeout=c.idle_timeout, active_timeout=c.active_timeout
         )
-        self._engine = Engine(kernel, table, interval=c.interval, enricher=self.enricher)
+        self._engine = Engine(source, table, interval=c.interval, enricher=self.enricher)
         if self.outputs is not None:
             self.outputs.attach(self._engine)
+            metrics = self.outputs.metrics
+            if metrics is not None and listener is not None:  # the exporters' series
+                exporters = listener.exporters
+                self._engine.observers.append(lambda _e: metrics.set_listen(exporters()))
         check()
         if self._record is not None:
             host = clean(socket.gethostname())
             rec = parts.recorder(self._record, host, c.interval, table.clock_offset)
             self.recorder = self._own("the recording", rec, rec.close)
             check()
-        self.names = kernel.start()  # checks stop between its steps and after the last
+        self.names = source.start()  # checks stop between its steps and after the last
         check()
+        if kernel is None:  # listening: no local sockets, drops or wire names
+            return
         owner = getattr(kernel, "owners", None)  # stand-in collectors (tests) have none
         if owner is not None:
             from flowtop.core.cgroups import CgroupPaths
@@ -264,6 +312,29 @@ class Run:
             # Entries live as long as the flows (the engine keeps live ones alive).
             owners = OwnerTable(CgroupPaths(owner.cgroup), idle_timeout=c.idle_timeout)
             self.engine.use_owners(owners, kernel.owner_snapshot)
+        dropper = getattr(kernel, "drops", None)  # stand-in collectors (tests) have none
+        if dropper is not None and dropper.reasons is not None:
+            self.engine.use_drops(dropper.reasons)
+        # kernel/wirecapture.WireCapture, None when off; stand-in collectors have none
+        self._start_wire_names(getattr(kernel, "wire_capture", None))
+
+    def _start_wire_names(self, capture: WireSource | None) -> None:
+        """Names from the wire (issue 16): a reader thread feeds WireNames from
+        the collector's capture (None: off); it stops before the collector
+        closes the capture (parts close in reverse order)."""
+        if capture is None:
+            return
+        from flowtop.wirenames.names import WireNames
+        from flowtop.wirenames.reader import WireNameReader
+
+        # Connection names live as long as the flows (the engine's join keeps them).
+        names = WireNames(
+            idle_timeout=self.cfg.collector.idle_timeout, ttl_floor=self.cfg.names.min_ttl
+        )
+        reader = WireNameReader(capture, names)
+        self._own("the wire name reader", reader, reader.stop)
+        reader.start()
+        self.engine.use_names(names)
 
     def resolver(self, on_resolved: Callable[[], None] | None = None) -> ReverseResolver:
         """A reverse DNS resolver that this run closes (first of its parts).

@@ -207,6 +207,10 @@ class FlowtopApp(App[None]):
             self.shown = self.latest  # catch up
         self._draw()
 
+    def redraw(self) -> None:
+        """Draw the snapshot shown again (a panel was opened)."""
+        self._draw()
+
     def toggle_display(self, field: str) -> None:
         self.display_opts = replace(
             self.display_opts, **{field: not getattr(self.display_opts, field)}

@@ -5,7 +5,8 @@ retransmits and ASN/country only appear when some row has a value. What does
 not fit the width goes, least important first: in rate mode the totals go
 before the rates, in cumulative mode the rates go first. The socket owner
 columns (Process, Service, Container) come last in that order of priority:
-only where the width has room after every other column.
+only where the width has room after every other column; the wire name
+(Name) after them.
 
 A column showing a flow field is keyed by the field's name and takes its
 label, width and sort name from core/fields.py (Field.tui, Field.sort); its
@@ -24,6 +25,7 @@ from flowtop.query.types import ViewRow
 from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
+from flowtop.wirenames.names import RDNS
 
 Names = Callable[[str], str | None]  # address -> resolved (clean) name or None
 GAP = 1  # blank cells between two columns (the table has no cell padding)
@@ -82,6 +84,21 @@ def _process(r: ViewRow, d: Display, names: Names) -> str:
     return f"{comm}/{r.pid}" if r.pid else comm
 
 
+def _name(r: ViewRow, d: Display, names: Names) -> str:
+    """The named (server) end's wire name after its source ('sni  api.example'),
+    else the reverse DNS name of an end marked rdns (resolver on); the source
+    first, so that a cut shortens the name, not it."""
+    wire = r.dst_name or r.src_name
+    if wire is not None:
+        return f"{r.name_source or '?':<4} {clean_name(wire)}"
+    if d.resolve:
+        for a in (r.dst, r.src):
+            got = names(a) if a is not None else None
+            if got:
+                return f"{RDNS:<4} {clean_name(got)}"
+    return ""
+
+
 def _container(r: ViewRow, d: Display, names: Names) -> str:
     # The short id, as `docker ps` shows it; the detail screen has it whole.
     return clean_name(r.container or "")[:CONTAINER_SHORT]
@@ -104,12 +121,14 @@ CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "packets": lambda r, d, n: fmt.count(r.packets),
     "rtt_us": lambda r, d, n: fmt.rtt(r.rtt_us),
     "retrans": lambda r, d, n: "" if r.retransmits is None else fmt.count(r.retransmits),
+    "drop_packets": lambda r, d, n: fmt.count(r.drops) if r.drops else "",
     "src_as": _asn("src"),
     "dst_as": _asn("dst"),
     "group": lambda r, d, n: clean_name(r.group or ""),
     "process": _process,
     "service": lambda r, d, n: clean_name(r.service or ""),
     "container": _container,
+    "name": _name,
 }
 
 # The view's own columns: what a group has that a single flow does not.
@@ -131,11 +150,15 @@ _FIELD_COLUMNS = tuple(
 COLUMNS: dict[str, Column] = {c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY, *_OWNER_COLUMNS)}
 assert COLUMNS.keys() == CELLS.keys(), "a column without a cell, or a cell without a column"
 KEY_COLUMNS = ("group", "src", "sport", "dst", "dport", "proto", "iface")
-# Shown when some row has a value, after the counters.
-_EXTRAS = ("rtt_us", "retrans", "src_as", "dst_as")
+# Shown when some row has a value, after the counters (Drops: when some row
+# had packets dropped on this box, so views without drops keep their columns).
+_EXTRAS = ("rtt_us", "retrans", "src_as", "dst_as", "drop_packets")
 # Shown when some row has a value and there is room after everything else,
 # in this order; on screen they follow the key columns.
 OWNER_KEYS = tuple(c.key for c in _OWNER_COLUMNS)
+# The wire name: shown when some row has one and there is room after the
+# owner columns (so 80 and 100 columns keep theirs); on screen after the keys.
+NAME_KEYS = ("name",)
 # What each column needs from a row to be worth showing.
 _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "group": lambda r: r.group is not None,
@@ -147,11 +170,13 @@ _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "iface": lambda r: r.iface is not None,
     "rtt_us": lambda r: r.rtt_us is not None,
     "retrans": lambda r: r.retransmits is not None,
+    "drop_packets": lambda r: r.drops > 0,
     "src_as": lambda r: bool(r.src_asn or r.src_country or r.src_label),
     "dst_as": lambda r: bool(r.dst_asn or r.dst_country or r.dst_label),
     "process": lambda r: r.comm is not None or r.owner_state == STATE_UNATTRIBUTED,
     "service": lambda r: r.service is not None,
     "container": lambda r: r.container is not None,
+    "name": lambda r: r.name_source is not None,
 }
 # Which key columns each grouping keeps (used when there are no rows yet).
 GROUP_COLUMNS = {
@@ -168,6 +193,7 @@ GROUP_COLUMNS = {
     "process": ("group",),
     "service": ("group",),
     "container": ("group",),
+    "name": ("group",),
 }
 
 
@@ -190,12 +216,13 @@ def choose(
     extras = [k for k in _EXTRAS if any(_PRESENT[k](r) for r in rows)]
     wanted = keys + metrics[:1]  # never dropped
     owners = [k for k in OWNER_KEYS if any(_PRESENT[k](r) for r in rows)]
-    optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:] + owners
+    wire = [k for k in NAME_KEYS if any(_PRESENT[k](r) for r in rows)]
+    optional = metrics[1:2] + extras[:2] + metrics[2:] + extras[2:] + owners + wire
     cols = [COLUMNS[k] for k in wanted]
     for k in optional:
         if _span([*cols, COLUMNS[k]]) <= width:
             cols.append(COLUMNS[k])
-    order = [*KEY_COLUMNS, *OWNER_KEYS, *metrics, *_EXTRAS]
+    order = [*KEY_COLUMNS, *NAME_KEYS, *OWNER_KEYS, *metrics, *_EXTRAS]
     cols.sort(key=lambda c: order.index(c.key))
     return tuple(_grow(cols, width))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flowtop.config import CollectorConfig, Config, EnrichConfig
+from flowtop.config import Config, EnrichConfig
 from flowtop.core.flowtable import NS
 from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import AttachError, ConfigError
@@ -190,7 +190,7 @@ class LoggingParts(Parts):
         self._start("outputs")
         return self._logged("outputs", super().outputs(cfg))
 
-    def collector(self, cfg: CollectorConfig, checkpoint: Callable[[], None]) -> Any:
+    def collector(self, cfg: Config, checkpoint: Callable[[], None]) -> Any:
         self._start("collector")
         if self.on_collector is not None:
             self.on_collector(checkpoint)  # a real collector checks between its steps

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from flowtop.core.cgroups import CgroupPaths
-from flowtop.core.engine import OWNER_RETRY_INTERVALS, Engine
+from flowtop.core.engine import Engine
 from flowtop.core.flowtable import NS, FlowTable
+from flowtop.core.joins import OWNER_RETRY_INTERVALS
 from flowtop.core.model import TCP_FIN, CollectorHealth
 from flowtop.core.owners import (
     OWNER_PENDING,

@@ -1,5 +1,7 @@
 """Enter on a row: its full key, counters, TCP flags, first/last seen, its
+names from the wire (both ends', the source, the CNAME chain end), its
 socket owner (process, user, command line, cgroup, service, container, pod),
+its drops on this box by reason,
 rate history."""
 
 from __future__ import annotations
@@ -127,6 +129,21 @@ def owner_facts(row: ViewRow, command: CommandLine = command_line) -> list[tuple
     return [(a, clean(b, CMDLINE_MAX_LEN)) for a, b in out]
 
 
+def name_facts(row: ViewRow) -> list[tuple[str, str]]:
+    """The names from the wire of a flow row as (label, text) pairs: both
+    ends', the source and the CNAME chain end; none when it has none."""
+    if row.name_source is None:
+        return []
+    out = [
+        ("source name", row.src_name or "-"),
+        ("destination name", row.dst_name or "-"),
+        (fields.title("name_source"), row.name_source),
+    ]
+    if row.name_cname:
+        out.append((fields.title("name_cname_id"), row.name_cname))
+    return [(a, clean(b)) for a, b in out]
+
+
 def facts(
     row: ViewRow,
     names: Names,
@@ -178,9 +195,18 @@ def facts(
     owner = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
     owner.add_column(style="bold", no_wrap=True)
     owner.add_column(overflow="fold")
-    for a, b in owner_facts(row, command):
+    for a, b in [*name_facts(row), *owner_facts(row, command), *drop_facts(row)]:
         owner.add_row(Text(a), Text(b))
     return Group(t, owner)
+
+
+def drop_facts(row: ViewRow) -> list[tuple[str, str]]:
+    """A flow's packets dropped on this box, one line per reason; none without drops."""
+    if not row.drops:
+        return []
+    out = [(fields.title("drop_packets"), f"{row.drops:,}")]
+    out += [(f"  {clean(name, 40)}", f"{n:,}") for name, n in row.drop_reasons]
+    return out
 
 
 class DetailScreen(Screen[None]):

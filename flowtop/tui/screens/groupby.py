@@ -25,6 +25,7 @@ CHOICES = (
     ("process", "P", "process (command name, all its pids)"),
     ("service", "S", "systemd service of the socket's owner"),
     ("container", "C", "container of the socket's owner"),
+    ("name", "n", "name from the wire (DNS answer, TLS SNI, HTTP Host)"),
 )
 
 

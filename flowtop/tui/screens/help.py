@@ -17,6 +17,8 @@ FILTER_HELP = (
     "sport P, dport P, proto tcp|udp|icmp|icmpv6|sctp|N, tcp, udp, iface NAME (glob),\n"
     "in, out, vlan N; socket owners: proc NAME (command name, glob), pid N,\n"
     "user NAME|UID, service GLOB, container ID-PREFIX, unattributed;\n"
+    "names from the wire: name GLOB (either end, case-insensitive);\n"
+    "drops on this box: dropped, drop REASON (NETFILTER_DROP, NO_SOCKET, ..., glob);\n"
     "combine with and/&&, or/||, not/!, parentheses."
 )
 

@@ -1,4 +1,4 @@
-"""The main view: header, interfaces, top talkers, TCP health, filter line, footer."""
+"""The main view: header, interfaces, top talkers, TCP health, drops (d), filter line, footer."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from flowtop.query.types import Snapshot
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
 from flowtop.tui.screens.groupby import GroupByScreen
+from flowtop.tui.widgets.drops import DropsPanel
 from flowtop.tui.widgets.filterbar import FilterBar
 from flowtop.tui.widgets.interfaces import InterfacesPanel
 from flowtop.tui.widgets.status import StatusHeader
@@ -40,6 +41,7 @@ class MainScreen(Screen[None]):
         Binding("b", "bits", "Bits/bytes", show=False),
         Binding("n", "names", "Names", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("d", "drops", "Drops panel", show=False),
     ]
 
     def __init__(self) -> None:
@@ -48,12 +50,15 @@ class MainScreen(Screen[None]):
         self._interfaces = InterfacesPanel(id="interfaces")
         self._table = TalkersTable(id="talkers")
         self._tcp = TcpHealth(id="tcp")
+        self._drops = DropsPanel(id="drops")
+        self._drops.display = False  # until `d`
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
         yield self._interfaces
         yield self._table
         yield self._tcp
+        yield self._drops
         yield FilterBar(id="filterbar")
         yield Footer()
 
@@ -93,6 +98,9 @@ class MainScreen(Screen[None]):
                 max(20, table.size.width - 1 if table.size.width else self.app.size.width - 1),
             )
             self._tcp.set(history, charts=tall, groups=snap.tcp_health)
+            if self._drops.display:
+                ifnames = {i.ifindex: i.name for i in snap.interfaces}
+                self._drops.set(snap.drops, ifnames, lines=10 if tall else 4)
             if snap.filter_error:
                 self.query_one(FilterBar).show_error(snap.filter_error)
 
@@ -143,6 +151,11 @@ class MainScreen(Screen[None]):
                 self.flowtop.change_query(group_by=group)
 
         self.app.push_screen(GroupByScreen(self.flowtop.view_query.group_by), picked)
+
+    def action_drops(self) -> None:
+        self._drops.display = not self._drops.display
+        if self._drops.display:
+            self.flowtop.redraw()
 
     def action_pause(self) -> None:
         self.flowtop.toggle_pause()

@@ -1,0 +1,246 @@
+"""DNS responses as "client asked for NAME and got ADDRESS" facts.
+
+A response's answer section is read by a bounded hand parse (see
+parse_response for why not dnspython's): for every A/AAAA record reached
+from the queried name through its CNAME chain, one Answer with the
+queried name, the chain's end (the owner name of the address records)
+and the smallest TTL on the way. Anything that does not read (a truncated
+capture, garbage) is a status, never an exception.
+The parser's ground truth in the tests is dnspython's wire format.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import Enum
+from typing import NamedTuple
+
+from flowtop.wirenames.hostname import shown_name
+
+# How long a DNS mapping is kept: the record's TTL (the smallest over the
+# CNAME chain), at least TTL_FLOOR (a TTL of 0 or a few seconds is common
+# for CDNs, and the client's connection may reach flowtop's join an
+# interval or two after the answer) and at most TTL_CAP (a day-long TTL
+# must not keep a stale address named; the table is bounded anyway).
+# TTL_FLOOR is the default of [names] min_ttl (config.NamesConfig).
+TTL_FLOOR = 30
+TTL_CAP = 3600
+# CNAME links followed from the queried name (a loop or a longer chain stops there).
+MAX_CHAIN = 16
+
+
+class Status(Enum):
+    """Why a DNS payload gave no answers (counted by WireNames)."""
+
+    OK = "ok"
+    MALFORMED = "malformed"  # not a DNS response dnspython could read (truncated too)
+    UNPARSED_TCP = "unparsed_tcp"  # a TCP response whose length runs past the segment
+    NOT_RESPONSE = "not_response"  # a query, or not rcode NOERROR: nothing to learn
+
+
+class Answer(NamedTuple):
+    """One address the queried name resolved to, with its names cleaned.
+
+    address: 4 (A) or 16 (AAAA) bytes; qname: the name the client asked
+    for; cname_end: the chain's last name (the address records' owner),
+    None when the answer had no CNAME; ttl: seconds, before TTL_FLOOR/CAP."""
+
+    address: bytes
+    version: int
+    qname: str
+    cname_end: str | None
+    ttl: int
+
+
+def strip_tcp_length(payload: bytes, payload_len: int) -> tuple[bytes | None, Status]:
+    """A DNS-over-TCP segment's message without its 2-byte length prefix;
+    None when the message does not end inside this (captured) segment."""
+    if len(payload) < 2:
+        return None, Status.MALFORMED
+    n = int.from_bytes(payload[:2], "big")
+    if n + 2 > payload_len:
+        return None, Status.UNPARSED_TCP  # spans segments: left unparsed, counted
+    if n + 2 > len(payload):
+        return None, Status.MALFORMED  # in the packet, cut by the capture
+    return payload[2 : 2 + n], Status.OK
+
+
+class _Bad(Exception):
+    """A malformed message (internal: parse_response turns it into a status)."""
+
+
+_MAX_POINTERS = 32  # compression pointers followed in one name
+
+
+# Names decoded in one message, by offset: (name, its wire size). Answers'
+# owner names are pointers to the question's or an earlier record's name:
+# each is decoded once per message.
+_Memo = dict[int, tuple[bytes, int]]
+
+
+def _name(wire: bytes, at: int, memo: _Memo) -> tuple[bytes, int]:
+    """The name at offset `at` as lower-case labels joined by b"." (no final
+    dot; b"" the root), and the offset after it in place. Pointers must go
+    backwards and are bounded; the name at most 255 octets (RFC 1035)."""
+    if at + 1 < len(wire) and wire[at] >= 0xC0:  # the usual owner name: one pointer
+        target = ((wire[at] & 0x3F) << 8) | wire[at + 1]
+        known = memo.get(target)
+        if known is not None and target < at:
+            return known[0], at + 2
+    labels: list[bytes] = []
+    size = 0
+    end = -1
+    pos = at
+    jumps = 0
+    n = len(wire)
+    tail = b""
+    while True:
+        if pos >= n:
+            raise _Bad
+        ln = wire[pos]
+        if ln == 0:
+            if end < 0:
+                end = pos + 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if pos + 1 >= n:
+                raise _Bad
+            target = ((ln & 0x3F) << 8) | wire[pos + 1]
+            if end < 0:
+                end = pos + 2
+            jumps += 1
+            if target >= pos or jumps > _MAX_POINTERS:
+                raise _Bad  # forward pointers and loops
+            known = memo.get(target)
+            if known is not None:
+                tail, more = known
+                size += more
+                if size > 255:
+                    raise _Bad
+                break
+            pos = target
+            continue
+        if ln & 0xC0:
+            raise _Bad  # extended label types (RFC 6891 reserved them)
+        label = wire[pos + 1 : pos + 1 + ln]
+        if len(label) != ln:
+            raise _Bad
+        size += ln + 1
+        if size > 255:
+            raise _Bad
+        labels.append(label)
+        pos += 1 + ln
+    if tail:
+        labels.append(tail)
+    name = b".".join(labels).lower()
+    memo[at] = (name, size)
+    return name, end
+
+
+# Response bytes after the id -> its parse (bounded; cleared when full).
+_SEEN: dict[bytes, tuple[list[Answer], Status]] = {}
+_SEEN_MAX = 4096
+
+# Wire name -> shown name: cleaning is most of a parse's cost, and a box
+# asks for the same few thousand names again and again.
+_SHOWN: dict[bytes, str | None] = {}
+_SHOWN_MAX = 8192
+
+
+def _text(name: bytes) -> str | None:
+    got = _SHOWN.get(name, _SHOWN)
+    if got is _SHOWN:
+        if len(_SHOWN) >= _SHOWN_MAX:
+            _SHOWN.clear()
+        got = _SHOWN[name] = shown_name(name.decode("utf-8", "replace"))
+    return got  # type: ignore[return-value]
+
+
+_HEADER = struct.Struct("!HHHH")  # id, flags, question and answer counts
+_RR = struct.Struct("!HHIH")  # type, class, ttl, rdata length
+# Sections' record types and classes (RFC 1035, 3596).
+_A, _CNAME, _AAAA, _IN = 1, 5, 28, 1
+_MAX_ANSWERS = 64  # answer records read from one message (the rest ignored)
+
+
+def parse_response(wire: bytes) -> tuple[list[Answer], Status]:
+    """The answers of one DNS message (UDP payload, or TCP without its prefix).
+
+    A bounded hand parse of the header, the first question and the answer
+    section (every length checked against the bytes there): dnspython's
+    dns.message.from_wire parsed about 2.5k responses/s on the test machine,
+    far below the 50k/s the names side must sustain, and the authority and
+    additional sections are not needed. tests/unit/test_wirenames_dns.py
+    checks this against messages dnspython builds. A response seen before
+    (the same bytes after the id) is not parsed again."""
+    # A resolver gives many clients (and one client again and again) the
+    # same answer: the same bytes but for the message id.
+    key = wire[2:]
+    got = _SEEN.get(key)
+    if got is None:
+        try:
+            got = _parse(wire)
+        except _Bad:
+            got = ([], Status.MALFORMED)
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[key] = got
+    return list(got[0]), got[1]
+
+
+def _parse(wire: bytes) -> tuple[list[Answer], Status]:
+    if len(wire) < 12:
+        raise _Bad
+    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
+    if not flags & 0x8000 or flags & 0x000F or qd == 0:
+        return [], Status.NOT_RESPONSE  # a query, or an error rcode
+    memo: _Memo = {}
+    qname, pos = _name(wire, 12, memo)
+    pos += 4  # qtype, qclass
+    for _ in range(qd - 1):  # other questions (never seen in practice): skipped
+        pos = _name(wire, pos, memo)[1] + 4
+    if pos > len(wire):
+        raise _Bad
+    cnames: dict[bytes, tuple[bytes, int]] = {}  # owner -> (target, ttl)
+    addrs: dict[bytes, list[tuple[bytes, int, int]]] = {}  # owner -> (address, version, ttl)
+    for _ in range(min(an, _MAX_ANSWERS)):
+        owner, pos = _name(wire, pos, memo)
+        if pos + 10 > len(wire):
+            raise _Bad
+        rtype, rclass, ttl, rdlen = _RR.unpack_from(wire, pos)
+        ttl &= 0x7FFF_FFFF
+        rdata = pos + 10
+        pos = rdata + rdlen
+        if pos > len(wire):
+            raise _Bad
+        if rclass != _IN:
+            continue
+        if rtype == _CNAME:
+            target, after = _name(wire, rdata, memo)
+            if after > pos:
+                raise _Bad
+            cnames.setdefault(owner, (target, ttl))
+        elif (rtype == _A and rdlen == 4) or (rtype == _AAAA and rdlen == 16):
+            addrs.setdefault(owner, []).append((wire[rdata:pos], 4 if rtype == _A else 6, ttl))
+    name = qname
+    low: int | None = None
+    for _ in range(MAX_CHAIN):
+        link = cnames.get(name)
+        if link is None:
+            break
+        name, t = link
+        low = t if low is None else min(low, t)
+    shown = _text(qname)
+    if shown is None:
+        raise _Bad
+    end = _text(name) if name != qname else None
+    out = [
+        Answer(a, v, shown, end, t if low is None else min(low, t))
+        for a, v, t in addrs.get(name, ())
+    ]
+    return out, Status.OK
+
+
+def clamp_ttl(ttl: int, floor: int = TTL_FLOOR) -> int:
+    """Seconds a mapping is kept: ttl, at least floor, at most TTL_CAP."""
+    return max(floor, min(TTL_CAP, ttl))

@@ -1,0 +1,113 @@
+"""WirePackets (kernel/wire_records.py) parsed and put into WireNames.
+
+DNS responses (KIND_DNS) give answers; a connection's first data segments
+(KIND_TCP_FIRST) give the TLS ClientHello's SNI or the HTTP Host. Every
+packet that gives nothing for a reason flowtop should know of is counted
+(WireNames.counters, via WireNames.parse): nothing here raises on input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flowtop.kernel.layout import FLOW_KEY
+from flowtop.kernel.wire_records import KIND_DNS, KIND_TCP_FIRST, WirePacket
+from flowtop.wirenames import dnsanswers, httphost, tlshello
+from flowtop.wirenames.firstdata import FirstData
+from flowtop.wirenames.names import KEY_OFFSET, SOURCE_HTTP, SOURCE_SNI, WireNames, conn_key
+
+_TCP, _UDP = 6, 17
+_PROTO, _DST = KEY_OFFSET["proto"], KEY_OFFSET["dst"]
+# The feeder's counters (WireNames.counters, CollectorHealth through the engine).
+PARSE_COUNTERS = (
+    "dns_responses",  # DNS responses read
+    "dns_answers",  # addresses learnt
+    "dns_malformed",  # not a readable DNS message (garbage, a cut capture)
+    "dns_tcp_unparsed",  # a TCP response spanning segments: left unparsed
+    "hello_names",  # SNI names learnt
+    "http_names",  # Host names learnt
+    "first_malformed",  # a TLS handshake whose lengths do not add up
+    "first_incomplete",  # a hello or request head still cut after its segments
+    "first_dropped",  # connections waiting for a segment dropped for room
+    "bad_packets",  # a WirePacket flowtop cannot read (its key's size, its kind)
+    "read_errors",  # reads of the capture that failed (wirenames/reader.py)
+)
+
+
+class Feeder:
+    """Parses WirePackets into a WireNames (one thread: the reader's)."""
+
+    def __init__(self, names: WireNames, first: FirstData | None = None) -> None:
+        self.names = names
+        self.first = first if first is not None else FirstData()
+        self.counts = dict.fromkeys(PARSE_COUNTERS, 0)
+
+    def feed(self, packets: Iterable[WirePacket]) -> None:
+        now = self.names.now()
+        c = self.counts
+        for p in packets:
+            if len(p.key) != FLOW_KEY.itemsize:
+                c["bad_packets"] += 1
+            elif p.kind == KIND_DNS:
+                self._dns(p, now)
+            elif p.kind == KIND_TCP_FIRST:
+                self._first(p, now)
+            else:
+                c["bad_packets"] += 1
+        self.first.expire(now)
+        c["first_dropped"] = self.first.dropped
+        self.names.parse = dict(c)  # one reference swap: the engine thread reads it
+
+    def _dns(self, p: WirePacket, now: float) -> None:
+        c = self.counts
+        wire = p.payload
+        if p.key[_PROTO] == _TCP:
+            got, status = dnsanswers.strip_tcp_length(p.payload, p.payload_len)
+            if got is None:
+                c["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
+                  else "dns_malformed"] += 1  # fmt: skip
+                return
+            wire = got
+        answers, status = dnsanswers.parse_response(wire)
+        if status is dnsanswers.Status.MALFORMED:
+            c["dns_malformed"] += 1
+            return
+        if status is not dnsanswers.Status.OK:
+            return
+        c["dns_responses"] += 1
+        if answers:
+            self.names.add_answers(p.key[_DST : _DST + 16], answers, now)
+        c["dns_answers"] += len(answers)
+
+    def _first(self, p: WirePacket, now: float) -> None:
+        c = self.counts
+        conn = conn_key(p.key)
+        data = self.first.add(conn, p.seq, p.payload, p.payload_len == len(p.payload), now)
+        if data is None:
+            return  # named (or given up on) already
+        last = self.first.full(conn)
+        if tlshello.looks_like_tls(data):
+            got = tlshello.server_name(data)
+            if isinstance(got, str):
+                self.names.add_connection(p.key, got, SOURCE_SNI, now)
+                c["hello_names"] += 1
+            elif got is tlshello.Hello.NEED_MORE and not last:
+                return  # the next segment may complete it
+            elif got is tlshello.Hello.MALFORMED:
+                c["first_malformed"] += 1
+            elif got is tlshello.Hello.NEED_MORE:
+                c["first_incomplete"] += 1
+        elif httphost.looks_like_http(data):
+            got_h = httphost.host(data)
+            if isinstance(got_h, str):
+                self.names.add_connection(p.key, got_h, SOURCE_HTTP, now)
+                c["http_names"] += 1
+            elif got_h is httphost.Request.NEED_MORE and not last:
+                return
+            elif got_h is httphost.Request.NEED_MORE:
+                c["first_incomplete"] += 1
+        elif not last:
+            # Another protocol, too short to tell, or a later segment that
+            # came first: the one before may still come (bounded wait).
+            return
+        self.first.done(conn, now)

@@ -1,0 +1,355 @@
+"""WireNames: what the wire called each connection's server end, and the
+vectorised join of flow keys to it.
+
+Two stores, both bounded and both keyed by five uint64 words:
+- DNS: (ip version, client address, answered address) -> the queried name
+  and the CNAME chain's end, until the answer's TTL runs out
+  (dnsanswers.clamp_ttl);
+- connections: the client's 5-tuple (core/owners.flow_tuple_columns' words
+  of its packet's key: the client as the local end) -> the SNI or HTTP Host
+  name, until no join matched it for `idle_timeout` seconds.
+`join(keys)` gives per flow the name ids of both ends, the source of the
+name shown and the CNAME end, for both directions' flows of a connection.
+A feeder thread (wirenames/reader.py) adds while the engine's thread joins:
+every public method takes the lock.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from flowtop.core.owners import NAME_NONE, NameTable, flow_tuple_columns, hash_columns
+from flowtop.kernel.layout import FLOW_KEY, FLOW_KEY_WORDS
+from flowtop.kernel.owner_records import OWNER_TUPLE_WORDS
+from flowtop.wirenames.dnsanswers import TTL_FLOOR, Answer, clamp_ttl
+
+# NameColumns.source, and the flow table's name_source column
+SOURCE_NONE = 0
+SOURCE_DNS = 1
+SOURCE_SNI = 2
+SOURCE_HTTP = 3
+SOURCE_NAMES = {SOURCE_DNS: "dns", SOURCE_SNI: "sni", SOURCE_HTTP: "http"}
+# The flow table's name_state: NAME_PENDING until the engine's join settled it
+# (named, or unnamed after its retries; wirenames joins again later anyway).
+NAME_UNNAMED = 0
+NAME_NAMED = 1
+NAME_PENDING = 255
+# What the view marks a reverse DNS name with (no wire name: the fallback).
+RDNS = "rdns"
+# Entries each store holds by default (config has no key for it: a busy
+# resolver's few thousand answers a minute fit many times over).
+MAX_ENTRIES = 65536
+
+_WORDS = 5
+_T = OWNER_TUPLE_WORDS
+_K = FLOW_KEY_WORDS
+assert FLOW_KEY.fields is not None
+# Byte offsets of the flow key members a WirePacket's key is read at.
+KEY_OFFSET = {
+    n: int(FLOW_KEY.fields[n][1]) for n in ("ip_version", "proto", "src", "dst", "sport", "dport")
+}
+_O = KEY_OFFSET
+_PORTS = struct.Struct("<HH")
+
+
+def conn_key(key: bytes) -> bytes:
+    """The 40-byte store key of a flow key's connection, its src as the
+    client: the words flow_tuple_columns(keys)[0] gives for the key."""
+    ver, proto = key[_O["ip_version"]], key[_O["proto"]]
+    sport, dport = _PORTS.unpack_from(key, _O["sport"])
+    f = _T.fields
+    w0 = (ver << f["family"].shift) | (proto << f["proto"].shift)
+    w0 |= (sport << f["lport"].shift) | (dport << f["rport"].shift)
+    src, dst = _O["src"], _O["dst"]
+    return struct.pack("<Q", w0) + key[src : src + 16] + key[dst : dst + 16]
+
+
+_VERSION = {4: struct.pack("<Q", 4), 6: struct.pack("<Q", 6)}  # dns_key's first word
+
+
+def dns_key(version: int, client: bytes, address: bytes) -> bytes:
+    """The 40-byte store key of "client got address" (addresses as in a
+    flow key: 16 bytes, IPv4 in the first 4)."""
+    return struct.pack("<Q", version) + client.ljust(16, b"\0") + address.ljust(16, b"\0")
+
+
+class _Store:
+    """Entries keyed by 40 bytes (five words) in numpy columns, at most
+    max_entries. `put` only stages an entry (the feeder thread's cost per
+    answer is a list append); staged entries go into the columns at once,
+    vectorised, before anything reads them (`flush`). `find` is a vectorised
+    lookup through a sorted hash index rebuilt when entries were added or
+    removed since the last lookup."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.rows: dict[bytes, int] = {}
+        self._free: list[int] = []
+        self.words = np.zeros((0, _WORDS), dtype=np.uint64)
+        self.name = np.zeros(0, dtype=np.uint32)
+        self.cname = np.zeros(0, dtype=np.uint32)
+        self.source = np.zeros(0, dtype=np.uint8)
+        self.deadline = np.zeros(0, dtype=np.float64)  # dropped after this
+        self.live = np.zeros(0, dtype=bool)
+        self._staged: list[tuple[bytes, int, int, int, float]] = []
+        self._dirty = True
+        self._hash = np.zeros(0, dtype=np.uint64)
+        self._order = np.zeros(0, dtype=np.int64)
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        self.flush()
+        return len(self.rows)
+
+    def _grow(self, need: int) -> None:
+        old = len(self.live)
+        new = min(self.max_entries, max(64, 2 * old, need))
+        for attr in ("name", "cname", "source", "deadline", "live"):
+            a = getattr(self, attr)
+            b = np.zeros(new, dtype=a.dtype)
+            b[:old] = a
+            setattr(self, attr, b)
+        w = np.zeros((new, _WORDS), dtype=np.uint64)
+        w[:old] = self.words
+        self.words = w
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def put(self, key: bytes, name: int, cname: int, source: int, deadline: float) -> None:
+        """Key's entry set (a new one, or a replaced one), when next flushed."""
+        self._staged.append((key, name, cname, source, deadline))
+        if len(self._staged) >= 65536:
+            self.flush()  # bounded, whoever reads next
+
+    def flush(self) -> None:
+        """The staged entries into the columns: the last of each key wins;
+        room made by dropping the entries soonest to go (counted)."""
+        if not self._staged:
+            return
+        staged, self._staged = self._staged, []
+        # key -> its last entry
+        last = dict(zip([e[0] for e in staged], range(len(staged)), strict=True))
+        held = self.rows
+        new = [k for k in last if k not in held]
+        if len(new) > self.max_entries:  # the batch alone overflows: its first go
+            self.evicted += len(new) - self.max_entries
+            for k in new[: len(new) - self.max_entries]:
+                del last[k]
+            new = new[len(new) - self.max_entries :]
+        over = len(self.rows) + len(new) - self.max_entries
+        if over > 0:
+            self._evict(max(over, self.max_entries // 8))
+            new = [k for k in last if k not in self.rows]  # an evicted key comes back
+        if len(new) > len(self._free):
+            self._grow(len(self.rows) + len(new))
+        if new:
+            rows_new = [self._free.pop() for _ in new]
+            self.rows.update(zip(new, rows_new, strict=True))
+            at = np.array(rows_new, dtype=np.int64)
+            self.words[at] = np.frombuffer(b"".join(new), dtype="<u8").reshape(-1, _WORDS)
+            self.live[at] = True
+            self._dirty = True
+        rows = np.fromiter(map(self.rows.__getitem__, last), dtype=np.int64, count=len(last))
+        # name, cname, source, deadline of each: ids are exact in a float64
+        vals = np.array([staged[i][1:] for i in last.values()], dtype=np.float64)
+        self.name[rows] = vals[:, 0]
+        self.cname[rows] = vals[:, 1]
+        self.source[rows] = vals[:, 2]
+        self.deadline[rows] = vals[:, 3]
+
+    def _evict(self, k: int) -> None:
+        """Room for new entries: the k soonest to go, dropped (counted)."""
+        live = np.flatnonzero(self.live)
+        k = min(k, len(live))
+        if k <= 0:
+            return
+        self._delete(live[np.argpartition(self.deadline[live], k - 1)[:k]])
+        self.evicted += k
+
+    def _delete(self, rows: np.ndarray) -> None:
+        for r in rows.tolist():
+            del self.rows[self.words[r].tobytes()]
+            self._free.append(r)
+        self.live[rows] = False
+        self._dirty = True
+
+    def expire(self, now: float) -> int:
+        self.flush()
+        gone = np.flatnonzero(self.live & (self.deadline < now))
+        if len(gone):
+            self._delete(gone)
+        return len(gone)
+
+    def find(self, cols: tuple[np.ndarray, ...], now: float) -> np.ndarray:
+        """Row of each key given as five word columns (-1: absent or past its deadline)."""
+        self.flush()
+        n = len(cols[0])
+        if not self.rows or not n:
+            return np.full(n, -1, dtype=np.int64)
+        if self._dirty:
+            rows = np.flatnonzero(self.live)
+            h = hash_columns(tuple(self.words[rows, i] for i in range(_WORDS)))
+            order = np.argsort(h, kind="stable")
+            self._hash, self._order = h[order], rows[order]
+            self._dirty = False
+        h = hash_columns(cols)
+        i = np.minimum(np.searchsorted(self._hash, h), len(self._hash) - 1)
+        row = self._order[i]
+        ok = self._hash[i] == h
+        for w, c in enumerate(cols):  # a hash collision is a miss, never a wrong name
+            ok &= self.words[row, w] == c
+        ok &= self.deadline[row] >= now
+        out: np.ndarray = np.where(ok, row, -1)
+        return out
+
+
+@dataclass(frozen=True)
+class NameColumns:
+    """The wire names of each flow of a join, in key order.
+
+    src_name, dst_name: WireNames.names ids of each end's name (0: none);
+    cname: the CNAME chain end of the DNS answer naming the server end (0:
+    none); source: SOURCE_* of the shown (server end's) name."""
+
+    src_name: np.ndarray
+    dst_name: np.ndarray
+    cname: np.ndarray
+    source: np.ndarray
+
+    @property
+    def named(self) -> np.ndarray:
+        out: np.ndarray = self.source != SOURCE_NONE
+        return out
+
+
+class WireNames:
+    """Names learnt from the wire, and the name of each flow's server end.
+
+    Fed by add_answer (a DNS response's client and answer) and add_connection
+    (a TLS or HTTP client's first data: its packet's flow key and the name);
+    joined by `join(keys)` (see NameColumns). The server end is the address
+    the client asked about (DNS) or connected to (SNI, HTTP), in both
+    directions' flows; SNI/HTTP win over DNS (they name the exact
+    connection). Names are interned in `names` (cleaned before: they come
+    from wirenames/hostname.py)."""
+
+    def __init__(
+        self,
+        idle_timeout: float = 300.0,
+        max_entries: int = MAX_ENTRIES,
+        max_names: int = 65536,
+        clock: Callable[[], float] = time.monotonic,
+        ttl_floor: int = TTL_FLOOR,
+    ) -> None:
+        self.idle_timeout = idle_timeout
+        self.ttl_floor = ttl_floor  # a DNS mapping lives max(TTL, this) seconds
+        self.names = NameTable(max_names)
+        self._clock = clock
+        self._dns = _Store(max_entries)
+        self._conn = _Store(max_entries)
+        self._lock = threading.Lock()
+        self.generation = 0  # entries added so far (the engine re-joins when it moved)
+        self._stats = {"expired": 0}
+        self.parse: dict[str, int] = {}  # the feeder's counts (wirenames/feed.py)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def add_answer(
+        self, version: int, client: bytes, address: bytes, name: str, cname: str | None,
+        ttl: float, now: float | None = None,
+    ) -> None:  # fmt: skip
+        """The client (a DNS response's destination) got address for name."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            nid, cid = self.names.intern(name), self.names.intern(cname)
+            self._dns.put(dns_key(version, client, address), nid, cid, SOURCE_DNS, now + ttl)
+            self.generation += 1
+
+    def add_answers(self, client: bytes, answers: list[Answer], now: float) -> None:
+        """add_answer for every answer of one response (one lock for all)."""
+        head = client.ljust(16, b"\0")
+        with self._lock:
+            ids: dict[str | None, int] = {}  # one response: one or two names
+            for a in answers:
+                q = ids.get(a.qname)
+                if q is None:
+                    q = ids[a.qname] = self.names.intern(a.qname)
+                c = ids.get(a.cname_end)
+                if c is None:
+                    c = ids[a.cname_end] = self.names.intern(a.cname_end)
+                key = _VERSION[a.version] + head + a.address.ljust(16, b"\0")
+                self._dns.put(key, q, c, SOURCE_DNS, now + clamp_ttl(a.ttl, self.ttl_floor))
+            self.generation += len(answers)
+
+    def add_connection(self, key: bytes, name: str, source: int, now: float | None = None) -> None:
+        """The connection whose client sent the packet of flow key `key` named
+        its server `name` (SOURCE_SNI or SOURCE_HTTP)."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            nid = self.names.intern(name)
+            self._conn.put(conn_key(key), nid, 0, source, now + self.idle_timeout)
+            self.generation += 1
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._dns) + len(self._conn)
+
+    def name(self, nid: int) -> str | None:
+        with self._lock:
+            return self.names.get(nid) if nid != NAME_NONE else None
+
+    def join(self, keys: np.ndarray, now: float | None = None) -> NameColumns:
+        """The wire names of flow keys (layout.FLOW_KEY); connections matched
+        are kept alive, and entries past their time dropped after."""
+        now = self._clock() if now is None else now
+        n = len(keys)
+        fwd, rev = flow_tuple_columns(keys)
+        kw = _K.view(keys)
+        ver = _K.field(kw, "ip_version")
+        with self._lock:
+            c = self._conn
+            cf, cr = c.find(fwd, now), c.find(rev, now)
+            hit = np.concatenate([cf[cf >= 0], cr[cr >= 0]])
+            c.deadline[hit] = now + self.idle_timeout
+            d = self._dns
+            df = d.find((ver, *fwd[1:]), now)  # src the client: the dst is named
+            dr = d.find((ver, *rev[1:]), now)  # dst the client: the src is named
+            dst = np.zeros(n, dtype=np.uint32)
+            src = np.zeros(n, dtype=np.uint32)
+            cname = np.zeros(n, dtype=np.uint32)
+            source = np.zeros(n, dtype=np.uint8)
+            for rows, out, rank in ((dr, src, 1), (df, dst, 2), (cr, src, 3), (cf, dst, 4)):
+                at = rows >= 0
+                store = d if rank <= 2 else c
+                out[at] = store.name[rows[at]]
+                source[at] = store.source[rows[at]]  # the later (stronger) wins
+                if rank <= 2:
+                    cname[at] = d.cname[rows[at]]
+            self._expire(now)
+        return NameColumns(src, dst, cname, source)
+
+    def _expire(self, now: float) -> None:
+        self._stats["expired"] += self._dns.expire(now) + self._conn.expire(now)
+
+    def expire(self, now: float | None = None) -> None:
+        with self._lock:
+            self._expire(self._clock() if now is None else now)
+
+    def counters(self) -> dict[str, int]:
+        """dns_entries, conn_entries, evicted (entries dropped for room),
+        expired, names_full, and the feeder's parse counts."""
+        with self._lock:
+            return {
+                "dns_entries": len(self._dns),
+                "conn_entries": len(self._conn),
+                "evicted": self._dns.evicted + self._conn.evicted,
+                **self._stats,
+                "names_full": self.names.full,
+                **self.parse,
+            }
