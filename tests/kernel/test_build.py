@@ -131,8 +131,8 @@ def config(tmp_path, text: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_the_compilers_run_at_once_and_none_mapped_after(quiet_pair: Pair) -> None:
-    """With sock_ops and socket owners on (the default), the TC, sock_ops and
-    owner builds run as three children at the same time; once collecting,
+    """With sock_ops, socket owners and drop reasons on (the default), the TC,
+    sock_ops, owner and drop builds run as four children at the same time; once collecting,
     flowtop maps no compiler library, its children are gone (the L3 pair's
     stage included), and it still counts."""
     p = quiet_pair
@@ -147,7 +147,7 @@ def test_the_compilers_run_at_once_and_none_mapped_after(quiet_pair: Pair) -> No
                 most = now
             time.sleep(0.005)
         assert sorted(cmd.split()[-1] for cmd in most.values()) == [
-            "owner.c", "sockops.c", "tc.c",
+            "drops.c", "owner.c", "sockops.c", "tc.c",
         ], most  # fmt: skip
         assert ever_mapped  # the compilers do map bcc and LLVM: what is looked for is there
         assert mapped(col.pid) == []
@@ -168,10 +168,10 @@ def test_the_compilers_run_at_once_and_none_mapped_after(quiet_pair: Pair) -> No
     assert sum(f["packets"] for f in ours) == 7, ours
 
 
-def test_without_sock_ops_and_owners_only_the_tc_program_compiles(
+def test_without_sock_ops_owners_and_drops_only_the_tc_program_compiles(
     quiet_pair: Pair, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = config(tmp_path, "[collector]\nsockops = false\nowners = false\n")
+    cfg = config(tmp_path, "[collector]\nsockops = false\nowners = false\ndrops = false\n")
     col = Collector(quiet_pair.a, ["va"], extra_args=["--config", cfg]).start()
     try:
         seen: set[str] = set()
