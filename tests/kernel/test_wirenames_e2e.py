@@ -9,7 +9,9 @@ records behind a CNAME chain, and TCP servers that read what they are sent.
 The client asks, then connects to the answered address: a plain TCP
 connection (named by DNS), a TLS ClientHello with a server name (SNI,
 preferred over DNS for that connection), a ClientHello split over two
-segments, and an HTTP request with a Host header.
+segments, and an HTTP request with a Host header. And a burst of 100k DNS
+responses with the rate limit out of the way: the full ring is counted and
+survived.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import pytest
 
 from . import netns
 from .dump import Collector
-from .netns import Router
+from .netns import Pair, Router
 
 pytestmark = pytest.mark.kernel
 
@@ -266,3 +268,54 @@ def test_a_dns_name_expires_with_its_ttl(router: Router, tmp_path: Path) -> None
     late = named(res, iface="vr1", direction="ingress", src=C4, dst=S4, sport=42001, dport=9000)
     assert (early["dst_name"], early["name_source"]) == (QNAME, "dns"), early
     assert late["dst_name"] is None and late["name_source"] is None, late
+
+
+def test_a_burst_of_100k_dns_responses_is_counted_and_survived(
+    quiet_pair: Pair, tmp_path: Path
+) -> None:
+    """100k DNS responses in a burst, every one of them a name to learn, with
+    the kernel's rate limit out of the way: the ring fills and what it
+    refused is counted, every response is either handed up, refused by the
+    rate or refused by the full ring (exactly), the flow's counters stay
+    exact, the names side parses what came up without one malformed, and
+    the run ends normally with the name learnt."""
+    n = 100_000
+    p = quiet_pair
+    conf = tmp_path / "flowtop.toml"
+    conf.write_text("[names]\nrate = 1000000\n")
+    conf.chmod(0o600)
+    q = dns.message.make_query(QNAME, "A")
+    r = dns.message.make_response(q)
+    r.answer.append(dns.rrset.from_text(QNAME + ".", 300, "IN", "A", "10.200.1.2"))
+    wire = r.to_wire()
+    with netns.entered(p.b.name):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("10.200.1.2", 53))
+    with netns.entered(p.a.name):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        client.bind(("10.200.1.1", 40053))
+    col = Collector(p.a, ["va"], ["--config", str(conf)]).start()
+    try:
+        col.wait_ready()
+        t0 = time.monotonic()
+        for _ in range(n):
+            server.sendto(wire, ("10.200.1.1", 40053))
+        sent_in = time.monotonic() - t0
+        time.sleep(1.0)  # the reader catches up; then a flow to the answered address
+        client.sendto(b"after the burst", ("10.200.1.2", 9999))
+        time.sleep(2.5)
+    finally:
+        res = col.stop()
+        server.close()
+        client.close()
+    f = res.flow(iface="va", direction="ingress", proto=17, sport=53, dport=40053)
+    assert f is not None and f["packets"] == n, f
+    st = res.stats
+    up, limited, full = st["wire_events"], st["wire_rate_limited"], st["wire_ring_full"]
+    assert up + limited + full == n, (st, sent_in)
+    assert up > 0 and full > 0, st  # the ring did fill (and was read meanwhile)
+    assert st["names_malformed"] == 0 and st["names_dropped"] == 0, st
+    after = res.flow(iface="va", direction="egress", proto=17, dport=9999)
+    assert after is not None, res.flows
+    assert (after["dst_name"], after["name_source"]) == (QNAME, "dns"), after
