@@ -196,6 +196,7 @@ class Engine:
     names: WireNames | None = None
     # The joins of those two onto the flows (core/joins.py), made by use_owners/use_names.
     _joins: list[OwnerJoin | NameJoin] = field(default_factory=list)
+    _names_catch_up: Callable[[], object] | None = None
     # Kernel drops per flow key and reason (core/drops.py), made by use_drops
     # (the run, once the drop program runs) or at the first drain that carries
     # drop reasons (Drain.drop_reasons); None: no drops
@@ -286,9 +287,12 @@ class Engine:
         assert self.tcp_health is not None
         self.tcp_health.add_drops(d.drops, d.drop_reasons, d.now_ns / 1e9)
 
-    def use_names(self, names: WireNames) -> None:
-        """Name flows from the wire from now on (a reader thread feeds names)."""
+    def use_names(self, names: WireNames, catch_up: Callable[[], object] | None = None) -> None:
+        """Name flows from the wire from now on (a reader thread feeds names;
+        catch_up, when given, feeds what is still waiting at once: shutdown()
+        calls it before its last join)."""
         self.names = names
+        self._names_catch_up = catch_up
         self._joins = [j for j in self._joins if not isinstance(j, NameJoin)]
         self._joins.insert(0, NameJoin(names))
 
@@ -413,6 +417,8 @@ class Engine:
         Detaching first means nothing counted after the last drain is lost.
         """
         self.collector.stop_capture()
+        if self._names_catch_up is not None:
+            self._names_catch_up()
         try:
             d = self._drain()
         except Exception as exc:  # the last interval is lost (counted); the rest still ends

@@ -334,7 +334,7 @@ class Run:
         reader = WireNameReader(capture, names)
         self._own("the wire name reader", reader, reader.stop)
         reader.start()
-        self.engine.use_names(names)
+        self.engine.use_names(names, reader.catch_up)
 
     def resolver(self, on_resolved: Callable[[], None] | None = None) -> ReverseResolver:
         """A reverse DNS resolver that this run closes (first of its parts).

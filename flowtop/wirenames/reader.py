@@ -40,6 +40,7 @@ class WireNameReader:
         self.capture = capture
         self.feeder = Feeder(names)
         self._stop = threading.Event()
+        self._pumping = threading.Lock()  # the thread's pump, or catch_up()
         self._thread = threading.Thread(target=self._run, name="flowtop-wirenames", daemon=True)
 
     def start(self) -> None:
@@ -71,8 +72,24 @@ class WireNameReader:
                 failing = True
                 self._stop.wait(0.5)
 
+    def catch_up(self) -> int:
+        """What the capture holds now, read and fed on the caller's thread
+        (the engine's, before its last join at the end of a run: a name that
+        came in the last moments still names its flows)."""
+        try:
+            return self.pump()
+        except Exception as exc:  # counted; the run's end goes on
+            self.feeder.counts["read_errors"] += 1
+            self.feeder.names.parse = dict(self.feeder.counts)
+            log.warning("reading the wire capture failed: %s", exc)
+            return 0
+
     def pump(self) -> int:
         """Reads and feeds what the capture has now; how many packets."""
+        with self._pumping:
+            return self._pump()
+
+    def _pump(self) -> int:
         total = 0
         while True:
             got = self.capture.read(BATCH)

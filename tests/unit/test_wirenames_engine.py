@@ -242,3 +242,18 @@ def test_the_reader_thread_feeds_and_stops() -> None:
         assert time.monotonic() - t0 < 1.0
         assert not reader._thread.is_alive()
         cap.close()
+
+
+def test_an_answer_still_in_the_capture_at_the_end_names_the_ended_flows() -> None:
+    """shutdown() reads what the capture holds before its last join (the
+    reader thread may not have got to it): the flow-end records are named."""
+    fl = [flow(C, 40000, "192.0.2.80", 443, proto=6)]
+    engine, names, reader, cap, _clock, acc = make(2, {0: fl})
+    engine.use_names(names, reader.catch_up)
+    cap.put(answer("last.example", "192.0.2.80"))  # never pumped by the thread
+    ended = engine.shutdown()
+    assert len(ended) == 1
+    get = names.names.get
+    assert get(int(ended.columns["dst_name_id"][0])) == "last.example"
+    assert int(ended.columns["name_source"][0]) == SOURCE_DNS
+    cap.close()
