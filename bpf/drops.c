@@ -19,8 +19,9 @@
  *   FT_WATCH_MAX          devices the watch list can hold
  *   FT_TP_HAS_RX_SK       1 when kfree_skb carries rx_sk (6.8+)
  *   FT_NETNS_ONLY         1: only drops on devices (or, without a device, of
- *                         sockets) of network namespace FT_NETNS_COOKIE
- *   FT_NETNS_COOKIE       cookie of flowtop's network namespace
+ *                         sockets) of flowtop's network namespace, whose
+ *                         cookie userspace writes into netns_cfg (a run-time
+ *                         value, not a flag: one build serves every namespace)
  *   FT_REASON_NOT_DROPPED SKB_NOT_DROPPED_YET's value; FT_REASON_CONSUMED
  *                         SKB_CONSUMED's (-1: this kernel has none)
  *   FT_SKB_*_OFF, FT_DEV_*_OFF, FT_NET_COOKIE_OFF, FT_SK_NET_OFF
@@ -46,9 +47,6 @@
 #endif
 #ifndef FT_NETNS_ONLY
 #define FT_NETNS_ONLY 0
-#endif
-#ifndef FT_NETNS_COOKIE
-#define FT_NETNS_COOKIE 0
 #endif
 #ifndef FT_REASON_CONSUMED
 #define FT_REASON_CONSUMED -1
@@ -81,6 +79,14 @@ BPF_HASH(drop_watch, __u32, __u8, FT_WATCH_MAX);
 /* Slot 0: 1 = count only the devices in drop_watch, 0 = every device (the
  * value at load). Written by userspace only. */
 BPF_ARRAY(drop_config, __u32, 1);
+
+/* Slot 0: the cookie of flowtop's network namespace (FT_NETNS_ONLY), written
+ * by userspace after the load and before the program is attached, never
+ * deleted. It is 0 until then, and the namespace compare below only runs for
+ * a cookie that is not 0 (no namespace's is: the kernel hands them out from
+ * a counter incremented before use): a program that runs before it is
+ * filled counts nothing rather than everything. */
+BPF_ARRAY(netns_cfg, __u64, 1);
 
 /* What could not be counted (enum ft_drop_counter). Per CPU, never deleted;
  * userspace reads the sums. */
@@ -444,6 +450,7 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 		ifindex = f.iif;
 		key.flow.direction = f.iif ? FT_DIR_INGRESS : FT_DIR_EGRESS;
 	}
+	__u32 zero = 0;
 #if FT_NETNS_ONLY
 	/* ifindexes are per namespace: another namespace's device 2 is not ours. */
 	__u64 cookie = 0;
@@ -458,10 +465,11 @@ TRACEPOINT_PROBE(skb, kfree_skb)
 		count(FT_DROP_NO_NETNS);
 		return 0;
 	}
-	if (cookie != FT_NETNS_COOKIE)
+	__u64 *own = netns_cfg.lookup(&zero);
+
+	if (!own || cookie != *own)
 		return 0;
 #endif
-	__u32 zero = 0;
 	__u32 *only_watched = drop_config.lookup(&zero);
 
 	if (only_watched && *only_watched && !drop_watch.lookup(&ifindex))

@@ -20,8 +20,9 @@
  *                       tells a program of a dead flowtop from anyone else's
  *   FT_CONN_MAP_SIZE    live connections tracked at once
  *   FT_CLOSED_MAP_SIZE  closed connections queued between two reads
- *   FT_NETNS_ONLY       1: only sockets of network namespace FT_NETNS_COOKIE
- *   FT_NETNS_COOKIE     cookie of flowtop's network namespace
+ *   FT_NETNS_ONLY       1: only sockets of flowtop's network namespace, whose
+ *                       cookie userspace writes into netns_cfg (a run-time
+ *                       value, not a flag: one build serves every namespace)
  *   FT_MDEV_OFF         byte offset of mdev_us in struct tcp_sock, from the
  *                       running kernel's BTF; -1 when unknown (rttvar stays 0)
  *   FT_TP_HAS_ERR       1 when tcp_retransmit_skb carries `err` (6.12+): it
@@ -40,9 +41,6 @@
 #endif
 #ifndef FT_NETNS_ONLY
 #define FT_NETNS_ONLY 0
-#endif
-#ifndef FT_NETNS_COOKIE
-#define FT_NETNS_COOKIE 0
 #endif
 #ifndef FT_MDEV_OFF
 #define FT_MDEV_OFF -1
@@ -95,6 +93,13 @@ BPF_TABLE("hash", struct ft_closed_key, struct ft_closed_conn, closed, FT_CLOSED
 /* What could not be tracked, and how entries were made (enum ft_so_counter).
  * Per CPU, never deleted; userspace reads the sums. */
 BPF_PERCPU_ARRAY(so_counters, __u64, FT_SO_CTR_MAX);
+
+/* Slot 0: the cookie of flowtop's network namespace (FT_NETNS_ONLY), written
+ * by userspace after the load and before the program is attached, never
+ * deleted. It is 0 until then, and no namespace's cookie is 0 (the kernel
+ * hands them out from a counter incremented before use): a program that
+ * runs before it is filled counts nothing rather than everything. */
+BPF_ARRAY(netns_cfg, __u64, 1);
 
 static __always_inline void count(__u32 idx)
 {
@@ -278,7 +283,10 @@ static __always_inline int handle_sockops(struct bpf_sock_ops *skops)
 	__u64 netns = bpf_get_netns_cookie(skops);
 #if FT_NETNS_ONLY
 	/* Every namespace's sockets run the cgroup's programs. */
-	if (netns != FT_NETNS_COOKIE)
+	__u32 zero = 0;
+	__u64 *own = netns_cfg.lookup(&zero);
+
+	if (!own || netns != *own)
 		return 1;
 #endif
 	struct flow_key key = {};

@@ -34,13 +34,13 @@ from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, Loaded, Request
 from flowtop.kernel.drop_records import DROP_KEY, DROP_STATS, decode
 from flowtop.kernel.dropreasons import ENUM, DropReasons, load
 from flowtop.kernel.maps import BatchReader, delete, percpu, percpu_sums, update, update_u32
-from flowtop.kernel.sockops import netns_cookie
+from flowtop.kernel.sockops import NETNS_MAP, netns_cookie, set_netns_cookie
 from flowtop.kernel.staged import StagedProgram
 
 log = logging.getLogger(__name__)
 
 PROG = "tracepoint__skb__kfree_skb"  # bcc's name for TRACEPOINT_PROBE(skb, kfree_skb)
-MAPS = ["drops", "drop_watch", "drop_config", "drop_counters"]
+MAPS = ["drops", "drop_watch", "drop_config", "drop_counters", NETNS_MAP]
 
 # What bpf/drops.c reads, at offsets from the kernel's BTF: (macro, struct,
 # member, size in bytes); the compiler fails the build on any it cannot place.
@@ -129,7 +129,6 @@ class DropCollector(StagedProgram):
             f"-DFT_WATCH_MAX={self.watch_max}",
             f"-DFT_TP_HAS_RX_SK={int('rx_sk;' in self._format)}",
             f"-DFT_NETNS_ONLY={int(self.netns_only)}",
-            f"-DFT_NETNS_COOKIE={self.netns_cookie or 0}ULL",
         ]
         return Request(
             src=str(BPF_DIR / "drops.c"),
@@ -159,13 +158,17 @@ class DropCollector(StagedProgram):
         return self._request()
 
     def _attach(self, loaded: Loaded) -> None:
-        """The reason names from the build's meta, then the tracepoint program."""
+        """The reason names from the build's meta, the namespace filter's
+        cookie (before the program runs: it counts nothing until then), then
+        the tracepoint program."""
         assert self._events is not None
         self.reasons = load(loaded.meta.get("enums", {}).get(ENUM), self._format)
         if self.reasons is None:
             raise KernelFeatureError(
                 "neither the kernel's BTF nor skb:kfree_skb's format lists the drop reasons"
             )
+        if self.netns_cookie is not None:
+            set_netns_cookie(loaded.maps[NETNS_MAP], self.netns_cookie)
         fd = loaded.progs[PROG]
         try:
             self._perf_fds.append(tracefs.attach_tracepoint(fd, self._events, "skb", "kfree_skb"))

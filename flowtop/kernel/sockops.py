@@ -30,7 +30,7 @@ from flowtop.errors import ConfigError, FlowtopError, KernelFeatureError, NotRoo
 from flowtop.kernel import counters, layout, tracefs
 from flowtop.kernel.bpfsys import prog_id_of
 from flowtop.kernel.build import BACKGROUND_NICE, BPF_DIR, SOCK_OPS, Loaded, Request
-from flowtop.kernel.maps import BatchReader, percpu_sums
+from flowtop.kernel.maps import BatchReader, percpu_sums, update
 from flowtop.kernel.sockops_attach import (
     attach_sock_ops,
     detach_sock_ops,
@@ -50,6 +50,10 @@ from flowtop.kernel.staged import StagedProgram, cgroup2_root
 log = logging.getLogger(__name__)
 
 SO_NETNS_COOKIE = 71
+# The one-slot array both bpf/sockops.c and bpf/drops.c read their namespace
+# filter's cookie from: a run-time value, so that one build (and one program
+# cache entry) serves every namespace.
+NETNS_MAP = "netns_cfg"
 
 
 def netns_cookie() -> int:
@@ -64,6 +68,17 @@ def netns_cookie() -> int:
             ) from None
     value: int = struct.unpack("<Q", raw)[0]
     return value
+
+
+def set_netns_cookie(fd: int, cookie: int) -> None:
+    """Writes cookie into slot 0 of a NETNS_MAP array (its programs count
+    nothing until then); KernelFeatureError when the kernel refuses."""
+    try:
+        update(fd, np.zeros(1, dtype="<u4"), np.array([cookie], dtype="<u8"))
+    except OSError as exc:
+        raise KernelFeatureError(
+            f"cannot set the network namespace filter: {exc.strerror}"
+        ) from None
 
 
 class SockOpsTracker(StagedProgram):
@@ -121,7 +136,6 @@ class SockOpsTracker(StagedProgram):
             f"-DFT_CONN_MAP_SIZE={self.map_size}",
             f"-DFT_CLOSED_MAP_SIZE={self.map_size}",
             f"-DFT_NETNS_ONLY={int(self.netns_only)}",
-            f"-DFT_NETNS_COOKIE={self.netns_cookie}ULL",
             f"-DFT_TP_HAS_ERR={int(has_err)}",
             f"-DFT_PER_ACK={int(self.per_ack)}",
         ]
@@ -129,7 +143,7 @@ class SockOpsTracker(StagedProgram):
             src=str(BPF_DIR / "sockops.c"),
             cflags=cflags,
             first=[(self.prog_name, SOCK_OPS)],
-            maps=["conns", "closed", "so_counters"],
+            maps=["conns", "closed", "so_counters", NETNS_MAP],
             what="the sock_ops program",
             sockops=True,
             # beside the TC program's build, which the first attachment waits for
@@ -155,8 +169,11 @@ class SockOpsTracker(StagedProgram):
         return self._request(tp_format)
 
     def _attach(self, loaded: Loaded) -> None:
-        """The tracepoint programs, then the sock_ops program."""
+        """The namespace filter's cookie (before anything runs the programs),
+        the tracepoint programs, then the sock_ops program."""
         assert self.cgroup is not None and self._events is not None
+        assert self.netns_cookie is not None
+        set_netns_cookie(loaded.maps[NETNS_MAP], self.netns_cookie)
         self.rttvar_available = int(loaded.meta.get("mdev_off", -1)) >= 0
         self._prog_fd = loaded.progs[self.prog_name]
         try:

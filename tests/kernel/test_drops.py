@@ -18,14 +18,17 @@ import errno
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,10 +37,11 @@ from flowtop.errors import ConfigError, KernelFeatureError
 from flowtop.kernel import counters, layout, tracefs
 from flowtop.kernel.bpfsys import prog_fd_by_id
 from flowtop.kernel.btf import Btf
-from flowtop.kernel.build import Request
+from flowtop.kernel.build import Build, Loaded, Request
 from flowtop.kernel.drop_records import DROP_KEY, DROP_RECORD, DROP_STATS
 from flowtop.kernel.dropreasons import ENUM, DropReasons, from_enum, from_format
 from flowtop.kernel.drops import DropCollector
+from flowtop.kernel.sockops import NETNS_MAP, set_netns_cookie
 
 from . import netns
 
@@ -427,6 +431,78 @@ def test_unwatched_device_not_counted(pair: netns.Pair) -> None:
     assert every == {key: (n, n * 29)}
 
 
+class _Recorded(DropCollector):
+    """A DropCollector that keeps what its build was: the Request, and
+    whether it came from the program cache or a compile."""
+
+    def _wait(self, build: Build, checkpoint: Callable[[], None]) -> Loaded:
+        loaded = super()._wait(build, checkpoint)
+        self.request = build.request
+        self.from_cache, self.compiled = build.from_cache, build.compiled
+        return loaded
+
+
+@contextlib.contextmanager
+def own_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty program cache directory for this test alone (0700, root's)."""
+    d = tempfile.mkdtemp(prefix="ftt-progcache-")
+    monkeypatch.setenv("FLOWTOP_CACHE_DIR", d)
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_one_build_serves_every_namespace(
+    pair: netns.Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two collectors in two namespaces build the same Request (the cookie is
+    a run-time value): the first compiles, the second loads the first's cache
+    entry; each still counts only its own namespace's drops (datagrams to a
+    closed port each way). A cookie of 0 in the map counts nothing."""
+    n, port = 20, 9994
+    sa, sb = udp_socket(pair.a), udp_socket(pair.b)
+    try:
+        with own_cache(monkeypatch) as cache:
+            da, db = _Recorded(), _Recorded()
+            try:
+                for dc, ns in ((da, pair.a), (db, pair.b)):
+                    with netns.entered(ns.name):
+                        dc.begin()
+                    dc.finish()
+                entries = sorted(p.name for p in cache.iterdir())
+                for _ in range(n):
+                    sa.sendto(b"x" * 10, (B4, port))
+                    sb.sendto(b"y" * 10, (A4, port))
+                in_b = collect(db, n)
+                in_a = collect(da, n)
+                # the namespace filter closed: nothing counts, not everything
+                assert db.loaded is not None
+                set_netns_cookie(db.loaded.maps[NETNS_MAP], 0)
+                for _ in range(n):
+                    sa.sendto(b"z" * 10, (B4, port))
+                closed = collect(db, 0, timeout=0, settle=0.5)
+                lost = db.counters()
+            finally:
+                da.close()
+                db.close()
+        a_port, b_port = sa.getsockname()[1], sb.getsockname()[1]
+    finally:
+        sa.close()
+        sb.close()
+    assert da.request.to_json() == db.request.to_json()
+    assert (da.compiled, da.from_cache) == (True, False)
+    assert (db.compiled, db.from_cache) == (False, True)
+    assert len(entries) == 1 and entries[0].endswith(".ftpc")
+    assert da.netns_cookie != db.netns_cookie
+    b_key = (pair.pb.ifindex, layout.DIR_INGRESS, 4, 17, A4, B4, a_port, port, "NO_SOCKET")
+    a_key = (pair.pa.ifindex, layout.DIR_INGRESS, 4, 17, B4, A4, b_port, port, "NO_SOCKET")
+    assert in_b == {b_key: (n, n * 38)}
+    assert in_a == {a_key: (n, n * 38)}
+    assert closed == {}
+    assert lost["no_netns"] == 0
+
+
 def test_full_map_counted(pair: netns.Pair) -> None:
     """A drops map of 4 entries and drops of 10 distinct keys: 4 keys
     counted, the other 6 drops in map_full; after a drain there is room."""
@@ -486,6 +562,7 @@ def test_a_member_the_btf_lacks_is_one_line() -> None:
 _CHILD = """
 import sys, time
 from flowtop.kernel.drops import DropCollector
+from flowtop.kernel.sockops import NETNS_MAP, set_netns_cookie
 dc = DropCollector(netns_only=False)
 dc.start()
 print(dc.prog_id, flush=True)

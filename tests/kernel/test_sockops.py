@@ -14,14 +14,16 @@ import ctypes as ct
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,9 @@ import pytest
 
 from flowtop.errors import ConfigError, KernelFeatureError
 from flowtop.kernel import layout
+from flowtop.kernel.build import Build, Loaded
 from flowtop.kernel.cgroup import find_cgroup2
-from flowtop.kernel.sockops import SockOpsTracker, netns_cookie
+from flowtop.kernel.sockops import NETNS_MAP, SockOpsTracker, netns_cookie, set_netns_cookie
 from flowtop.kernel.sockops_attach import (
     attach_sock_ops,
     detach_sock_ops,
@@ -527,6 +530,79 @@ def test_only_own_namespace_reported(router: netns.Router) -> None:
 def _cookie_of(ns: netns.Netns) -> int:
     with netns.entered(ns.name):
         return netns_cookie()
+
+
+NAMES = ["mine", "mine_peer", "other", "other_peer", "late", "late_peer"]
+
+
+class _Recorded(SockOpsTracker):
+    """A tracker that keeps what its build was: the Request, and whether it
+    came from the program cache or a compile."""
+
+    def _wait(self, build: Build, checkpoint: Callable[[], None]) -> Loaded:
+        loaded = super()._wait(build, checkpoint)
+        self.request = build.request
+        self.from_cache, self.compiled = build.from_cache, build.compiled
+        return loaded
+
+
+def test_one_build_serves_every_namespace(
+    router: netns.Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trackers in two namespaces build the same Request (the cookie is a
+    run-time value): with an empty program cache the first compiles and the
+    second loads its entry; each reports its own namespace's sockets and no
+    other's. A cookie of 0 in the map tracks nothing new, not everything."""
+    cookies = [_cookie_of(router.client), _cookie_of(router.router)]
+    cache = tempfile.mkdtemp(prefix="ftt-progcache-")  # 0700, root's
+    monkeypatch.setenv("FLOWTOP_CACHE_DIR", cache)
+    srv = listen(router.server, SERVER4, 5007)
+    t_client, t_router = _Recorded(), _Recorded()
+    socks: list[socket.socket] = []
+    try:
+        for t, ns in ((t_client, router.client), (t_router, router.router)):
+            with netns.entered(ns.name):
+                t.start()
+        entries = os.listdir(cache)
+        mine = connect(router.client, SERVER4, 5007)
+        mine_peer, _ = srv.accept()
+        other = connect(router.router, SERVER4, 5007)
+        other_peer, _ = srv.accept()
+        socks += [mine, mine_peer, other, other_peer]
+        for s, peer in ((mine, mine_peer), (other, other_peer)):
+            sink = transfer(s, peer, 10_000)
+            send_and_wait(s, 10_000)
+            sink.join(timeout=5)
+        in_client, in_router = t_client.read_records(), t_router.read_records()
+        # the namespace filter closed: a new connection is not tracked
+        assert t_client.loaded is not None
+        set_netns_cookie(t_client.loaded.maps[NETNS_MAP], 0)
+        late = connect(router.client, SERVER4, 5007)
+        late_peer, _ = srv.accept()
+        socks += [late, late_peer]
+        sink = transfer(late, late_peer, 10_000)
+        send_and_wait(late, 10_000)
+        sink.join(timeout=5)
+        after_zero = t_client.read_records()
+        key = {name: tuple_of(x) for name, x in zip(NAMES, socks, strict=True)}
+    finally:
+        t_client.close()
+        t_router.close()
+        for s in socks:
+            s.close()
+        srv.close()
+        shutil.rmtree(cache, ignore_errors=True)
+    assert t_client.request.to_json() == t_router.request.to_json()
+    assert (t_client.compiled, t_client.from_cache) == (True, False)
+    assert (t_router.compiled, t_router.from_cache) == (False, True)
+    assert len(entries) == 1 and entries[0].endswith(".ftpc")
+    assert {n for n in NAMES[:4] if has(in_client, key[n])} == {"mine"}
+    assert {n for n in NAMES[:4] if has(in_router, key[n])} == {"other"}
+    assert set(in_client["conn"]["netns_cookie"].tolist()) == {cookies[0]}
+    assert set(in_router["conn"]["netns_cookie"].tolist()) == {cookies[1]}
+    assert cookies[0] != cookies[1]
+    assert has(after_zero, key["mine"])  # still there: only new ones go untracked
+    assert not has(after_zero, key["late"]) and not has(after_zero, key["late_peer"])
 
 
 # -- attach, detach, stale programs ---------------------------------------------------
