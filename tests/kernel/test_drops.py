@@ -342,6 +342,38 @@ def test_rp_filter_spoofed_source(pair: netns.Pair) -> None:
     assert after["TcpExtIPReversePathFilter"] - before["TcpExtIPReversePathFilter"] == n
 
 
+def test_bad_udp_checksum(pair: netns.Pair) -> None:
+    """Datagrams to a listening socket with a wrong UDP checksum (raw socket,
+    B's receive checksum offload off so that the stack checks it): N drops,
+    reason UDP_CSUM, as B's UdpInCsumErrors; good datagrams arrive."""
+    n, good = 15, 4
+    pair.b.exec("ethtool", "-K", "vb", "rx", "off")
+    rx = udp_socket(pair.b)
+    port = rx.getsockname()[1]
+    rx.settimeout(2)
+    with netns.entered(pair.a.name):
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        before = nstat(pair.b, "UdpInCsumErrors")
+        with collector(pair.b) as db:
+            bad = bytearray(_raw_udp(A4, B4, 4545, port, b"c" * 40))
+            bad[26:28] = b"\x12\x34"  # a UDP checksum no payload has here
+            for _ in range(n):
+                raw.sendto(bytes(bad), (B4, 0))
+            for _ in range(good):  # checksum 0: none, accepted (IPv4)
+                raw.sendto(_raw_udp(A4, B4, 4545, port, b"g" * 40), (B4, 0))
+            got = collect(db, n)
+            received = sum(1 for _ in range(good) if rx.recv(100))
+        after = nstat(pair.b, "UdpInCsumErrors")
+    finally:
+        raw.close()
+        rx.close()
+    key = (pair.pb.ifindex, layout.DIR_INGRESS, 4, 17, A4, B4, 4545, port, "UDP_CSUM")
+    assert got == {key: (n, n * (20 + 8 + 40))}
+    assert after["UdpInCsumErrors"] - before["UdpInCsumErrors"] == n
+    assert received == good
+
+
 def test_unanswered_neighbour_is_an_egress_drop(quiet_pair: netns.Pair) -> None:
     """Datagrams from A to an on-link address nobody has: queued while ARP
     asks, dropped as NEIGH_FAILED when it gives up, on A's veth, egress."""
