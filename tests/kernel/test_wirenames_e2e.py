@@ -1,6 +1,7 @@
 """Names from the wire, end to end: `flowtop dump --json` on a router names
 the flows it forwards after the DNS answers, TLS ClientHellos and HTTP
-requests that crossed it.
+requests that crossed it, and a flowtop on the client names the client's
+own connections.
 
 client (vc) <-> (vr1) router (vr2) <-> (vs) server
 
@@ -196,8 +197,10 @@ def test_router_names_forwarded_flows_from_dns_sni_and_http(
     hello = client_hello("sni.shop.example")
     assert len(hello) > 200
     col = Collector(router.router, ["vr1", "vr2"]).start()
+    on_client = Collector(router.client, ["vc"]).start()
     try:
         col.wait_ready()
+        on_client.wait_ready()
         with netns.entered(router.client.name):
             a = ask(NS4, QNAME, "A")
             aaaa = ask(S6, QNAME, "AAAA")
@@ -217,6 +220,7 @@ def test_router_names_forwarded_flows_from_dns_sni_and_http(
         time.sleep(2.5)  # two intervals: the names are joined to the flows' rows
     finally:
         res = col.stop()
+        mine = on_client.stop()
 
     # a connection only DNS named: the queried name, on the server end, both ways
     f = named(res, iface="vr1", direction="ingress", src=C4, dst=S4, sport=41000, dport=9000)
@@ -232,6 +236,13 @@ def test_router_names_forwarded_flows_from_dns_sni_and_http(
     f = named(res, iface="vr1", direction="ingress", src=C4, dst=S4, sport=41003, dport=8443)
     assert (f["dst_name"], f["name_source"]) == ("sni.shop.example", "sni"), f
     f = named(res, iface="vr1", direction="ingress", src=C4, dst=S4, sport=41004, dport=80)
+    assert (f["dst_name"], f["name_source"]) == ("plain.shop.example", "http"), f
+    # the client's own flowtop names its connections the same way
+    f = named(mine, iface="vc", direction="egress", src=C4, dst=S4, sport=41000, dport=9000)
+    assert (f["dst_name"], f["name_source"]) == (QNAME, "dns"), f
+    f = named(mine, iface="vc", direction="egress", src=C4, dst=S4, sport=41003, dport=8443)
+    assert (f["dst_name"], f["name_source"]) == ("sni.shop.example", "sni"), f
+    f = named(mine, iface="vc", direction="egress", src=C4, dst=S4, sport=41004, dport=80)
     assert (f["dst_name"], f["name_source"]) == ("plain.shop.example", "http"), f
     # a flow to an address no answer named has no name (the DNS server's own)
     dnsflow = named(res, iface="vr1", direction="ingress", src=C4, dst=NS4, dport=53, proto=17)
