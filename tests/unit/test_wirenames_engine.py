@@ -248,7 +248,7 @@ def test_an_answer_still_in_the_capture_at_the_end_names_the_ended_flows() -> No
     """shutdown() reads what the capture holds before its last join (the
     reader thread may not have got to it): the flow-end records are named."""
     fl = [flow(C, 40000, "192.0.2.80", 443, proto=6)]
-    engine, names, reader, cap, _clock, acc = make(2, {0: fl})
+    engine, names, reader, cap, _clock, _acc = make(2, {0: fl})
     engine.use_names(names, reader.catch_up)
     cap.put(answer("last.example", "192.0.2.80"))  # never pumped by the thread
     ended = engine.shutdown()
