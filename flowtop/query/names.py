@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from flowtop.query.rowcolumns import RowColumns
 from flowtop.sanitize import clean
 from flowtop.wirenames.hostname import NAME_MAX_LEN
 from flowtop.wirenames.names import SOURCE_NAMES
@@ -68,20 +69,8 @@ class NameArrays:
         return self._shown[nid] if 0 < nid < len(self._shown) else None
 
 
-class NameRows:
-    """The name columns of the rows a query reads, read once each when asked."""
-
-    def __init__(self, table: FlowTable, rows: np.ndarray, arrays: NameArrays) -> None:
-        self._table = table
-        self._rows = rows
-        self.arrays = arrays
-        self._cols: dict[str, np.ndarray] = {}
-
-    def column(self, name: str) -> np.ndarray:
-        got = self._cols.get(name)
-        if got is None:
-            got = self._cols[name] = self._table.column(name, self._rows)
-        return got
+# The name columns of the rows a query reads (query/rowcolumns.py).
+NameRows = RowColumns[NameArrays]
 
 
 def glob_test(pattern: str) -> Callable[[str], bool]:

@@ -20,6 +20,7 @@ import numpy as np
 from flowtop.core import fields
 from flowtop.core.cgroups import PATH_MAX_LEN
 from flowtop.core.owners import STATE_UNATTRIBUTED
+from flowtop.query.rowcolumns import RowColumns
 from flowtop.sanitize import clean
 
 if TYPE_CHECKING:
@@ -109,21 +110,8 @@ def _clean_name(v: str) -> str:
     return clean(v)
 
 
-class OwnerRows:
-    """The owner columns of the rows a query reads, read from the table once
-    each, when first asked (a filter without owner terms reads none)."""
-
-    def __init__(self, table: FlowTable, rows: np.ndarray, arrays: OwnerArrays) -> None:
-        self._table = table
-        self._rows = rows
-        self.arrays = arrays
-        self._cols: dict[str, np.ndarray] = {}
-
-    def column(self, name: str) -> np.ndarray:
-        got = self._cols.get(name)
-        if got is None:
-            got = self._cols[name] = self._table.column(name, self._rows)
-        return got
+# The owner columns of the rows a query reads (query/rowcolumns.py).
+OwnerRows = RowColumns[OwnerArrays]
 
 
 def glob_test(pattern: str) -> Callable[[str], bool]:
