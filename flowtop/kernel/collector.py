@@ -9,7 +9,7 @@ import select
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from pyroute2 import IPRoute
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from flowtop.kernel.drops import DropCollector
     from flowtop.kernel.owners import OwnerCollector
     from flowtop.kernel.sockops import SockOpsTracker
+    from flowtop.kernel.staged import StagedProgram
     from flowtop.kernel.wirecapture import WireCapture
 from flowtop.core.model import CollectorHealth, InterfaceCounters
 from flowtop.errors import FlowtopError, InterfaceError, Interrupted
@@ -84,6 +85,35 @@ class InterfaceSelector:
 
 def _no_checkpoint() -> None:
     pass
+
+
+P = TypeVar("P", bound="StagedProgram")
+
+
+def _begun(prog: P) -> tuple[P | None, str | None]:
+    """prog.begin() (checks, the compile started): prog, or None and why
+    (told when start() gets to it, as if it failed there)."""
+    try:
+        prog.begin()
+    except FlowtopError as exc:
+        prog.close()
+        return None, str(exc)
+    return prog, None
+
+
+def _finished(prog: P | None, checkpoint: Callable[[], None]) -> tuple[P | None, str | None]:
+    """prog.finish() (built, attached): prog, or None and why; a stop request
+    goes on up (finish() closed it)."""
+    if prog is None:
+        return None, None
+    try:
+        prog.finish(checkpoint)
+    except Interrupted:
+        raise
+    except FlowtopError as exc:
+        prog.close()
+        return None, str(exc)
+    return prog, None
 
 
 class KernelCollector:
@@ -324,28 +354,14 @@ class KernelCollector:
         failure is told when start() gets to it, as if it happened there."""
         from flowtop.kernel.sockops import SockOpsTracker
 
-        tracker = SockOpsTracker()
-        try:
-            tracker.begin()
-        except FlowtopError as exc:
-            tracker.close()
-            self.sockops_error = str(exc)
-            return None
+        tracker, self.sockops_error = _begun(SockOpsTracker())
         return tracker
 
     def _start_sockops(self) -> None:
         """Local TCP health; without it flowtop still runs (passive RTT only)."""
         tracker, self._tracker = self._tracker, None
-        if tracker is not None:
-            try:
-                tracker.finish(self._checkpoint)
-            except Interrupted:
-                raise  # a stop request, not a sock_ops failure (finish() closed it)
-            except FlowtopError as exc:
-                tracker.close()
-                self.sockops_error = str(exc)
-            else:
-                self.sockops = tracker
+        self.sockops, err = _finished(tracker, self._checkpoint)
+        self.sockops_error = err or self.sockops_error
         if self.sockops is None and self.sockops_error is not None:
             log.warning("local TCP health (sock_ops) disabled: %s", self.sockops_error)
 
@@ -354,13 +370,7 @@ class KernelCollector:
         TC build; a failure is told when start() gets to it."""
         from flowtop.kernel.owners import OwnerCollector
 
-        owner = OwnerCollector(rereport=self._owner_rereport)
-        try:
-            owner.begin()
-        except FlowtopError as exc:
-            owner.close()
-            self.owners_error = str(exc)
-            return None
+        owner, self.owners_error = _begun(OwnerCollector(rereport=self._owner_rereport))
         return owner
 
     def _start_owners(self) -> None:
@@ -368,24 +378,18 @@ class KernelCollector:
         either seen by the programs (made after they attached) or older and in
         the snapshot. Without them flowtop still runs (no attribution)."""
         owner, self._owner_build = self._owner_build, None
-        if owner is not None:
-            try:
-                owner.finish(self._checkpoint)
-            except Interrupted:
-                raise  # a stop request (finish() closed it)
-            except FlowtopError as exc:
-                owner.close()
-                self.owners_error = str(exc)
-            else:
-                from flowtop.core.procsockets import snapshot
+        self.owners, err = _finished(owner, self._checkpoint)
+        self.owners_error = err or self.owners_error
+        if self.owners is not None:
+            from flowtop.core.procsockets import snapshot
 
-                self.owners = owner
-                self.owner_snapshot = snap = snapshot(owner.cgroup)
-                log.info(
-                    "socket owners on %s; %d older sockets of %d processes in %d network "
-                    "namespaces from /proc (%d unreadable)",
-                    owner.cgroup, len(snap.records), snap.processes, snap.namespaces, snap.errors,
-                )  # fmt: skip
+            owner = self.owners
+            self.owner_snapshot = snap = snapshot(owner.cgroup)
+            log.info(
+                "socket owners on %s; %d older sockets of %d processes in %d network "
+                "namespaces from /proc (%d unreadable)",
+                owner.cgroup, len(snap.records), snap.processes, snap.namespaces, snap.errors,
+            )  # fmt: skip
         if self.owners is None and self.owners_error is not None:
             log.warning("socket owners (process attribution) disabled: %s", self.owners_error)
 
@@ -394,13 +398,7 @@ class KernelCollector:
         TC build; a failure is told when start() gets to it."""
         from flowtop.kernel.drops import DropCollector
 
-        dc = DropCollector()
-        try:
-            dc.begin()
-        except FlowtopError as exc:
-            dc.close()
-            self.drops_error = str(exc)
-            return None
+        dc, self.drops_error = _begun(DropCollector())
         return dc
 
     def _start_drops(self) -> None:
@@ -408,16 +406,9 @@ class KernelCollector:
         them flowtop still runs (no drops shown)."""
         dc, self._drop_build = self._drop_build, None
         if dc is not None:
-            try:
-                dc.watch(self._watch_list())
-                dc.finish(self._checkpoint)
-            except Interrupted:
-                raise  # a stop request (finish() closed it)
-            except FlowtopError as exc:
-                dc.close()
-                self.drops_error = str(exc)
-            else:
-                self.drops = dc
+            dc.watch(self._watch_list())
+        self.drops, err = _finished(dc, self._checkpoint)
+        self.drops_error = err or self.drops_error
         if self.drops is None and self.drops_error is not None:
             log.warning("drop reasons disabled: %s", self.drops_error)
 
