@@ -115,6 +115,12 @@ class ListenCollector:
         with self.decoder.lock:
             return self.decoder.ifmap.names()
 
+    def fleet_entries(self, start: int = 0) -> list[tuple[str, int, int]]:
+        """The synthetic ifindexes from start + 1 on, as (exporter, domain,
+        exporter's ifindex): what query/exporters.ExporterArrays reads."""
+        with self.decoder.lock:
+            return self.decoder.ifmap.entries(start)
+
     def interfaces(self) -> list[str]:
         """The listening endpoints (what "collecting on" names)."""
         return list(self.receiver.bound)

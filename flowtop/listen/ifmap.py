@@ -26,6 +26,10 @@ class IfMap:
         self.cap = cap
         self._index: dict[tuple[str, int, int], int] = {}
         self._names: dict[int, str] = {}
+        # What each synthetic index stands for, by index - 1 (indexes are
+        # handed out in order and never reused): the query side's exporter
+        # table (query/exporters.py) reads it with entries().
+        self._entries: list[tuple[str, int, int]] = []
         self.exhausted = 0
 
     def __len__(self) -> int:
@@ -38,6 +42,7 @@ class IfMap:
             if len(self._index) >= self.cap:
                 return OVERFLOW
             got = self._index[key] = len(self._index) + 1
+            self._entries.append(key)
             self._names[got] = f"{exporter_label(address, domain)}/if{ifindex}"
         if name is not None:
             text = clean(name.decode("utf-8", "replace"))[:64]
@@ -55,6 +60,11 @@ class IfMap:
         out: np.ndarray = ids[inverse]
         self.exhausted += int(np.count_nonzero(out == OVERFLOW))
         return out
+
+    def entries(self, start: int = 0) -> list[tuple[str, int, int]]:
+        """(exporter address, domain, exporter's ifindex) of synthetic indexes
+        start + 1, start + 2, ...: what was added since a reader's last call."""
+        return self._entries[start:]
 
     def names(self) -> dict[int, str]:
         out = dict(self._names)

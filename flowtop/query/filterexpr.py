@@ -14,6 +14,7 @@
            | container ID-PREFIX | unattributed
            | dropped | drop REASON
            | name GLOB
+           | exporter A|CIDR | ifindex N
 
 A is an IPv4 or IPv6 address, P a port number or a service name from
 /etc/services. A parsed filter evaluates over a whole table at once: it
@@ -33,6 +34,12 @@ name the running kernel does not have is an error when the filter runs.
 `name GLOB` tests the names from the wire (DNS answers, TLS SNI, HTTP Host)
 the engine joined to either end of each flow (query/names.py),
 case-insensitive: `name *.example.com`.
+
+The fleet terms test received flows (--listen) through the exporter table
+(query/exporters.py): `exporter A|CIDR` the exporter's address (any of its
+observation domains), `ifindex N` the interface index on the exporter (its
+ingress or egress interface as the record's direction says), not the
+synthetic index the key carries.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from flowtop.errors import FlowtopError
 from flowtop.kernel import layout
 from flowtop.query import names as wirenames
 from flowtop.query import owners as own
+from flowtop.query.exporters import ExporterArrays
 
 PROTOCOLS = {
     "icmp": 1,
@@ -103,6 +111,8 @@ class Columns:
     drops: DropRows | None = None
     # The rows' names from the wire; None when they are off.
     names: wirenames.NameRows | None = None
+    # The exporters of received flows; None when not listening.
+    fleet: ExporterArrays | None = None
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, ifnames: Mapping[int, str]) -> Columns:
@@ -129,6 +139,12 @@ class Columns:
         if self.names is None:
             raise FilterError(f"{term}: no names from the wire (they are off)")
         return self.names
+
+    def exporters(self, term: str) -> ExporterArrays:
+        """The exporter table, for a filter term."""
+        if self.fleet is None:
+            raise FilterError(f"{term}: not a received flow (only with --listen)")
+        return self.fleet
 
     def drop_rows(self, term: str) -> DropRows:
         """The rows' drops, for a filter term."""
@@ -412,6 +428,12 @@ class _Parser:
             test = wirenames.glob_test(pattern)
             key = f"glob:{pattern.lower()}"
             return lambda c: wirenames.name_mask(c.name_rows(word), key, test)
+        if word == "exporter":
+            net = self.network()
+            return lambda c: c.exporters(word).in_network(net, c.field("ifindex"))
+        if word == "ifindex":
+            n = self.number("an interface index", 0, 0xFFFF_FFFF)
+            return lambda c: c.exporters(word).exporter_ifindex(c.field("ifindex")) == n
         raise FilterError(f"unknown filter term {tok!r} ({where})")
 
     def entity_term(self, which: str | None, word: str) -> Mask:

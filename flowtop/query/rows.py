@@ -4,7 +4,7 @@ Python objects, each with the columns its group keeps."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,7 @@ _GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "service": (),
     "container": (),
     "name": (),
+    "exporter": (),  # the group value: the exporter's address (query/exporters.py)
 }
 
 
@@ -98,9 +99,49 @@ def _wire(a: Aggregate, i: int, na: NameArrays | None) -> dict[str, object]:
     }
 
 
-def view_row(
+def _group_value(
     a: Aggregate,
     i: int,
+    group: str,
+    ea: EntityArrays | None,
+    group_eid: np.ndarray | None,
+    oa: OwnerArrays | None,
+    na: NameArrays | None,
+) -> str | None:
+    """What row i of a shows in the Group column (None: a group without one)."""
+    if group in ENTITY_GROUPS:
+        eid = int(group_eid[i]) if group_eid is not None else 0
+        return group_value(group, ea, eid)
+    if group in OWNER_GROUPS:
+        column = GROUP_COLUMN[group]
+        nid = int(a.owner[column][i]) if column in a.owner else 0
+        if int(a.ids[i]) == UNATTRIBUTED_GROUP:
+            return UNATTRIBUTED
+        return (oa.name(column, nid) if oa is not None else None) or NO_OWNER
+    if group in NAME_GROUPS:
+        nid = int(shown_id({n: c[i : i + 1] for n, c in a.wire.items()})[0]) if a.wire else 0
+        return (na.name(nid) if na is not None else None) or NO_NAME
+    return None
+
+
+_ADDRS_KEPT = 8192  # address texts kept: the rows of many refreshes
+_addrs: dict[tuple[bytes, int], str] = {}
+
+
+def _addr_text(raw: bytes, version: int) -> str:
+    # The rows on screen are mostly the same flows every refresh: their
+    # addresses are formatted once (ipaddress is most of a row's cost).
+    text = _addrs.get((raw, version))
+    if text is None:
+        if len(_addrs) >= _ADDRS_KEPT:
+            _addrs.clear()
+        text = _addrs[raw, version] = _addr(raw, version)
+    return text
+
+
+def view_rows(
+    a: Aggregate,
+    order: Sequence[int] | np.ndarray,
     group: str,
     offset: float,
     ifnames: Mapping[int, str],
@@ -108,57 +149,69 @@ def view_row(
     group_eid: np.ndarray | None = None,
     oa: OwnerArrays | None = None,
     na: NameArrays | None = None,
-) -> ViewRow:
-    """Row i of a, as a query grouped by `group` shows it; offset: the
-    table's clock offset (monotonic ns -> wall-clock seconds)."""
-    k = np.ascontiguousarray(a.words[i]).view(layout.FLOW_KEY)[0]
+) -> list[ViewRow]:
+    """Rows `order` of a (in that order), as a query grouped by `group` shows
+    them; offset: the table's clock offset (monotonic ns -> wall-clock seconds).
+
+    The columns are read for those rows at once (numpy -> Python values in one
+    tolist each, not a numpy scalar per field per row): the view builds
+    these every refresh.
+    """
+    at = np.asarray(order, dtype=np.intp).reshape(-1)
+    if not len(at):
+        return []
+    k = np.ascontiguousarray(a.words[at]).view(layout.FLOW_KEY).reshape(-1)
     shown = _GROUP_COLUMNS[group]
-    ver = int(k["ip_version"])
-    proto = int(k["proto"])
-    ifindex = int(k["ifindex"])
     ports = "ports" in shown
-    dport = int(k["dport"]) if ports else None
+    vers, protos = k["ip_version"].tolist(), k["proto"].tolist()
+    ifindexes, directions = k["ifindex"].tolist(), k["direction"].tolist()
+    sports, dports, vlans = k["sport"].tolist(), k["dport"].tolist(), k["vlan"].tolist()
     if "service" in shown:
-        dport = int(service_port(a.words[i : i + 1])[0])
-    gval = None
-    if group in ENTITY_GROUPS:
-        eid = int(group_eid[i]) if group_eid is not None else 0
-        gval = group_value(group, ea, eid)
-    elif group in OWNER_GROUPS:
-        column = GROUP_COLUMN[group]
-        nid = int(a.owner[column][i]) if column in a.owner else 0
-        if int(a.ids[i]) == UNATTRIBUTED_GROUP:
-            gval = UNATTRIBUTED
-        else:
-            gval = (oa.name(column, nid) if oa is not None else None) or NO_OWNER
-    elif group in NAME_GROUPS:
-        nid = int(shown_id({n: c[i : i + 1] for n, c in a.wire.items()})[0]) if a.wire else 0
-        gval = (na.name(nid) if na is not None else None) or NO_NAME
-    rtt = int(a.rtt[i])
-    return ViewRow(
-        key=f"{group}:{int(a.ids[i]):016x}",
-        src=_addr(bytes(k["src"]), ver) if "src" in shown else None,
-        sport=int(k["sport"]) if ports else None,
-        dst=_addr(bytes(k["dst"]), ver) if "dst" in shown else None,
-        dport=dport,
-        proto=proto if "proto" in shown else None,
-        proto_name=proto_name(proto) if "proto" in shown else None,
-        iface=clean(ifnames.get(ifindex, f"if{ifindex}")) if "iface" in shown else None,
-        direction=("in", "out")[int(k["direction"])] if "iface" in shown else None,
-        vlan=int(k["vlan"]) if "vlan" in shown else None,
-        bps=float(a.bps[i]),
-        pps=float(a.pps[i]),
-        bytes=int(a.bytes[i]),
-        packets=int(a.packets[i]),
-        flows=int(a.flows[i]),
-        first_seen=int(a.first_ns[i]) / NS + offset,
-        last_seen=int(a.last_ns[i]) / NS + offset,
-        tcp_flags=int(a.flags[i]),
-        rtt_us=float(rtt) if rtt else None,
-        retransmits=int(a.retrans[i]) if a.retr_known[i] else None,
-        group=gval,
-        drops=int(a.drops[i]) if len(a.drops) else 0,
-        **_ends(a, i, ea, shown),  # type: ignore[arg-type]
-        **(_owner(a, i, oa) if group == "flow" else {}),  # type: ignore[arg-type]
-        **(_wire(a, i, na) if group == "flow" else {}),  # type: ignore[arg-type]
-    )
+        dports = service_port(a.words[at]).tolist()
+    srcs = k["src"].tolist() if "src" in shown else None  # V16: bytes each
+    dsts = k["dst"].tolist() if "dst" in shown else None
+    ids, rtts = a.ids[at].tolist(), a.rtt[at].tolist()
+    bps, pps = a.bps[at].tolist(), a.pps[at].tolist()
+    nbytes, packets, flows = a.bytes[at].tolist(), a.packets[at].tolist(), a.flows[at].tolist()
+    firsts, lasts, flags = a.first_ns[at].tolist(), a.last_ns[at].tolist(), a.flags[at].tolist()
+    retrans, known = a.retrans[at].tolist(), a.retr_known[at].tolist()
+    drops = a.drops[at].tolist() if len(a.drops) else None
+    ifaces: dict[int, str] = {}  # ifindex -> cleaned name, once per call
+    out = []
+    for j, i in enumerate(at.tolist()):
+        ver, proto, ifindex, rtt = vers[j], protos[j], ifindexes[j], int(rtts[j])
+        iface = None
+        if "iface" in shown:
+            iface = ifaces.get(ifindex)
+            if iface is None:
+                iface = ifaces[ifindex] = clean(ifnames.get(ifindex, f"if{ifindex}"))
+        out.append(
+            ViewRow(
+                key=f"{group}:{int(ids[j]):016x}",
+                src=_addr_text(srcs[j], ver) if srcs is not None else None,
+                sport=int(sports[j]) if ports else None,
+                dst=_addr_text(dsts[j], ver) if dsts is not None else None,
+                dport=int(dports[j]) if ports or "service" in shown else None,
+                proto=proto if "proto" in shown else None,
+                proto_name=proto_name(proto) if "proto" in shown else None,
+                iface=iface,
+                direction=("in", "out")[directions[j]] if "iface" in shown else None,
+                vlan=int(vlans[j]) if "vlan" in shown else None,
+                bps=float(bps[j]),
+                pps=float(pps[j]),
+                bytes=int(nbytes[j]),
+                packets=int(packets[j]),
+                flows=int(flows[j]),
+                first_seen=int(firsts[j]) / NS + offset,
+                last_seen=int(lasts[j]) / NS + offset,
+                tcp_flags=int(flags[j]),
+                rtt_us=float(rtt) if rtt else None,
+                retransmits=int(retrans[j]) if known[j] else None,
+                group=_group_value(a, i, group, ea, group_eid, oa, na),
+                drops=int(drops[j]) if drops is not None else 0,
+                **_ends(a, i, ea, shown),  # type: ignore[arg-type]
+                **(_owner(a, i, oa) if group == "flow" else {}),  # type: ignore[arg-type]
+                **(_wire(a, i, na) if group == "flow" else {}),  # type: ignore[arg-type]
+            )
+        )
+    return out

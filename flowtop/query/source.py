@@ -15,16 +15,18 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import cast
 
 from flowtop.core.drops import summary as drop_summary
 from flowtop.core.engine import Engine
 from flowtop.core.model import InterfaceCounters
 from flowtop.query.entities import EntityArrays
+from flowtop.query.exporters import ExporterArrays, ExporterRates, FleetSource
 from flowtop.query.filterexpr import Filter, FilterError, parse
 from flowtop.query.names import NameArrays
 from flowtop.query.owners import OwnerArrays, available
 from flowtop.query.tablequery import query_table
-from flowtop.query.types import InterfaceRow, Snapshot, ViewQuery, ViewRow
+from flowtop.query.types import ExporterRow, InterfaceRow, Snapshot, ViewQuery, ViewRow
 from flowtop.sanitize import clean
 
 HISTORY_SECONDS = 60
@@ -96,6 +98,9 @@ class TableSource:
         self._ea_of: object = None
         self._oa: OwnerArrays | None = None
         self._na: NameArrays | None = None
+        self._fa: ExporterArrays | None = None
+        self._exporter_rates = ExporterRates()
+        self._exporters: tuple[ExporterRow, ...] = ()
 
     # subclasses say what time it is (replay: the recorded time)
     def now(self) -> float:
@@ -107,6 +112,9 @@ class TableSource:
     def _after_step(self) -> None:
         self._now = self.now()
         self._interfaces = self._ifrates.update(self.engine.interface_counters(), self._now)
+        fleet = getattr(self.engine.collector, "exporters", None)  # --listen only
+        if fleet is not None:
+            self._exporters = self._exporter_rates.update(fleet(), self._now)
 
     def _compile(self, text: str) -> tuple[Filter, str | None]:
         if text in self._filters:
@@ -130,13 +138,14 @@ class TableSource:
             oa = self._owner_arrays()
             dt = getattr(self.engine, "drops", None)  # core/drops.DropTable; stand-ins have none
             na = self._name_arrays()
+            fa = self._fleet_arrays()
             table = self.engine.table
             try:
-                rows, matched = query_table(table, query, flt, ifnames, ea, oa, dt, na)
+                rows, matched = query_table(table, query, flt, ifnames, ea, oa, dt, na, fa)
             except FilterError as exc:  # a term the data cannot answer (no enrichment)
                 error = str(exc)
                 self._filter = parse("")
-                rows, matched = query_table(table, query, self._filter, ifnames, ea, oa, dt, na)
+                rows, matched = query_table(table, query, self._filter, ifnames, ea, oa, dt, na, fa)
             self._remember(rows)
             health = self.engine.health()
             counters = health.as_dict()
@@ -156,6 +165,7 @@ class TableSource:
                 filter_error=error,
                 tcp_health=tuple(self.engine.tcp_health.groups() if self.engine.tcp_health else ()),
                 drops=drop_summary(dt, table) if dt is not None else None,
+                exporters=self._exporters,
             )
 
     def _entity_arrays(self) -> EntityArrays | None:
@@ -184,6 +194,16 @@ class TableSource:
         if self._na is None or self._na.wire is not wire:
             self._na = NameArrays(wire)
         return self._na
+
+    def _fleet_arrays(self) -> ExporterArrays | None:
+        # Only a listening run's collector (listen/collector.py) has exporters.
+        if getattr(self.engine.collector, "fleet_entries", None) is None:
+            return None
+        collector = cast("FleetSource", self.engine.collector)
+        if self._fa is None or self._fa.source is not collector:
+            self._fa = ExporterArrays(collector)
+        self._fa.refresh()
+        return self._fa
 
     def _remember(self, rows: list[ViewRow]) -> None:
         for r in rows:

@@ -18,6 +18,7 @@ from flowtop.core.drops import DropRows, DropTable
 from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, entity_groups
+from flowtop.query.exporters import OTHER, ExporterArrays
 from flowtop.query.filterexpr import Columns, Filter
 from flowtop.query.grouping import Aggregate, aggregate
 from flowtop.query.names import NameArrays, NameRows, name_columns, shown_id
@@ -29,8 +30,15 @@ from flowtop.query.owners import (
     owner_columns,
     owner_groups,
 )
-from flowtop.query.rows import view_row
-from flowtop.query.types import ENTITY_GROUPS, NAME_GROUPS, OWNER_GROUPS, ViewQuery, ViewRow
+from flowtop.query.rows import view_rows
+from flowtop.query.types import (
+    ENTITY_GROUPS,
+    FLEET_GROUPS,
+    NAME_GROUPS,
+    OWNER_GROUPS,
+    ViewQuery,
+    ViewRow,
+)
 
 # Sort keys of the flow view that are one table column each: the counters and
 # times the kernel gives and the rates the table derives (core/fields.py).
@@ -40,6 +48,7 @@ _FLOW_SORT_COLUMNS = {
     if f.origin in (fields.KERNEL, fields.RATE, fields.DROP)
 }
 _FLOW_SORT_COLUMNS["flows"] = "packets"  # one flow per row: order by packets
+_KEY = layout.FLOW_KEY_WORDS
 
 
 def _ents(table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +84,7 @@ def _matching(
     oa: OwnerArrays | None = None,
     dt: DropTable | None = None,
     na: NameArrays | None = None,
+    fa: ExporterArrays | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Live rows passing the filter (and their key words, when read)."""
     rows = table.live_rows()
@@ -85,7 +95,7 @@ def _matching(
     owners = OwnerRows(table, rows, oa) if oa is not None else None
     drops = DropRows(table, rows, dt) if dt is not None else None
     names = NameRows(table, rows, na) if na is not None else None
-    keep = flt(Columns(words, ifnames, ents, ea, owners, drops, names))
+    keep = flt(Columns(words, ifnames, ents, ea, owners, drops, names, fa))
     return rows[keep], words[keep]
 
 
@@ -98,6 +108,7 @@ def _top_flows(
     oa: OwnerArrays | None = None,
     dt: DropTable | None = None,
     na: NameArrays | None = None,
+    fa: ExporterArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The flow view sorted by a counter: only the top rows are gathered.
 
@@ -105,7 +116,7 @@ def _top_flows(
     other columns only for the rows on screen, so a refresh costs little
     more with 100k flows than with 1k.
     """
-    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na)
+    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
     matched = len(rows)
     if matched == 0:
         return [], 0
@@ -120,7 +131,7 @@ def _top_flows(
     agg = aggregate(table.words_at(sel), _columns(table, sel, "flow", oa, na), "flow")
     order = np.lexsort((agg.ids, vals[top]))[:limit]
     off = table.clock_offset
-    out = [view_row(agg, int(i), "flow", off, ifnames, ea, None, oa, na) for i in order]
+    out = view_rows(agg, order, "flow", off, ifnames, ea, None, oa, na)
     return _drop_reasons(out, agg, order, dt), matched
 
 
@@ -149,13 +160,15 @@ def query_table(
     oa: OwnerArrays | None = None,
     dt: DropTable | None = None,
     na: NameArrays | None = None,
+    fa: ExporterArrays | None = None,
 ) -> tuple[list[ViewRow], int]:
     """The query's top rows and how many rows (flows or groups) matched;
     oa: the socket owners' names (None: attribution off, every flow in the
-    "-" group of an owner group)."""
+    "-" group of an owner group); fa: the exporters of received flows (None:
+    not listening, every flow in the OTHER group of the exporter group)."""
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
-        return _top_flows(table, query, flt, ifnames, ea, oa, dt, na)
-    rows, words = _matching(table, flt, ifnames, ea, oa, dt, na)
+        return _top_flows(table, query, flt, ifnames, ea, oa, dt, na, fa)
+    rows, words = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
     if len(rows) == 0:
         return [], 0
     if words is None:
@@ -174,12 +187,21 @@ def query_table(
             if oa is not None
             else np.zeros(len(rows), dtype=np.uint64)
         )
+    if query.group_by in FLEET_GROUPS:
+        ifx = _KEY.field(words, "ifindex")
+        gid = (
+            fa.exporter_ids(ifx).astype(np.uint64)
+            if fa is not None
+            else np.zeros(len(rows), dtype=np.uint64)
+        )
     agg = aggregate(words, cols, query.group_by, gid)
     order = sort_order(agg, query.sort, query.descending, query.limit, ifnames)
-    out = [
-        view_row(agg, int(i), query.group_by, table.clock_offset, ifnames, ea, group_eid, oa, na)
-        for i in order
-    ]
+    out = view_rows(agg, order, query.group_by, table.clock_offset, ifnames, ea, group_eid, oa, na)
     if query.group_by == "flow":
         out = _drop_reasons(out, agg, order, dt)
+    if query.group_by in FLEET_GROUPS:
+        out = [
+            replace(r, group=fa.address(int(agg.ids[i])) if fa is not None else OTHER)
+            for r, i in zip(out, order.tolist(), strict=True)
+        ]
     return out, len(agg.ids)

@@ -15,7 +15,7 @@ from flowtop.core.tcphealth import HealthGroup
 
 GROUPS = (
     "flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label",
-    "process", "service", "container", "name",
+    "process", "service", "container", "name", "exporter",
 )  # fmt: skip
 # Groups by what enrichment knows of each flow's remote end.
 ENTITY_GROUPS = ("asn", "country", "label")
@@ -24,6 +24,8 @@ ENTITY_GROUPS = ("asn", "country", "label")
 OWNER_GROUPS = ("process", "service", "container")
 # Groups by the flow's name from the wire (query/names.py): the named end's.
 NAME_GROUPS = ("name",)
+# Groups by the exporter a received flow came from (--listen; query/exporters.py).
+FLEET_GROUPS = ("exporter",)
 SORT_KEYS = (
     "bps",
     "pps",
@@ -135,6 +137,19 @@ class InterfaceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ExporterRow:
+    """One exporter a listening run hears from (query/exporters.ExporterRates):
+    records/s over the last interval, records and lost in all, and whether
+    its figures are estimates (sampled, scaled up)."""
+
+    address: str
+    records_per_s: float
+    records: int
+    lost: int
+    estimated: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A ViewSource's answer to a ViewQuery: the top rows, how many rows
     matched, the interfaces, the collector's health and TCP health groups.
@@ -156,6 +171,8 @@ class Snapshot:
     tcp_health: tuple[HealthGroup, ...] = ()  # worst first
     # Kernel drops on this box (the drops panel); None: drops not collected.
     drops: DropSummary | None = None
+    # The exporters heard from, busiest first; () when not listening.
+    exporters: tuple[ExporterRow, ...] = ()
 
 
 class ViewSource(Protocol):

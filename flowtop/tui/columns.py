@@ -194,6 +194,7 @@ GROUP_COLUMNS = {
     "service": ("group",),
     "container": ("group",),
     "name": ("group",),
+    "exporter": ("group",),
 }
 
 

@@ -26,6 +26,7 @@ CHOICES = (
     ("service", "S", "systemd service of the socket's owner"),
     ("container", "C", "container of the socket's owner"),
     ("name", "n", "name from the wire (DNS answer, TLS SNI, HTTP Host)"),
+    ("exporter", "e", "exporter (received flows, --listen)"),
 )
 
 

@@ -19,6 +19,7 @@ FILTER_HELP = (
     "user NAME|UID, service GLOB, container ID-PREFIX, unattributed;\n"
     "names from the wire: name GLOB (either end, case-insensitive);\n"
     "drops on this box: dropped, drop REASON (NETFILTER_DROP, NO_SOCKET, ..., glob);\n"
+    "received flows (--listen): exporter A|CIDR, ifindex N (the exporter's own);\n"
     "combine with and/&&, or/||, not/!, parentheses."
 )
 

@@ -19,6 +19,7 @@ from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
+from flowtop.tui.widgets.plainlabel import PlainLabel
 from flowtop.tui.widgets.sparkline import Sparkline
 
 
@@ -27,9 +28,9 @@ class InterfaceLine(Horizontal):
         super().__init__(classes="iface-line")
         self.iface = name
         self._shown = ("", "")
-        self._rx_rate = Label("", classes="iface-rate iface-rx-rate")
+        self._rx_rate = PlainLabel(classes="iface-rate iface-rx-rate")
         self._rx = Sparkline([], classes="iface-spark iface-rx")
-        self._tx_rate = Label("", classes="iface-rate iface-tx-rate")
+        self._tx_rate = PlainLabel(classes="iface-rate iface-tx-rate")
         self._tx = Sparkline([], classes="iface-spark iface-tx")
 
     def compose(self) -> ComposeResult:
@@ -48,8 +49,8 @@ class InterfaceLine(Horizontal):
         if (rx, tx) != self._shown:
             self._shown = (rx, tx)
             # Fixed size (CSS width, one line): repaint only, no layout of the screen.
-            self._rx_rate.update(Text(rx, no_wrap=True), layout=False)
-            self._tx_rate.update(Text(tx, no_wrap=True), layout=False)
+            self._rx_rate.show(rx)
+            self._tx_rate.show(tx)
         self._rx.data = list(history.rx.get(row.name, ()))
         self._tx.data = list(history.tx.get(row.name, ()))
 

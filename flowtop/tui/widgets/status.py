@@ -1,4 +1,5 @@
-"""The header: host, interfaces, totals, flows, collector health, interval, PAUSED.
+"""The header: host, interfaces, totals, flows, collector health, interval, PAUSED;
+while listening (--listen) a third line: the exporters, busiest first.
 
 Drawn line by line (Line API): `set()` builds the two lines and repaints only
 a line whose text or styles changed; the second line (collector, shown,
@@ -47,11 +48,16 @@ class StatusHeader(Widget):
         self.lines: list[Text] = []  # what each line shows
         self.lines_repainted = 0  # lines set() asked to repaint (tests, bench)
         self._restyle = False
+        self._styles_of: dict[str, Style] = {}  # component styles by name (_style)
 
     def set(self, snapshot: Snapshot | None, paused: bool, display: Display) -> None:
         self.snapshot, self.paused, self.display_opts = snapshot, paused, display
         lines = self._split()
         if len(lines) != len(self.lines):
+            # Listening adds the exporters' line: the header grows to it (2 otherwise).
+            height = max(2, len(lines))
+            if self.styles.height is None or self.styles.height.value != height:
+                self.styles.height = height
             self.lines = lines
             self.lines_repainted += len(lines)
             self.refresh()
@@ -68,6 +74,7 @@ class StatusHeader(Widget):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._restyle = True  # a theme change: the lines carry the old styles
+        self._styles_of.clear()
         self.refresh()
 
     def _split(self) -> list[Text]:
@@ -79,6 +86,7 @@ class StatusHeader(Widget):
     def render_line(self, y: int) -> Strip:
         if self._restyle:  # here, not in notify_style_update: the styles are ready now
             self._restyle = False
+            self._styles_of.clear()  # what set() read in between may be the old theme's
             self.lines = self._split() if self.lines else []
         width = self.size.width
         if y >= len(self.lines):
@@ -88,7 +96,12 @@ class StatusHeader(Widget):
         return Visual.to_strips(self, visual, width, 1, self.visual_style)[0]
 
     def _style(self, name: str) -> Style:
-        return self.get_component_rich_style(f"status--{name}", partial=True)
+        # Once per theme or CSS change, not per refresh: it walks the ancestors' styles.
+        style = self._styles_of.get(name)
+        if style is None:
+            style = self.get_component_rich_style(f"status--{name}", partial=True)
+            self._styles_of[name] = style
+        return style
 
     def render(self) -> Text:
         """Both lines, with the styles of the current theme."""
@@ -139,7 +152,29 @@ class StatusHeader(Widget):
         if names:
             t.append("  on ", label)
             t.append(names, value)
+        if s.exporters:
+            t.append("\n")
+            self._exporters(t, s, label, value)
         return t
+
+    def _exporters(self, t: Text, s: Snapshot, label: Style, value: Style) -> None:
+        """The third line while listening: exporters busiest first, as many as fit."""
+        room = (self.size.width or 80) - len("exporters 9999  +9999 more")
+        t.append(f"exporters {len(s.exporters)}", label)
+        used = 0
+        for n, e in enumerate(s.exporters):
+            parts = [("  ", label), (f"{e.address} {fmt.count(e.records_per_s)}/s", value)]
+            if e.lost:
+                parts.append((f" lost {fmt.count(e.lost)}", self._style("warn")))
+            if e.estimated:
+                parts.append((" estimated", label))
+            size = sum(len(p) for p, _ in parts)
+            if n and used + size > room:
+                t.append(f"  +{len(s.exporters) - n} more", label)
+                return
+            used += size
+            for text, style in parts:
+                t.append(text, style)
 
     @staticmethod
     def _rate(bps: float, d: Display) -> str:
