@@ -180,8 +180,10 @@ class BatchReader:
         self._batch = ct.create_string_buffer(16)  # in_batch, out_batch cursors
 
     def _grow(self, keep: int) -> None:
+        # A per-CPU value dtype (percpu()) makes _vals 2-D, (entries, cpus):
+        # keep its trailing shape.
         keys = np.zeros(2 * len(self._keys), dtype=self._keys.dtype)
-        vals = np.zeros(2 * len(self._vals), dtype=self._vals.dtype)
+        vals = np.zeros((2 * len(self._vals), *self._vals.shape[1:]), dtype=self._vals.dtype)
         keys[:keep] = self._keys[:keep]
         vals[:keep] = self._vals[:keep]
         self._keys, self._vals = keys, vals
@@ -190,7 +192,8 @@ class BatchReader:
         cursor = ct.addressof(self._batch)  # in_batch, then out_batch
         in_batch = 0  # the first call starts from the beginning
         total = 0
-        ks, vs = self._keys.itemsize, self._vals.itemsize
+        # Bytes per entry: a per-CPU value's row holds one value per CPU.
+        ks, vs = self._keys.strides[0], self._vals.strides[0]
         while True:
             if total == len(self._keys):
                 self._grow(total)
