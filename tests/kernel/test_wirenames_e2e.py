@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
+
+from tests.unit.wirenames_bytes import client_hello
 
 from . import netns
 from .dump import Collector
@@ -128,16 +129,6 @@ class Sink:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-
-
-def client_hello(server_hostname: str) -> bytes:
-    """The bytes of a real ClientHello for server_hostname (Python's ssl)."""
-    ctx = ssl.create_default_context()
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
 
 
 def send_tcp(host: str, port: int, *parts: bytes, sport: int) -> None:
