@@ -7,8 +7,8 @@ missing piece (bcc, tc, a broken collector) is a failure.
 The program cache (flowtop/kernel/progcache.py) is a directory of this
 session's own (FLOWTOP_CACHE_DIR, removed at the end): each distinct build
 compiles once, every other start of the suite loads it. Tests of the
-compile path turn it off (FLOWTOP_PROGRAM_CACHE=0, tests/kernel/test_build.py
-and test_lifecycle.py).
+compile path turn it off (FLOWTOP_PROGRAM_CACHE=0: tests/kernel/test_build.py,
+and test_lifecycle.py's interrupts during the compile and the attach).
 """
 
 from __future__ import annotations
