@@ -14,10 +14,13 @@ side      440k records over 2000 flows (16 observation domains of one sender)
 memory    per exporter: tracemalloc over 2000 exporters with 1 domain and 2
           templates each.
 
-sflow     in-process: sFlow v5 flow samples (raw packet headers, parsed in Python
-          per sample) decoded and merged, informational (the issue asks 100k/s).
+sflow     in-process: sFlow v5 flow samples (8 raw packet header samples per
+          datagram, 50 agents; the datagrams walked per sample, their headers
+          read all at once with numpy: flowtop/listen/headers.py) decoded and
+          merged into a FlowTable: samples per CPU second (median of 5).
 
-Target: decode >= 200,000 records/s. RESULT line at the end.
+Targets: decode >= 200,000 IPFIX records/s, >= 100,000 sFlow samples/s.
+RESULT line at the end.
 Run: .venv/bin/python bench/listen_rate.py [--records N]   (no root needed)
 """
 
@@ -51,6 +54,7 @@ from flowtop.listen.sockets import Message  # noqa: E402
 PER_MESSAGE = 22
 EXPORTERS = 50
 TARGET = 200_000
+SFLOW_TARGET = 100_000
 PY = str(ROOT / ".venv" / "bin" / "python")
 
 
@@ -186,8 +190,8 @@ def side_by_side(msgs: list[tuple[int, bytes]], records: int) -> dict[str, tuple
         subprocess.run(["rm", "-rf", tmp], check=False)
 
 
-def sflow_rate(datagrams: int = 20_000) -> float:
-    """sFlow v5 flow samples (8 raw-header samples per datagram) decoded per CPU second."""
+def sflow_datagrams(datagrams: int = 20_000) -> list[Message]:
+    """The sFlow stream: 8 raw-header flow samples per datagram, from 50 agents."""
     from tests.listen import build as b
 
     raws = [
@@ -195,15 +199,23 @@ def sflow_rate(datagrams: int = 20_000) -> float:
         for i in range(8)
     ]
     dg = b.sflow_datagram([b.sflow_flow_sample([r], rate=64) for r in raws])
-    msgs = [Message(dg, f"10.9.0.{i % 50}", "sflow", False) for i in range(datagrams)]
-    dec = Decoder(ListenOptions(urls=()))
-    t0 = time.process_time()
-    dec.decode(msgs)
-    table = FlowTable(max_flows=262144, idle_timeout=15, active_timeout=60)
-    table.merge_many(dec.flows(time.monotonic_ns()), 1.0)
-    cpu = time.process_time() - t0
-    assert dec.table.counters["listen_records"] == 8 * datagrams
-    return 8 * datagrams / cpu
+    return [Message(dg, f"10.9.0.{i % 50}", "sflow", False) for i in range(datagrams)]
+
+
+def sflow_rate(datagrams: int = 20_000, runs: int = 5) -> float:
+    """sFlow v5 flow samples decoded and merged per CPU second (median of runs)."""
+    msgs = sflow_datagrams(datagrams)
+    rates = []
+    for _ in range(runs):
+        dec = Decoder(ListenOptions(urls=()))
+        t0 = time.process_time()
+        dec.decode(msgs)
+        table = FlowTable(max_flows=262144, idle_timeout=15, active_timeout=60)
+        table.merge_many(dec.flows(time.monotonic_ns()), 1.0)
+        cpu = time.process_time() - t0
+        assert dec.table.counters["listen_records"] == 8 * datagrams
+        rates.append(8 * datagrams / cpu)
+    return statistics.median(rates)
 
 
 def memory_per_exporter(n: int = 2000) -> float:
@@ -251,10 +263,11 @@ def main() -> int:
     )
     mem = memory_per_exporter()
     print(f"memory per exporter (1 domain, 2 templates): {mem / 1024:.1f} KiB")
-    ok = rate >= TARGET
+    ok = rate >= TARGET and srate >= SFLOW_TARGET
     print(
-        f"RESULT: {'PASS' if ok else 'MISS'} decode+merge {rate:,.0f} records/s "
-        f"(target >= {TARGET:,}); {mem / 1024:.1f} KiB per exporter"
+        f"RESULT: {'PASS' if ok else 'MISS'} decode+merge {rate:,.0f} IPFIX records/s "
+        f"(target >= {TARGET:,}), {srate:,.0f} sFlow samples/s (target >= "
+        f"{SFLOW_TARGET:,}); {mem / 1024:.1f} KiB per exporter"
     )
     return 0 if ok else 1
 

@@ -19,7 +19,7 @@ PACKAGES=(
     python3-bpfcc libbpfcc bpftool iproute2 python3-venv python3-pip
     tshark nfdump iperf3 nftables tmux ethtool tcpdump iputils-ping prometheus
     man-db zsh
-    softflowd fprobe pmacct
+    softflowd fprobe pmacct nfdump-sflow
 )
 
 step() { printf 'setup: %s\n' "$*"; }

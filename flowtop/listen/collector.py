@@ -31,6 +31,7 @@ from flowtop.listen.exporters import (
     ExporterTable,
 )
 from flowtop.listen.flows import Pending
+from flowtop.listen.ifcounters import IfCounters
 from flowtop.listen.ifmap import DEFAULT_CAP, IfMap
 from flowtop.listen.sockets import DEFAULT_QUEUE_BYTES, Message, Receiver
 from flowtop.listen.urls import ListenUrl
@@ -58,6 +59,9 @@ class Decoder:
         self.table = ExporterTable(opts.max_exporters, opts.max_templates, opts.template_lifetime)
         self.ifmap = IfMap(opts.max_interfaces)
         self.pending = Pending()
+        self.ifcounters = IfCounters(self.ifmap)
+        self._sflow = sflow.Batch()
+        self.sflow_bulk: bool | None = None  # the sampled headers' reader (None: by size)
         self.lock = threading.Lock()  # decode/flows vs. exporters() from another thread
 
     def decode(self, messages: list[Message], now: float | None = None) -> None:
@@ -68,11 +72,13 @@ class Decoder:
                 # a NetFlow port takes IPFIX too (version 10), as nfcapd does;
                 # an IPFIX port only IPFIX.
                 if m.protocol == "sflow":
-                    sflow.decode(m.data, ex, self.table, self.pending)
+                    sflow.decode(m.data, ex, self.table, self._sflow, self.ifcounters)
                 elif m.protocol == "ipfix" or m.data[:2] == b"\x00\x0a":
                     ipfix.decode(m.data, ex, self.table, self.pending, now, m.tcp)
                 else:
                     netflow.decode(m.data, ex, self.table, self.pending, now)
+            # the sampled headers of every sFlow datagram above, read at once
+            self._sflow.flush(self.pending, self.table.counters, self.sflow_bulk)
 
     def flows(self, now_ns: int) -> list[tuple]:  # type: ignore[type-arg]
         with self.lock:
@@ -126,7 +132,9 @@ class ListenCollector:
         return list(self.receiver.bound)
 
     def interface_counters(self) -> list[InterfaceCounters]:
-        return []  # no local interface: the exporters' counters are their records
+        """The interfaces exporters send counters of (sFlow counter samples)."""
+        with self.decoder.lock:
+            return self.decoder.ifcounters.interface_counters()
 
     def counters(self) -> dict[str, int]:
         with self.decoder.lock:

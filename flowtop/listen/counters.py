@@ -20,6 +20,7 @@ TEMPLATES_DROPPED = "listen_templates_dropped"  # templates refused: an exporter
 RECORDS_SAMPLED = "listen_records_sampled"  # records scaled by a sampling interval (estimates)
 RECORDS_UNKEYED = "listen_records_unkeyed"  # data records without IP addresses (not flows)
 OPTIONS_RECORDS = "listen_options_records"  # options data records read
+IF_SAMPLES = "listen_interface_samples"  # interface counter records read (sFlow)
 
 LOSSES = (
     RECORDS_LOST,
@@ -30,5 +31,5 @@ LOSSES = (
     IFINDEX_EXHAUSTED,
     TEMPLATES_DROPPED,
 )
-INFO = (RECORDS, MESSAGES, RECORDS_SAMPLED, RECORDS_UNKEYED, OPTIONS_RECORDS)
+INFO = (RECORDS, MESSAGES, RECORDS_SAMPLED, RECORDS_UNKEYED, OPTIONS_RECORDS, IF_SAMPLES)
 ALL = (*INFO, *LOSSES)

@@ -30,6 +30,10 @@ EXTRA: Mapping[str, int] = MappingProxyType(
         "packetTotalCount": 86,
         "flowStartSeconds": 150,
         "flowEndSeconds": 151,
+        "flowStartMicroseconds": 154,
+        "flowEndMicroseconds": 155,
+        "flowStartNanoseconds": 156,
+        "flowEndNanoseconds": 157,
         "systemInitTimeMilliseconds": 160,
         "dot1qVlanId": 243,
         "samplingPacketInterval": 305,
@@ -70,6 +74,12 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("flowEndMilliseconds", "end_ms"),
     ("flowStartSeconds", "start_s"),
     ("flowEndSeconds", "end_s"),
+    # dateTimeMicroseconds / dateTimeNanoseconds: both NTP timestamps (RFC 7011
+    # §6.1.9-10), 8 octets exactly
+    ("flowStartMicroseconds", "start_ntp"),
+    ("flowStartNanoseconds", "start_ntp"),
+    ("flowEndMicroseconds", "end_ntp"),
+    ("flowEndNanoseconds", "end_ntp"),
     ("flowStartSysUpTime", "start_up"),
     ("flowEndSysUpTime", "end_up"),
     # options records (exporters.py reads them)
@@ -92,3 +102,4 @@ ADDRESS_COLUMNS: Mapping[str, int] = MappingProxyType(
     {"src4": 4, "dst4": 4, "src6": 16, "dst6": 16}
 )
 TEXT_COLUMNS = frozenset({"ifname"})
+NTP_COLUMNS = frozenset({"start_ntp", "end_ntp"})  # no reduced-size encoding (RFC 7011 §6.2)

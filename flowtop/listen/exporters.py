@@ -50,6 +50,9 @@ class DomainState:
     lost: int = 0  # records (v9: packets) the sequence says are still missing
     sampling: int = 1  # the exporter's packet sampling interval (1: not sampled)
     scaled: int = 1  # the last rate a decoder applied itself (sFlow samples), for display
+    # systemInitTimeMilliseconds from an options record: what sysUpTime-relative
+    # flow times of records without one count from (None: not sent)
+    init_ms: int | None = None
     ifnames: dict[int, bytes] = field(default_factory=dict)
 
 

@@ -18,7 +18,8 @@ and the columns of variable-length records. flows() turns them into batches:
   DSCP (ipClassOfService >> 2). last_seen is when flowtop received the
   record (the idle timeout runs from there); first_seen is that minus the
   flow's age at export by the exporter's own clock (its export time minus
-  the flow's start: no clock agreement needed), at most a day.
+  the flow's start, in ms, µs/ns, s or sysUpTime: _age_ms; no clock
+  agreement needed), at most a day.
 - records with the same key in one drain are merged (the flow table takes
   distinct keys per batch).
 """
@@ -78,6 +79,15 @@ class _Records:
     uptime: list[int] = field(default_factory=list)  # empty: the format has none
 
 
+@dataclass(slots=True)
+class _Block:
+    ex: Exporter
+    domain: int
+    state: DomainState
+    cols: Columns
+    n: int
+
+
 class Pending:
     """What the decoders accepted since the last flows()."""
 
@@ -85,6 +95,7 @@ class Pending:
         self._fixed: dict[tuple[str, int, int], _Chunks] = {}
         # variable-length and sFlow records per (exporter, domain, their columns)
         self._var: dict[tuple[str, int, tuple[str, ...], bool], _Records] = {}
+        self._blocks: list[_Block] = []  # records already in columns (sFlow's bulk reader)
         self.records = 0
 
     def __len__(self) -> int:
@@ -149,6 +160,15 @@ class Pending:
         ex.records += n
         self.records += n
 
+    def columns(self, ex: Exporter, domain: int, d: DomainState, cols: Columns) -> None:
+        """Records of one (exporter, domain) already as columns (no times: age 0)."""
+        n = len(next(iter(cols.values())))
+        if not n:
+            return
+        self._blocks.append(_Block(ex, domain, d, cols, n))
+        ex.records += n
+        self.records += n
+
     def flows(
         self, ifmap: IfMap, now_ns: int, counters: dict[str, int]
     ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -170,8 +190,12 @@ class Pending:
             parts.append(
                 _to_flows(cols, len(v.recs), v.ex, v.domain, v.state, ifmap, now_ns, counters)
             )
+        for b in self._blocks:
+            b.cols["export_ms"] = np.zeros(b.n, dtype=np.uint64)
+            parts.append(_to_flows(b.cols, b.n, b.ex, b.domain, b.state, ifmap, now_ns, counters))
         self._fixed.clear()
         self._var.clear()
+        self._blocks.clear()
         self.records = 0
         parts = [p for p in parts if len(p[0])]
         if not parts:
@@ -240,7 +264,7 @@ def _to_flows(
     stats["dscp"] = (_u(cols, "tos", n) >> 2) & 0x3F
     stats["last_seen_ns"] = now_ns
     # (a young boot's clock cannot go below 0)
-    stats["first_seen_ns"] = now_ns - np.minimum(_age_ms(cols, n) * 1_000_000, now_ns)
+    stats["first_seen_ns"] = now_ns - np.minimum(_age_ms(cols, n, d.init_ms) * 1_000_000, now_ns)
     counters[lc.RECORDS] += int(np.count_nonzero(keyed))
     if not keyed.all():
         counters[lc.RECORDS_UNKEYED] += int(np.count_nonzero(~keyed))
@@ -259,15 +283,41 @@ def _scaled(counts: np.ndarray, sampling: int) -> np.ndarray:
     return out
 
 
-def _age_ms(cols: Columns, n: int) -> np.ndarray:
-    """How old each flow was when exported (ms, 0..MAX_AGE_MS), by the exporter's clock."""
+NTP_UNIX_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
+
+
+def ntp_ms(v: np.ndarray) -> np.ndarray:
+    """NTP timestamps (seconds since 1900 in the top 32 bits, the fraction below)
+    as unix milliseconds."""
+    v = v.astype(np.uint64)
+    sec = (v >> np.uint64(32)).astype(np.int64) - NTP_UNIX_S
+    frac = (v & np.uint64(0xFFFF_FFFF)).astype(np.int64)
+    out: np.ndarray = sec * 1000 + ((frac * 1000) >> 32)
+    return out
+
+
+def _age_ms(cols: Columns, n: int, init_ms: int | None = None) -> np.ndarray:
+    """How old each flow was when exported (ms, 0..MAX_AGE_MS), by the exporter's
+    clock: the export time minus its start (ms, then µs/ns, then s); sysUpTime
+    starts against the message's uptime (v9, v5), else against the exporter's
+    init time (the record's systemInitTimeMilliseconds, else an options
+    record's: init_ms); with neither, the flow's duration (end - start: it is
+    taken to end when exported, so the age is never overstated); else 0."""
     export = cols["export_ms"].astype(np.int64)
     if "start_ms" in cols:
         age = export - cols["start_ms"].astype(np.int64)
+    elif "start_ntp" in cols:
+        age = export - ntp_ms(cols["start_ntp"])
     elif "start_s" in cols:
         age = export - cols["start_s"].astype(np.int64) * 1000
     elif "start_up" in cols and "uptime" in cols:  # sysUpTime ms, wrapping at 2^32
         age = (cols["uptime"].astype(np.int64) - cols["start_up"].astype(np.int64)) % (1 << 32)
+    elif "start_up" in cols and "init_ms" in cols:
+        age = export - (cols["init_ms"].astype(np.int64) + cols["start_up"].astype(np.int64))
+    elif "start_up" in cols and init_ms is not None:
+        age = export - (init_ms + cols["start_up"].astype(np.int64))
+    elif "start_up" in cols and "end_up" in cols:
+        age = (cols["end_up"].astype(np.int64) - cols["start_up"].astype(np.int64)) % (1 << 32)
     else:
         return np.zeros(n, dtype=np.uint64)
     out: np.ndarray = np.clip(age, 0, MAX_AGE_MS).astype(np.uint64)

@@ -253,13 +253,17 @@ def commit(p: Parsed, ex: Exporter, d: DomainState, table: ExporterTable) -> Non
 
 
 def apply_options(d: DomainState, rec: Record) -> None:
-    """An options data record: the domain's sampling interval, an interface's name."""
+    """An options data record: the domain's sampling interval, its init time
+    (systemInitTimeMilliseconds), an interface's name."""
     s = rec.get("sampling")
     space, taken = rec.get("sampling_space"), rec.get("sampling_taken")
     if s is None and isinstance(space, int) and isinstance(taken, int) and taken > 0:
         s = (space + taken) // taken
     if isinstance(s, int):
         d.sampling = min(max(s, 1), MAX_SAMPLING)
+    init = rec.get("init_ms")
+    if isinstance(init, int) and init > 0:
+        d.init_ms = init
     name, ifindex = rec.get("ifname"), rec.get("in_if")
     room = ifindex in d.ifnames or len(d.ifnames) < MAX_IFNAMES
     if isinstance(name, bytes) and isinstance(ifindex, int) and room:

@@ -1,57 +1,141 @@
-"""sFlow v5 datagrams (sflow.org sFlow Version 5): flow samples as flows.
+"""sFlow v5 datagrams (sflow.org sFlow Version 5): flow samples as flows,
+counter samples as interface counters.
 
-Each flow sample's raw packet header record (format 1) is read down to the
-flow key (Ethernet with up to two VLAN tags, IPv4, IPv6 without extension
-headers; TCP/UDP ports and TCP flags, ICMP type/code in dport as the kernel
-keys it) and counts as `sampling rate` packets of `rate x IP length` bytes:
-an estimate, marked like any sampled record (exporters.DomainState.scaled).
-Flow samples (format 1) and expanded ones (format 3) are read; counter
-samples, other record formats and enterprise-specific structures are
-skipped by their length. The exporter is the datagram's source address, the
-domain its sub-agent id; sequence numbers count datagrams (lost ones are
-counted as listen_records_lost). Every length is checked: a malformed
-datagram is dropped whole.
+decode() walks one datagram with every length checked; a malformed datagram
+is counted and dropped whole (nothing of it is kept). What a sound one
+carries goes into the drain's Batch:
+
+- flow samples (format 1, expanded 3): each raw packet header record
+  (format 1) is a row (where its header is, its header protocol, the
+  sample's rate and interfaces). Batch.flush() reads the rows' headers down
+  to the flow key (headers.py: all at once with numpy, or one at a time for
+  a handful) and each IP one counts as `sampling rate` packets of `rate x IP
+  length` bytes: an estimate, marked like any sampled record
+  (exporters.DomainState.scaled). Other flow record formats are skipped by
+  their length.
+- counter samples (format 2, expanded 4): generic interface counters
+  (counter record format 1) go to ifcounters.IfCounters after the datagram
+  is applied; other counter record formats are skipped by their length.
+
+Other sample formats and enterprise-specific structures are skipped by their
+length. The exporter is the datagram's source address, the domain its
+sub-agent id; sequence numbers count datagrams (lost ones are counted as
+listen_records_lost).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from flowtop.listen import counters as lc
-from flowtop.listen.exporters import Exporter, ExporterTable
+from flowtop.listen import headers
+from flowtop.listen.exporters import DomainState, Exporter, ExporterTable
 from flowtop.listen.flows import Pending
+from flowtop.listen.ifcounters import IF_COUNTERS, IfCounters, IfSample
 from flowtop.listen.message import Malformed
 from flowtop.listen.templates import Record
 
 VERSION = 5
-_U32 = struct.Struct("!I")
-_FLOW = struct.Struct("!IIIIIIII")  # seq, source id, rate, pool, drops, input, output, records
-_XFLOW = struct.Struct("!IIIIIIIIIII")  # expanded: seq, type, index, rate, pool, drops, in fmt,
-#                                         in value, out fmt, out value, records
-_RAW = struct.Struct("!IIII")  # header protocol, frame length, stripped, header length
+_HEAD = struct.Struct("!II")  # version, address type
+_TAIL = struct.Struct("!IIII")  # sub-agent, seq, uptime, samples
+_TL = struct.Struct("!II")  # a sample's or record's tag (format) and length
+# Flow sample: seq, source id, rate, pool, drops, input, output, records
+# (read: rate, input, output, records).
+_FLOW = struct.Struct("!8xI8xIII")
+# Expanded: seq, source type, index, rate, pool, drops, input format, input,
+# output format, output, records (read: rate, input, output, records).
+_XFLOW = struct.Struct("!12xI12xI4xII")
+_COUNTERS = struct.Struct("!III")  # seq, source id, records
+_XCOUNTERS = struct.Struct("!IIII")  # expanded: seq, source type, source index, records
+# Raw packet header: header protocol, frame length, stripped, header length
+# (read: protocol, header length).
+_RAW = struct.Struct("!I8xI")
 MAX_SAMPLES = 1024  # per datagram (a 64 KiB datagram holds far fewer real ones)
-MAX_RECORDS = 64  # flow records per sample
-_ETH, _IPV4, _IPV6 = 1, 11, 12
-_VLAN_TYPES = (0x8100, 0x88A8)
+MAX_RECORDS = 64  # flow / counter records per sample
+# Fewer raw headers than this in a drain are read one at a time (numpy's set-up
+# costs more than it saves on a handful).
+BULK_MIN = 32
 
 
-def decode(msg: bytes, ex: Exporter, table: ExporterTable, pending: Pending) -> bool:
+@dataclass(slots=True)
+class _Group:
+    ex: Exporter
+    sub_agent: int
+    d: DomainState
+
+
+ROW = 4  # ints per raw header row: offset in the batch's join, header length,
+#          header protocol, the row's sample (an index into Batch.samples)
+_SAMPLE = 5  # ints per flow sample: rate, in_if, out_if, group, sampled
+
+
+@dataclass(slots=True)
+class Batch:
+    """What the sound datagrams of one drain carried, for flush(): their raw
+    header rows, the flow samples the rows are of, and the groups (exporter,
+    sub-agent) the datagrams are of."""
+
+    bufs: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes in bufs: the next datagram's offset in their join
+    rows: list[int] = field(default_factory=list)  # ROW ints per raw header record
+    # ints per flow sample: rate, in_if, out_if, group, 1 if its datagram had a
+    # rate > 1 (its records count as sampled)
+    samples: list[int] = field(default_factory=list)
+    groups: list[_Group] = field(default_factory=list)
+    _group_of: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def group(self, ex: Exporter, sub_agent: int, d: DomainState) -> int:
+        key = (id(ex), sub_agent)
+        g = self._group_of.get(key)
+        if g is None or self.groups[g].ex is not ex:
+            g = self._group_of[key] = len(self.groups)
+            self.groups.append(_Group(ex, sub_agent, d))
+        return g
+
+    def flush(self, pending: Pending, counters: dict[str, int], bulk: bool | None = None) -> None:
+        """Every row's header read into pending's records; the batch emptied.
+        bulk: None picks by size (BULK_MIN), True / False forces a reader."""
+        if self.rows:
+            big = len(self.rows) >= BULK_MIN * ROW if bulk is None else bulk
+            (_bulk if big else _one_by_one)(self, pending, counters)
+        self.bufs.clear()
+        self.rows.clear()
+        self.samples.clear()
+        self.groups.clear()
+        self._group_of.clear()
+        self.size = 0
+
+
+def decode(msg: bytes, ex: Exporter, table: ExporterTable, batch: Batch, ifc: IfCounters) -> bool:
     """One sFlow v5 datagram from ex: applied (True) or malformed, counted and dropped."""
+    rows: list[int] = []
+    samples: list[int] = []
+    ifs: list[IfSample] = []
+    first = len(batch.samples) // _SAMPLE
     try:
-        recs, sub_agent, seq, rate_max = _read(msg)
+        sub_agent, seq, rate_max = _read(msg, batch.size, first, rows, samples, ifs)
         d = table.domain(ex, sub_agent)
         if d is None:
             raise Malformed("too many sub-agents")
     except (Malformed, struct.error):
         table.error(ex)
         return False
-    for version in (4, 6):
-        part = [r for r, v in recs if v == version]
-        if part:
-            pending.variable(ex, sub_agent, d, part, 0, None)
+    if rows:
+        g = batch.group(ex, sub_agent, d)
+        batch.bufs.append(msg)
+        batch.size += len(msg)
+        batch.rows += rows
+        s = int(rate_max > 1)
+        for i in range(3, len(samples), _SAMPLE):  # the group and sampled slots
+            samples[i], samples[i + 1] = g, s
+        batch.samples += samples
     if rate_max > 1:
         d.scaled = rate_max
-        table.counters[lc.RECORDS_SAMPLED] += len(recs)
+    if ifs:
+        ifc.update(ex.address, sub_agent, ifs, table.counters)
     table.sequence(ex, d, seq, 1)  # datagram sequence numbers
     ex.protocol = "sflow5"
     ex.messages += 1
@@ -59,124 +143,174 @@ def decode(msg: bytes, ex: Exporter, table: ExporterTable, pending: Pending) -> 
     return True
 
 
-def _read(msg: bytes) -> tuple[list[tuple[Record, int]], int, int, int]:
+def _read(
+    msg: bytes,
+    base: int,
+    first: int,
+    rows: list[int],
+    samples: list[int],
+    ifs: list[IfSample],
+) -> tuple[int, int, int]:
+    """(sub-agent, sequence number, highest rate) of msg; its raw header rows
+    (offsets plus base, samples numbered from first), its flow samples and its
+    interface counter records appended; raises Malformed."""
     n = len(msg)
-    pos = 0
-
-    def u32() -> int:
-        nonlocal pos
-        if pos + 4 > n:
-            raise Malformed("cut short")
-        (v,) = _U32.unpack_from(msg, pos)
-        pos += 4
-        return int(v)
-
-    if u32() != VERSION:
+    if n < 8:
+        raise Malformed("cut short")
+    version, addr_type = _HEAD.unpack_from(msg, 0)
+    if version != VERSION:
         raise Malformed("not sFlow v5")
-    addr_type = u32()
     if addr_type not in (1, 2):
         raise Malformed(f"agent address type {addr_type}")
-    pos += 4 if addr_type == 1 else 16
-    sub_agent, seq, _uptime, count = u32(), u32(), u32(), u32()
+    pos = 12 if addr_type == 1 else 24
+    if pos + _TAIL.size > n:
+        raise Malformed("cut short")
+    sub_agent, seq, _uptime, count = _TAIL.unpack_from(msg, pos)
+    pos += _TAIL.size
     if count > MAX_SAMPLES:
         raise Malformed(f"{count} samples")
-    out: list[tuple[Record, int]] = []
     rate_max = 1
     for _ in range(count):
-        tag, length = u32(), u32()
-        start, end = pos, pos + length
+        if pos + 8 > n:
+            raise Malformed("cut short")
+        tag, length = _TL.unpack_from(msg, pos)
+        start, end = pos + 8, pos + 8 + length
         if end > n or length % 4:
             raise Malformed("sample length")
-        if tag >> 12 == 0 and tag & 0xFFF in (1, 3):
-            rate_max = max(rate_max, _sample(msg, start, end, tag & 0xFFF == 3, out))
+        if tag == 1 or tag == 3:  # (enterprise 0) flow sample, expanded
+            rate = _flow_sample(msg, start, end, tag == 3, base, first, rows, samples)
+            first += 1
+            if rate > rate_max:
+                rate_max = rate
+        elif tag == 2 or tag == 4:  # counter sample, expanded
+            _counter_sample(msg, start, end, tag == 4, ifs)
         pos = end
     if pos != n:
         raise Malformed("bytes after the last sample")
-    return out, sub_agent, seq, rate_max
+    return sub_agent, seq, rate_max
 
 
-def _sample(msg: bytes, pos: int, end: int, expanded: bool, out: list[tuple[Record, int]]) -> int:
-    head = _XFLOW if expanded else _FLOW
-    if pos + head.size > end:
-        raise Malformed("flow sample cut short")
-    f = head.unpack_from(msg, pos)
+def _flow_sample(
+    msg: bytes,
+    pos: int,
+    end: int,
+    expanded: bool,
+    base: int,
+    sample: int,
+    rows: list[int],
+    samples: list[int],
+) -> int:
+    """One flow sample (number sample in the batch): its raw header rows and
+    itself appended; its rate (at least 1)."""
     if expanded:
-        rate, in_if, out_if, nrec = f[3], f[7], f[9], f[10]
-    else:  # the top two bits of input/output say what the rest is; 0: an ifIndex
-        rate, nrec = f[2], f[7]
-        in_if = f[5] & 0x3FFFFFFF if not f[5] >> 30 else 0
-        out_if = f[6] & 0x3FFFFFFF if not f[6] >> 30 else 0
+        if pos + _XFLOW.size > end:
+            raise Malformed("flow sample cut short")
+        rate, in_if, out_if, nrec = _XFLOW.unpack_from(msg, pos)
+        pos += _XFLOW.size
+    else:
+        if pos + _FLOW.size > end:
+            raise Malformed("flow sample cut short")
+        rate, in_f, out_f, nrec = _FLOW.unpack_from(msg, pos)
+        # the top two bits of input/output say what the rest is; 0: an ifIndex
+        in_if = in_f & 0x3FFFFFFF if not in_f >> 30 else 0
+        out_if = out_f & 0x3FFFFFFF if not out_f >> 30 else 0
+        pos += _FLOW.size
     if nrec > MAX_RECORDS:
         raise Malformed(f"{nrec} flow records")
-    rate = max(rate, 1)
-    pos += head.size
+    rate = rate or 1
     for _ in range(nrec):
         if pos + 8 > end:
             raise Malformed("flow record header cut short")
-        tag, length = struct.unpack_from("!II", msg, pos)
+        tag, length = _TL.unpack_from(msg, pos)
         body, rend = pos + 8, pos + 8 + length
         if rend > end or length % 4:
             raise Malformed("flow record length")
         if tag == 1:  # raw packet header
             if length < _RAW.size:
                 raise Malformed("raw header record cut short")
-            proto, _frame, _stripped, hlen = _RAW.unpack_from(msg, body)
+            proto, hlen = _RAW.unpack_from(msg, body)
             if _RAW.size + hlen > length:
                 raise Malformed("raw header length")
-            hdr = msg[body + _RAW.size : body + _RAW.size + hlen]
-            got = _packet(hdr, proto)
-            if got is not None:
-                rec, version, ip_len = got
-                rec.update(packets=rate, bytes=rate * ip_len, in_if=in_if, out_if=out_if)
-                rec["direction"] = 0 if in_if else 1
-                out.append((rec, version))
+            rows += (base + body + _RAW.size, hlen, proto, sample)
         pos = rend
     if pos != end:
         raise Malformed("bytes after the last flow record")
+    samples += (rate, in_if, out_if, 0, 0)  # group and sampled: decode() fills them
     return int(rate)
 
 
-def _packet(h: bytes, proto: int) -> tuple[Record, int, int] | None:
-    """(columns, IP version, IP length) of a sampled header; None: not IP or cut
-    before the addresses (sampled, not malformed: such a packet is not a flow)."""
-    vlan = 0
-    if proto == _ETH:
-        if len(h) < 14:
-            return None
-        etype, pos = int.from_bytes(h[12:14], "big"), 14
-        for _ in range(2):
-            if etype not in _VLAN_TYPES or len(h) < pos + 4:
-                break
-            vlan = vlan or int.from_bytes(h[pos : pos + 2], "big") & 0x0FFF
-            etype, pos = int.from_bytes(h[pos + 2 : pos + 4], "big"), pos + 4
-        if etype == 0x0800:
-            proto, h = _IPV4, h[pos:]
-        elif etype == 0x86DD:
-            proto, h = _IPV6, h[pos:]
-        else:
-            return None
-    rec: Record = {"vlan": vlan}
-    if proto == _IPV4 and len(h) >= 20 and h[0] >> 4 == 4:
-        ihl = (h[0] & 0x0F) * 4
-        ip_len, l4, frag = int.from_bytes(h[2:4], "big"), h[9], int.from_bytes(h[6:8], "big")
-        rec.update(src4=h[12:16], dst4=h[16:20], tos=h[1], proto=l4)
-        l4h = h[ihl:] if frag & 0x1FFF == 0 and ihl >= 20 else b""
-        version = 4
-    elif proto == _IPV6 and len(h) >= 40 and h[0] >> 4 == 6:
-        ip_len, l4 = 40 + int.from_bytes(h[4:6], "big"), h[6]
-        tc = (int.from_bytes(h[0:2], "big") >> 4) & 0xFF
-        rec.update(src6=h[8:24], dst6=h[24:40], tos=tc, proto=l4)
-        l4h = h[40:]
-        version = 6
+def _counter_sample(msg: bytes, pos: int, end: int, expanded: bool, ifs: list[IfSample]) -> None:
+    head = _XCOUNTERS if expanded else _COUNTERS
+    if pos + head.size > end:
+        raise Malformed("counter sample cut short")
+    f = head.unpack_from(msg, pos)
+    seq, nrec = f[0], f[-1]
+    if nrec > MAX_RECORDS:
+        raise Malformed(f"{nrec} counter records")
+    pos += head.size
+    for _ in range(nrec):
+        if pos + 8 > end:
+            raise Malformed("counter record header cut short")
+        tag, length = _TL.unpack_from(msg, pos)
+        body, rend = pos + 8, pos + 8 + length
+        if rend > end or length % 4:
+            raise Malformed("counter record length")
+        if tag == 1:  # generic interface counters
+            if length < IF_COUNTERS.size:
+                raise Malformed("interface counters cut short")
+            ifs.append(IfSample(seq, *IF_COUNTERS.unpack_from(msg, body)))
+        pos = rend
+    if pos != end:
+        raise Malformed("bytes after the last counter record")
+
+
+def _one_by_one(batch: Batch, pending: Pending, counters: dict[str, int]) -> None:
+    """headers.packet() per row: records per (group, IP version), as variable()'s."""
+    big = b"".join(batch.bufs)
+    recs: dict[tuple[int, int], list[Record]] = {}
+    sampled = 0
+    rows, smp = batch.rows, batch.samples
+    for r in range(0, len(rows), ROW):
+        off, hlen, proto, i = rows[r : r + ROW]
+        rate, in_if, out_if, g, s = smp[i * _SAMPLE : (i + 1) * _SAMPLE]
+        got = headers.packet(big[off : off + hlen], proto)
+        if got is None:
+            continue
+        rec, version, ip_len = got
+        rec.update(packets=rate, bytes=rate * ip_len, in_if=in_if, out_if=out_if)
+        rec["direction"] = 0 if in_if else 1
+        recs.setdefault((g, version), []).append(rec)
+        sampled += s
+    for (g, _version), part in recs.items():
+        grp = batch.groups[g]
+        pending.variable(grp.ex, grp.sub_agent, grp.d, part, 0, None)
+    counters[lc.RECORDS_SAMPLED] += sampled
+
+
+def _bulk(batch: Batch, pending: Pending, counters: dict[str, int]) -> None:
+    """headers.parse_many() over every row; one block of columns per group."""
+    a = np.array(batch.rows, dtype=np.int64).reshape(-1, ROW)
+    p = headers.parse_many(b"".join(batch.bufs), a[:, 0], a[:, 1], a[:, 2])
+    keep = np.flatnonzero(p.keyed)
+    if not len(keep):
+        return
+    smp = np.array(batch.samples, dtype=np.int64).reshape(-1, _SAMPLE)[a[keep, 3]]
+    counters[lc.RECORDS_SAMPLED] += int(smp[:, 4].sum())
+    rate = smp[:, 0].astype(np.uint64)
+    in_if, grp = smp[:, 1], smp[:, 3]
+    cols = {k: v[keep] for k, v in p.cols.items()}
+    cols["packets"] = rate
+    cols["bytes"] = rate * p.ip_len[keep]
+    cols["in_if"] = in_if.astype(np.uint64)
+    cols["out_if"] = smp[:, 2].astype(np.uint64)
+    cols["direction"] = np.where(in_if != 0, 0, 1).astype(np.uint64)
+    if batch.groups[1:]:
+        order = np.argsort(grp, kind="stable")
+        bounds = np.flatnonzero(np.r_[True, np.diff(grp[order]) != 0])
+        ends = np.r_[bounds[1:], len(order)]
+        parts = [order[lo:hi] for lo, hi in zip(bounds, ends, strict=True)]
     else:
-        return None
-    if l4 in (6, 17) and len(l4h) >= 4:
-        rec["sport"] = int.from_bytes(l4h[0:2], "big")
-        rec["dport"] = int.from_bytes(l4h[2:4], "big")
-        if l4 == 6 and len(l4h) >= 14:
-            rec["flags"] = l4h[13]
-    elif l4 in (1, 58) and len(l4h) >= 2:
-        rec["icmp"] = l4h[0] << 8 | l4h[1]
-    for col in ("sport", "dport", "flags", "icmp"):
-        rec.setdefault(col, 0)
-    return rec, version, ip_len
+        parts = [np.arange(len(keep))]
+    for idx in parts:
+        g = batch.groups[int(grp[idx[0]])]
+        pending.columns(g.ex, g.sub_agent, g.d, {k: v[idx] for k, v in cols.items()})

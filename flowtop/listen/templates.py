@@ -89,6 +89,8 @@ def _fits(col: str, length: int) -> bool:
         return length == elements.ADDRESS_COLUMNS[col]
     if col in elements.TEXT_COLUMNS:
         return True
+    if col in elements.NTP_COLUMNS:
+        return length == 8
     return 1 <= length <= 8
 
 

@@ -194,3 +194,38 @@ def eth_ipv6_tcp(src: str, dst: str, sport: int, dport: int, payload: int, flags
     ip = struct.pack("!IHBB", 0x60000000, 20 + payload, 6, 64) + ip6(src) + ip6(dst)
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 0x50, flags, 1000, 0, 0)
     return eth + ip + tcp
+
+
+def sflow_if_counters(
+    ifindex: int,
+    in_octets: int,
+    in_pkts: tuple[int, int, int],
+    out_octets: int,
+    out_pkts: tuple[int, int, int],
+    speed: int = 10**9,
+) -> bytes:
+    """A generic interface counters record (counter record format 1, 88
+    bytes): packets as (unicast, multicast, broadcast)."""
+    body = struct.pack("!IIQII", ifindex, 6, speed, 1, 3)
+    body += (
+        struct.pack("!Q", in_octets) + struct.pack("!III", *in_pkts) + struct.pack("!III", 0, 0, 0)
+    )
+    body += (
+        struct.pack("!Q", out_octets) + struct.pack("!III", *out_pkts) + struct.pack("!II", 0, 0)
+    )
+    body += struct.pack("!I", 0)
+    assert len(body) == 88
+    return struct.pack("!II", 1, len(body)) + body
+
+
+def sflow_counter_sample(
+    records: Sequence[bytes], seq: int, source: int = 3, expanded: bool = False
+) -> bytes:
+    if expanded:
+        body = struct.pack("!IIII", seq, 0, source, len(records))
+        tag = 4
+    else:
+        body = struct.pack("!III", seq, source, len(records))
+        tag = 2
+    body += b"".join(records)
+    return struct.pack("!II", tag, len(body)) + body

@@ -35,8 +35,13 @@ def _seeds() -> list[tuple[str, bytes]]:
     v5 = b.v5_packet([b.v5_record("10.0.0.1", "10.0.0.2", 1, 2, 6, 100, 1)] * 2, seq=9)
     raw = b.sflow_raw_record(b.eth_ipv4_udp("10.0.0.1", "10.0.0.2", 1, 2, 10, vlan=5), 60)
     raw6 = b.sflow_raw_record(b.eth_ipv6_tcp("2001:db8::1", "2001:db8::2", 1, 2, 10, 2), 90)
+    ifc = b.sflow_if_counters(3, 10_000, (10, 1, 0), 20_000, (20, 0, 1))
     sfl = b.sflow_datagram(
-        [b.sflow_flow_sample([raw, raw6], rate=10), b.sflow_flow_sample([raw], 5, expanded=True)],
+        [
+            b.sflow_flow_sample([raw, raw6], rate=10),
+            b.sflow_flow_sample([raw], 5, expanded=True),
+            b.sflow_counter_sample([ifc], seq=2),
+        ],
         seq=4,
     )
     return [("ipfix", ipfix), ("netflow", v9), ("netflow", v5), ("sflow", sfl)]

@@ -16,7 +16,8 @@ def test_flow_samples_scaled_by_their_rate() -> None:
     tcp = b.sflow_raw_record(
         b.eth_ipv6_tcp("2001:db8::1", "2001:db8::2", 40000, 443, 1000, 0x18), 1074
     )
-    counters = struct.pack("!II", 2, 8) + b"\0" * 8  # a counter sample: skipped
+    # a counter sample without records (seq, source id, 0 records): no flow
+    counters = struct.pack("!II", 2, 12) + struct.pack("!III", 1, 3, 0)
     samples = [
         b.sflow_flow_sample([udp], rate=100, in_if=3),
         b.sflow_flow_sample([udp], rate=100, in_if=3),
