@@ -5,6 +5,8 @@ truth: the traffic sent, and what the exporter says it exported.
 - softflowd (NetFlow v9 and IPFIX) on a veth, flows expired with softflowctl:
   its "statistics" count of exported flows;
 - fprobe (NetFlow v5) on a veth;
+- pmacctd's nfprobe plugin (IPFIX) over a capture: every flow, and the log
+  line that says how many it exported;
 - nfreplay of a file nfcapd captured from softflowd: nfdump's figures.
 """
 
@@ -287,4 +289,31 @@ def test_pmacct_sfprobe_sflow(pair: Pair) -> None:
     _check_flows(res, "127.0.0.1/if")
     (ex,) = exporters
     assert ex["protocol"] == "sflow5" and ex["records"] == sum(n for n, _ in FLOWS.values()), ex
+    _stats_ok(res)
+
+
+@pytest.mark.skipif(shutil.which("pmacctd") is None, reason="pmacct not installed")
+def test_pmacct_nfprobe_ipfix(pair: Pair) -> None:
+    """pmacctd's nfprobe plugin exporting IPFIX (nfprobe_version 10) over the
+    capture; it ends every flow when it reaches the file's end and exits."""
+    b = pair.b
+    port = free_port(b)
+    tmp = tempfile.mkdtemp(prefix="flowtop-nfprobe-")
+    try:
+        pcap = _capture(pair, tmp)
+        conf = os.path.join(tmp, "pmacctd.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"daemonize: false\npcap_savefile: {pcap}\nplugins: nfprobe\n"
+                f"nfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: 10\n"
+            )
+        lis = Listener(b, f"ipfix://127.0.0.1:{port}")
+        out = b.exec("pmacctd", "-f", conf, timeout=60)
+        time.sleep(1.0)
+        res, exporters = lis.result()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _check_flows(res, "127.0.0.1")
+    (ex,) = exporters
+    assert ex["protocol"] == "ipfix" and ex["records"] == len(FLOWS), (ex, out.stderr[-2000:])
     _stats_ok(res)
