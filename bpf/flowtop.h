@@ -18,6 +18,12 @@
  * top entry without the TTL. */
 #define FT_MPLS_PRESENT (1U << 24)
 
+/* struct flow_stats.tcp_flags, above the TCP flags byte: a packet of the
+ * flow had SYN without ACK, so its sender opened the connection (the
+ * client end of a conversation). Not a TCP flag: userspace masks it off
+ * wherever flags are shown or exported (layout.tcp_wire_flags). */
+#define FT_TCP_SYN_ONLY (1U << 8)
+
 /* Address family of an interface counter (struct iface_key.family). */
 #define FT_FAMILY_OTHER 0
 #define FT_FAMILY_IPV4 1
@@ -59,7 +65,7 @@ struct flow_stats {
 	__u64 bytes;
 	__u64 first_seen_ns; /* CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) */
 	__u64 last_seen_ns;
-	__u64 tcp_flags;     /* OR of the TCP flags byte (CWR..FIN) */
+	__u64 tcp_flags;     /* OR of the TCP flags byte (CWR..FIN), | FT_TCP_SYN_ONLY */
 	__u8 dscp;           /* DSCP of the last packet seen */
 	__u8 pad[3];
 	/* The last packet's top MPLS label stack entry without its TTL (label

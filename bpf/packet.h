@@ -199,8 +199,11 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p, co
 		}
 		p->key.sport = bpf_ntohs(th->source);
 		p->key.dport = bpf_ntohs(th->dest);
-		/* The flags byte follows doff/res1 in the 13th octet. */
-		p->flags = ((__u8 *)th)[13];
+		/* The flags byte follows doff/res1 in the 13th octet; a SYN
+		 * without ACK also sets FT_TCP_SYN_ONLY (its sender is the client). */
+		__u8 tf = ((__u8 *)th)[13];
+
+		p->flags = tf | ((tf & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN ? FT_TCP_SYN_ONLY : 0);
 		p->l4_hdr = th->doff * 4;
 		ft_tcp_parse(th, c.end, &p->tcp);
 		break;

@@ -140,7 +140,7 @@ def _run(argv: Sequence[str] | None, stop: StopSignal) -> int:
         cfg = _begin_compile(_config(args, args.interval))
         from flowtop.run.commands import run_dump
 
-        return run_dump(cfg, args.duration, args.json, stop)
+        return run_dump(cfg, args.duration, args.json, stop, conversations=args.conversations)
     if args.mode == o.EXPORT:
         cfg = _begin_compile(_config(args, args.delay))
         from flowtop.run.service import run_export_only

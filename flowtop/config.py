@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from flowtop.core.tcphealth import DEFAULT_THRESHOLDS, Thresholds
 from flowtop.errors import ConfigError
 from flowtop.listen.urls import ListenUrl, parse_url
 
@@ -197,9 +199,36 @@ class EnrichConfig:
     geoip_city: str | None = None
     labels: str | None = None
     resolve: bool | None = None  # reverse DNS; None: on in the live view, off elsewhere
+    # The zone of this host's own addresses when no label gives them one.
+    host_zone: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.host_zone is not None and not ZONE_NAME.fullmatch(self.host_zone):
+            raise ConfigError(
+                f"enrich.host_zone must be 1-32 letters, digits, '.', '_' or '-', "
+                f"not {self.host_zone!r}"
+            )
 
     def resolve_for(self, interactive: bool) -> bool:
         return interactive if self.resolve is None else self.resolve
+
+
+ZONE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
+MONITOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+MAX_MONITORS = 64  # [[monitor]] tables at most: the Prometheus series they make are bounded
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    """One [[monitor]]: a name, the local and remote ends as filter
+    expressions of the live view's language (checked at load), and the
+    verdict's thresholds ([health]'s, with the monitor's own keys on top).
+    query/monitors.py says which flows are in it."""
+
+    name: str
+    local: str
+    remote: str
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
 
 
 NAMES_MAX_PORTS = 4  # extra DNS ports the TC program compares (bpf/wirenames.h)
@@ -270,6 +299,9 @@ class Config:
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
     names: NamesConfig = field(default_factory=NamesConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
+    # [health]: the TCP health verdict's thresholds (interfaces, remote groups)
+    health: Thresholds = DEFAULT_THRESHOLDS
+    monitors: tuple[MonitorConfig, ...] = ()  # [[monitor]]
     path: str | None = None  # the file it came from
 
     def __post_init__(self) -> None:
@@ -383,6 +415,18 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "geoip_city": ("geoip_city", _str),
         "labels": ("labels", _str),
         "resolve": ("resolve", _bool),
+        "host_zone": ("host_zone", _str),
+    },
+    # The verdict thresholds (core/tcphealth.Thresholds); a [[monitor]] takes
+    # the same keys for its own verdict.
+    "health": {
+        "rtt_factor": ("rtt_factor", _num(1, 1000)),
+        "rtt_floor_ms": ("rtt_floor_us", lambda k, v: _num(0, 60_000)(k, v) * 1000),
+        "min_rtt_samples": ("min_rtt_samples", _int(1, 1_000_000)),
+        "retransmit_ratio": ("retransmit_ratio", _num(0, 1)),
+        "min_segments": ("min_segments", _int(0, 1_000_000_000)),
+        "min_retransmits": ("min_retransmits", _int(0, 1_000_000_000)),
+        "min_rto": ("min_rto", _int(1, 1_000_000_000)),
     },
     "names": {
         "enabled": ("enabled", _bool),
@@ -426,12 +470,67 @@ def read_file(path: str, explicit: bool) -> Mapping[str, Any]:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
 
 
+_MONITOR_KEYS = ("name", "local", "remote", *SCHEMA["health"])
+
+
+def _monitor_expr(where: str, key: str, v: Any) -> str:
+    from flowtop.query.filterexpr import FilterError, check_static
+
+    text = _str(f"{where}.{key}", v)
+    if not text.strip():
+        raise ConfigError(f"{where}.{key} is empty (a filter expression)")
+    try:
+        check_static(text)
+    except FilterError as exc:
+        raise ConfigError(f"{where}.{key}: {exc}") from None
+    return text
+
+
+def _monitors(v: Any, health: Thresholds) -> tuple[MonitorConfig, ...]:
+    """[[monitor]] tables: each key checked, names unique, expressions parsed."""
+    if not isinstance(v, list) or not all(isinstance(m, dict) for m in v):
+        raise ConfigError("monitor must be an array of tables ([[monitor]])")
+    if len(v) > MAX_MONITORS:
+        raise ConfigError(f"at most {MAX_MONITORS} [[monitor]] tables, not {len(v)}")
+    out: list[MonitorConfig] = []
+    for i, body in enumerate(v, 1):
+        name = body.get("name")
+        if not isinstance(name, str) or not MONITOR_NAME.fullmatch(name):
+            shown = f" {name!r}" if name is not None else ""
+            raise ConfigError(
+                f"monitor {i}: name{shown} must be a letter, then up to 31 letters, digits, "
+                "'_' or '-'"
+            )
+        where = f"monitor {name}"
+        if any(m.name == name for m in out):
+            raise ConfigError(f"{where}: the name is given twice")
+        over: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in _MONITOR_KEYS:
+                raise ConfigError(
+                    f"{where}: unknown key {key!r} (known: {', '.join(_MONITOR_KEYS)})"
+                )
+            if key in SCHEMA["health"]:
+                fname, check = SCHEMA["health"][key]
+                over[fname] = check(f"{where}.{key}", value)
+        for key in ("local", "remote"):
+            if key not in body:
+                raise ConfigError(f"{where}: {key} is missing (a filter expression)")
+        local = _monitor_expr(where, "local", body["local"])
+        remote = _monitor_expr(where, "remote", body["remote"])
+        out.append(MonitorConfig(name, local, remote, replace(health, **over)))
+    return tuple(out)
+
+
 def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
     """Config from parsed TOML; every key checked, unknown ones rejected."""
     values: dict[str, dict[str, Any]] = {s: {} for s in SCHEMA}
     for section, body in data.items():
+        if section == "monitor":
+            continue  # an array of tables, read below (after [health], its defaults)
         if section not in SCHEMA:
-            raise ConfigError(f"unknown config section [{section}] (known: {', '.join(SCHEMA)})")
+            known = ", ".join((*SCHEMA, "monitor"))
+            raise ConfigError(f"unknown config section [{section}] (known: {known})")
         if not isinstance(body, dict):
             raise ConfigError(f"[{section}] must be a table")
         for key, value in body.items():
@@ -443,6 +542,7 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
             name, check = spec
             values[section][name] = check(f"{section}.{key}", value)
     coll = dict(values["interfaces"], **values["collector"])
+    health = Thresholds(**values["health"])
     return Config(
         collector=CollectorConfig(**coll),
         ipfix=IpfixConfig(**values["ipfix"]),
@@ -450,6 +550,8 @@ def from_mapping(data: Mapping[str, Any], path: str | None = None) -> Config:
         enrich=EnrichConfig(**values["enrich"]),
         names=NamesConfig(**values["names"]),
         listen=ListenConfig(**values["listen"]),
+        health=health,
+        monitors=_monitors(data["monitor"], health) if "monitor" in data else (),
         path=path,
     )
 

@@ -197,6 +197,12 @@ OPTIONS: tuple[Option, ...] = (
         metavar="S",
     ),
     _opt("--json", frozenset({DUMP}), "one JSON object per line", action="store_true"),
+    _opt(
+        "--conversations",
+        frozenset({DUMP}),
+        "print conversations (a connection's flows both ways and on every leg, counted once)",
+        action="store_true",
+    ),
     _opt("--interval", frozenset({DUMP}), "drain interval (default 1)", type=float, metavar="S"),
     _opt(
         "--all",

@@ -69,6 +69,7 @@ OWNER = "owner"  # written by the engine from its OwnerTable (core/owners.py)
 WIRE = "wire"  # written by the engine from its WireNames (wirenames/names.py)
 DROP = "drop"  # written by the engine from its DropTable (core/drops.py)
 RATE = "rate"  # derived by the flow table over the last interval (live flows only)
+CONV = "conv"  # from the key, by the flow table when it creates the row (core/conversations.py)
 END = "end"  # set by the flow table when it emits a record
 SHOWN = "shown"  # computed from other fields where it is shown (no column)
 
@@ -123,7 +124,7 @@ class Field:
     """One field of a flow record: what it is, where it comes from, what it is called outside."""
 
     name: str  # the internal name (flow table column, FlowBatch, FlowRecord)
-    origin: str  # KEY, KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE, END or SHOWN
+    origin: str  # KEY, KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE, CONV, END or SHOWN
     unit: str
     member: str | None = None  # the struct member: FLOW_KEY (KEY), FLOW_STATS, TCP_SAMPLE
     dtype: str = ""  # numpy dtype of its column ("" when it has none)
@@ -146,7 +147,7 @@ class Field:
     @property
     def column(self) -> bool:
         """A flow table column."""
-        return self.origin in (KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE)
+        return self.origin in (KERNEL, TCP, ENRICH, OWNER, DROP, WIRE, RATE, CONV)
 
     @property
     def in_batch(self) -> bool:
@@ -199,7 +200,8 @@ def _entity_fields(end: str, long: str) -> tuple[Field, ...]:
     """What enrichment knows of one end: its entity id and the entity's attributes."""
     ent = f"{end}_ent"
     shown = (("as_org", "AS organisation"), ("country", "ISO country code"), ("city", "city"),
-             ("label", "CIDR label"))  # fmt: skip
+             ("label", "CIDR label"),
+             ("zone", "zone: the label's, or for this host's addresses the host zone"))  # fmt: skip
     return (
         Field(ent, ENRICH, "Enricher entity id (-1: not looked up)", dtype="<i4", blank=-1),
         Field(
@@ -293,8 +295,9 @@ FIELDS: tuple[Field, ...] = (
         json="last_seen", title="last seen", sort="last_seen", ie=("flowEndMilliseconds",),
     ),
     Field(
-        "tcp_flags", KERNEL, "TCP flag bits seen (FIN 0x01 .. CWR 0x80)", member="tcp_flags",
-        dtype="u1", merge=OR, json="tcp_flags", text=Text("FLAGS"), title="TCP flags",
+        "tcp_flags", KERNEL, "TCP flag bits seen (FIN 0x01 .. CWR 0x80), | layout.TCP_SYN_ONLY "
+        "(shown and exported without it: layout.tcp_wire_flags)", member="tcp_flags",
+        dtype="<u2", merge=OR, json="tcp_flags", text=Text("FLAGS"), title="TCP flags",
         ie=("tcpControlBits",),
     ),
     Field(
@@ -412,6 +415,11 @@ FIELDS: tuple[Field, ...] = (
         "bps", RATE, "bit/s over the last interval", dtype="<f4", rate_of="bytes", scale=8,
         tui=Tui("Rate", 9, numeric=True), title="rate", sort="bps",
     ),
+    # -- conversation (core/conversations.py: the table fills it on a new row) ----
+    # Live rows only (the view's conversation group); flow-end records leave
+    # it out: dump computes it from their keys.
+    Field("conv_id", CONV, "u64 id of the flow's conversation (its key and the reverse)",
+          dtype="<u8"),
     # -- flow-end records -------------------------------------------------------
     Field(
         "end_reason", END, "why the record was emitted (EndReason: IPFIX flowEndReason)",

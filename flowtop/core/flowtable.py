@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from flowtop.core import fields
+from flowtop.core.conversations import ids_and_legs
 from flowtop.core.fields import KERNEL, MAX, MIN, OR, RATE, SUM, Field
 from flowtop.core.flowindex import FlowIndex, hash_words
 from flowtop.core.model import (
@@ -46,6 +47,8 @@ _BATCH_NAMES = frozenset(f.name for f in fields.BATCH_FIELDS)
 # row holds a flow.
 _EXPORTED = {f"exp_{f.name}": f for f in _COUNTERS if f.merge == SUM}
 _BOOKKEEPING = {**{n: f.dtype for n, f in _EXPORTED.items()}, "exp_start_ns": "<u8", "live": "?"}
+# Each row's leg of its conversation (core/conversations.legs), with conv_id.
+_BOOKKEEPING["conv_leg"] = "u1"
 SORT_COLUMNS = tuple(f.sort for f in fields.TABLE_FIELDS if f.sort)
 # The columns gather_columns() hands the view.
 VIEW_COLUMNS = (
@@ -354,6 +357,8 @@ class FlowTable:
             # A new flow starts at its first packet (MIN-merged: not at 0).
             first = fields.member("first_ns")
             c["first_ns"][new_rows] = stats[first][new]
+            # Once per flow: a refresh of the conversation view only aggregates.
+            c["conv_id"][new_rows], c["conv_leg"][new_rows] = ids_and_legs(words[new])
             c["exp_start_ns"][new_rows] = stats[first][new]
             c["live"][new_rows] = True
             created.append(new_rows)

@@ -134,6 +134,7 @@ class FlowRecord:
     pps: float = 0.0  # rates over the last interval (live flows)
     bps: float = 0.0  # bits per second
     end_reason: EndReason | None = None  # flow-end records
+    conv_id: int = 0  # live rows: the conversation id (fields.CONV; core/conversations.py)
     # Names from the wire (fields.WIRE; wirenames/names.py): WireNames.names
     # ids of each end's name and the CNAME chain end (0: none), the named
     # end's names.SOURCE_*, and names.NAME_* (255, NAME_PENDING: not joined)

@@ -41,7 +41,7 @@ NS = 1_000_000_000
 # crosses several interfaces).
 _MASK = layout.FLOW_KEY_WORDS.mask(("ip_version", "proto", "src", "dst", "sport", "dport"))
 
-# Verdict thresholds.
+# Verdict thresholds: the defaults of Thresholds (config [health], per monitor).
 WINDOW = 10.0  # seconds of samples behind the current figures
 BASELINE_WINDOW = 300.0  # the baseline is the minimum RTT over this long
 RTT_FACTOR = 2.0  # degraded when p50 >= factor x baseline ...
@@ -50,11 +50,30 @@ MIN_RTT_SAMPLES = 3
 RETRANS_RATIO = 0.01  # degraded at 1% retransmitted segments ...
 MIN_SEGMENTS = 50  # ... over at least this many data segments ...
 MIN_RETRANS = 3  # ... and at least this many retransmits
+MIN_RTO = 1  # degraded at this many RTOs in the window
 HEALTHY = "healthy"
 DEGRADED = "degraded"
 LOCAL_DROPS = "dropped on this box"  # how a drop verdict's reason begins
 _DROP_REASONS_SHOWN = 2  # reasons a verdict names, most packets first
 DROP_REMOTES = 256  # remote addresses per interval whose drops reach their groups
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """When a series is degraded (config.py's [health] table and each
+    [[monitor]]'s keys of the same names; validated there). The defaults
+    are the constants above."""
+
+    rtt_factor: float = RTT_FACTOR
+    rtt_floor_us: float = RTT_FLOOR_US
+    min_rtt_samples: int = MIN_RTT_SAMPLES
+    retransmit_ratio: float = RETRANS_RATIO
+    min_segments: int = MIN_SEGMENTS
+    min_retransmits: int = MIN_RETRANS
+    min_rto: int = MIN_RTO
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 def conn_words(words: np.ndarray) -> np.ndarray:
@@ -333,7 +352,13 @@ class _Series:
         )
 
 
-def _judge(scope: str, name: str, series: _Series, where: str) -> tuple[HealthGroup, list[str]]:
+def _judge(
+    scope: str,
+    name: str,
+    series: _Series,
+    where: str,
+    th: Thresholds = DEFAULT_THRESHOLDS,
+) -> tuple[HealthGroup, list[str]]:
     """Figures and verdict of one series; `where` ends the reasons ("to X")."""
     rtts, retrans, segs, rto, base = series.figures()
     p50 = float(np.percentile(rtts, 50)) if len(rtts) else None
@@ -343,19 +368,19 @@ def _judge(scope: str, name: str, series: _Series, where: str) -> tuple[HealthGr
     if (
         p50 is not None
         and base
-        and len(rtts) >= MIN_RTT_SAMPLES
-        and p50 >= RTT_FACTOR * base
-        and p50 - base >= RTT_FLOOR_US
+        and len(rtts) >= th.min_rtt_samples
+        and p50 >= th.rtt_factor * base
+        and p50 - base >= th.rtt_floor_us
     ):
         problems.append(f"RTT {p50 / base:.1f}x baseline ({p50 / 1000:.1f} ms)")
     if (
         ratio is not None
-        and segs >= MIN_SEGMENTS
-        and retrans >= MIN_RETRANS
-        and ratio >= RETRANS_RATIO
+        and segs >= th.min_segments
+        and retrans >= th.min_retransmits
+        and ratio >= th.retransmit_ratio
     ):
         problems.append(f"{ratio * 100:.1f}% retransmits")
-    if rto:
+    if rto and rto >= th.min_rto:
         problems.append(f"{rto} RTO{'s' if rto > 1 else ''}")
     verdict = DEGRADED if problems else HEALTHY
     reason = f"{', '.join(problems)} {where}" if problems else ""
@@ -371,7 +396,9 @@ class HealthTracker:
         ifname: Callable[[int], str] = str,
         group_of: GroupNamer = prefix_group,
         max_groups: int = 4096,
+        thresholds: Thresholds = DEFAULT_THRESHOLDS,
     ) -> None:
+        self.thresholds = thresholds  # config [health]; may be replaced at a reload
         self._ifname = ifname
         self._group_of = group_of
         self._max_groups = max_groups
@@ -545,16 +572,18 @@ class HealthTracker:
         pair_problems: dict[int, dict[str, list[str]]] = {}
         for (ifindex, name), s in self._series.items():
             if ifindex is not None and name is not None:
-                g, problems = _judge("pair", name, s, "")
+                g, problems = _judge("pair", name, s, "", self.thresholds)
                 if g.retransmits or g.rtt_p50_us is not None or g.rto:
                     per_if.setdefault(ifindex, []).append(g.degraded)
                     pair_problems.setdefault(ifindex, {})[name] = problems
         for (ifindex, name), s in self._series.items():
             if ifindex is None and name is not None:
-                out.append(_judge("remote", name, s, f"to {name}")[0])
+                out.append(_judge("remote", name, s, f"to {name}", self.thresholds)[0])
             elif ifindex is not None and name is None:
                 ifn = self._ifname(ifindex)
-                g, problems = _judge("interface", ifn, s, f"on {ifn} to all destinations")
+                g, problems = _judge(
+                    "interface", ifn, s, f"on {ifn} to all destinations", self.thresholds
+                )
                 states = per_if.get(ifindex, [])
                 bad = [n for n, p in pair_problems.get(ifindex, {}).items() if p]
                 if len(states) > 1 and not all(states) and bad:
@@ -614,3 +643,10 @@ def _badness(g: HealthGroup) -> tuple[int, float, float]:
     ratio = g.retransmit_ratio or 0.0
     rtt = (g.rtt_p50_us or 0.0) / g.rtt_baseline_us if g.rtt_baseline_us else 0.0
     return (int(g.degraded), ratio, rtt)
+
+
+# One group's window and its verdict, for trackers of other groups
+# (query/monitors.py): the same figures and the same logic as the groups here.
+Series = _Series
+judge = _judge
+add_rows = HealthTracker._add_rows

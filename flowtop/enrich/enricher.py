@@ -48,7 +48,7 @@ class Entity:
     country: str | None = None  # ISO 3166 code, e.g. "US"
     city: str | None = None
     label: str | None = None  # CIDR label name
-    zone: str | None = None  # the label's zone=...
+    zone: str | None = None  # the label's zone=..., else the host zone for a local address
     local: bool = False  # address is in one of this host's networks
 
 
@@ -66,6 +66,9 @@ class EnrichOptions:
     default_dirs: Sequence[str] = geo.DEFAULT_DIRS
     cache_max: int = 1 << 20  # addresses remembered; the cache is emptied when full
     local_refresh_s: float = 30.0  # re-read interface addresses (auto-detect only)
+    # The zone of this host's own addresses (local networks) that no label
+    # gives a zone: config [enrich] host_zone.
+    host_zone: str | None = None
 
 
 _DISABLED = {KIND_ASN: "ASN enrichment disabled", KIND_CITY: "city/country enrichment disabled"}
@@ -325,7 +328,7 @@ class Enricher:
             country=country if isinstance(country, str) else None,
             city=city if isinstance(city, str) else None,
             label=label.name if label else None,
-            zone=label.zone if label else None,
+            zone=(label.zone if label else None) or (self.options.host_zone if local else None),
             local=bool(local),
         )
         eid = self._entity_ids.get(ent)
@@ -426,6 +429,13 @@ class Enricher:
         """Failures so far: databases that could not be opened or read, labels
         files refused at a reload (the engine shows them as enrich_errors)."""
         return self._asn.errors + self._city.errors + self._label_errors
+
+    @property
+    def zoned(self) -> bool:
+        """Any zone configured: a host zone, or a label with zone=."""
+        if self.options.host_zone:
+            return True
+        return self._labels is not None and any(lb.zone for lb in self._labels.labels)
 
     @property
     def active(self) -> bool:

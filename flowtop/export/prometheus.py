@@ -10,7 +10,9 @@ Label sets are bounded: at most max_series (interface, direction, protocol)
 series; flows of further combinations are counted in one series labelled
 "other", and a series once created keeps its labels (counters stay monotonic).
 The families by socket owner (service, container) are bounded the same way,
-each on its own.
+each on its own, and so are the zone pairs (flowtop_zone_*: one "other"
+pair past max_series). The monitor families (flowtop_monitor_*) have a
+series per configured monitor: the config bounds them (config.MAX_MONITORS).
 
 Which per-flow fields feed which family, under what name and help, is in
 core/fields.py (Field.metrics): every kernel counter with a family labelled
@@ -44,6 +46,8 @@ from flowtop.kernel import counters
 from flowtop.kernel.collector import Drain
 from flowtop.kernel.dropreasons import DropReasons
 from flowtop.listen import counters as listen_counters
+from flowtop.query.monitors import LOCAL_TO_REMOTE, REMOTE_TO_LOCAL, MonitorStatus
+from flowtop.query.zones import ZoneStep
 
 OTHER = ("other", "other", "other")
 # The kernel counters summed per (interface, direction, protocol) series, with
@@ -110,6 +114,12 @@ class MetricsSnapshot:
     # reason name -> (packets, bytes) the kernel dropped (flowtop_drops_total);
     # None: drops not collected (no family then)
     drops: tuple[tuple[str, int, int], ...] | None = None
+    # (src zone, dst zone), bytes, packets per zone pair (add_zones)
+    zones: tuple[tuple[tuple[str, str], int, int], ...] = ()
+    monitors: tuple[MonitorStatus, ...] = ()  # the configured monitors (set_monitors)
+
+
+ZONE_OTHER = ("other", "other")  # the zone pair past max_series
 
 
 # RTT histogram buckets, seconds: LAN to intercontinental to a bad day.
@@ -138,6 +148,9 @@ class FlowMetrics:
         # drop reason name -> [packets, bytes]; None until a drain carries drops.
         # Names come from the kernel's enum: the label set is bounded by it.
         self._drops: dict[str, list[int]] | None = None
+        # (src zone, dst zone) -> [bytes, packets]; ZONE_OTHER is the overflow
+        self._zones: dict[tuple[str, str], list[int]] = {}
+        self._monitors: tuple[MonitorStatus, ...] = ()
         # Received flows (--listen): (exporter, records, lost) per exporter, at
         # most max_series (the rest summed as "other"); None: not listening.
         self.listen: tuple[tuple[str, int, int], ...] | None = None
@@ -232,6 +245,21 @@ class FlowMetrics:
                     slot = series.setdefault(OWNER_OTHER if full else name, [0, 0])
                 slot[0] += int(nb)
                 slot[1] += int(npk)
+
+    def add_zones(self, step: ZoneStep) -> None:
+        """One interval's bytes and packets per zone pair (query/zones.py:
+        counted once), at most max_series pairs (the last one "other")."""
+        for pair, nb, npk in step.pairs:
+            slot = self._zones.get(pair)
+            if slot is None:
+                full = len(self._zones) - (ZONE_OTHER in self._zones) >= self.max_series - 1
+                slot = self._zones.setdefault(ZONE_OTHER if full else pair, [0, 0])
+            slot[0] += nb
+            slot[1] += npk
+
+    def set_monitors(self, statuses: tuple[MonitorStatus, ...]) -> None:
+        """The monitors after this step (query/monitors.MonitorTracker)."""
+        self._monitors = statuses
 
     def add_drain(self, drain: Drain) -> None:
         """Fold one interval's drained flows into the (ifindex, dir, proto)
@@ -342,6 +370,8 @@ class FlowMetrics:
                 if self._drops is None
                 else tuple((n, v[0], v[1]) for n, v in sorted(self._drops.items()))
             ),
+            zones=tuple((pair, v[0], v[1]) for pair, v in self._zones.items()),
+            monitors=self._monitors,
         )
 
     @property
@@ -423,6 +453,8 @@ class FlowtopCollector(Collector):
         yield from self._tcp(s)
         yield from self._owner_families(s)
         yield from self._drop_families(s)
+        yield from self._zone_families(s)
+        yield from self._monitor_families(s)
         yield from self._listen_families(self._metrics.listen, s.health.kernel)
         errs = CounterMetricFamily("flowtop_errors", "errors by subsystem", labels=["subsystem"])
         merged = dict(s.errors)
@@ -466,6 +498,78 @@ class FlowtopCollector(Collector):
                 f"listener: {name[7:].replace('_', ' ')}",
                 value=kernel.get(name, 0),
             )
+
+    @staticmethod
+    def _zone_families(s: MetricsSnapshot) -> Iterator[Metric]:
+        labels = ["src_zone", "dst_zone"]
+        nbytes = CounterMetricFamily(
+            "flowtop_zone_bytes", "IP bytes between zones (each packet once, also when "
+            "forwarded), by the zones of the source and destination ends", labels=labels,
+        )  # fmt: skip
+        packets = CounterMetricFamily(
+            "flowtop_zone_packets", "packets between zones, by source and destination zone",
+            labels=labels,
+        )  # fmt: skip
+        for pair, b, p in s.zones:
+            nbytes.add_metric(list(pair), b)
+            packets.add_metric(list(pair), p)
+        yield nbytes
+        yield packets
+
+    @staticmethod
+    def _monitor_families(s: MetricsSnapshot) -> Iterator[Metric]:
+        way = ["monitor", "direction"]
+        nbytes = CounterMetricFamily(
+            "flowtop_monitor_bytes", "IP bytes of a monitor's flows, local_to_remote or "
+            "remote_to_local (each packet once)", labels=way,
+        )  # fmt: skip
+        packets = CounterMetricFamily(
+            "flowtop_monitor_packets", "packets of a monitor's flows, by direction", labels=way
+        )
+        # A summary: the quantiles over the health window (as a client
+        # library's summary has them over its window), count and sum since the start.
+        rtt = Metric(
+            "flowtop_monitor_rtt_seconds",
+            "RTT samples of a monitor's TCP flows: quantiles 0.5 and 0.95 over the health window",
+            "summary",
+        )
+        ratio = GaugeMetricFamily(
+            "flowtop_monitor_retransmit_ratio",
+            "retransmitted / sent data segments of a monitor's TCP flows over the health window",
+            labels=["monitor"],
+        )
+        retrans = CounterMetricFamily(
+            "flowtop_monitor_retransmits", "retransmitted segments of a monitor's TCP flows",
+            labels=["monitor"],
+        )  # fmt: skip
+        rto = CounterMetricFamily(
+            "flowtop_monitor_rto", "retransmission timeouts of a monitor's TCP flows",
+            labels=["monitor"],
+        )  # fmt: skip
+        degraded = GaugeMetricFamily(
+            "flowtop_monitor_degraded",
+            "1 when a monitor's health verdict is degraded (the reason is in dump and the "
+            "live view)",
+            labels=["monitor"],
+        )
+        for m in s.monitors:
+            for d, b, p in (
+                (LOCAL_TO_REMOTE, m.local_to_remote_bytes, m.local_to_remote_packets),
+                (REMOTE_TO_LOCAL, m.remote_to_local_bytes, m.remote_to_local_packets),
+            ):
+                nbytes.add_metric([m.name, d], b)
+                packets.add_metric([m.name, d], p)
+            for q, v in (("0.5", m.rtt_p50_us), ("0.95", m.rtt_p95_us)):
+                if v is not None:
+                    rtt.add_sample(rtt.name, {"monitor": m.name, "quantile": q}, v / 1e6)
+            rtt.add_sample(f"{rtt.name}_count", {"monitor": m.name}, m.rtt_samples_total)
+            rtt.add_sample(f"{rtt.name}_sum", {"monitor": m.name}, m.rtt_sum_us_total / 1e6)
+            if m.retransmit_ratio is not None:
+                ratio.add_metric([m.name], m.retransmit_ratio)
+            retrans.add_metric([m.name], m.retransmits_total)
+            rto.add_metric([m.name], m.rto_total)
+            degraded.add_metric([m.name], int(m.degraded))
+        yield from (nbytes, packets, rtt, ratio, retrans, rto, degraded)
 
     @staticmethod
     def _drop_families(s: MetricsSnapshot) -> Iterator[Metric]:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeVar
 
 import numpy as np
 
@@ -172,6 +173,18 @@ MPLS_ENTRY_MASK = MPLS_PRESENT - 1
 def mpls_label(mpls: int) -> int | None:
     """The 20-bit label of a FLOW_STATS.mpls value, None when there was none."""
     return (mpls & MPLS_ENTRY_MASK) >> 4 if mpls & MPLS_PRESENT else None
+
+
+# FLOW_STATS.tcp_flags: FT_TCP_SYN_ONLY, above the TCP flags byte: the flow
+# sent a SYN without ACK (its source is the connection's client).
+TCP_SYN_ONLY = 1 << 8
+TCP_WIRE_FLAGS = 0xFF  # the TCP header's flags byte (FIN .. CWR)
+_Flags = TypeVar("_Flags", int, np.ndarray)
+
+
+def tcp_wire_flags(flags: _Flags) -> _Flags:
+    """The TCP flags as on the wire (FT_TCP_SYN_ONLY off): what is shown and exported."""
+    return flags & TCP_WIRE_FLAGS
 
 
 FLOW_CACHE_ENTRY = np.dtype([("key", FLOW_KEY), ("stats", FLOW_STATS)])

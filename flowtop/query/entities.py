@@ -1,5 +1,7 @@
-"""Enrichment in the view: the enricher's entities as arrays, and the
-entity-keyed groups (asn, country, label) of the remote end of each flow.
+"""Enrichment in the view: the enricher's entities as arrays, the
+entity-keyed groups (asn, country, label) of the remote end of each flow,
+and the zone pair group (each end's zone: its label's, or the host zone for
+this host's own addresses; enrich/enricher.py decides).
 
 The flow table holds an entity id per end (src_ent, dst_ent; -1: not looked
 up yet, 0: nothing known); these turn ids into attribute arrays the filter
@@ -28,6 +30,9 @@ class EntityArrays:
         self._enricher = enricher
         self._n = -1
         self._attrs: dict[str, np.ndarray] = {}
+        # zone name -> id, in order of appearance ("" = no zone: 0), kept
+        # across rebuilds so a zone pair group keeps its row key.
+        self._zone_ids: dict[str, int] = {"": 0}
 
     def _refresh(self) -> None:
         ents = self._enricher.entities
@@ -38,7 +43,14 @@ class EntityArrays:
             "country": np.array([e.country or "" for e in ents], dtype=object),
             "label": np.array([e.label or "" for e in ents], dtype=object),
             "local": np.array([e.local for e in ents], dtype=bool),
+            "zone": np.array([e.zone or "" for e in ents], dtype=object),
         }
+        zones = self._zone_ids
+        for z in self._attrs["zone"].tolist():
+            zones.setdefault(z, len(zones))
+        self._attrs["zone_id"] = np.array(
+            [zones[z] for z in self._attrs["zone"].tolist()], dtype=np.int64
+        )
         labels = {v: i for i, v in enumerate(sorted(set(self._attrs["label"].tolist())))}
         self._attrs["label_id"] = np.array(
             [labels[v] for v in self._attrs["label"].tolist()], dtype=np.int64
@@ -58,6 +70,45 @@ class EntityArrays:
 
     def entity(self, eid: int) -> Entity:
         return self._enricher.entity(max(eid, 0))
+
+    def zone_name(self, zone_id: int) -> str | None:
+        """The zone of a zone_id (None: 0, no zone)."""
+        self._refresh()
+        for name, i in self._zone_ids.items():
+            if i == zone_id:
+                return name or None
+        return None
+
+    @property
+    def zoned(self) -> bool:
+        """Any zone configured (labels with zone=, or a host zone)."""
+        return bool(getattr(self._enricher, "zoned", False))
+
+
+NO_ZONE = "-"  # a flow end without a zone, in a zone pair
+
+
+def zone_pair_ids(
+    n: int, ents: tuple[np.ndarray, np.ndarray] | None, ea: EntityArrays | None
+) -> np.ndarray:
+    """The zone pair group of each of n flows: src zone id << 32 | dst zone
+    id (0 without enrichment or zones)."""
+    if ea is None or ents is None:
+        return np.zeros(n, dtype=np.uint64)
+    zid = ea.attr("zone_id")
+    src = zid[np.maximum(ents[0], 0)].astype(np.uint64)
+    dst = zid[np.maximum(ents[1], 0)].astype(np.uint64)
+    out: np.ndarray = src << np.uint64(32) | dst
+    return out
+
+
+def zone_pair_text(ea: EntityArrays | None, pair: int) -> str:
+    """'a→b' of a zone_pair_ids value ('-' for an end without a zone)."""
+    if ea is None:
+        return f"{NO_ZONE}→{NO_ZONE}"
+    src = ea.zone_name(pair >> 32) or NO_ZONE
+    dst = ea.zone_name(pair & 0xFFFF_FFFF) or NO_ZONE
+    return f"{src}→{dst}"
 
 
 def remote_entities(

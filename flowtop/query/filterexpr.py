@@ -10,6 +10,8 @@
            | proto NAME|N | tcp | udp | icmp | icmpv6 | sctp
            | iface NAME (glob) | in | out | vlan N
            | [src|dst] asn N | [src|dst] country CC | [src|dst] label NAME (glob)
+           | [src|dst] zone ZONE (glob) | cross-zone
+           | monitor NAME
            | proc GLOB | pid N | user NAME|UID | service GLOB
            | container ID-PREFIX | unattributed
            | dropped | drop REASON
@@ -35,6 +37,13 @@ name the running kernel does not have is an error when the filter runs.
 the engine joined to either end of each flow (query/names.py),
 case-insensitive: `name *.example.com`.
 
+Zones: `zone Z` tests the zone of either end (the zone of its label, or for
+this host's own addresses the configured host zone when no label gives one;
+query/entities.py), `src zone`/`dst zone` one end; `cross-zone` is a flow
+whose two ends both have a zone and the zones differ. `monitor NAME` is a
+flow in a configured monitor, either way (see monitor_ways and
+query/monitors.py); an unknown name is an error.
+
 The fleet terms test received flows (--listen) through the exporter table
 (query/exporters.py): `exporter A|CIDR` the exporter's address (any of its
 observation domains), `ifindex N` the interface index on the exporter (its
@@ -49,8 +58,8 @@ import ipaddress
 import pwd
 import re
 import socket
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -128,6 +137,21 @@ class Columns:
         out: np.ndarray = values[np.maximum(eids, 0)]
         return out
 
+    def entity_mask(
+        self, which: str, name: str, test: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """test over an entity attribute, per entity (a few hundred at most),
+        then per row of the src or dst end: what entity_attr then test gives,
+        without a value per row."""
+        if self.ents is None or self.entities is None:
+            raise FilterError(f"{name}: no enrichment (give --geoip-asn/--geoip-city/--labels)")
+        hit: np.ndarray = np.asarray(test(self.entities.attr(name)), dtype=bool)
+        eids = self.ents[0 if which == "src" else 1]
+        if not len(hit):
+            return np.zeros(len(eids), dtype=bool)
+        out: np.ndarray = hit[np.maximum(eids, 0)]
+        return out
+
     def owner(self, term: str) -> own.OwnerRows:
         """The rows' owners, for a filter term."""
         if self.owners is None:
@@ -154,6 +178,12 @@ class Columns:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    def rows(self, at: np.ndarray) -> Columns:
+        """These columns at some rows only: keys and entities (what a
+        monitor's terms read; the joined tables stay off)."""
+        ents = (self.ents[0][at], self.ents[1][at]) if self.ents is not None else None
+        return Columns(self.words[at], self.ifnames, ents, self.entities)
 
     def field(self, name: str) -> np.ndarray:
         """A scalar key member of every row (layout.FLOW_KEY_WORDS.fields)."""
@@ -239,8 +269,8 @@ def _port(field: str | None, port: int) -> Mask:
 def _entity(which: str | None, name: str, test: Callable[[np.ndarray], np.ndarray]) -> Mask:
     def f(c: Columns) -> np.ndarray:
         if which is not None:
-            return test(c.entity_attr(which, name))
-        out: np.ndarray = test(c.entity_attr("src", name)) | test(c.entity_attr("dst", name))
+            return c.entity_mask(which, name, test)
+        out: np.ndarray = c.entity_mask("src", name, test) | c.entity_mask("dst", name, test)
         return out
 
     return f
@@ -274,6 +304,107 @@ def _drop_reason(pattern: str) -> Mask:
         return rows.of_reasons(values, c.words)
 
     return mask
+
+
+def _cross_zone(c: Columns) -> np.ndarray:
+    src, dst = c.entity_attr("src", "zone_id"), c.entity_attr("dst", "zone_id")
+    out: np.ndarray = (src > 0) & (dst > 0) & (src != dst)
+    return out
+
+
+def end_view(c: Columns, which: str) -> Columns:
+    """The rows as if both their ends were the src (or dst) end: an
+    expression evaluated on it says whether that one end matches (host, net,
+    port, label, zone... of either end then test that end; the protocol,
+    interface, direction and VLAN are the row's own)."""
+    words = np.array(c.words, copy=True)
+    other = "dst" if which == "src" else "src"
+    words[:, _KEY.spans[other]] = c.words[:, _KEY.spans[which]]
+    port = _KEY.field(c.words, "sport" if which == "src" else "dport")
+    _KEY.set_field(words, "dport" if which == "src" else "sport", port)
+    ents = c.ents
+    if ents is not None:
+        end = ents[0] if which == "src" else ents[1]
+        ents = (end, end)
+    return replace(c, words=words, ents=ents)
+
+
+def monitor_ways(
+    c: Columns, local: Mask, remote: Mask, src: Columns | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(local->remote, remote->local) masks of a monitor over the rows: a row
+    goes local->remote when its source end matches `local` and its
+    destination end `remote` (each end tested alone: end_view), and
+    remote->local the other way round; a row that is both is local->remote.
+    src: end_view(c, "src") when the caller has it (several monitors)."""
+    src = src if src is not None else end_view(c, "src")
+    # The destination end is tested only where the source end matched (a
+    # monitor's ends are usually narrow: most rows are out after one test).
+    up = _where(local(src), remote, c)
+    down = _where(remote(src) & ~up, local, c)
+    return up, down
+
+
+def _where(sel: np.ndarray, dst_test: Mask, c: Columns) -> np.ndarray:
+    """sel, narrowed to the rows whose destination end passes dst_test."""
+    at = np.flatnonzero(sel)
+    out = np.zeros(len(c), dtype=bool)
+    if len(at):
+        out[at] = dst_test(end_view(c.rows(at), "dst"))
+    return out
+
+
+# The configured monitors by name (set_monitors: the run, from the config;
+# the `monitor NAME` term looks a name up when it is parsed).
+_MONITORS: dict[str, tuple[Mask, Mask]] = {}
+
+
+def set_monitors(monitors: Sequence[tuple[str, str, str]]) -> None:
+    """The monitors `monitor NAME` knows: (name, local, remote expression)."""
+    compiled = {name: (parse(lo).mask, parse(re_).mask) for name, lo, re_ in monitors}
+    _MONITORS.clear()
+    _MONITORS.update(compiled)
+
+
+def _monitor(name: str, where: str) -> Mask:
+    ends = _MONITORS.get(name)
+    if ends is None:
+        known = ", ".join(sorted(_MONITORS)) or "none configured"
+        raise FilterError(f"unknown monitor {name!r} ({where}; known: {known})")
+    local, remote = ends
+
+    def f(c: Columns) -> np.ndarray:
+        up, down = monitor_ways(c, local, remote)
+        out: np.ndarray = up | down
+        return out
+
+    return f
+
+
+class _NoEntities:
+    """Entity attributes of no entity at all (check_static)."""
+
+    def attr(self, name: str) -> np.ndarray:
+        return np.zeros(0, dtype=object if name in ("country", "label", "zone") else np.int64)
+
+
+def check_static(text: str) -> Filter:
+    """Parses an expression that must be answerable from flow keys and
+    enrichment alone (a monitor's ends): owner, drop, wire name and exporter
+    terms are refused, as is `monitor`."""
+    flt = parse(text)
+    empty = np.zeros((0, _KEY.count), dtype=np.uint64)
+    none = np.zeros(0, dtype=np.int32)
+    cols = Columns(empty, {}, (none, none), _NoEntities())
+    try:
+        flt(cols)
+    except FilterError as exc:
+        term = str(exc).split(":", 1)[0]
+        raise FilterError(
+            f"{term}: a monitor takes terms of flow keys and enrichment only "
+            "(not socket owners, drops, wire names or exporters)"
+        ) from None
+    return flt
 
 
 def _owner_eq(term: str, column: str, value: int) -> Mask:
@@ -382,7 +513,7 @@ class _Parser:
         word = tok.lower()
         if word in ("src", "dst"):
             nxt = self.peek()
-            if nxt in ("asn", "as", "country", "label"):
+            if nxt in ("asn", "as", "country", "label", "zone"):
                 return self.entity_term(word, self.take().lower())
             if nxt == "net":
                 self.take()
@@ -415,8 +546,12 @@ class _Parser:
             return _field_eq("direction", layout.DIR_EGRESS)
         if word == "vlan":
             return _field_eq("vlan", self.number("a VLAN ID", 0, 4095))
-        if word in ("asn", "as", "country", "label"):
+        if word in ("asn", "as", "country", "label", "zone"):
             return self.entity_term(None, word)
+        if word == "cross-zone":
+            return _cross_zone
+        if word == "monitor":
+            return _monitor(self.need("a monitor name"), where)
         if word in ("proc", "pid", "user", "service", "container", "unattributed"):
             return self.owner_term(word)
         if word == "dropped":
@@ -452,6 +587,8 @@ class _Parser:
                 raise FilterError(f"not a two-letter country code: {tok!r} ({where})")
             cc = tok.upper()
             return _entity(which, "country", lambda v: v == cc)
+        if word == "zone":
+            return _entity(which, "zone", _glob(self.need("a zone name")))
         return _entity(which, "label", _glob(self.need("a label name")))
 
     def owner_term(self, word: str) -> Mask:

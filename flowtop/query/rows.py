@@ -12,7 +12,7 @@ from flowtop.core.flowtable import NS
 from flowtop.core.model import proto_name
 from flowtop.core.owners import UID_NONE
 from flowtop.kernel import layout
-from flowtop.query.entities import EntityArrays, group_value
+from flowtop.query.entities import EntityArrays, group_value, zone_pair_text
 from flowtop.query.grouping import Aggregate, service_port
 from flowtop.query.names import NO_NAME, NameArrays, shown_id, source_name
 from flowtop.query.owners import (
@@ -22,7 +22,7 @@ from flowtop.query.owners import (
     UNATTRIBUTED_GROUP,
     OwnerArrays,
 )
-from flowtop.query.types import ENTITY_GROUPS, NAME_GROUPS, OWNER_GROUPS, ViewRow
+from flowtop.query.types import ENTITY_GROUPS, NAME_GROUPS, OWNER_GROUPS, ZONE_GROUPS, ViewRow
 from flowtop.sanitize import clean
 
 # The columns each group keeps (the others are None in its rows).
@@ -42,7 +42,13 @@ _GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "container": (),
     "name": (),
     "exporter": (),  # the group value: the exporter's address (query/exporters.py)
+    "zone": (),  # the group value: "src zone→dst zone" (query/entities.py)
+    # client (src) and server (dst); iface and the up/down columns come from
+    # query/conversations.row_fields
+    "conversation": ("src", "dst", "ports", "proto", "vlan"),
 }
+# Groups whose rows carry a representative flow's owner and names.
+_FLOW_LIKE = ("flow", "conversation")
 
 
 def _addr(raw: bytes, version: int) -> str:
@@ -121,6 +127,8 @@ def _group_value(
     if group in NAME_GROUPS:
         nid = int(shown_id({n: c[i : i + 1] for n, c in a.wire.items()})[0]) if a.wire else 0
         return (na.name(nid) if na is not None else None) or NO_NAME
+    if group in ZONE_GROUPS:
+        return zone_pair_text(ea, int(a.ids[i]))
     return None
 
 
@@ -149,9 +157,12 @@ def view_rows(
     group_eid: np.ndarray | None = None,
     oa: OwnerArrays | None = None,
     na: NameArrays | None = None,
+    conv: tuple[list[str], list[dict[str, object]]] | None = None,
 ) -> list[ViewRow]:
     """Rows `order` of a (in that order), as a query grouped by `group` shows
-    them; offset: the table's clock offset (monotonic ns -> wall-clock seconds).
+    them; offset: the table's clock offset (monotonic ns -> wall-clock seconds);
+    conv: a conversation row's iface and own fields, per row of order
+    (conversations.row_fields).
 
     The columns are read for those rows at once (numpy -> Python values in one
     tolist each, not a numpy scalar per field per row): the view builds
@@ -180,7 +191,7 @@ def view_rows(
     out = []
     for j, i in enumerate(at.tolist()):
         ver, proto, ifindex, rtt = vers[j], protos[j], ifindexes[j], int(rtts[j])
-        iface = None
+        iface = conv[0][j] if conv is not None else None
         if "iface" in shown:
             iface = ifaces.get(ifindex)
             if iface is None:
@@ -204,14 +215,15 @@ def view_rows(
                 flows=int(flows[j]),
                 first_seen=int(firsts[j]) / NS + offset,
                 last_seen=int(lasts[j]) / NS + offset,
-                tcp_flags=int(flags[j]),
+                tcp_flags=layout.tcp_wire_flags(int(flags[j])),
                 rtt_us=float(rtt) if rtt else None,
                 retransmits=int(retrans[j]) if known[j] else None,
                 group=_group_value(a, i, group, ea, group_eid, oa, na),
                 drops=int(drops[j]) if drops is not None else 0,
                 **_ends(a, i, ea, shown),  # type: ignore[arg-type]
-                **(_owner(a, i, oa) if group == "flow" else {}),  # type: ignore[arg-type]
-                **(_wire(a, i, na) if group == "flow" else {}),  # type: ignore[arg-type]
+                **(_owner(a, i, oa) if group in _FLOW_LIKE else {}),  # type: ignore[arg-type]
+                **(_wire(a, i, na) if group in _FLOW_LIKE else {}),  # type: ignore[arg-type]
+                **(conv[1][j] if conv is not None else {}),  # type: ignore[arg-type]
             )
         )
     return out

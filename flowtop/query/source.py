@@ -23,9 +23,10 @@ from flowtop.core.model import InterfaceCounters
 from flowtop.query.entities import EntityArrays
 from flowtop.query.exporters import ExporterArrays, ExporterRates, FleetSource
 from flowtop.query.filterexpr import Filter, FilterError, parse
+from flowtop.query.monitors import tracker_of
 from flowtop.query.names import NameArrays
 from flowtop.query.owners import OwnerArrays, available
-from flowtop.query.tablequery import query_table
+from flowtop.query.tablequery import conversation_flows, query_table
 from flowtop.query.types import ExporterRow, InterfaceRow, Snapshot, ViewQuery, ViewRow
 from flowtop.sanitize import clean
 
@@ -149,6 +150,7 @@ class TableSource:
             self._remember(rows)
             health = self.engine.health()
             counters = health.as_dict()
+            tracker = tracker_of(self.engine)  # monitors and zones (the engine's thread)
             return Snapshot(
                 time=self._now,
                 interval=self.interval,
@@ -166,6 +168,8 @@ class TableSource:
                 tcp_health=tuple(self.engine.tcp_health.groups() if self.engine.tcp_health else ()),
                 drops=drop_summary(dt, table) if dt is not None else None,
                 exporters=self._exporters,
+                monitors=tracker.statuses() if tracker is not None else (),
+                cross_zone_bps=tracker.cross_zone_bps if tracker is not None else None,
             )
 
     def _entity_arrays(self) -> EntityArrays | None:
@@ -222,6 +226,23 @@ class TableSource:
     def history(self, row_key: str) -> list[tuple[float, float]]:
         with self._lock:
             return list(self._history.get(row_key, ()))
+
+    def conversation_flows(self, row_key: str) -> list[ViewRow]:
+        """The flow rows (every leg and direction) of a conversation row, by
+        its key ("conversation:<id>"), most bytes first; [] for another row
+        or a conversation that ended."""
+        group, _, hexid = row_key.partition(":")
+        if group != "conversation":
+            return []
+        try:
+            conv_id = int(hexid, 16)
+        except ValueError:
+            return []
+        with self._lock:
+            ifnames = dict(self.engine.collector.names())
+            dt = getattr(self.engine, "drops", None)
+            ea, oa, na = self._entity_arrays(), self._owner_arrays(), self._name_arrays()
+            return conversation_flows(self.engine.table, conv_id, ifnames, ea, oa, dt, na)
 
     def stop(self) -> None:
         """Make a step() in progress return now (no more steps are wanted)."""

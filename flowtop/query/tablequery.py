@@ -17,6 +17,15 @@ from flowtop.core import fields
 from flowtop.core.drops import DropRows, DropTable
 from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
+from flowtop.query.conversations import (
+    COUNTER_SORTS,
+    RowOrder,
+    conversations,
+    dense_sorted,
+    groups_of,
+    row_fields,
+    top_groups,
+)
 from flowtop.query.entities import EntityArrays, entity_groups
 from flowtop.query.exporters import OTHER, ExporterArrays
 from flowtop.query.filterexpr import Columns, Filter
@@ -32,13 +41,16 @@ from flowtop.query.owners import (
 )
 from flowtop.query.rows import view_rows
 from flowtop.query.types import (
+    CONVERSATION_GROUPS,
     ENTITY_GROUPS,
     FLEET_GROUPS,
     NAME_GROUPS,
     OWNER_GROUPS,
+    ZONE_GROUPS,
     ViewQuery,
     ViewRow,
 )
+from flowtop.query.zones import zone_counted
 
 # Sort keys of the flow view that are one table column each: the counters and
 # times the kernel gives and the rates the table derives (core/fields.py).
@@ -151,6 +163,70 @@ def _drop_reasons(
     return out
 
 
+def _conversations(
+    table: FlowTable,
+    query: ViewQuery,
+    flt: Filter,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
+    oa: OwnerArrays | None = None,
+    dt: DropTable | None = None,
+    na: NameArrays | None = None,
+    fa: ExporterArrays | None = None,
+) -> tuple[list[ViewRow], int]:
+    """One row per conversation of the matching flows (query/conversations.py):
+    the filter picks flow rows, their conversations aggregate them."""
+    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
+    if len(rows) == 0:
+        return [], 0
+    if query.sort in COUNTER_SORTS:
+        # Every conversation ranked by two bincounts over the rows in id order
+        # (kept from the last refresh); only the top ones' rows are gathered
+        # and aggregated.
+        rows, cid = RowOrder.of(table).of_rows(table, rows)
+        leg = table.column("conv_leg", rows)
+        inv, ids = dense_sorted(cid)
+        matched = len(ids)
+        col = _FLOW_SORT_COLUMNS[query.sort] if query.sort != "flows" else None
+        vals = np.asarray(table.column(col, rows), np.float64) if col is not None else None
+        keep = top_groups(inv, ids, leg, vals, query.descending, query.limit)
+        rows, cid, leg = rows[keep], cid[keep], leg[keep]
+    else:
+        cid = table.column("conv_id", rows)
+        leg = table.column("conv_leg", rows)
+    cols = _columns(table, rows, "flow", oa, na)
+    words = table.words_at(rows)
+    conv = conversations(words, cols, groups_of(words, cols["first_ns"], cid, leg))
+    if query.sort not in COUNTER_SORTS:
+        matched = len(conv.agg.ids)
+    order = sort_order(conv.agg, query.sort, query.descending, query.limit, ifnames)
+    more = row_fields(conv, order, ifnames)
+    off = table.clock_offset
+    out = view_rows(conv.agg, order, "conversation", off, ifnames, ea, None, oa, na, more)
+    return out, matched
+
+
+def conversation_flows(
+    table: FlowTable,
+    conv_id: int,
+    ifnames: Mapping[int, str],
+    ea: EntityArrays | None = None,
+    oa: OwnerArrays | None = None,
+    dt: DropTable | None = None,
+    na: NameArrays | None = None,
+) -> list[ViewRow]:
+    """The live flow rows of one conversation (every leg and direction), as
+    the flow view shows them, most bytes first: a conversation's detail."""
+    live = table.live_rows()
+    rows = live[table.column("conv_id", live) == np.uint64(conv_id)]
+    if len(rows) == 0:
+        return []
+    agg = aggregate(table.words_at(rows), _columns(table, rows, "flow", oa, na), "flow")
+    order = np.lexsort((agg.ids, -agg.bytes.astype(np.float64)))
+    out = view_rows(agg, order, "flow", table.clock_offset, ifnames, ea, None, oa, na)
+    return _drop_reasons(out, agg, order, dt)
+
+
 def query_table(
     table: FlowTable,
     query: ViewQuery,
@@ -166,6 +242,8 @@ def query_table(
     oa: the socket owners' names (None: attribution off, every flow in the
     "-" group of an owner group); fa: the exporters of received flows (None:
     not listening, every flow in the OTHER group of the exporter group)."""
+    if query.group_by in CONVERSATION_GROUPS:
+        return _conversations(table, query, flt, ifnames, ea, oa, dt, na, fa)
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
         return _top_flows(table, query, flt, ifnames, ea, oa, dt, na, fa)
     rows, words = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
@@ -187,6 +265,8 @@ def query_table(
             if oa is not None
             else np.zeros(len(rows), dtype=np.uint64)
         )
+    if query.group_by in ZONE_GROUPS:  # each packet once, also when forwarded
+        gid, cols = zone_counted(words, cols, _ents(table, rows) if ea is not None else None, ea)
     if query.group_by in FLEET_GROUPS:
         ifx = _KEY.field(words, "ifindex")
         gid = (

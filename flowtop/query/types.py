@@ -8,14 +8,17 @@ numpy and no Textual here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from flowtop.core.drops import DropSummary
 from flowtop.core.tcphealth import HealthGroup
 
+if TYPE_CHECKING:
+    from flowtop.query.monitors import MonitorStatus
+
 GROUPS = (
     "flow", "src", "dst", "pair", "port", "proto", "iface", "asn", "country", "label",
-    "process", "service", "container", "name", "exporter",
+    "process", "service", "container", "name", "exporter", "conversation", "zone",
 )  # fmt: skip
 # Groups by what enrichment knows of each flow's remote end.
 ENTITY_GROUPS = ("asn", "country", "label")
@@ -26,6 +29,11 @@ OWNER_GROUPS = ("process", "service", "container")
 NAME_GROUPS = ("name",)
 # Groups by the exporter a received flow came from (--listen; query/exporters.py).
 FLEET_GROUPS = ("exporter",)
+# One row per connection: a flow key and its reverse over every interface and
+# direction, each direction counted once (query/conversations.py).
+CONVERSATION_GROUPS = ("conversation",)
+# Groups by the zones of both ends, "a→b" (query/entities.zone_pair_ids).
+ZONE_GROUPS = ("zone",)
 SORT_KEYS = (
     "bps",
     "pps",
@@ -118,6 +126,25 @@ class ViewRow:
     dst_name: str | None = None
     name_cname: str | None = None
     name_source: str | None = None
+    # A conversation row (group "conversation", query/conversations.py); None
+    # in every other row. src/sport is the client end, dst/dport the server;
+    # bps/pps/bytes/packets are both directions together; up = client->server,
+    # down = server->client, each direction counted once (its ingress rows if
+    # it has any, else its egress rows); iface is "IN→OUT" for a forwarded
+    # conversation, else the one interface; role: "client" (this host is the
+    # client), "server" or "forwarded"; flows: its flow rows (legs x
+    # directions); rtt_us the worst of its rows; retransmits both directions.
+    role: str | None = None
+    up_bps: float | None = None
+    up_pps: float | None = None
+    up_bytes: int | None = None
+    up_packets: int | None = None
+    down_bps: float | None = None
+    down_pps: float | None = None
+    down_bytes: int | None = None
+    down_packets: int | None = None
+    up_retransmits: int | None = None
+    down_retransmits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +200,11 @@ class Snapshot:
     drops: DropSummary | None = None
     # The exporters heard from, busiest first; () when not listening.
     exporters: tuple[ExporterRow, ...] = ()
+    # The configured monitors ([[monitor]]; query/monitors.py), in config order.
+    monitors: tuple[MonitorStatus, ...] = ()
+    # Bits/s between two different zones over the last interval (query/zones.py);
+    # None when no zone is configured (the header shows nothing then).
+    cross_zone_bps: float | None = None
 
 
 class ViewSource(Protocol):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from flowtop.config import Config
 from flowtop.core.flowtable import FlowBatch
 from flowtop.errors import CollectorFailedError
+from flowtop.query import monitors
 from flowtop.query.types import ViewSource
 from flowtop.run.dump import Extras, FlowAccumulator, emit
 from flowtop.run.lifecycle import Parts, Run
@@ -33,11 +34,13 @@ def run_dump(
     as_json: bool,
     stop: StopSignal | None = None,
     parts: Parts | None = None,
+    conversations: bool = False,
 ) -> int:
     """Collect for `duration`, print. stop: the CLI's (installed before the
     imports); a stop before "collecting on" raises Interrupted (nothing
     printed, nothing left attached), one after it ends the run early and
-    prints what was collected. parts: how the Run makes its parts (tests)."""
+    prints what was collected. parts: how the Run makes its parts (tests).
+    conversations: dump --conversations (run/dumpconv.py)."""
     if stop is None:
         stop = StopSignal()
         stop.install()
@@ -59,7 +62,12 @@ def run_dump(
             engine.run(stop, duration=duration)
         except CollectorFailedError as exc:  # print what was collected, then its line
             failure = exc
+        tracker = monitors.tracker_of(engine)
+        if tracker is not None:
+            tracker.refresh_top(engine)  # while the flows are still in the table
         run.shutdown()
+        if tracker is not None:
+            tracker.observe(engine)  # the last drain's traffic into the monitors
         ifaces = engine.interface_counters()
         ifname = run.collector.names()
         flows = acc.per_key()
@@ -78,6 +86,8 @@ def run_dump(
             drops=engine.drops,
             wire=engine.names,
             exporters=getattr(run.collector, "exporters", list)(),  # --listen only
+            monitors=tracker.statuses() if tracker is not None else (),
+            conversations=conversations,
         )
         emit(flows, ifname, ifaces, health, as_json, extras=extras)
         if failure is not None:

@@ -30,6 +30,8 @@ from flowtop.core.model import (
 )
 from flowtop.core.owners import STATE_ATTRIBUTED, STATE_UNATTRIBUTED, OwnerNames
 from flowtop.core.tcphealth import HealthGroup
+from flowtop.kernel import layout
+from flowtop.query.monitors import MonitorStatus
 from flowtop.sanitize import clean
 from flowtop.wirenames.names import RDNS, SOURCE_NAMES
 
@@ -235,6 +237,8 @@ def _json_value(
         return _owner_value(f.name, r, owners)
     assert f.origin != fields.SHOWN, f"{f.name}: no JSON renderer"
     v = getattr(r, f.name)
+    if f.name == "tcp_flags":
+        return layout.tcp_wire_flags(v)
     return iso(r.unix(v)) if f.unit == fields.MONO_NS else v
 
 
@@ -281,6 +285,12 @@ class Extras:
     wire: WireLookup | None = None
     # --listen: ListenCollector.exporters(), one "exporter" line (JSON) or row each
     exporters: Sequence[Mapping[str, object]] = ()
+    # The configured monitors at the end (query/monitors.py): one "monitor"
+    # line (JSON) or row each
+    monitors: Sequence[MonitorStatus] = ()
+    # dump --conversations (run/dumpconv.py): a "conversation" line each
+    # before the flow lines (JSON), or their table instead of the flows' (text)
+    conversations: bool = False
 
 
 def write_json(
@@ -301,6 +311,8 @@ def write_json(
         out.write(json.dumps(line) + "\n")
     for g in extras.health:
         out.write(json.dumps(g.as_dict()) + "\n")
+    for m in extras.monitors:
+        out.write(json.dumps(m.as_dict()) + "\n")
     if extras.drops is not None:
         # Every drop of the run by reason, and those of packets no flow has
         # (egress drops before TC: core/drops.py).
@@ -360,8 +372,9 @@ def write_table(
     for r in records:
         name = ifname.get(r.key.ifindex, str(r.key.ifindex))
         rows.append(tuple(_cell(f, r, name, ent, extras.owners, extras.wire) for f, _ in cols))
-    _print_rows(out, rows, right={i for i, (_, t) in enumerate(cols) if t.right})
-    out.write("\n")
+    if not extras.conversations:  # else their table is printed in its place
+        _print_rows(out, rows, right={i for i, (_, t) in enumerate(cols) if t.right})
+        out.write("\n")
     irows: list[tuple[str, ...]] = [
         ("IFACE", "FAMILY", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES")
     ]
@@ -395,6 +408,26 @@ def write_table(
                 )
             )
         _print_rows(out, hrows, right={3, 4})
+        out.write("\n")
+    if extras.monitors:
+        mrows: list[tuple[str, ...]] = [
+            ("MONITOR", "OUT_BYTES", "IN_BYTES", "P50_MS", "P95_MS", "RETR%", "RTO", "VERDICT")
+        ]
+        for m in extras.monitors:
+            p50, p95, ratio = m.rtt_p50_us, m.rtt_p95_us, m.retransmit_ratio
+            mrows.append(
+                (
+                    m.name,
+                    str(m.local_to_remote_bytes),
+                    str(m.remote_to_local_bytes),
+                    f"{p50 / 1000:.2f}" if p50 is not None else "",
+                    f"{p95 / 1000:.2f}" if p95 is not None else "",
+                    f"{ratio * 100:.2f}" if ratio is not None else "",
+                    str(m.rto_total),
+                    f"{m.verdict}: {m.reason}" if m.reason else m.verdict,
+                )
+            )
+        _print_rows(out, mrows, right={1, 2, 3, 4, 5, 6})
         out.write("\n")
     if extras.exporters:
         xrows: list[tuple[str, ...]] = [
@@ -461,7 +494,7 @@ def _cell(
         port = k.sport if f.name == "src" else k.dport
         return endpoint(getattr(k, f.name), port, k.proto, k.ip_version)
     if f.name == "tcp_flags":
-        return tcp_flags_str(r.tcp_flags) if k.proto == 6 else ""
+        return tcp_flags_str(layout.tcp_wire_flags(r.tcp_flags)) if k.proto == 6 else ""
     if f.name == "vlan":
         return str(k.vlan) if k.vlan else ""
     if f.name == "rtt_us":
@@ -515,4 +548,8 @@ def emit(
     records = sorted_records(batch)
     if extras.drops is not None and extras.drops_of is None:
         extras = replace(extras, drops_of=_drops_of(extras.drops, batch))
+    if extras.conversations:
+        from flowtop.run.dumpconv import write_conversations  # it builds on this module
+
+        write_conversations(out, batch, ifname, as_json, extras)
     (write_json if as_json else write_table)(out, records, ifname, ifaces, health, extras)

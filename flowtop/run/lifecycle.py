@@ -102,7 +102,12 @@ class Parts:
         from flowtop.enrich import Enricher, EnrichOptions
 
         return Enricher(
-            EnrichOptions(geoip_asn=cfg.geoip_asn, geoip_city=cfg.geoip_city, labels=cfg.labels),
+            EnrichOptions(
+                geoip_asn=cfg.geoip_asn,
+                geoip_city=cfg.geoip_city,
+                labels=cfg.labels,
+                host_zone=cfg.host_zone,
+            ),
             warn=lambda msg: log.warning("%s", msg),
         )
 
@@ -258,12 +263,17 @@ class Run:
 
     def _start_replay(self, path: str) -> None:
         self._check()
+        from flowtop.query import monitors
+
         replay = self._parts.replay(path, self._speed)
         self.replay = self._own("the recording", replay, replay.close)
         self._engine = replay.engine
+        monitors.configure(self._engine, self.cfg)
         self._check()
 
     def _start_kernel(self) -> None:
+        from flowtop.query import monitors
+
         cfg, parts, check = self.cfg, self._parts, self._check
         check()
         self.enricher = self._own(
@@ -288,6 +298,7 @@ class Run:
             max_flows=c.max_flows, idle_timeout=c.idle_timeout, active_timeout=c.active_timeout
         )
         self._engine = Engine(source, table, interval=c.interval, enricher=self.enricher)
+        monitors.configure(self._engine, cfg)  # [health] thresholds, [[monitor]], zones
         if self.outputs is not None:
             self.outputs.attach(self._engine)
             metrics = self.outputs.metrics

@@ -14,6 +14,7 @@ from flowtop.core.engine import Engine
 from flowtop.errors import ConfigError, FlowtopError
 from flowtop.export.ipfix import IpfixExporter
 from flowtop.export.prometheus import FlowMetrics, MetricsServer
+from flowtop.query import monitors
 
 log = logging.getLogger("flowtop")
 
@@ -109,6 +110,11 @@ class Outputs:
             o = r.owners
             self.metrics.add_owners(o.service, o.container, o.nbytes, o.packets, o.unattributed)
         self.metrics.add_tcp(r.tcp)
+        tracker = monitors.tracker_of(engine)  # it observed this step before us
+        if tracker is not None:
+            if r.drain is not None and tracker.zoned:
+                self.metrics.add_zones(tracker.zones)
+            self.metrics.set_monitors(tracker.statuses())
         exporter: dict[str, int] = {}
         if self.ipfix is not None:
             st = self.ipfix.stats()  # totals over the collectors
@@ -136,6 +142,8 @@ class Outputs:
         goes; a Prometheus listener that cannot bind gets the old one back.
         """
         failed: list[str] = []
+        if self._engine is not None:  # [health] thresholds and [[monitor]] tables
+            monitors.configure(self._engine, cfg)
         if cfg.ipfix != self.ipfix_cfg:
             try:
                 new = self._new_ipfix(cfg.ipfix)

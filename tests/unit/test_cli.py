@@ -144,6 +144,7 @@ def _samples(tmp: Path) -> dict[str, tuple[list[str], object]]:
         "speed": (["3"], 3.0),
         "duration": (["7"], 7.0),
         "json": ([], True),
+        "conversations": ([], True),
         "interval": (["0.5"], 0.5),
         "all": ([], True),
     }

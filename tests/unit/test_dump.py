@@ -16,8 +16,8 @@ FIELDS = [
     "type", "iface", "ifindex", "direction", "ip_version", "proto", "proto_name", "src", "dst",
     "sport", "dport", "vlan", "packets", "bytes", "first_seen", "last_seen", "tcp_flags",
     "rtt_us", "rtt_min_us", "retransmits", "rto", "rtt_source",
-    "src_asn", "src_as_org", "src_country", "src_city", "src_label",
-    "dst_asn", "dst_as_org", "dst_country", "dst_city", "dst_label",
+    "src_asn", "src_as_org", "src_country", "src_city", "src_label", "src_zone",
+    "dst_asn", "dst_as_org", "dst_country", "dst_city", "dst_label", "dst_zone",
     "pid", "comm", "uid", "cgroup", "service", "container", "pod",
 ]  # fmt: skip
 

@@ -22,7 +22,7 @@ from flowtop.run.dump import Extras, FlowAccumulator, emit
 from .test_flowtable import T0, keys, stats
 
 ROOT = Path(__file__).resolve().parents[2]
-BOOKKEEPING = {"exp_packets", "exp_bytes", "exp_start_ns", "live"}
+BOOKKEEPING = {"exp_packets", "exp_bytes", "exp_start_ns", "live", "conv_leg"}
 
 
 def test_flow_record_has_one_attribute_per_record_field() -> None:

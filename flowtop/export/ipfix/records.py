@@ -111,6 +111,8 @@ _ENCODERS: dict[str, Encoder] = {
     "flowStartMilliseconds": lambda r, f: unix_ms(r.value(f), r.batch.clock_offset),
     "flowEndMilliseconds": lambda r, f: unix_ms(r.value(f), r.batch.clock_offset),
     "ipClassOfService": lambda r, f: (r.value(f).astype(np.uint8) & 0x3F) << 2,
+    # FT_TCP_SYN_ONLY is flowtop's, not a TCP flag (0x100 is NS in RFC 7125).
+    "tcpControlBits": lambda r, f: layout.tcp_wire_flags(r.value(f)),
     "mplsTopLabelStackSection": _mpls_entry,
 }  # fmt: skip
 
