@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from flowtop.errors import ConfigError, FlowtopError
-from flowtop.query.types import Snapshot, ViewQuery, ViewSource
+from flowtop.query.types import GROUPS, Snapshot, ViewQuery, ViewRow, ViewSource
 from flowtop.tui import themes
 from flowtop.tui.format import Display
 from flowtop.tui.history import RateHistory
@@ -33,6 +33,9 @@ from flowtop.tui.screens.help import HelpScreen
 from flowtop.tui.screens.main import MainScreen
 
 MIN_LIMIT = 50  # rows asked of the engine: a screenful and some
+# The live view opens on conversations: one row per connection, both
+# directions side by side (`g f`: the flow view, every leg and direction).
+DEFAULT_GROUP = "conversation"
 
 
 class NameSource(Protocol):
@@ -69,21 +72,25 @@ class FlowtopApp(App[None]):
         theme: str | None = None,
         resolve: bool = True,
         resolver: ResolverFactory | None = None,
+        group: str = DEFAULT_GROUP,
     ) -> None:
         super().__init__()
+        if group not in GROUPS:
+            raise ConfigError(f"unknown group {group!r}; groups: {', '.join(GROUPS)}")
         self.source = source
         self.theme_names = []
         for t in themes.load_themes():
             self.register_theme(t)
             self.theme_names.append(t.name)
         self.theme = self._theme_name(themes.pick_default(theme))
-        self.view_query = ViewQuery(limit=MIN_LIMIT)
+        self.view_query = ViewQuery(group_by=group, limit=MIN_LIMIT)
         self.display_opts = Display(resolve=resolve)
         self.paused = False
         self.latest: Snapshot | None = None  # newest from the engine
         self.shown: Snapshot | None = None  # what the screen shows (held while paused)
         self.history = RateHistory()
         self.detail_key: str | None = None
+        self.detail_legs = False  # the detail open is a conversation's: ask for its legs
         self.snapshots = 0  # received, for tests and benchmarks
         self._snap_lock = threading.Lock()
         self._make_resolver = resolver or dns_resolver
@@ -142,11 +149,20 @@ class FlowtopApp(App[None]):
         self._publish(requested=True)
 
     def _publish(self, requested: bool) -> None:
-        query, key = self.view_query, self.detail_key
+        query, key, want_legs = self.view_query, self.detail_key, self.detail_legs
         with self._snap_lock:
             snap = self.source.snapshot(query)
             history = tuple(self.source.history(key)) if key is not None else None
-        self.post_message(SnapshotReady(snap, history, key, requested))
+            legs = self._legs(key) if want_legs and key is not None else None
+        self.post_message(SnapshotReady(snap, history, key, requested, legs))
+
+    def _legs(self, key: str) -> tuple[ViewRow, ...] | None:
+        """A conversation's flow rows (query/source.TableSource.conversation_flows),
+        asked only while its detail is open; None from a source without them."""
+        flows_of: Callable[[str], list[ViewRow]] | None = getattr(
+            self.source, "conversation_flows", None
+        )
+        return tuple(flows_of(key)) if flows_of is not None else None
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -180,7 +196,13 @@ class FlowtopApp(App[None]):
             return
         if isinstance(screen, DetailScreen) and message.history_key == self.detail_key:
             rows = {r.key: r for r in snap.rows}
-            screen.update(rows.get(screen.row_key), message.history, self.display_opts, snap.time)
+            screen.update(
+                rows.get(screen.row_key),
+                message.history,
+                self.display_opts,
+                snap.time,
+                message.legs,
+            )
 
     def _draw(self) -> None:
         shown = self._with_resolver(self.shown)
@@ -230,11 +252,13 @@ class FlowtopApp(App[None]):
         row = next((r for r in self.shown.rows if r.key == key), None)
         if row is None:
             return
+        self.detail_legs = row.role is not None  # before the key: _publish reads both
         self.detail_key = key
         screen = DetailScreen(row, self.names, self.display_opts, self.shown.time)
 
         def closed(_: None) -> None:
             self.detail_key = None
+            self.detail_legs = False
 
         self.push_screen(screen, closed)
         self._requery()  # fetch its history now

@@ -8,6 +8,11 @@ columns (Process, Service, Container) come last in that order of priority:
 only where the width has room after every other column; the wire name
 (Name) after them.
 
+The conversation view (group "conversation") has columns of its own
+(choose_conversation): the client and server ends as addr:port, the role
+of this host, and each direction's figures side by side (up = client to
+server, down = server to client, on every row).
+
 A column showing a flow field is keyed by the field's name and takes its
 label, width and sort name from core/fields.py (Field.tui, Field.sort); its
 cell text is made here (CELLS).
@@ -106,6 +111,23 @@ def _container(r: ViewRow, d: Display, names: Names) -> str:
 
 CONTAINER_SHORT = 12
 
+
+def _maybe(value: float | None, show: Callable[[float], str]) -> str:
+    return "" if value is None else show(value)
+
+
+def _retr_updown(r: ViewRow, d: Display, names: Names) -> str:
+    """'up/down' retransmits ('3/0'); '-' for a direction that knows none."""
+    if r.up_retransmits is None and r.down_retransmits is None:
+        return "" if r.retransmits is None else fmt.count(r.retransmits)
+    up = "-" if r.up_retransmits is None else fmt.count(r.up_retransmits)
+    down = "-" if r.down_retransmits is None else fmt.count(r.down_retransmits)
+    return f"{up}/{down}"
+
+
+# What the Role column shows for query/types.ViewRow.role.
+ROLES = {"client": "client", "server": "server", "forwarded": "fwd"}
+
 CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "src": _addr("src"),
     # ICMP has no source port: its key keeps type/code in dport only.
@@ -129,6 +151,16 @@ CELLS: dict[str, Callable[[ViewRow, Display, Names], str]] = {
     "service": lambda r, d, n: clean_name(r.service or ""),
     "container": _container,
     "name": _name,
+    # The conversation view's own (cell() makes "client" and "server": they
+    # are cut in the address, never the port).
+    "client": lambda r, d, n: _end_text(r.src, r.sport, r.proto, d, n, client=True),
+    "server": lambda r, d, n: _end_text(r.dst, r.dport, r.proto, d, n, client=False),
+    "role": lambda r, d, n: ROLES.get(r.role or "", r.role or ""),
+    "up_bps": lambda r, d, n: _maybe(r.up_bps, lambda v: fmt.rate(v, d.bits)),
+    "down_bps": lambda r, d, n: _maybe(r.down_bps, lambda v: fmt.rate(v, d.bits)),
+    "up_bytes": lambda r, d, n: _maybe(r.up_bytes, lambda v: fmt.volume(v, d.bits)),
+    "down_bytes": lambda r, d, n: _maybe(r.down_bytes, lambda v: fmt.volume(v, d.bits)),
+    "retr_updown": _retr_updown,
 }
 
 # The view's own columns: what a group has that a single flow does not.
@@ -147,7 +179,22 @@ _FIELD_COLUMNS = tuple(
     for f in fields.FIELDS
     if (t := f.tui) is not None
 )
-COLUMNS: dict[str, Column] = {c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY, *_OWNER_COLUMNS)}
+# The conversation view's own: up (↑) is client to server, down (↓) server
+# to client. The sum columns (Rate, Total, Pkts) are the flow fields' and sort
+# as they do; ↑ and ↓ do not sort (no sort key of one direction).
+CONVERSATION_COLUMNS = (
+    Column("client", "Client", 16, "src", grow=30),
+    Column("server", "Server", 16, "dst", grow=30),
+    Column("role", "Role", 6, None),
+    Column("up_bps", "↑Rate", 9, None, numeric=True),
+    Column("down_bps", "↓Rate", 9, None, numeric=True),
+    Column("up_bytes", "↑Total", 7, None, numeric=True),
+    Column("down_bytes", "↓Total", 7, None, numeric=True),
+    Column("retr_updown", "Retr↑/↓", 7, "retrans", numeric=True),
+)
+COLUMNS: dict[str, Column] = {
+    c.key: c for c in (*_FIELD_COLUMNS, *_GROUP_ONLY, *_OWNER_COLUMNS, *CONVERSATION_COLUMNS)
+}
 assert COLUMNS.keys() == CELLS.keys(), "a column without a cell, or a cell without a column"
 KEY_COLUMNS = ("group", "src", "sport", "dst", "dport", "proto", "iface")
 # Shown when some row has a value, after the counters (Drops: when some row
@@ -170,6 +217,7 @@ _PRESENT: dict[str, Callable[[ViewRow], bool]] = {
     "iface": lambda r: r.iface is not None,
     "rtt_us": lambda r: r.rtt_us is not None,
     "retrans": lambda r: r.retransmits is not None,
+    "retr_updown": lambda r: r.retransmits is not None or r.up_retransmits is not None,
     "drop_packets": lambda r: r.drops > 0,
     "src_as": lambda r: bool(r.src_asn or r.src_country or r.src_label),
     "dst_as": lambda r: bool(r.dst_asn or r.dst_country or r.dst_label),
@@ -195,6 +243,7 @@ GROUP_COLUMNS = {
     "container": ("group",),
     "name": ("group",),
     "exporter": ("group",),
+    "conversation": ("client", "server", "proto", "iface"),
 }
 
 
@@ -206,6 +255,8 @@ def choose(
     rows: Sequence[ViewRow], group_by: str, display: Display, width: int
 ) -> tuple[Column, ...]:
     """The columns to show, in order, with widths filling `width` cells."""
+    if group_by == "conversation":
+        return choose_conversation(rows, display, width)
     keys = [k for k in GROUP_COLUMNS.get(group_by, KEY_COLUMNS)]
     if rows:
         keys = [k for k in KEY_COLUMNS if any(_PRESENT[k](r) for r in rows)]
@@ -228,6 +279,61 @@ def choose(
     return tuple(_grow(cols, width))
 
 
+def choose_conversation(
+    rows: Sequence[ViewRow], display: Display, width: int
+) -> tuple[Column, ...]:
+    """The conversation view's columns: client, server and both directions'
+    rates (or totals, cumulative) are never dropped; then the role, the sum,
+    the protocol, the interfaces, the other direction-pairs and TCP health,
+    drops, owners and the wire name as the width allows."""
+    up_down = ["up_bps", "down_bps", "bps"]
+    totals = ["up_bytes", "down_bytes", "bytes"]
+    if display.cumulative:
+        up_down, totals = totals, up_down
+    tcp = [k for k in ("rtt_us", "retr_updown") if any(_PRESENT[k](r) for r in rows)]
+    drops = [k for k in ("drop_packets",) if any(_PRESENT[k](r) for r in rows)]
+    ases = [k for k in ("src_as", "dst_as") if any(_PRESENT[k](r) for r in rows)]
+    owners = [k for k in OWNER_KEYS if any(_PRESENT[k](r) for r in rows)]
+    wire = [k for k in NAME_KEYS if any(_PRESENT[k](r) for r in rows)]
+    wanted = ["client", "server", *up_down[:2]]
+    optional = [
+        "role", up_down[2], "proto", "iface", *totals, *tcp, *drops, "packets", "flows",
+        *ases, *owners, *wire,
+    ]  # fmt: skip
+    cols = [COLUMNS[k] for k in wanted]
+    for k in optional:
+        if _span([*cols, COLUMNS[k]]) <= width:
+            cols.append(COLUMNS[k])
+    order = [
+        "client", "server", *NAME_KEYS, *OWNER_KEYS, "proto", "iface", "role", *up_down,
+        *totals, "packets", "flows", "rtt_us", "retr_updown", "drop_packets", "src_as", "dst_as",
+    ]  # fmt: skip
+    cols.sort(key=lambda c: order.index(c.key))
+    return tuple(_grow(cols, width))
+
+
+def _end_text(
+    addr: str | None, port: int | None, proto: int | None, d: Display, names: Names, client: bool
+) -> str:
+    return "".join(_end(addr, port, proto, d, names, client))
+
+
+def _end(
+    addr: str | None, port: int | None, proto: int | None, d: Display, names: Names, client: bool
+) -> tuple[str, str]:
+    """A conversation end as (address or name, ':port'); an IPv6 address in
+    brackets when a port follows; no port for ICMP's client end."""
+    if addr is None:
+        return "", ""
+    shown = (names(addr) or addr) if d.resolve else addr
+    p = fmt.source_port(port, proto, d.resolve) if client else fmt.port(port, proto, d.resolve)
+    if not p:
+        return shown, ""
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return shown, f":{p}"
+
+
 def _grow(cols: list[Column], width: int) -> list[Column]:
     """Hands spare width out one cell at a time to the columns that may grow."""
     spare = width - _span(cols)
@@ -247,7 +353,20 @@ def _grow(cols: list[Column], width: int) -> list[Column]:
 
 def cell(col: Column, row: ViewRow, display: Display, names: Names) -> str:
     """A cell's plain text, cut to the column width ('…' marks a cut)."""
+    if col.key in _ENDS:  # a conversation end: cut the address, keep the port
+        addr, port = _ENDS[col.key](row, display, names)
+        if len(addr) + len(port) > col.width:
+            keep = max(1, col.width - len(port) - 1)
+            addr = addr[:keep] + "…"
+        text = addr + port
+        return text if len(text) <= col.width else text[: col.width - 1] + "…"
     text = CELLS[col.key](row, display, names)
     if len(text) > col.width:
         text = text[: col.width - 1] + "…"
     return text
+
+
+_ENDS: dict[str, Callable[[ViewRow, Display, Names], tuple[str, str]]] = {
+    "client": lambda r, d, n: _end(r.src, r.sport, r.proto, d, n, client=True),
+    "server": lambda r, d, n: _end(r.dst, r.dport, r.proto, d, n, client=False),
+}

@@ -9,6 +9,11 @@ kernel, no sleeping unless asked for.
 `frames` steps advance the data; after that `step()` only waits `stall`
 seconds, so a test sees a stable screen after the first `frames` intervals.
 `paced=True` makes step() wait for each interval like a live source (benchmarks).
+
+`conversations=N` makes the flows the legs of N connections instead
+(conversation_flows): local ones (this host the client or the server, two
+rows) and forwarded ones (four rows: in on one interface and out on the
+other, both ways), each direction's legs carrying the same bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -100,6 +107,8 @@ class FakeEngine:
     enricher: None = None
     tcp_health: None = None
     owners: FakeOwners | None = None
+    # What the engine calls after a step (query/monitors.tracker_of looks there).
+    observers: list[Callable[[Any], None]] = field(default_factory=list)
 
     def interface_counters(self) -> list[InterfaceCounters]:
         return self.collector.interface_counters()
@@ -139,6 +148,82 @@ def flow_keys(n: int, ifnames: dict[int, str]) -> np.ndarray:
     return keys
 
 
+@dataclass(frozen=True)
+class FakeConversation:
+    """What conversation_flows made one connection of (the ground truth):
+    its kind ("client": this host is the client, "server", "forwarded"),
+    the interfaces client->server traffic enters and leaves by (the same
+    one for a local connection) and the flow rows of each direction."""
+
+    kind: str
+    iface_in: str
+    iface_out: str
+    up_rows: tuple[int, ...]  # flow indexes carrying client->server traffic
+    down_rows: tuple[int, ...]
+
+
+_CONV_PORTS = {6: (443, 80, 22, 5201, 993), 17: (53, 123, 443)}
+_KINDS = ("client", "forwarded", "server")
+
+
+def conversation_flows(
+    n: int, ifnames: dict[int, str]
+) -> tuple[np.ndarray, list[FakeConversation], np.ndarray]:
+    """The flow keys of n connections, what each connection is, and for each
+    flow the index of its (connection, direction): 2 * connection + 0 for
+    client->server, + 1 for server->client.
+
+    This host is 10.0.0.1 on the first interface (the uplink); forwarded
+    clients are 10.1.x.y behind the second interface; remote ends are in
+    192.0.2.0/24 and 203.0.113.0/24 (2001:db8:: for every 7th connection).
+    The client ports are distinct below 28000 connections (so are the keys).
+    """
+    up_if, lan_if = sorted(ifnames)[0], sorted(ifnames)[-1]
+    rows: list[tuple[int, int, int, int, bytes, bytes, int, int]] = []
+    convs: list[FakeConversation] = []
+    slots: list[int] = []
+    for c in range(n):
+        kind = _KINDS[c % 3]
+        proto = 17 if c % 5 == 4 else 6
+        v6 = c % 7 == 6
+        sport = 32768 + (c * 97) % 28000
+        dport = _CONV_PORTS[proto][(c // 3) % len(_CONV_PORTS[proto])]
+        if v6:
+            host, lan = "2001:db8:a::1", f"2001:db8:b::{c + 1:x}"
+            remote = f"2001:db8:f::{c % 5 + 1:x}"
+        else:
+            j = c + 1
+            host, lan = "10.0.0.1", f"10.{1 + (j >> 16)}.{(j >> 8) & 255}.{j & 255}"
+            remote = f"192.0.2.{c % 7 + 1}" if kind != "server" else f"203.0.113.{c % 9 + 1}"
+        client, server = {"client": (host, remote), "server": (remote, host)}.get(
+            kind, (lan, remote)
+        )
+        if kind == "server":
+            dport = 22 if proto == 6 and c % 2 else (443 if proto == 6 else 53)
+        cb, sb = (ipaddress.ip_address(a).packed.ljust(16, b"\0") for a in (client, server))
+        ver = 6 if v6 else 4
+        if kind == "forwarded":  # in by the LAN side, out by the uplink; back the other way
+            legs = [(lan_if, 0, 0), (up_if, 1, 0), (up_if, 0, 1), (lan_if, 1, 1)]
+            iface_in, iface_out = ifnames[lan_if], ifnames[up_if]
+        else:  # what this host sends is egress (1), what it receives ingress (0)
+            sends_up = 1 if kind == "client" else 0
+            legs = [(up_if, sends_up, 0), (up_if, 1 - sends_up, 1)]
+            iface_in = iface_out = ifnames[up_if]
+        up_rows, down_rows = [], []
+        for ifindex, direction, down in legs:
+            (down_rows if down else up_rows).append(len(rows))
+            a, b, pa, pb = (sb, cb, dport, sport) if down else (cb, sb, sport, dport)
+            rows.append((ifindex, direction, ver, proto, a, b, pa, pb))
+            slots.append(2 * c + down)
+        convs.append(FakeConversation(kind, iface_in, iface_out, tuple(up_rows), tuple(down_rows)))
+    keys = np.zeros(len(rows), dtype=layout.FLOW_KEY)
+    for i, (ifindex, direction, ver, proto, a, b, pa, pb) in enumerate(rows):
+        k = keys[i]
+        k["ifindex"], k["direction"], k["ip_version"], k["proto"] = ifindex, direction, ver, proto
+        k["src"], k["dst"], k["sport"], k["dport"] = a, b, pa, pb
+    return keys, convs, np.array(slots, dtype=np.int64)
+
+
 class FakeSource(TableSource):
     def __init__(
         self,
@@ -153,8 +238,18 @@ class FakeSource(TableSource):
         raw_ifnames: bool = False,
         paced: bool = False,
         owners: list[FakeOwner] | None = None,
+        conversations: int = 0,
     ) -> None:
         self.ifnames = dict(ifnames or IFACES)
+        # The connections' ground truth (conversation_flows); [] for plain flows.
+        self.conversations: list[FakeConversation] = []
+        phase = np.arange(flows, dtype=np.float64)
+        conv_keys = None
+        if conversations:
+            conv_keys, self.conversations, slots = conversation_flows(conversations, self.ifnames)
+            flows = len(conv_keys)
+            # The legs of one direction carry the same traffic (a router forwards it).
+            phase = slots.astype(np.float64)
         collector = FakeCollector(self.ifnames, dict(problems or {}))
         table = FlowTable(clock_offset=T0 - MONO0, max_flows=max(flows, 1) * 2)
         super().__init__(FakeEngine(table, collector, interval), host)  # type: ignore[arg-type]
@@ -167,7 +262,8 @@ class FakeSource(TableSource):
         self.paced = paced  # step() waits for the next interval, like a live source
         self._next = time.monotonic() + interval
         self.steps = 0
-        self.keys = flow_keys(flows, self.ifnames)
+        self.keys = conv_keys if conv_keys is not None else flow_keys(flows, self.ifnames)
+        self._phase = phase
         # Flow i is owned by owners[i % len(owners)], except every 7th: unattributed.
         self.owner_list = list(owners or ())
         if owners is not None:
@@ -176,6 +272,16 @@ class FakeSource(TableSource):
         self._now = T0
         # Zipf-like sizes: a few elephants, many mice.
         self._base = (4_000_000 / np.power(np.arange(flows) + 1.0, 1.1)).astype(np.float64) + 200
+        self._syn = np.where(self.keys["proto"] == 6, 2, 0)  # the first step's extra flags
+        if conversations:
+            # Per (connection, direction): downloads mostly, every 4th an upload.
+            c, down = slots // 2, slots % 2
+            heavy = np.where(c % 4 == 1, 1 - down, down)
+            weight = 4_000_000 / np.power(c + 1.0, 1.1)
+            self._base = np.where(heavy == 1, weight, weight * 0.06) + 200
+            # The client sends the SYN (FT_TCP_SYN_ONLY), the server the SYN/ACK.
+            syn = np.where(down == 0, 0x02 | layout.TCP_SYN_ONLY, 0x12)
+            self._syn = np.where(self.keys["proto"] == 6, syn, 0)
 
     def now(self) -> float:
         return T0 + self.steps * self.interval
@@ -197,7 +303,7 @@ class FakeSource(TableSource):
         with self._lock:
             self.steps += 1
             k = self.steps
-            idx = np.arange(self.n, dtype=np.float64)
+            idx = self._phase
             wave = 1.0 + 0.5 * np.sin(k * 0.7 + idx)
             nbytes = (self._base * wave * self.interval).astype(np.uint64) + 60
             packets = nbytes // 900 + 1
@@ -207,9 +313,11 @@ class FakeSource(TableSource):
             stats["bytes"] = nbytes
             stats["first_seen_ns"] = t_ns - int(self.interval * NS) + (np.arange(self.n) % 1000)
             stats["last_seen_ns"] = t_ns - (np.arange(self.n) % 1000)
-            stats["tcp_flags"] = np.where(self.keys["proto"] == 6, 0x18 | (2 if k == 1 else 0), 0)
+            tcp = np.where(self.keys["proto"] == 6, 0x18, 0)
+            stats["tcp_flags"] = tcp | self._syn if k == 1 else tcp
             self.engine.table.merge(self.keys, stats, self.interval)
             self._set_owners()
+            self._set_tcp()
             for d in (0, 1):
                 for ifindex in self.ifnames:
                     sel = (self.keys["ifindex"] == ifindex) & (self.keys["direction"] == d)
@@ -247,10 +355,24 @@ class FakeSource(TableSource):
             t.set_column("pod_id", r, nm.pod.intern(o.pod))
             t.set_column("owner_state", r, STATE_ATTRIBUTED)
 
+    def _set_tcp(self) -> None:
+        """Connections' TCP health in the table's columns, as the engine's TCP
+        join writes them (tcp=True with conversations): each TCP flow an RTT,
+        and its sender retransmits growing with the steps."""
+        if not (self.tcp and self.conversations):
+            return
+        t = self.engine.table
+        rows = t.rows_of(self.keys)
+        tcp = self.keys["proto"] == 6
+        i = np.arange(self.n)
+        t.set_column("rtt_us", rows[tcp], (2_000 + (i[tcp] // 2 % 23) * 1_700).astype(np.uint32))
+        t.set_column("retrans", rows[tcp], (i[tcp] % 3 * self.steps).astype(np.uint64))
+        t.set_column("retrans_source", rows[tcp], layout.TCP_SOURCE_SOCKOPS)
+
     def snapshot(self, query: ViewQuery) -> Snapshot:
         snap = super().snapshot(query)
         rows = snap.rows
-        if self.tcp:
+        if self.tcp and not self.conversations:
             rows = tuple(
                 replace(
                     r,

@@ -13,9 +13,13 @@ from tests.tui.fakesource import FakeSource
 
 
 def make_app(source: FakeSource | None = None, **kw: object) -> FlowtopApp:
+    """The app on a fake source; on the flow view unless `group` says otherwise
+    (the tests written before the conversation view became the default are
+    about flows; test_conversations.py asks for the default)."""
     from tests.tui.conftest import no_dns
 
     kw.setdefault("resolver", resolver_of(no_dns))
+    kw.setdefault("group", "flow")
     return FlowtopApp(source or FakeSource(), **kw)  # type: ignore[arg-type]
 
 

@@ -20,7 +20,8 @@ def main(argv: list[str]) -> int:
     with open(argv[0], encoding="utf-8") as f:
         owners = [FakeOwner(**o) for o in json.load(f)]
     src = FakeSource(flows=30, frames=3, owners=owners)
-    app = FlowtopApp(src, resolve=False, resolver=resolver_of(no_dns))  # type: ignore[arg-type]
+    # The flow view, which the tmux tests read (their owner columns' widths).
+    app = FlowtopApp(src, resolve=False, resolver=resolver_of(no_dns), group="flow")  # type: ignore[arg-type]
     app.run()
     src.close()
     return 0

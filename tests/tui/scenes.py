@@ -14,6 +14,7 @@ from typing import Any
 from textual.pilot import Pilot
 
 from flowtop.tui import FlowtopApp
+from flowtop.tui.app import DEFAULT_GROUP
 from tests.tui.conftest import no_dns
 from tests.tui.fakedns import resolver_of
 from tests.tui.fakesource import FakeOwner, FakeSource
@@ -67,7 +68,9 @@ class Scene:
 
     def make_app(self) -> FlowtopApp:
         src_opts = {"flows": 120, "frames": 8, **self.source}
-        app_opts = {"resolver": resolver_of(no_dns), "resolve": False, **self.app}
+        # The flow view unless the scene says: the scenes from before the
+        # conversation view became the default show flows, as they did.
+        app_opts = {"resolver": resolver_of(no_dns), "resolve": False, "group": "flow", **self.app}
         return FlowtopApp(FakeSource(**src_opts), **app_opts)
 
 
@@ -80,9 +83,23 @@ DEMO_OWNERS = [
               "/user.slice/user-1000.slice/session-3.scope"),
 ]  # fmt: skip
 
+# The live view as it opens: conversations (40 connections: local ones and
+# forwarded ones, 106 flow rows).
+CONVERSATIONS = {"conversations": 40}
+DEFAULT_VIEW = {"group": DEFAULT_GROUP}
+
 SCENES = (
-    Scene("main-80x24"),
-    Scene("main-160x48", size=(160, 48)),
+    Scene("main-80x24", source=CONVERSATIONS, app=DEFAULT_VIEW),
+    Scene("main-160x48", size=(160, 48), source={**CONVERSATIONS, "tcp": True}, app=DEFAULT_VIEW),
+    Scene(
+        "detail-conversation-120x40",
+        size=(120, 40),
+        source={**CONVERSATIONS, "tcp": True},
+        app=DEFAULT_VIEW,
+        steps=_keys("down", "down", "enter"),
+    ),
+    Scene("flows-80x24"),
+    Scene("flows-160x48", size=(160, 48)),
     Scene("names-120x30", size=(120, 30), app={"resolve": True}, steps=_names),
     Scene("filter-80x24", steps=_keys("slash", *"udp or icmp", "enter")),
     Scene("filter-error-80x24", steps=_bad_filter),

@@ -2,8 +2,9 @@
 
 A <-> B over veth va/vb (tests/kernel/netns.py). flowtop runs in A on va inside
 a tmux session on a private tmux socket; a thread sends UDP from A to B; the
-pane must show the flow with a plausible rate within 3 s. `q` must exit with
-status 0 and leave no flowtop filter on va.
+pane must show the conversation (the default view: A the client, its sent
+rate under ↑) with a plausible rate within 3 s, and `g f` the flow. `q` must
+exit with status 0 and leave no flowtop filter on va.
 """
 
 from __future__ import annotations
@@ -105,6 +106,21 @@ def _wait(tmux: Tmux, pattern: str, timeout: float) -> str:
 _UNITS = {"": 1.0, "k": 1e3, "M": 1e6, "G": 1e9}
 
 
+def _rate(tmux: Tmux, pattern: str, timeout: float = 4.0) -> tuple[float, str]:
+    """The b/s the pattern's groups read on screen once plausible (or the last seen)."""
+    deadline = time.monotonic() + timeout
+    bps, screen = 0.0, ""
+    while time.monotonic() < deadline:
+        screen = tmux.capture()
+        m = re.search(pattern, screen)
+        if m:
+            bps = float(m.group(1)) * _UNITS[m.group(2)]
+            if 0.5 * EXPECTED_BPS <= bps <= 1.5 * EXPECTED_BPS:
+                break
+        time.sleep(0.3)
+    return bps, screen
+
+
 def test_live_flow_shows_up_and_q_exits_cleanly(
     quiet_pair: netns.Pair, tmux: Tmux, tmp_path: Path
 ) -> None:
@@ -124,21 +140,22 @@ def test_live_flow_shows_up_and_q_exits_cleanly(
         _wait(tmux, r"flowtop .*every 1s", timeout=60)  # BPF compiled and attached
         sender.start()
         t0 = time.monotonic()
-        screen = _wait(tmux, r"10\.200\.1\.1\s.*10\.200\.1\.2\s.*udp", timeout=3.0)
+        conversation = r"10\.200\.1\.1:\S+\s+10\.200\.1\.2:\S+\s+udp"
+        screen = _wait(tmux, conversation, timeout=3.0)
         assert time.monotonic() - t0 <= 3.0
-        # a plausible rate once a full interval has passed
-        deadline = time.monotonic() + 4
-        bps = 0.0
-        while time.monotonic() < deadline:
-            screen = tmux.capture()
-            m = re.search(
-                r"10\.200\.1\.1\s.*10\.200\.1\.2\s.*udp\s+out\s+va\s+([\d.]+)([kMG]?)b/s", screen
-            )
-            if m:
-                bps = float(m.group(1)) * _UNITS[m.group(2)]
-                if 0.5 * EXPECTED_BPS <= bps <= 1.5 * EXPECTED_BPS:
-                    break
-            time.sleep(0.3)
+        assert "by conversation" in screen
+        # a plausible rate once a full interval has passed: what A sends is ↑
+        # (Iface only where the width has room)
+        rate = _rate(tmux, conversation + r"\s+(?:va\s+)?client\s+([\d.]+)([kMG]?)b/s")
+        assert 0.5 * EXPECTED_BPS <= rate[0] <= 1.5 * EXPECTED_BPS, rate[1]
+        # The flow view (g f): the flow out of va with the same rate.
+        tmux.run("send-keys", "-t", tmux.session, "g")
+        _wait(tmux, r"Group rows by", timeout=5)
+        tmux.run("send-keys", "-t", tmux.session, "f")
+        _wait(tmux, r"by flow", timeout=5)
+        bps, screen = _rate(
+            tmux, r"10\.200\.1\.1\s.*10\.200\.1\.2\s.*udp\s+out\s+va\s+([\d.]+)([kMG]?)b/s"
+        )
         assert 0.5 * EXPECTED_BPS <= bps <= 1.5 * EXPECTED_BPS, screen
         assert "va" in screen.splitlines()[1] or " va " in screen
     finally:

@@ -42,7 +42,9 @@ def _app() -> tuple[FlowtopApp, ListenView]:
     from tests.tui.conftest import no_dns
 
     src = ListenView(_script())
-    return FlowtopApp(src, resolver=resolver_of(no_dns)), src  # type: ignore[arg-type]
+    # The flow view: what these tests were written for (they read "by flow").
+    app = FlowtopApp(src, resolver=resolver_of(no_dns), group="flow")  # type: ignore[arg-type]
+    return app, src
 
 
 async def _settle(pilot: Pilot[None], src: ListenView, timeout: float = 10.0) -> None:

@@ -169,7 +169,7 @@ def test_prometheus_families_are_the_described_ones() -> None:
 
 
 def test_tui_columns_are_the_described_ones() -> None:
-    from flowtop.tui.columns import COLUMNS
+    from flowtop.tui.columns import COLUMNS, CONVERSATION_COLUMNS
 
     for f in FIELDS:
         if f.tui is not None:
@@ -177,7 +177,9 @@ def test_tui_columns_are_the_described_ones() -> None:
             assert (c.label, c.width, c.grow, c.numeric, c.sort) == (
                 f.tui.label, f.tui.width, f.tui.grow, f.tui.numeric, f.sort,
             )  # fmt: skip
-    assert set(COLUMNS) - {f.name for f in FIELDS if f.tui} == {"flows", "group"}
+    # Besides the fields: the group columns and the conversation rows' own.
+    own = {"flows", "group"} | {c.key for c in CONVERSATION_COLUMNS}
+    assert set(COLUMNS) - {f.name for f in FIELDS if f.tui} == own
 
 
 def test_the_description_matches_the_kernel_structs() -> None:

@@ -1,4 +1,5 @@
-"""Enter on a row: its full key, counters, TCP flags, first/last seen, its
+"""Enter on a row: its full key, counters, TCP flags, first/last seen (a
+conversation row: both directions and its legs, conversation.py), its
 names from the wire (both ends', the source, the CNAME chain end), its
 socket owner (process, user, command line, cgroup, service, container, pod),
 its drops on this box by reason,
@@ -30,6 +31,7 @@ from flowtop.sanitize import clean
 from flowtop.tui import format as fmt
 from flowtop.tui.columns import Names, clean_name
 from flowtop.tui.format import Display
+from flowtop.tui.screens import conversation
 
 
 def _addr(a: str | None, names: Names, d: Display) -> str:
@@ -41,6 +43,8 @@ def _addr(a: str | None, names: Names, d: Display) -> str:
 
 def title(row: ViewRow, names: Names, d: Display) -> str:
     """The row's key in one line: 'tcp 10.0.0.1:443 -> 10.0.0.2:5123 on eth1 in'."""
+    if row.role is not None:
+        return conversation.title(row, names, d)
     parts = []
     if row.proto_name or row.proto is not None:
         parts.append(row.proto_name or str(row.proto))
@@ -222,6 +226,7 @@ class DetailScreen(Screen[None]):
         self.now = now
         self.present = True
         self.history: Sequence[tuple[float, float]] = ()
+        self.legs: Sequence[ViewRow] | None = None  # a conversation's flow rows, once asked
         self._ready = False
         self._cmdlines: dict[tuple[int, str | None], str] = {}  # read once per process
 
@@ -255,6 +260,7 @@ class DetailScreen(Screen[None]):
         history: Sequence[tuple[float, float]] | None,
         display: Display,
         now: float,
+        legs: Sequence[ViewRow] | None = None,
     ) -> None:
         """Fresh figures for this row (None: it left the top rows, keep the last ones)."""
         self.present = row is not None
@@ -262,6 +268,8 @@ class DetailScreen(Screen[None]):
             self.row = row
         if history is not None:
             self.history = history
+        if legs is not None:
+            self.legs = legs
         self.display_opts = display
         self.now = now
         self._redraw()
@@ -275,9 +283,13 @@ class DetailScreen(Screen[None]):
             return
         d = self.display_opts
         title_widget.update(Text(title(self.row, self.names, d), no_wrap=False, overflow="fold"))
-        self.query_one("#detail-facts", Static).update(
-            facts(self.row, self.names, d, self.now, self.present, self._command)
-        )
+        if self.row.role is not None:
+            row = self.row
+            more = [*name_facts(row), *owner_facts(row, self._command), *drop_facts(row)]
+            shown = conversation.facts(row, self.legs, self.names, d, self.now, self.present, more)
+        else:
+            shown = facts(self.row, self.names, d, self.now, self.present, self._command)
+        self.query_one("#detail-facts", Static).update(shown)
         chart = self.query_one("#detail-chart", PlotextPlot)
         plt = chart.plt
         plt.clear_data()

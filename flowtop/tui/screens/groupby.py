@@ -12,6 +12,7 @@ from textual.widgets.option_list import Option
 
 # (group, hot key, description)
 CHOICES = (
+    ("conversation", "v", "conversation (a connection, both ways)"),
     ("flow", "f", "flow (5-tuple, interface, direction)"),
     ("src", "s", "source address"),
     ("dst", "d", "destination address"),
@@ -27,6 +28,7 @@ CHOICES = (
     ("container", "C", "container of the socket's owner"),
     ("name", "n", "name from the wire (DNS answer, TLS SNI, HTTP Host)"),
     ("exporter", "e", "exporter (received flows, --listen)"),
+    ("zone", "z", "zone pair: source zone→destination zone (labels' zone=, host zone)"),
 )
 
 

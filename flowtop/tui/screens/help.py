@@ -20,7 +20,16 @@ FILTER_HELP = (
     "names from the wire: name GLOB (either end, case-insensitive);\n"
     "drops on this box: dropped, drop REASON (NETFILTER_DROP, NO_SOCKET, ..., glob);\n"
     "received flows (--listen): exporter A|CIDR, ifindex N (the exporter's own);\n"
-    "combine with and/&&, or/||, not/!, parentheses."
+    "zones: [src|dst] zone Z (glob), cross-zone; monitor NAME ([[monitor]], m: panel);\n"
+    "combine with and/&&, or/||, not/!, parentheses. On conversations a row is shown\n"
+    "when any of its flows matches, with the matching flows' figures."
+)
+CONVERSATION_HELP = (
+    "Conversations (g v, the default): one row per connection, Client and Server ends;\n"
+    "↑ is client->server and ↓ server->client on every row. Role: client (this host\n"
+    "is the client: ↑ = tx), server (↑ = rx), fwd (forwarded; Iface IN→OUT).\n"
+    "Each direction is counted once (its ingress legs, else its egress legs); g f\n"
+    "shows every leg and direction as flows."
 )
 
 
@@ -62,6 +71,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-box"):
             yield Static(Text("flowtop keys", style="bold"), id="help-title")
             yield Static(bindings_table(self.groups), id="help-keys")
+            yield Static(Text(CONVERSATION_HELP), id="help-conversations")
             yield Static(Text(FILTER_HELP), id="help-filter")
 
     async def action_dismiss(self, result: None = None) -> None:

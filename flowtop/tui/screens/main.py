@@ -18,6 +18,7 @@ from flowtop.tui.screens.groupby import GroupByScreen
 from flowtop.tui.widgets.drops import DropsPanel
 from flowtop.tui.widgets.filterbar import FilterBar
 from flowtop.tui.widgets.interfaces import InterfacesPanel
+from flowtop.tui.widgets.monitors import MonitorsPanel
 from flowtop.tui.widgets.status import StatusHeader
 from flowtop.tui.widgets.talkers import TalkersTable
 from flowtop.tui.widgets.tcp_health import TcpHealth
@@ -42,6 +43,7 @@ class MainScreen(Screen[None]):
         Binding("n", "names", "Names", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("d", "drops", "Drops panel", show=False),
+        Binding("m", "monitors", "Monitors panel", show=False),
     ]
 
     def __init__(self) -> None:
@@ -52,6 +54,8 @@ class MainScreen(Screen[None]):
         self._tcp = TcpHealth(id="tcp")
         self._drops = DropsPanel(id="drops")
         self._drops.display = False  # until `d`
+        self._monitors = MonitorsPanel(id="monitors")
+        self._monitors.display = False  # until `m`
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
@@ -59,6 +63,7 @@ class MainScreen(Screen[None]):
         yield self._table
         yield self._tcp
         yield self._drops
+        yield self._monitors
         yield FilterBar(id="filterbar")
         yield Footer()
 
@@ -101,6 +106,8 @@ class MainScreen(Screen[None]):
             if self._drops.display:
                 ifnames = {i.ifindex: i.name for i in snap.interfaces}
                 self._drops.set(snap.drops, ifnames, lines=10 if tall else 4)
+            if self._monitors.display:
+                self._monitors.set(snap.monitors, lines=10 if tall else 4, bits=display.bits)
             if snap.filter_error:
                 self.query_one(FilterBar).show_error(snap.filter_error)
 
@@ -155,6 +162,11 @@ class MainScreen(Screen[None]):
     def action_drops(self) -> None:
         self._drops.display = not self._drops.display
         if self._drops.display:
+            self.flowtop.redraw()
+
+    def action_monitors(self) -> None:
+        self._monitors.display = not self._monitors.display
+        if self._monitors.display:
             self.flowtop.redraw()
 
     def action_pause(self) -> None:

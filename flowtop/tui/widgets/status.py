@@ -123,6 +123,10 @@ class StatusHeader(Widget):
         t.append(self._rate(s.tx_bps, d), value)
         t.append("  flows ", label)
         t.append(fmt.count(s.active_flows), value)
+        if s.cross_zone_bps is not None:  # zones configured (labels' zone=, a host zone)
+            # Before the interval: on a narrow terminal the interval is what goes.
+            t.append("  cross-zone ", label)
+            t.append(self._rate(s.cross_zone_bps, d), value)
         t.append("  every ", label)
         t.append(fmt.interval(s.interval), value)
         t.append("\n")
