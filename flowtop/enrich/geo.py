@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import maxminddb
 import numpy as np
 
 from flowtop.enrich.files import open_regular
@@ -219,6 +218,10 @@ class MmdbDatabase:
         self.path = path
         self.kind = kind
         self._check_type = check_type
+        # Here, not at the top: a run without a database (most) never
+        # imports it (a tenth of a second of start-up).
+        import maxminddb
+
         fd, self.sig = _snapshot(path)
         try:
             self._map = mmap.mmap(fd, self.sig.size, prot=mmap.PROT_READ)

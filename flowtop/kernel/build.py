@@ -28,16 +28,26 @@ one KernelFeatureError line; compile errors carry the compiler's first error
 line, as bcc reported it.
 
 The program cache (progcache.py): before it starts a child, Build looks up
-the request's entry; on a hit no child runs at all: wait() creates the maps
-and loads the programs here with bpf(2), the first stage at once and the
-later one in a thread (ready() says when it is there). A failed load from
-the cache before anything was handed over (a corrupt entry, a refused
-program) removes the entry and starts the child instead; a later stage
-that fails from the cache is that stage's error (its programs must fill the
-first stage's maps). On a miss the child writes the entry (the whole
-build, both stages) before its last message; when this process closes the
-build after the first stage, the child is not killed but finishes the
-entry on its own (compiler.py) and exits.
+the request's entry; on a hit no child runs at all: a thread creates the
+maps and loads the first stage's programs here with bpf(2) at once (the
+kernel's verifier, most of such a start, then runs beside this process's
+imports and checks; wait() takes what it loaded), and the later stage
+loads, in a thread too, only once ready() or wait() asks for it (the L3
+pair: after the first attachment, or when an L3 device comes). A failed
+load from the cache before anything was handed over (a corrupt entry, a
+refused program) removes the entry and starts the child instead; a later
+stage that fails from the cache is that stage's error (its programs must
+fill the first stage's maps). On a miss the child writes the entry (the
+whole build, both stages) before its last message; when this process
+closes the build after the first stage, the child is not killed but
+finishes the entry on its own (compiler.py) and exits.
+
+Priorities (2 cores): a build of nice 0 is one the first attachment waits
+for (the TC program's). While one has not brought its first stage, the
+children of builds nothing waits for yet (nice > 0: sock_ops, owners,
+drops) run at HELD_NICE, on the CPU the first one leaves idle; once it is
+there (or closed) they go on at their request's niceness (above this
+process's own, as a child's is).
 """
 
 from __future__ import annotations
@@ -82,6 +92,9 @@ TIMEOUT = 300.0
 TIMEOUT_ENV = "FLOWTOP_BUILD_TIMEOUT"
 # Niceness of build work nothing waits for yet (the sock_ops build, the L3 pair).
 BACKGROUND_NICE = 5
+# Niceness of such a child while a build the first attachment waits for runs
+# (see the module doc): it takes only the CPU that build leaves.
+HELD_NICE = 19
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
 BCC_MISSING = "bcc is not importable: install Debian's python3-bpfcc (run `make setup`)"
@@ -209,7 +222,7 @@ def _env(entry: Path | None = None) -> dict[str, str]:
 class Build:
     """One build (see the module doc): from the program cache when it has
     the request's entry (progcache: no child at all; from_cache says so
-    once wait() loaded it), else a compile in a child started at once. Its
+    once wait() took it), else a compile in a child started at once. Its
     results are taken with wait()."""
 
     def __init__(self, request: Request) -> None:
@@ -218,23 +231,38 @@ class Build:
         self._stages = 2 if request.later else 1
         self._proc: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        # True once wait() loaded the first stage from the cache; compiled:
+        # True once wait() took the first stage from the cache; compiled:
         # a compiler child was started (at once, or after a failed cache load).
         self.from_cache = False
         self.compiled = False
-        self._entry: progcache.Entry | None = None
-        # The later stage loading from the cache (a thread: the first
-        # attachment does not wait for it), and what it brought.
+        # A cache hit: the first stage loading in a thread from construction
+        # on, what it brought (or why it failed), and the entry's maps the
+        # later stage's programs use (kept for it).
+        self._first_thread: threading.Thread | None = None
+        self._first: Loaded | BaseException | None = None
+        self._first_maps: progcache.CachedLoad | None = None  # the thread's, until taken
+        self._cached: progcache.CachedLoad | None = None
+        # The later stage loading from the cache (a thread, started when
+        # asked for: nothing waits for it at the first attachment), and
+        # what it brought.
         self._later_thread: threading.Thread | None = None
         self._later: Loaded | progcache.CacheError | None = None
-        self._entry_path = progcache.entry_path(request)
-        if self._entry_path is not None:
-            try:
-                self._entry = progcache.read(self._entry_path)
-            except progcache.CacheError as exc:
-                self._drop_entry(str(exc))
-        if self._entry is None:
-            self._start_child()
+        _priorities.begin(self)
+        try:
+            entry: progcache.Entry | None = None
+            self._entry_path = progcache.entry_path(request)
+            if self._entry_path is not None:
+                try:
+                    entry = progcache.read(self._entry_path)
+                except progcache.CacheError as exc:
+                    self._drop_entry(str(exc))
+            if entry is None:
+                self._start_child()
+            else:
+                self._begin_cached(entry)
+        except BaseException:
+            _priorities.end(self)
+            raise
 
     def _drop_entry(self, why: str) -> None:
         log.warning(
@@ -271,6 +299,7 @@ class Build:
             raise KernelFeatureError(f"cannot start the BPF compiler: {exc.strerror}") from None
         finally:
             theirs.close()
+        _priorities.started(self, self._proc.pid)
         # A child that died at once shows at wait(): its socket is closed.
         with contextlib.suppress(OSError):
             self._sock.send(request.to_json())
@@ -280,32 +309,58 @@ class Build:
         """The compiler child's, while it runs; None on a cache hit."""
         return self._proc.pid if self._proc is not None else None
 
-    def _load_cached(self) -> Loaded | None:
-        """The first stage from the cache entry (the later one then loads in
-        a thread), or None: it failed (logged, entry removed, nothing left
-        loaded) and the child compile runs instead."""
-        entry, self._entry = self._entry, None
-        if entry is None:
-            return None
-        try:
-            cached = progcache.CachedLoad(entry, self.request)
-        except progcache.CacheError as exc:
-            self._drop_entry(str(exc))
+    def _begin_cached(self, entry: progcache.Entry) -> None:
+        """The first stage from the entry, loading in a thread from now on."""
+
+        def first() -> None:
+            try:
+                cached = progcache.CachedLoad(entry, self.request)
+            except BaseException as exc:
+                self._first = exc
+                return
+            try:
+                self._first = cached.stage(0)
+            except BaseException as exc:
+                cached.close()
+                self._first = exc
+                return
+            if self.request.later:
+                self._first_maps = cached  # the later stage's programs use its maps
+            else:
+                cached.close()
+
+        self._first_thread = threading.Thread(target=first, name="progcache-first", daemon=True)
+        self._first_thread.start()
+
+    def _join(self, thread: threading.Thread, checkpoint: Callable[[], None]) -> None:
+        while thread.is_alive():
+            thread.join(0.05)
+            if thread.is_alive():
+                checkpoint()
+
+    def _take_cached(self, checkpoint: Callable[[], None]) -> Loaded | None:
+        """The first stage the cache thread loaded, or None: it failed
+        (logged, entry removed, nothing left loaded) and the child compile
+        runs instead."""
+        thread = self._first_thread
+        assert thread is not None
+        self._join(thread, checkpoint)
+        self._first_thread = None
+        got, self._first = self._first, None
+        self._cached, self._first_maps = self._first_maps, None
+        if isinstance(got, Loaded):
+            self.from_cache = True
+            return got
+        if isinstance(got, progcache.CacheError):
+            self._drop_entry(str(got))
             self._start_child()
             return None
-        try:
-            first = cached.stage(0)
-        except BaseException as exc:
-            cached.close()
-            if not isinstance(exc, progcache.CacheError):
-                raise
-            self._drop_entry(str(exc))
-            self._start_child()
-            return None
-        self.from_cache = True
-        if not self.request.later:
-            cached.close()
-            return first
+        raise got if got is not None else KernelFeatureError(f"{self.request.what}: not loaded")
+
+    def _begin_later_cached(self) -> None:
+        """The later stage from the cache, loading in a thread from now on."""
+        cached, self._cached = self._cached, None
+        assert cached is not None
 
         def later() -> None:
             try:
@@ -317,19 +372,17 @@ class Build:
 
         self._later_thread = threading.Thread(target=later, name="progcache-later", daemon=True)
         self._later_thread.start()
-        return first
 
     def _wait_later_cached(self, checkpoint: Callable[[], None]) -> Loaded:
         """The later stage from the cache thread. Its failure cannot fall
         back to a compile (a child's programs would fill the child's maps,
         not the first stage's): it is this stage's error, as a failed
         compile of it would be, and the entry goes."""
+        if self._later_thread is None:
+            self._begin_later_cached()
         thread = self._later_thread
         assert thread is not None
-        while thread.is_alive():
-            thread.join(0.05)
-            if thread.is_alive():
-                checkpoint()
+        self._join(thread, checkpoint)
         self._stages = 0
         got, self._later = self._later, None
         if isinstance(got, progcache.CacheError) or got is None:
@@ -351,12 +404,18 @@ class Build:
         nothing within self.timeout seconds."""
         if self._stages == 0:
             raise KernelFeatureError(f"{self.request.what}: nothing more to load")
-        if self._later_thread is not None:
+        if self._first_thread is not None:
+            try:
+                first = self._take_cached(checkpoint)
+            except BaseException:
+                self._fail()
+                raise
+            if first is not None:
+                self._stages -= 1
+                _priorities.end(self)
+                return first
+        elif self._later_thread is not None or self._cached is not None:
             return self._wait_later_cached(checkpoint)
-        first = self._load_cached()
-        if first is not None:
-            self._stages -= 1
-            return first
         assert self._sock is not None
         later = self.request.later and self._stages == 1
         what = self.request.later_what if later else self.request.what
@@ -398,6 +457,7 @@ class Build:
             dict(msg.get("meta", {})),
         )
         self._stages -= 1
+        _priorities.end(self)
         if self._stages == 0:
             self._reap()
         return loaded
@@ -406,9 +466,13 @@ class Build:
         """Whether the next message is there (wait() would not block)."""
         if self._stages == 0:
             return False
+        if self._first_thread is not None:
+            return not self._first_thread.is_alive()
+        if self._cached is not None:  # asked for now: it loads from here on
+            self._begin_later_cached()
         if self._later_thread is not None:
             return not self._later_thread.is_alive()
-        if self._entry is not None or self._sock is None:
+        if self._sock is None:
             return True
         ready, _, _ = select.select([self._sock], [], [], 0)
         return bool(ready)
@@ -444,14 +508,20 @@ class Build:
         later one for a program cache entry is left to finish that."""
         writing = self._stages == 1 and bool(self.request.later) and self._entry_path is not None
         self._stages = 0
-        self._entry = None
-        if self._later_thread is not None:
-            # A verifier call cannot be interrupted; it ends within seconds.
-            self._later_thread.join()
-            self._later_thread = None
-        if isinstance(self._later, Loaded):
-            self._later.close()
-        self._later = None
+        _priorities.end(self)
+        for thread in (self._first_thread, self._later_thread):
+            if thread is not None:
+                # A verifier call cannot be interrupted; it ends within seconds.
+                thread.join()
+        self._first_thread = self._later_thread = None
+        for got in (self._first, self._later):
+            if isinstance(got, Loaded):
+                got.close()
+        self._first = self._later = None
+        for maps in (self._first_maps, self._cached):
+            if maps is not None:
+                maps.close()
+        self._first_maps = self._cached = None
         proc, self._proc = self._proc, None
         if self._sock is not None:
             with contextlib.suppress(OSError):
@@ -467,6 +537,63 @@ class Build:
                 proc.kill()
         if proc is not None:
             proc.wait(timeout=10)
+
+
+class _Priorities:
+    """The niceness of the compiler children (see the module doc): children
+    of builds with nice > 0 started while a build of nice 0 waits for its
+    first stage run at HELD_NICE until none does. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._foreground: set[int] = set()  # id() of builds the first attachment waits for
+        self._held: dict[int, Build] = {}  # by id(): builds whose child runs at HELD_NICE
+
+    def begin(self, b: Build) -> None:
+        if b.request.nice == 0:
+            with self._lock:
+                self._foreground.add(id(b))
+
+    def started(self, b: Build, pid: int) -> None:
+        with self._lock:
+            if b.request.nice <= 0 or not self._foreground:
+                return
+            self._held[id(b)] = b
+        _renice(pid, HELD_NICE)
+
+    def end(self, b: Build) -> None:
+        """b's first stage is here, or b is closed: if it was the last one
+        waited for, the held children go on at their requests' niceness."""
+        with self._lock:
+            self._foreground.discard(id(b))
+            self._held.pop(id(b), None)
+            if self._foreground:
+                return
+            held, self._held = list(self._held.values()), {}
+        # Relative to this process's niceness, as the child sets its own
+        # (compiler._at_least_nice).
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        for h in held:
+            proc = h._proc
+            # Not reaped (poll() is None): the pid is still that child's.
+            if proc is not None and proc.poll() is None:
+                _renice(proc.pid, min(HELD_NICE, base + h.request.nice))
+
+
+def _renice(pid: int, nice: int) -> None:
+    """Every thread of pid to nice (Linux's niceness is per thread; the
+    child compiles in its main one and loads in others); a child gone
+    meanwhile is nothing to do."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+
+
+_priorities = _Priorities()
 
 
 # Builds started before anything asked for them (begin_early), by request.

@@ -151,8 +151,8 @@ class KernelCollector:
         self.owners_error: str | None = None
         self.owner_snapshot: ProcSnapshot | None = None
         self._owner_build: OwnerCollector | None = None
-        # Drop reasons (kernel/drops.py): begun first (its compile runs beside
-        # the others), attached in start(), watching the attached interfaces.
+        # Drop reasons (kernel/drops.py): begun with the others (its compile
+        # runs beside them), attached in start(), watching the attached interfaces.
         self.drops: DropCollector | None = None
         self.drops_error: str | None = None
         self._drop_build: DropCollector | None = None
@@ -172,11 +172,13 @@ class KernelCollector:
                 flow_map_size=flow_map_size, passive_rtt=passive_rtt, wire=names
             )
             require_root()
+            # The compiles run at once, each in a child: the TC program's
+            # first (the first attachment waits for it; begun early by the
+            # cli), then the drop reasons', sock_ops' and the owners', held
+            # at low priority until its first stage is here (build.py).
+            tc_build = build.take(tc_request(options))
             if drops:
                 self._drop_build = self._begin_drops()
-            # Both compiles run at once, each in a child: the TC program's
-            # first (the first attachment waits for it), then sock_ops'.
-            tc_build = build.take(tc_request(options))  # begun early by the cli
             if sockops:
                 tracker = self._begin_sockops()
             if owners:

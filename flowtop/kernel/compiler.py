@@ -151,6 +151,10 @@ ATTACH_TYPES = {
 
 
 def _load(bcc: Any, b: Any, progs: list[tuple[str, str]], what: str) -> list[int]:
+    """The programs loaded from module b, their fds in the order of progs.
+    Each loads in a thread of its own: the kernel's verifier is most of a
+    load (the TC pair's two programs take about half a second each), bcc
+    lets go of the GIL for it, and the two run on two cores."""
     # kind -> program type
     types = {
         SCHED_CLS: bcc.BPF.SCHED_CLS,
@@ -159,15 +163,29 @@ def _load(bcc: Any, b: Any, progs: list[tuple[str, str]], what: str) -> list[int
         CGROUP_SKB_INGRESS: bcc.BPF.CGROUP_SKB,
         CGROUP_SKB_EGRESS: bcc.BPF.CGROUP_SKB,
     }
-    fds = []
-    for name, kind in progs:
-        prog_type, attach_type = types[kind], ATTACH_TYPES[kind]
+    results: list[int | str] = ["not loaded"] * len(progs)
+
+    def load(i: int) -> None:
+        name, kind = progs[i]
         try:
-            with quiet_stderr():
-                fds.append(b.load_func(name.encode(), prog_type, attach_type=attach_type).fd)
+            fn = b.load_func(name.encode(), types[kind], attach_type=ATTACH_TYPES[kind])
+            results[i] = fn.fd
         except Exception as exc:  # bcc raises bare Exception
-            raise BuildError(f"{what}: {exc}") from None
-    return fds
+            results[i] = str(exc)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(1, len(progs))]
+    with quiet_stderr():
+        for t in threads:
+            t.start()
+        if progs:
+            load(0)
+        for t in threads:
+            t.join()
+        errors = [r for r in results if isinstance(r, str)]
+        if errors:
+            # what loaded is freed when this process exits, which it does next
+            raise BuildError(f"{what}: {errors[0]}")
+    return [r for r in results if isinstance(r, int)]
 
 
 def _tracepoints(b: Any) -> tuple[list[str], list[int]]:
@@ -256,13 +274,22 @@ class _Cache:
         return {**msg, "cache_note": self.note} if self.note else msg
 
 
+def _at_least_nice(nice: int) -> None:
+    """This thread (the one that compiles) at the parent's niceness plus
+    nice, or lower priority: the parent may hold it at build.HELD_NICE, or
+    have released it to that already (build._Priorities)."""
+    with contextlib.suppress(OSError):
+        want = min(19, os.getpriority(os.PRIO_PROCESS, os.getppid()) + nice)
+        if os.getpriority(os.PRIO_PROCESS, 0) < want:
+            os.setpriority(os.PRIO_PROCESS, 0, want)
+
+
 def build(sock: socket.socket, req: Request) -> None:
     """Runs one request: compile, first message, later message. The cache
     entry is written before the last message (the parent ends this process
     once it has it), the maps described before the first (they are the
     parent's from then on)."""
-    if req.nice:
-        os.nice(req.nice)
+    _at_least_nice(req.nice)
     try:
         bcc = load_bcc()
     except ImportError:
@@ -296,7 +323,7 @@ def build(sock: socket.socket, req: Request) -> None:
     if cache.path is not None:
         _linger.set()
     # Nothing waits for these yet: the parent is attaching the first ones.
-    os.nice(max(0, BACKGROUND_NICE - req.nice))
+    _at_least_nice(BACKGROUND_NICE)
     module = b
     if req.later_cflags:
         # b stays alive: its public maps are what this compile's

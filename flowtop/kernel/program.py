@@ -70,6 +70,10 @@ class ProgramOptions:
     def cflags(self) -> list[str]:
         wire = self.wire.cflags() if self.wire is not None else ["-DFT_WIRE_NAMES=0"]
         return [
+            # No debug info: a sixth of the compile the first attachment waits
+            # for (issue 13), and the same instructions; the maps lose their
+            # BTF, which none of these needs (bpftool dumps them as hex).
+            "-g0",
             f"-I{BPF_DIR}",
             f"-DFT_FLOW_MAP_SIZE={self.flow_map_size}",
             f"-DFT_IFACE_MAP_SIZE={self.iface_map_size}",

@@ -55,12 +55,15 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from flowtop.config import Config, EnrichConfig, ListenConfig
-from flowtop.core.engine import Engine
-from flowtop.core.flowtable import FlowTable
 from flowtop.sanitize import clean
 from flowtop.stop import StopSignal
 
+# The engine, the flow table and the monitors (numpy, pyroute2) are imported
+# where a run makes them: the cli reads program_options() from here before
+# that, to start the TC program's build (or its load from the program cache)
+# as early as it can, beside those imports.
 if TYPE_CHECKING:
+    from flowtop.core.engine import Engine
     from flowtop.enrich import Enricher
     from flowtop.enrich.dns import ReverseResolver
     from flowtop.kernel.collector import KernelCollector
@@ -272,6 +275,8 @@ class Run:
         self._check()
 
     def _start_kernel(self) -> None:
+        from flowtop.core.engine import Engine
+        from flowtop.core.flowtable import FlowTable
         from flowtop.query import monitors
 
         cfg, parts, check = self.cfg, self._parts, self._check

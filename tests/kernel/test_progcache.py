@@ -449,3 +449,139 @@ def test_off_in_the_config_or_env_writes_nothing(
     loaded, hit, compiled = _build(_owner_request(bpf_copy))
     loaded.close()
     assert not hit and compiled and not cache.exists()
+
+
+# -- start-up order (issue 13) ---------------------------------------------------------------
+
+
+def _prog_names() -> set[str]:
+    """The kernel's names of the BPF programs this process holds fds on."""
+    out = set()
+    for p in Path("/proc/self/fd").iterdir():
+        try:
+            if os.readlink(p) == "anon_inode:bpf-prog":
+                out.add(bpfsys.prog_name_of(int(p.name)))
+        except OSError:
+            pass
+    return out
+
+
+def _until(cond: Any, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"no {what} after {timeout} s"
+        time.sleep(0.01)
+
+
+def test_a_hit_loads_the_first_stage_at_once_and_the_l3_pair_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a hit the TC program's first stage is in the kernel before anyone
+    waits for it (the verifier runs beside the start's imports), and the L3
+    pair is not loaded until ready() (the drain) or wait() asks for it.
+    Ground truth: the programs this process holds fds on, by the kernel's
+    names. The session's cache (conftest) is used: a first build writes
+    the entry when it is not there yet."""
+    from flowtop.kernel.program import ProgramOptions, request
+
+    monkeypatch.delenv(progcache.ENABLE_ENV, raising=False)
+    req = request(ProgramOptions())
+    first_names = {n[:15] for n, _ in req.first}
+    l3_names = {n[:15] for n, _ in req.later}
+    path = progcache.entry_path(req)
+    assert path is not None
+    if not path.exists():
+        b = Build(req)
+        try:
+            for loaded in (b.wait(), b.wait()):  # the entry is written before the last
+                loaded.close()
+        finally:
+            b.close()
+    assert path.exists()
+    before = _bpf_fds()
+    assert not (first_names | l3_names) & _prog_names()
+    b = Build(req)
+    try:
+        assert b.pid is None  # a hit: no compiler child
+        _until(lambda: first_names <= _prog_names(), 60, "first stage loaded without a wait()")
+        assert not l3_names & _prog_names()
+        first = b.wait()
+        assert b.from_cache and not b.compiled
+        assert {n[:15] for n in first.progs} == first_names
+        time.sleep(1.5)  # a verifier run of the pair takes longer than nothing
+        assert not l3_names & _prog_names(), "the L3 pair loaded before anyone asked"
+        _until(b.ready, 60, "L3 pair after ready()")
+        later = b.wait()
+        assert sorted(later.progs) == sorted(n for n, _ in req.later)
+        assert l3_names <= _prog_names()
+        assert b.done
+        later.close()
+        first.close()
+    finally:
+        b.close()
+    assert _bpf_fds() == before
+
+
+def test_a_build_closed_while_its_hit_loads_leaves_nothing(bpf_copy: Path, cache: Path) -> None:
+    req = _owner_request(bpf_copy)
+    _build(req)[0].close()
+    before = _bpf_fds()
+    b = Build(req)
+    assert b.pid is None
+    b.close()  # the load thread may be mid-verifier: it is joined, what it made closed
+    assert _bpf_fds() == before
+    with pytest.raises(Exception, match="nothing more to load"):
+        b.wait()
+
+
+def _nices(pid: int) -> set[int]:
+    """The niceness of each thread of pid (/proc/PID/task/TID/stat field 19)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            out.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+    return out
+
+
+def test_background_compiles_are_held_until_the_first_stage_is_there(
+    bpf_copy: Path, cache: Path
+) -> None:
+    """A build of nice 0 (what the first attachment waits for: the TC
+    program) compiling: a build of nice > 0 started meanwhile runs at
+    HELD_NICE, at its own niceness once the first one's first stage is
+    here; one started when nothing is waited for is not held. Ground
+    truth: the children's niceness in /proc. The held child is stopped
+    (SIGSTOP) meanwhile so that it is still there to look at, then goes on
+    and loads."""
+    import signal
+
+    from flowtop.kernel.build import BACKGROUND_NICE, HELD_NICE
+
+    fg_req = replace(_owner_request(bpf_copy), nice=0)
+    bg_req = _owner_request(bpf_copy, endpoints_size=1000)
+    assert bg_req.nice == BACKGROUND_NICE
+    fg = Build(fg_req)
+    bg = Build(bg_req)
+    loaded: list[Loaded] = []
+    try:
+        assert fg.pid is not None and bg.pid is not None  # both compile
+        os.kill(bg.pid, signal.SIGSTOP)
+        assert _nices(bg.pid) == {HELD_NICE}
+        assert HELD_NICE not in _nices(fg.pid)
+        loaded.append(fg.wait())
+        assert _nices(bg.pid) == {BACKGROUND_NICE}  # released, every thread
+        os.kill(bg.pid, signal.SIGCONT)
+        loaded.append(bg.wait())
+        assert bpfsys.map_info(loaded[-1].maps["endpoints"]).max_entries == 1000
+        alone = Build(replace(bg_req, cflags=[*bg_req.cflags, "-DFT_ALONE=1"]))
+        try:
+            assert alone.pid is not None
+            assert HELD_NICE not in _nices(alone.pid)  # nothing waited for: not held
+            loaded.append(alone.wait())
+        finally:
+            alone.close()
+    finally:
+        fg.close()
+        bg.close()
+        for one in loaded:
+            one.close()
