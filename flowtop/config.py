@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flowtop.core.tcphealth import DEFAULT_THRESHOLDS, Thresholds
+from flowtop.core.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from flowtop.errors import ConfigError
 from flowtop.listen.urls import ListenUrl, parse_url
 
@@ -417,7 +417,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Callable[[str, Any], Any]]]] = {
         "resolve": ("resolve", _bool),
         "host_zone": ("host_zone", _str),
     },
-    # The verdict thresholds (core/tcphealth.Thresholds); a [[monitor]] takes
+    # The verdict thresholds (core/thresholds.Thresholds); a [[monitor]] takes
     # the same keys for its own verdict.
     "health": {
         "rtt_factor": ("rtt_factor", _num(1, 1000)),

@@ -32,6 +32,7 @@ import numpy as np
 from flowtop.core.drops import group_sums
 from flowtop.core.flowindex import FlowIndex, hash_words
 from flowtop.core.flowtable import FlowTable
+from flowtop.core.thresholds import DEFAULT_THRESHOLDS, Thresholds
 from flowtop.kernel import layout
 from flowtop.kernel.dropreasons import DropReasons
 
@@ -41,39 +42,14 @@ NS = 1_000_000_000
 # crosses several interfaces).
 _MASK = layout.FLOW_KEY_WORDS.mask(("ip_version", "proto", "src", "dst", "sport", "dport"))
 
-# Verdict thresholds: the defaults of Thresholds (config [health], per monitor).
+# The verdict's thresholds are core/thresholds.py's (config [health], per monitor).
 WINDOW = 10.0  # seconds of samples behind the current figures
 BASELINE_WINDOW = 300.0  # the baseline is the minimum RTT over this long
-RTT_FACTOR = 2.0  # degraded when p50 >= factor x baseline ...
-RTT_FLOOR_US = 5000  # ... and at least this much above it (LAN jitter is not a problem)
-MIN_RTT_SAMPLES = 3
-RETRANS_RATIO = 0.01  # degraded at 1% retransmitted segments ...
-MIN_SEGMENTS = 50  # ... over at least this many data segments ...
-MIN_RETRANS = 3  # ... and at least this many retransmits
-MIN_RTO = 1  # degraded at this many RTOs in the window
 HEALTHY = "healthy"
 DEGRADED = "degraded"
 LOCAL_DROPS = "dropped on this box"  # how a drop verdict's reason begins
 _DROP_REASONS_SHOWN = 2  # reasons a verdict names, most packets first
 DROP_REMOTES = 256  # remote addresses per interval whose drops reach their groups
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """When a series is degraded (config.py's [health] table and each
-    [[monitor]]'s keys of the same names; validated there). The defaults
-    are the constants above."""
-
-    rtt_factor: float = RTT_FACTOR
-    rtt_floor_us: float = RTT_FLOOR_US
-    min_rtt_samples: int = MIN_RTT_SAMPLES
-    retransmit_ratio: float = RETRANS_RATIO
-    min_segments: int = MIN_SEGMENTS
-    min_retransmits: int = MIN_RETRANS
-    min_rto: int = MIN_RTO
-
-
-DEFAULT_THRESHOLDS = Thresholds()
 
 
 def conn_words(words: np.ndarray) -> np.ndarray:

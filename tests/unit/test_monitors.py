@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from flowtop.config import from_mapping
-from flowtop.core import tcphealth
+from flowtop.core import tcphealth, thresholds
 from flowtop.core.engine import Engine
 from flowtop.core.flowtable import FlowTable
 from flowtop.errors import ConfigError
@@ -278,20 +278,20 @@ def test_health_thresholds_config() -> None:
             ],
         }
     )
-    assert cfg.health == tcphealth.Thresholds(
+    assert cfg.health == thresholds.Thresholds(
         rtt_factor=3.0, rtt_floor_us=2500.0, min_retransmits=1
     )
     a, b = cfg.monitors
     assert a.thresholds == cfg.health  # [health]'s own
-    assert b.thresholds == tcphealth.Thresholds(
+    assert b.thresholds == thresholds.Thresholds(
         rtt_factor=3.0, rtt_floor_us=2500.0, min_retransmits=7
     )
     # the defaults are the constants the verdict used before they became keys
     d = from_mapping({}).health
     assert (d.rtt_factor, d.rtt_floor_us, d.min_rtt_samples) == (
-        tcphealth.RTT_FACTOR, tcphealth.RTT_FLOOR_US, tcphealth.MIN_RTT_SAMPLES)  # fmt: skip
+        thresholds.RTT_FACTOR, thresholds.RTT_FLOOR_US, thresholds.MIN_RTT_SAMPLES)  # fmt: skip
     assert (d.retransmit_ratio, d.min_segments, d.min_retransmits, d.min_rto) == (
-        tcphealth.RETRANS_RATIO, tcphealth.MIN_SEGMENTS, tcphealth.MIN_RETRANS, 1)  # fmt: skip
+        thresholds.RETRANS_RATIO, thresholds.MIN_SEGMENTS, thresholds.MIN_RETRANS, 1)  # fmt: skip
 
 
 def test_health_tracker_thresholds_from_config(tmp_path: Path) -> None:
