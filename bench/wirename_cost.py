@@ -1,12 +1,21 @@
 """Cost of names from the wire in the TC program: FT_WIRE_NAMES=1 against 0.
 
 Two namespaces joined by a veth pair; on vb (namespace b) the ingress and
-egress hooks carry one of two builds of flowtop's TC program, compiled
-side by side and attached in turn, alternating within each round so that
-both see the same load:
+egress hooks carry both builds of flowtop's TC program at once, as two TCX
+links in a row (each returns TC_ACT_UNSPEC, TCX_NEXT: every packet runs
+both):
 
     on   ProgramOptions(wire=WireOptions(...)): bpf/wirenames.h compiled in
     off  ProgramOptions(): FT_WIRE_NAMES=0, the code and its maps left out
+
+So the two builds see the same packets at the same moment: the load other
+processes put on the machine moves both alike, which attaching them in turn
+(the bench before) could not give (its per-round ratios spread from 1.03x
+to 1.31x). Each window gives on/off of ns per run over it. The order on
+the hook alternates between windows (on first, off first, ...: ABAB): the
+program that runs second finds the packet's cache lines warm, a few per
+cent either way (the table shows each order's median). A pair is two
+windows, one of each order; its ratio the geometric mean of theirs.
 
 With kernel.bpf_stats_enabled=1 the kernel accumulates run_time_ns and
 run_cnt per program (read from /proc/self/fdinfo of the program fds, as
@@ -23,14 +32,20 @@ Loads (iperf3, a -> b):
             drains the ring meanwhile); informational: the cost of the
             ones that qualify
 
-Target (issue 16): on / off <= 1.1x for udp and tcp (median of ROUNDS,
-both hooks weighted by runs). Prints a table and a RESULT line.
-Run: .venv/bin/python bench/wirename_cost.py [--only udp|tcp|dns] [--rounds N]   (root)
+Target (issue 16): the median over PAIRS pairs of on/off <= 1.1x for udp and
+tcp (both hooks weighted by runs); the spread printed beside it is the
+pairs' interquartile range and their min-max. Needs TCX (Linux 6.6+).
+Prints a table and a RESULT line.
+Run: .venv/bin/python bench/wirename_cost.py [--only udp|tcp|dns] [--pairs N]   (root)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,15 +56,18 @@ import _common as C
 from _common import Pair, entered
 
 TARGET = 1.1
-ROUNDS = 5
-WINDOW = 4.0
-SETTLE = 0.5
+PAIRS = 8  # pairs of windows: one with each order on the hook
+WINDOW = 2.0
+SETTLE = 0.3
 WARMUP = 2.0
 LOADS = (
     ("udp", ["-u", "-b", "200M", "-l", "1000", "-P", "2", "--bidir"], True),
     ("tcp", ["-P", "2", "--bidir"], True),
     ("dns", ["-u", "-b", "40M", "-l", "200", "--cport", "53"], False),
 )
+HOOKS = ("ingress", "egress")
+COLUMNS = ("load", "hooks", "runs/window", "off ns", "on ns", "on/off median", "IQR", "min-max",
+           "on 1st/off 1st", "events", "ring full")  # fmt: skip
 
 
 def prog_stats(fd: int) -> tuple[int, int]:
@@ -86,33 +104,44 @@ class Drainer:
         self._thread.join(5)
 
 
-def window(p: Pair, prog: Any) -> dict[str, tuple[int, int]]:
-    """Attaches prog on vb, settles, measures WINDOW seconds (flows drained
-    every second as the engine does), detaches; per hook (ns, runs) deltas
-    and the program's counters' deltas."""
-    from flowtop.kernel.attach import TcAttacher
+def window(p: Pair, progs: dict[str, Any], order: tuple[str, str]) -> dict[str, Any]:
+    """Both builds linked on vb's hooks in `order` (the first runs first),
+    settled, measured WINDOW seconds (flows drained every second as the
+    engine does), unlinked; per build and hook (ns, runs) deltas, and the
+    on build's counters' deltas."""
+    from flowtop.kernel import tcx
 
-    with entered(p.b):
-        att = TcAttacher(prog.fd)
+    ifindex = p.b.ifindex(p.vb)
+    links: list[int] = []
     try:
-        att.attach(p.b.ifindex(p.vb), p.vb)
+        with entered(p.b):
+            for variant in order:
+                for hook in HOOKS:  # no flags: appended, after what is there
+                    fd = progs[variant].fd(hook, False)
+                    links.append(tcx.link_create(fd, ifindex, tcx.ATTACH_TYPES[hook]))
         time.sleep(SETTLE)
-        prog.drain_flows()
-        fds = {"ingress": prog.fd("ingress", False), "egress": prog.fd("egress", False)}
-        s0 = {h: prog_stats(fd) for h, fd in fds.items()}
-        c0 = prog.counters()
+        for prog in progs.values():
+            prog.drain_flows()
+        fds = {(v, h): progs[v].fd(h, False) for v in progs for h in HOOKS}
+        s0 = {k: prog_stats(fd) for k, fd in fds.items()}
+        c0 = progs["on"].counters()
         end = time.monotonic() + WINDOW
         while (left := end - time.monotonic()) > 0:
             time.sleep(min(1.0, left))
-            prog.drain_flows()
-        s1 = {h: prog_stats(fd) for h, fd in fds.items()}
-        c1 = prog.counters()
+            for prog in progs.values():
+                prog.drain_flows()
+        s1 = {k: prog_stats(fd) for k, fd in fds.items()}
+        c1 = progs["on"].counters()
     finally:
-        att.detach_all()
-        att.close()
-    out = {h: (s1[h][0] - s0[h][0], s1[h][1] - s0[h][1]) for h in fds}
+        for fd in links:
+            with contextlib.suppress(OSError):
+                tcx.link_detach(fd)
+            os.close(fd)
+    out: dict[str, Any] = {v: {h: (s1[v, h][0] - s0[v, h][0], s1[v, h][1] - s0[v, h][1])
+                               for h in HOOKS} for v in progs}  # fmt: skip
+    out["first"] = order[0]
     for k in ("wire_events", "wire_ring_full", "wire_rate_limited"):
-        out[k] = (c1[k] - c0[k], 0)
+        out[k] = c1[k] - c0[k]
     return out
 
 
@@ -122,12 +151,12 @@ def ns_per_run(w: dict[str, tuple[int, int]], hooks: tuple[str, ...]) -> float:
     return ns / runs if runs else float("nan")
 
 
-def measure(p: Pair, progs: dict[str, Any], name: str, args: list[str]) -> list[dict[str, Any]]:
+def measure(p: Pair, progs: dict[str, Any], args: list[str]) -> list[dict[str, Any]]:
     srv = p.b.popen(
         ["iperf3", "-s", "-1", "-B", Pair.B4], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     time.sleep(0.5)
-    total = WARMUP + ROUNDS * 2 * (WINDOW + SETTLE + 1.0) + 5
+    total = WARMUP + 2 * PAIRS * (WINDOW + SETTLE + 1.0) + 5
     cli = p.a.popen(
         ["iperf3", "-c", Pair.B4, *args, "-t", str(int(total)), "--connect-timeout", "3000"],
         stdout=subprocess.DEVNULL,
@@ -135,28 +164,32 @@ def measure(p: Pair, progs: dict[str, Any], name: str, args: list[str]) -> list[
     )
     try:
         time.sleep(WARMUP)
-        rounds = []
-        for i in range(ROUNDS):
-            r: dict[str, Any] = {}
-            for variant in ("on", "off") if i % 2 == 0 else ("off", "on"):
-                if cli.poll() is not None:
-                    raise RuntimeError(f"iperf3 ended early: {cli.stderr.read().decode()}")
-                r[variant] = window(p, progs[variant])
-            rounds.append(r)
-        return rounds
+        windows = []
+        for i in range(2 * PAIRS):  # ABAB: on first, off first, on first, ...
+            if cli.poll() is not None:
+                raise RuntimeError(f"iperf3 ended early: {cli.stderr.read().decode()}")
+            windows.append(window(p, progs, ("on", "off") if i % 2 == 0 else ("off", "on")))
+        return windows
     finally:
         C.stop_process(cli)
         C.stop_process(srv)
 
 
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else [xs[0]] * 3
+    return q[0], q[2]
+
+
 def main() -> int:
-    global ROUNDS
+    global PAIRS
     C.require_root()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=[name for name, _a, _t in LOADS], action="append")
-    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--pairs", type=int, default=PAIRS)
     opts = ap.parse_args()
-    ROUNDS = opts.rounds
+    if opts.pairs < 1:
+        ap.error("--pairs must be 1 or more")
+    PAIRS = opts.pairs
     loads = [load for load in LOADS if not opts.only or load[0] in opts.only]
     from flowtop.kernel.program import ProgramOptions, TcProgram, WireOptions
     from flowtop.kernel.wirecapture import WireCapture
@@ -173,7 +206,7 @@ def main() -> int:
         try:
             for name, args, _target in loads:
                 print(f"measuring {name} ...", file=sys.stderr, flush=True)
-                results[name] = measure(p, {"on": on, "off": off}, name, args)
+                results[name] = measure(p, {"on": on, "off": off}, args)
         finally:
             drainer.stop()
             wire.close()
@@ -183,35 +216,37 @@ def main() -> int:
     verdicts = []
     summary = []
     for name, _args, target in loads:
-        for hooks in (("ingress",), ("egress",), ("ingress", "egress")):
-            label = "+".join(hooks)
-            ons = [ns_per_run(r["on"], hooks) for r in results[name]]
-            offs = [ns_per_run(r["off"], hooks) for r in results[name]]
-            ratios = [a / b for a, b in zip(ons, offs, strict=True)]
-            runs = C.median([sum(r["on"][h][1] for h in hooks) for r in results[name]])
-            ev = C.median([r["on"]["wire_events"][0] for r in results[name]])
-            full = C.median([r["on"]["wire_ring_full"][0] for r in results[name]])
+        windows = results[name]
+        for hooks in (("ingress",), ("egress",), HOOKS):
+            ons = [ns_per_run(r["on"], hooks) for r in windows]
+            offs = [ns_per_run(r["off"], hooks) for r in windows]
+            each = [a / b for a, b in zip(ons, offs, strict=True)]
+            # A pair: the window with on first and the next with off first;
+            # its ratio the geometric mean of theirs (the position cancels).
+            ratios = [math.sqrt(each[i] * each[i + 1]) for i in range(0, len(each) - 1, 2)]
+            by_order = {f: C.median(each[k::2]) for k, f in enumerate(("on", "off"))}
+            lo, hi = quartiles(ratios)
+            ratio = C.median(ratios)
             rows.append(
                 (
-                    name, label, int(runs), f"{C.median(offs):.1f}", f"{C.median(ons):.1f}",
-                    f"{C.median(ratios):.3f}x", int(ev), int(full),
+                    name, "+".join(hooks), int(C.median([sum(r["on"][h][1] for h in hooks)
+                                                          for r in windows])),
+                    f"{C.median(offs):.1f}", f"{C.median(ons):.1f}", f"{ratio:.3f}x",
+                    f"{lo:.3f}-{hi:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+                    f"{by_order['on']:.3f}/{by_order['off']:.3f}",
+                    int(C.median([r["wire_events"] for r in windows])),
+                    int(C.median([r["wire_ring_full"] for r in windows])),
                 )
             )  # fmt: skip
-            if len(hooks) == 2:
-                ratio = C.median(ratios)
+            if hooks == HOOKS:
                 if target:
                     verdicts.append(ratio <= TARGET)
-                summary.append(f"{name} {ratio:.3f}x")
+                summary.append(f"{name} {ratio:.3f}x (IQR {lo:.3f}-{hi:.3f})")
     print(
-        f"\nTC program ns/run, names on vs off, median of {ROUNDS} rounds x {WINDOW:g} s "
-        "(alternating)\n"
+        f"\nTC program ns/run, names on vs off on the same packets (both linked), "
+        f"{PAIRS} pairs of {WINDOW:g} s windows (on first, off first)\n"
     )
-    print(
-        C.table(
-            rows,
-            ["load", "hooks", "runs/window", "off ns", "on ns", "on/off", "events", "ring full"],
-        )
-    )
+    print(C.table(rows, COLUMNS))
     ok = all(verdicts)
     print(
         f"\nRESULT {C.verdict(ok)}: names on/off {', '.join(summary)} "

@@ -33,11 +33,8 @@ from flowtop.errors import KernelFeatureError
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER = 8
+_LENGTH_MASK = ~(BUSY_BIT | DISCARD_BIT) & 0xFFFF_FFFF
 MAP_TYPE_RINGBUF = 27  # enum bpf_map_type
-
-
-def _round8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 def _fdinfo(fd: int) -> dict[str, str]:
@@ -68,6 +65,7 @@ class RingParser:
         self._cons = consumer[:8].cast("Q")
         self._prod = producer[:8].cast("Q")
         self._data = producer[page : page + 2 * size]
+        self._words = self._data.cast("I")  # records start 8-aligned: their length words
         self._size = size
         self._mask = size - 1
 
@@ -79,26 +77,45 @@ class RingParser:
         """Up to max_records committed records' bytes (copies), in order; the
         consumer position moves past each record taken, discarded ones
         included. Raises MalformedRecord (position left at that record)."""
-        out: list[bytes] = []
-        cons = int(self._cons[0])
+        span, offsets, lengths = self.read_span(max_records)
+        return [span[at : at + n] for at, n in zip(offsets, lengths, strict=True)]
+
+    def read_span(self, max_records: int) -> tuple[bytes, list[int], list[int]]:
+        """read()'s records without a copy each: one copy of the ring bytes
+        they span (headers and padding included), each record's offset in
+        it and its length (discarded records left out). The headers are
+        read first, one by one, then the span copied, then the consumer
+        position moved once past it: a record's bytes are copied only after
+        its header said it was committed (the order read() needs), and the
+        room is freed after the copy. Raises MalformedRecord (the records
+        before it are consumed and lost, the position left at it)."""
+        offsets: list[int] = []
+        lengths: list[int] = []
+        start = cons = int(self._cons[0])
         prod = int(self._prod[0])  # acquire: records before it are visible
-        data = self._data
-        while cons < prod and len(out) < max_records:
-            at = cons & self._mask
-            word = int.from_bytes(data[at : at + 4], "little")
+        words, mask, size = self._words, self._mask, self._size
+        while cons < prod and len(offsets) < max_records:
+            word = words[(cons & mask) >> 2]  # one aligned u32 load: the length word
             if word & BUSY_BIT:
                 break  # reserved, not committed yet: the ones after wait for it
-            length = word & ~(BUSY_BIT | DISCARD_BIT)
-            total = _round8(length + HEADER)
-            if total > self._size or cons + total > prod:
+            length = word & _LENGTH_MASK
+            total = (length + HEADER + 7) & ~7
+            if total > size or cons + total > prod:
+                self._cons[0] = cons
                 raise MalformedRecord(f"record of {length} bytes at position {cons}")
             if not word & DISCARD_BIT:
-                out.append(bytes(data[at + HEADER : at + HEADER + length]))
+                offsets.append(cons - start + HEADER)
+                lengths.append(length)
             cons += total
-            self._cons[0] = cons  # release: after the copy, as libbpf does per record
-        return out
+        if cons == start:
+            return b"", offsets, lengths
+        at = start & mask
+        span = bytes(self._data[at : at + cons - start])  # within the double mapping
+        self._cons[0] = cons  # release: after the copy
+        return span, offsets, lengths
 
     def release(self) -> None:
+        self._words.release()
         self._cons.release()
         self._prod.release()
         self._data.release()
@@ -139,6 +156,9 @@ class RingBuffer:
 
     def read(self, max_records: int) -> list[bytes]:
         return self._parser.read(max_records)
+
+    def read_span(self, max_records: int) -> tuple[bytes, list[int], list[int]]:
+        return self._parser.read_span(max_records)
 
     def close(self) -> None:
         if self._closed:

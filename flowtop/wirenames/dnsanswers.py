@@ -15,7 +15,7 @@ import struct
 from enum import Enum
 from typing import NamedTuple
 
-from flowtop.wirenames.hostname import shown_name
+from flowtop.wirenames.hostname import NAME_MAX_LEN, shown_name
 
 # How long a DNS mapping is kept: the record's TTL (the smallest over the
 # CNAME chain), at least TTL_FLOOR (a TTL of 0 or a few seconds is common
@@ -138,7 +138,7 @@ def _name(wire: bytes, at: int, memo: _Memo) -> tuple[bytes, int]:
 
 
 # Response bytes after the id -> its parse (bounded; cleared when full).
-_SEEN: dict[bytes, tuple[list[Answer], Status]] = {}
+_SEEN: dict[bytes, Parsed] = {}
 _SEEN_MAX = 4096
 
 # Wire name -> shown name: cleaning is most of a parse's cost, and a box
@@ -147,7 +147,15 @@ _SHOWN: dict[bytes, str | None] = {}
 _SHOWN_MAX = 8192
 
 
+# Bytes of the usual host name (lower case: _name lowers them): a name of
+# only these, not ending in a dot and not too long, is its own shown_name.
+_HOST_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_."
+
+
 def _text(name: bytes) -> str | None:
+    """shown_name of a name from _name (lower-case wire bytes)."""
+    if 0 < len(name) <= NAME_MAX_LEN and name[-1] != 0x2E and not name.translate(None, _HOST_BYTES):
+        return name.decode("ascii")  # nothing to clean (tests check it against shown_name)
     got = _SHOWN.get(name, _SHOWN)
     if got is _SHOWN:
         if len(_SHOWN) >= _SHOWN_MAX:
@@ -158,9 +166,28 @@ def _text(name: bytes) -> str | None:
 
 _HEADER = struct.Struct("!HHHH")  # id, flags, question and answer counts
 _RR = struct.Struct("!HHIH")  # type, class, ttl, rdata length
+_PTR_RR = struct.Struct("!HHHIH")  # an owner name that is one pointer, then _RR
 # Sections' record types and classes (RFC 1035, 3596).
 _A, _CNAME, _AAAA, _IN = 1, 5, 28, 1
 _MAX_ANSWERS = 64  # answer records read from one message (the rest ignored)
+_PAD = bytes(12)  # an IPv4 address to 16 bytes, as in a flow key
+
+
+class Parsed(NamedTuple):
+    """One DNS message's facts as the feeder takes them (wirenames/feed.py):
+    no object per answer beyond its tuple. qname, cname_end: as in Answer
+    (None when status is not OK); addrs: per A/AAAA record of the chain's
+    end, (version 4 or 6, the address as 16 bytes with IPv4 in the first 4
+    as in a flow key, its TTL: the smallest on the chain)."""
+
+    status: Status
+    qname: str | None
+    cname_end: str | None
+    addrs: tuple[tuple[int, bytes, int], ...]
+
+
+_NOT_RESPONSE = Parsed(Status.NOT_RESPONSE, None, None, ())
+_MALFORMED = Parsed(Status.MALFORMED, None, None, ())
 
 
 def parse_response(wire: bytes) -> tuple[list[Answer], Status]:
@@ -173,27 +200,155 @@ def parse_response(wire: bytes) -> tuple[list[Answer], Status]:
     additional sections are not needed. tests/unit/test_wirenames_dns.py
     checks this against messages dnspython builds. A response seen before
     (the same bytes after the id) is not parsed again."""
+    got = parse(wire)
+    qname = got.qname
+    if qname is None:
+        return [], got.status
+    out = [Answer(a if v == 6 else a[:4], v, qname, got.cname_end, t) for v, a, t in got.addrs]
+    return out, got.status
+
+
+def parse(wire: bytes) -> Parsed:
+    """parse_response's facts as one Parsed (what the feeder uses): the
+    common shape of a response by a lean parse (_quick), anything else by
+    the full one (_parse); a response seen before from the cache."""
     # A resolver gives many clients (and one client again and again) the
     # same answer: the same bytes but for the message id.
     key = wire[2:]
     got = _SEEN.get(key)
     if got is None:
-        try:
-            got = _parse(wire)
-        except _Bad:
-            got = ([], Status.MALFORMED)
+        got = _quick(wire)
+        if got is None:
+            try:
+                got = _parse(wire)
+            except _Bad:
+                got = _MALFORMED
         if len(_SEEN) >= _SEEN_MAX:
             _SEEN.clear()
         _SEEN[key] = got
-    return list(got[0]), got[1]
+    return got
 
 
-def _parse(wire: bytes) -> tuple[list[Answer], Status]:
+def _quick(wire: bytes) -> Parsed | None:
+    """The common response read with fewer steps, or None to leave it to
+    _parse: one question whose name is plain labels, at most _MAX_ANSWERS
+    answers, nothing cut or malformed. An answer's owner that is one pointer
+    to a name read before (the question's or a CNAME's target: how servers
+    compress) costs one unpack; other owners are read by _name as _parse
+    reads them. Where it answers, it answers exactly what _parse does
+    (tests/unit/test_wirenames_dnsfast.py compares the two over real and
+    mutated responses); every bound of _parse holds here too: lengths
+    against the bytes there, 255 octets a name (the question's label walk
+    is bounded by the message), pointers backwards and _MAX_POINTERS of
+    them (in _name), MAX_CHAIN links, _MAX_ANSWERS records, the names
+    cleaned."""
+    n = len(wire)
+    if n < 17:
+        return None
+    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
+    if flags & 0x800F != 0x8000 or qd != 1 or an > _MAX_ANSWERS:
+        return None
+    # The question's name: labels from offset 12 (a pointer there: _parse).
+    labels = []
+    pos = 12
+    ln = wire[pos]
+    while ln:
+        if ln > 63:
+            return None
+        end = pos + 1 + ln
+        if end >= n:
+            return None
+        labels.append(wire[pos + 1 : end])
+        pos = end
+        ln = wire[pos]
+    size = pos - 12  # octets before the root label, as _name counts them
+    if size > 255:
+        return None
+    qname = b".".join(labels).lower()
+    pos += 5  # the root label, qtype, qclass
+    if pos > n:
+        return None
+    memo: _Memo = {12: (qname, size)}
+    cnames: dict[bytes, tuple[bytes, int]] = {}  # owner -> (target, ttl)
+    owners: list[bytes] = []  # of each address record in found
+    found: list[tuple[int, bytes, int]] = []  # (version, address as 16 bytes, ttl)
+    for _ in range(an):
+        if pos + 12 > n:
+            return None
+        ptr, rtype, rclass, ttl, rdlen = _PTR_RR.unpack_from(wire, pos)
+        known = memo.get(ptr & 0x3FFF) if ptr >= 0xC000 else None  # behind pos
+        if known is not None:
+            owner = known[0]
+            rdata = pos + 12
+        else:  # an owner written out, or a pointer into a name: as _parse reads it
+            try:
+                owner, pos = _name(wire, pos, memo)
+            except _Bad:
+                return None
+            if pos + 10 > n:
+                return None
+            rtype, rclass, ttl, rdlen = _RR.unpack_from(wire, pos)
+            rdata = pos + 10
+        pos = rdata + rdlen
+        if pos > n:
+            return None
+        if rclass != _IN:
+            continue
+        if rtype == _A:
+            if rdlen == 4:
+                owners.append(owner)
+                found.append((4, wire[rdata:pos] + _PAD, ttl & 0x7FFF_FFFF))
+        elif rtype == _AAAA:
+            if rdlen == 16:
+                owners.append(owner)
+                found.append((6, wire[rdata:pos], ttl & 0x7FFF_FFFF))
+        elif rtype == _CNAME:
+            try:
+                target, after = _name(wire, rdata, memo)
+            except _Bad:
+                return None
+            if after > pos:
+                return None
+            cnames.setdefault(owner, (target, ttl & 0x7FFF_FFFF))
+    return _answers(qname, cnames, owners, found)
+
+
+def _answers(
+    qname: bytes,
+    cnames: dict[bytes, tuple[bytes, int]],
+    owners: list[bytes],
+    found: list[tuple[int, bytes, int]],
+) -> Parsed:
+    """The Parsed of a message read: the chain from qname through cnames,
+    and the address records (found, owned by owners) of its end (the same
+    step for both parses)."""
+    name = qname
+    low: int | None = None
+    for _ in range(MAX_CHAIN):
+        link = cnames.get(name)
+        if link is None:
+            break
+        name, t = link
+        low = t if low is None else min(low, t)
+    shown = _text(qname)
+    if shown is None:
+        return _MALFORMED
+    end = _text(name) if name != qname else None
+    # A record's own tuple unless the chain's TTL is lower (one tuple fewer each).
+    if low is None:
+        addrs = tuple([x for o, x in zip(owners, found, strict=True) if o == name])
+    else:
+        addrs = tuple([x if x[2] <= low else (x[0], x[1], low)
+                       for o, x in zip(owners, found, strict=True) if o == name])  # fmt: skip
+    return Parsed(Status.OK, shown, end, addrs)
+
+
+def _parse(wire: bytes) -> Parsed:
     if len(wire) < 12:
         raise _Bad
     _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
     if not flags & 0x8000 or flags & 0x000F or qd == 0:
-        return [], Status.NOT_RESPONSE  # a query, or an error rcode
+        return _NOT_RESPONSE  # a query, or an error rcode
     memo: _Memo = {}
     qname, pos = _name(wire, 12, memo)
     pos += 4  # qtype, qclass
@@ -202,7 +357,8 @@ def _parse(wire: bytes) -> tuple[list[Answer], Status]:
     if pos > len(wire):
         raise _Bad
     cnames: dict[bytes, tuple[bytes, int]] = {}  # owner -> (target, ttl)
-    addrs: dict[bytes, list[tuple[bytes, int, int]]] = {}  # owner -> (address, version, ttl)
+    owners: list[bytes] = []  # of each address record in found
+    found: list[tuple[int, bytes, int]] = []  # (version, address as 16 bytes, ttl)
     for _ in range(min(an, _MAX_ANSWERS)):
         owner, pos = _name(wire, pos, memo)
         if pos + 10 > len(wire):
@@ -220,25 +376,13 @@ def _parse(wire: bytes) -> tuple[list[Answer], Status]:
             if after > pos:
                 raise _Bad
             cnames.setdefault(owner, (target, ttl))
-        elif (rtype == _A and rdlen == 4) or (rtype == _AAAA and rdlen == 16):
-            addrs.setdefault(owner, []).append((wire[rdata:pos], 4 if rtype == _A else 6, ttl))
-    name = qname
-    low: int | None = None
-    for _ in range(MAX_CHAIN):
-        link = cnames.get(name)
-        if link is None:
-            break
-        name, t = link
-        low = t if low is None else min(low, t)
-    shown = _text(qname)
-    if shown is None:
-        raise _Bad
-    end = _text(name) if name != qname else None
-    out = [
-        Answer(a, v, shown, end, t if low is None else min(low, t))
-        for a, v, t in addrs.get(name, ())
-    ]
-    return out, Status.OK
+        elif rtype == _A and rdlen == 4:
+            owners.append(owner)
+            found.append((4, wire[rdata:pos] + _PAD, ttl))
+        elif rtype == _AAAA and rdlen == 16:
+            owners.append(owner)
+            found.append((6, wire[rdata:pos], ttl))
+    return _answers(qname, cnames, owners, found)
 
 
 def clamp_ttl(ttl: int, floor: int = TTL_FLOOR) -> int:

@@ -17,6 +17,7 @@ from flowtop.wirenames.firstdata import FirstData
 from flowtop.wirenames.names import KEY_OFFSET, SOURCE_HTTP, SOURCE_SNI, WireNames, conn_key
 
 _TCP, _UDP = 6, 17
+_KEY_SIZE = FLOW_KEY.itemsize
 _PROTO, _DST = KEY_OFFSET["proto"], KEY_OFFSET["dst"]
 # The feeder's counters (WireNames.counters, CollectorHealth through the engine).
 PARSE_COUNTERS = (
@@ -45,39 +46,52 @@ class Feeder:
     def feed(self, packets: Iterable[WirePacket]) -> None:
         now = self.names.now()
         c = self.counts
+        # DNS answers go into the table together at the end, one lock hold
+        # (the order kept: a later answer for a client and address wins).
+        responses: list[tuple[bytes, dnsanswers.Parsed]] = []
+        ok, malformed = dnsanswers.Status.OK, dnsanswers.Status.MALFORMED
+        parse = dnsanswers.parse
+        n_resp = n_bad = 0
         for p in packets:
-            if len(p.key) != FLOW_KEY.itemsize:
+            key = p.key
+            kind = p.kind
+            if len(key) != _KEY_SIZE:
                 c["bad_packets"] += 1
-            elif p.kind == KIND_DNS:
-                self._dns(p, now)
-            elif p.kind == KIND_TCP_FIRST:
+            elif kind == KIND_DNS:
+                wire = p.payload
+                if key[_PROTO] == _TCP:
+                    message = self._tcp_dns(p)
+                    if message is None:
+                        continue
+                    wire = message
+                got = parse(wire)
+                status = got.status
+                if status is ok:
+                    n_resp += 1
+                    if got.addrs:
+                        responses.append((key[_DST : _DST + 16], got))
+                elif status is malformed:
+                    n_bad += 1
+            elif kind == KIND_TCP_FIRST:
                 self._first(p, now)
             else:
                 c["bad_packets"] += 1
+        c["dns_responses"] += n_resp
+        c["dns_malformed"] += n_bad
+        if responses:
+            c["dns_answers"] += self.names.add_responses(responses, now)
         self.first.expire(now)
         c["first_dropped"] = self.first.dropped
         self.names.parse = dict(c)  # one reference swap: the engine thread reads it
 
-    def _dns(self, p: WirePacket, now: float) -> None:
-        c = self.counts
-        wire = p.payload
-        if p.key[_PROTO] == _TCP:
-            got, status = dnsanswers.strip_tcp_length(p.payload, p.payload_len)
-            if got is None:
-                c["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
-                  else "dns_malformed"] += 1  # fmt: skip
-                return
-            wire = got
-        answers, status = dnsanswers.parse_response(wire)
-        if status is dnsanswers.Status.MALFORMED:
-            c["dns_malformed"] += 1
-            return
-        if status is not dnsanswers.Status.OK:
-            return
-        c["dns_responses"] += 1
-        if answers:
-            self.names.add_answers(p.key[_DST : _DST + 16], answers, now)
-        c["dns_answers"] += len(answers)
+    def _tcp_dns(self, p: WirePacket) -> bytes | None:
+        """The DNS message of a TCP segment from a DNS port, without its
+        length prefix; None when it gives none (counted)."""
+        got, status = dnsanswers.strip_tcp_length(p.payload, p.payload_len)
+        if got is None:
+            self.counts["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
+                        else "dns_malformed"] += 1  # fmt: skip
+        return got
 
     def _first(self, p: WirePacket, now: float) -> None:
         c = self.counts

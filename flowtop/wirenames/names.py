@@ -27,7 +27,7 @@ import numpy as np
 from flowtop.core.owners import NAME_NONE, NameTable, flow_tuple_columns, hash_columns
 from flowtop.kernel.layout import FLOW_KEY, FLOW_KEY_WORDS
 from flowtop.kernel.owner_records import OWNER_TUPLE_WORDS
-from flowtop.wirenames.dnsanswers import TTL_FLOOR, Answer, clamp_ttl
+from flowtop.wirenames.dnsanswers import TTL_CAP, TTL_FLOOR, Answer, Parsed, clamp_ttl
 
 # NameColumns.source, and the flow table's name_source column
 SOURCE_NONE = 0
@@ -81,11 +81,15 @@ def dns_key(version: int, client: bytes, address: bytes) -> bytes:
 
 class _Store:
     """Entries keyed by 40 bytes (five words) in numpy columns, at most
-    max_entries. `put` only stages an entry (the feeder thread's cost per
-    answer is a list append); staged entries go into the columns at once,
-    vectorised, before anything reads them (`flush`). `find` is a vectorised
-    lookup through a sorted hash index rebuilt when entries were added or
-    removed since the last lookup."""
+    max_entries. `put`/`put_many` only stage entries (the feeder thread's
+    cost per entry is a few list appends, one list per column); staged
+    entries go into the columns at once, vectorised, before anything reads
+    them (`flush`). `find` is a vectorised lookup through a sorted hash index
+    rebuilt when entries were added or removed since the last lookup."""
+
+    # Entries staged at most before a put flushes them itself (bounded,
+    # whoever reads next).
+    STAGED_MAX = 65536
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -97,7 +101,12 @@ class _Store:
         self.source = np.zeros(0, dtype=np.uint8)
         self.deadline = np.zeros(0, dtype=np.float64)  # dropped after this
         self.live = np.zeros(0, dtype=bool)
-        self._staged: list[tuple[bytes, int, int, int, float]] = []
+        # The staged entries, one list per column (key, name, cname, source, deadline).
+        self._sk: list[bytes] = []
+        self._sn: list[int] = []
+        self._sc: list[int] = []
+        self._ss: list[int] = []
+        self._sd: list[float] = []
         self._dirty = True
         self._hash = np.zeros(0, dtype=np.uint64)
         self._order = np.zeros(0, dtype=np.int64)
@@ -122,18 +131,37 @@ class _Store:
 
     def put(self, key: bytes, name: int, cname: int, source: int, deadline: float) -> None:
         """Key's entry set (a new one, or a replaced one), when next flushed."""
-        self._staged.append((key, name, cname, source, deadline))
-        if len(self._staged) >= 65536:
-            self.flush()  # bounded, whoever reads next
+        self._sk.append(key)
+        self._sn.append(name)
+        self._sc.append(cname)
+        self._ss.append(source)
+        self._sd.append(deadline)
+        if len(self._sk) >= self.STAGED_MAX:
+            self.flush()
+
+    def put_many(
+        self, keys: list[bytes], names: list[int], cnames: list[int], source: int,
+        deadlines: list[float],
+    ) -> None:  # fmt: skip
+        """put() of each keys[i] with names[i], cnames[i], source, deadlines[i]."""
+        self._sk += keys
+        self._sn += names
+        self._sc += cnames
+        self._ss += [source] * len(keys)
+        self._sd += deadlines
+        if len(self._sk) >= self.STAGED_MAX:
+            self.flush()
 
     def flush(self) -> None:
         """The staged entries into the columns: the last of each key wins;
         room made by dropping the entries soonest to go (counted)."""
-        if not self._staged:
+        staged = self._sk
+        if not staged:
             return
-        staged, self._staged = self._staged, []
+        names, cnames, sources, deadlines = self._sn, self._sc, self._ss, self._sd
+        self._sk, self._sn, self._sc, self._ss, self._sd = [], [], [], [], []
         # key -> its last entry
-        last = dict(zip([e[0] for e in staged], range(len(staged)), strict=True))
+        last = dict(zip(staged, range(len(staged)), strict=True))
         held = self.rows
         new = [k for k in last if k not in held]
         if len(new) > self.max_entries:  # the batch alone overflows: its first go
@@ -148,19 +176,23 @@ class _Store:
         if len(new) > len(self._free):
             self._grow(len(self.rows) + len(new))
         if new:
-            rows_new = [self._free.pop() for _ in new]
+            free = self._free
+            rows_new = free[len(free) - len(new) :][::-1]  # as many pop()s
+            del free[len(free) - len(new) :]
             self.rows.update(zip(new, rows_new, strict=True))
             at = np.array(rows_new, dtype=np.int64)
             self.words[at] = np.frombuffer(b"".join(new), dtype="<u8").reshape(-1, _WORDS)
             self.live[at] = True
             self._dirty = True
         rows = np.fromiter(map(self.rows.__getitem__, last), dtype=np.int64, count=len(last))
-        # name, cname, source, deadline of each: ids are exact in a float64
-        vals = np.array([staged[i][1:] for i in last.values()], dtype=np.float64)
-        self.name[rows] = vals[:, 0]
-        self.cname[rows] = vals[:, 1]
-        self.source[rows] = vals[:, 2]
-        self.deadline[rows] = vals[:, 3]
+        if len(last) == len(staged):  # no key twice: every entry is its key's last
+            pick: slice | np.ndarray = slice(None)
+        else:
+            pick = np.fromiter(last.values(), dtype=np.int64, count=len(last))
+        self.name[rows] = np.array(names, dtype=np.uint32)[pick]
+        self.cname[rows] = np.array(cnames, dtype=np.uint32)[pick]
+        self.source[rows] = np.array(sources, dtype=np.uint8)[pick]
+        self.deadline[rows] = np.array(deadlines, dtype=np.float64)[pick]
 
     def _evict(self, k: int) -> None:
         """Room for new entries: the k soonest to go, dropped (counted)."""
@@ -286,6 +318,30 @@ class WireNames:
                 key = _VERSION[a.version] + head + a.address.ljust(16, b"\0")
                 self._dns.put(key, q, c, SOURCE_DNS, now + clamp_ttl(a.ttl, self.ttl_floor))
             self.generation += len(answers)
+
+    def add_responses(self, responses: list[tuple[bytes, Parsed]], now: float) -> int:
+        """The answers of many DNS responses, each with its client (the
+        response's destination: 16 bytes, as in a flow key), in order (a
+        later answer for the same client and address wins), under one lock
+        hold; how many answers. The feeder's path (wirenames/feed.py)."""
+        floor = self.ttl_floor
+        keys: list[bytes] = []
+        nids: list[int] = []
+        cids: list[int] = []
+        deadlines: list[float] = []
+        with self._lock:
+            intern = self.names.intern
+            for client, got in responses:
+                q, c = intern(got.qname), intern(got.cname_end)
+                for v, a, t in got.addrs:
+                    keys.append(_VERSION[v] + client + a)
+                    nids.append(q)
+                    cids.append(c)
+                    t = TTL_CAP if t > TTL_CAP else t  # clamp_ttl, inline: per answer
+                    deadlines.append(now + (floor if t < floor else t))
+            self._dns.put_many(keys, nids, cids, SOURCE_DNS, deadlines)
+            self.generation += len(keys)
+        return len(keys)
 
     def add_connection(self, key: bytes, name: str, source: int, now: float | None = None) -> None:
         """The connection whose client sent the packet of flow key `key` named

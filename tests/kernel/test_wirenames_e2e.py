@@ -276,8 +276,8 @@ def test_a_burst_of_100k_dns_responses_is_counted_and_survived(
     quiet_pair: Pair, tmp_path: Path
 ) -> None:
     """100k DNS responses in a burst, every one of them a name to learn, with
-    the kernel's rate limit out of the way: the ring fills and what it
-    refused is counted, every response is either handed up, refused by the
+    the kernel's rate limit out of the way: what the ring refused (if it
+    filled) is counted, every response is either handed up, refused by the
     rate or refused by the full ring (exactly), the flow's counters stay
     exact, the names side parses what came up without one malformed, and
     the run ends normally with the name learnt."""
@@ -316,7 +316,10 @@ def test_a_burst_of_100k_dns_responses_is_counted_and_survived(
     st = res.stats
     up, limited, full = st["wire_events"], st["wire_rate_limited"], st["wire_ring_full"]
     assert up + limited + full == n, (st, sent_in)
-    assert up > 0 and full > 0, st  # the ring did fill (and was read meanwhile)
+    # Whether the ring fills depends on the reader's pace against this
+    # Python sender's (since the bulk ring read it mostly keeps up); a
+    # full ring counted exactly is tests/kernel/test_wirecapture.py's.
+    assert up > 0, st
     assert st["names_malformed"] == 0 and st["names_dropped"] == 0, st
     after = res.flow(iface="va", direction="egress", proto=17, dport=9999)
     assert after is not None, res.flows
