@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from flowtop.kernel.layout import FLOW_KEY
 from flowtop.kernel.wire_records import KIND_DNS, KIND_TCP_FIRST, WirePacket
 from flowtop.wirenames import dnsanswers, httphost, tlshello
+from flowtop.wirenames.dnstcp import DnsStreams
 from flowtop.wirenames.firstdata import FirstData
 from flowtop.wirenames.names import KEY_OFFSET, SOURCE_HTTP, SOURCE_SNI, WireNames, conn_key
 
@@ -24,7 +25,7 @@ PARSE_COUNTERS = (
     "dns_responses",  # DNS responses read
     "dns_answers",  # addresses learnt
     "dns_malformed",  # not a readable DNS message (garbage, a cut capture)
-    "dns_tcp_unparsed",  # a TCP response spanning segments: left unparsed
+    "dns_tcp_unparsed",  # a TCP response spanning segments not put together (dnstcp.py)
     "hello_names",  # SNI names learnt
     "http_names",  # Host names learnt
     "first_malformed",  # a TLS handshake whose lengths do not add up
@@ -41,6 +42,8 @@ class Feeder:
     def __init__(self, names: WireNames, first: FirstData | None = None) -> None:
         self.names = names
         self.first = first if first is not None else FirstData()
+        self.streams = DnsStreams()
+        self._streams_dropped = 0
         self.counts = dict.fromkeys(PARSE_COUNTERS, 0)
 
     def feed(self, packets: Iterable[WirePacket]) -> None:
@@ -60,7 +63,7 @@ class Feeder:
             elif kind == KIND_DNS:
                 wire = p.payload
                 if key[_PROTO] == _TCP:
-                    message = self._tcp_dns(p)
+                    message = self._tcp_dns(p, now)
                     if message is None:
                         continue
                     wire = message
@@ -82,15 +85,35 @@ class Feeder:
             c["dns_answers"] += self.names.add_responses(responses, now)
         self.first.expire(now)
         c["first_dropped"] = self.first.dropped
+        self.streams.expire(now)
+        if self.streams.dropped != self._streams_dropped:  # their messages unparsed
+            c["dns_tcp_unparsed"] += self.streams.dropped - self._streams_dropped
+            self._streams_dropped = self.streams.dropped
         self.names.parse = dict(c)  # one reference swap: the engine thread reads it
 
-    def _tcp_dns(self, p: WirePacket) -> bytes | None:
+    def _tcp_dns(self, p: WirePacket, now: float) -> bytes | None:
         """The DNS message of a TCP segment from a DNS port, without its
-        length prefix; None when it gives none (counted)."""
+        length prefix, or of the segments before it and this one (a
+        response spanning segments: dnstcp.py); None when it gives none
+        (counted, unless it waits for the next segment)."""
+        conn = conn_key(p.key)
+        whole = p.payload_len == len(p.payload)
+        streams = self.streams
+        if streams.seen(conn, p.seq, p.payload_len):
+            return None  # a copy (a retransmit, or the router's other hook)
+        if streams.waiting(conn):
+            message = streams.add(conn, p.seq, p.payload, whole)
+            if message is not None or streams.waiting(conn):
+                return message
+            self.counts["dns_tcp_unparsed"] += 1  # out of order, or cut by the capture
+            return None
         got, status = dnsanswers.strip_tcp_length(p.payload, p.payload_len)
         if got is None:
-            self.counts["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
-                        else "dns_malformed"] += 1  # fmt: skip
+            if whole and (status is dnsanswers.Status.UNPARSED_TCP or p.payload_len == 1):
+                streams.start(conn, p.seq, p.payload, now)  # the rest comes next
+            else:
+                self.counts["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
+                            else "dns_malformed"] += 1  # fmt: skip
         return got
 
     def _first(self, p: WirePacket, now: float) -> None:

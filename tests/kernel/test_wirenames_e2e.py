@@ -272,6 +272,83 @@ def test_a_dns_name_expires_with_its_ttl(router: Router, tmp_path: Path) -> None
     assert late["dst_name"] is None and late["name_source"] is None, late
 
 
+class TcpZoneServer:
+    """A DNS-over-TCP server in a thread: BULK gets `records` A records
+    (S4 the last), the response written in two parts (NODELAY, a pause
+    between them), so that it spans two segments."""
+
+    def __init__(self, host: str, records: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 53))
+        self.sock.listen(4)
+        self.records = records
+        self.sizes: list[int] = []  # the framed responses' sizes, as sent
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                n = int.from_bytes(conn.recv(2), "big")
+                q = dns.message.from_wire(conn.recv(n))
+                r = dns.message.make_response(q)
+                addrs = [f"198.51.100.{i + 1}" for i in range(self.records - 1)] + [S4]
+                r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", *addrs))
+                wire = r.to_wire()
+                framed = len(wire).to_bytes(2, "big") + wire
+                half = len(framed) // 2
+                conn.sendall(framed[:half])
+                time.sleep(0.1)
+                conn.sendall(framed[half:])
+                self.sizes.append(len(framed))
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def test_a_tcp_dns_response_over_two_segments_names_the_flow(router: Router) -> None:
+    """A response of 60 A records over TCP (about 1 kB, written in two
+    parts: two segments, the answered S4 in the second), seen on both of
+    the router's legs: the client's next connection to S4 is named by it,
+    and nothing is counted unparsed or malformed."""
+    made: list[Any] = []
+    add_dns_address(router)
+    try:
+        with netns.entered(router.server.name):
+            srv = TcpZoneServer(NS4, 60)
+            made += [srv, Sink(S4, 9000)]
+        col = Collector(router.router, ["vr1", "vr2"]).start()
+        try:
+            col.wait_ready()
+            with netns.entered(router.client.name):
+                got = dns.query.tcp(
+                    dns.message.make_query("bulk.shop.example", "A"), NS4, timeout=5
+                )
+                send_tcp(S4, 9000, b"after a big answer", sport=43000)
+            time.sleep(2.5)
+        finally:
+            res = col.stop()
+    finally:
+        for m in made:
+            m.close()
+    assert S4 in {rd.address for rd in got.answer[0]} and len(got.answer[0]) == 60
+    assert srv.sizes == [2 + 35 + 60 * 16], srv.sizes  # S4's record past the first half
+    st = res.stats
+    assert st["names_unparsed"] == 0 and st["names_malformed"] == 0, st
+    f = named(res, iface="vr1", direction="ingress", src=C4, dst=S4, sport=43000, dport=9000)
+    assert (f["dst_name"], f["name_source"]) == ("bulk.shop.example", "dns"), f
+
+
 def test_a_burst_of_100k_dns_responses_is_counted_and_survived(
     quiet_pair: Pair, tmp_path: Path
 ) -> None:

@@ -214,8 +214,10 @@ def test_ended_flows_settle_and_counters_reach_the_health() -> None:
     engine, _names, reader, cap, _clock, _acc = make(1, {0: fl})
     wire = dns_response("a.test", [("a.test.", 60, "A", ["192.0.2.1"])])
     cap.put(dns_packet(R, C, wire[:15]), dns_packet(R, C, wire + b"", tcp=True))
-    # a TCP response whose length runs on into the next segment
-    cap.queue[-1] = WirePacket(cap.queue[-1].key, 1, 0, cap.queue[-1].payload[:20], 20)
+    # a TCP response whose length runs on into the next segment, the capture
+    # cut (so it cannot be put together with the next one: wirenames/dnstcp.py)
+    full = cap.queue[-1].payload
+    cap.queue[-1] = WirePacket(cap.queue[-1].key, 1, 0, full[:20], len(full) - 1)
     reader.pump()
     ended = engine.step()
     assert len(ended) == 1 and int(ended["name_state"][0]) == NAME_UNNAMED

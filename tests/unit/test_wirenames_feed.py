@@ -4,13 +4,15 @@ reordered hellos; what gives no name is counted."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from flowtop.kernel.layout import FLOW_KEY
 from flowtop.kernel.wire_records import KIND_DNS, WirePacket
 from flowtop.wirenames.feed import Feeder
-from flowtop.wirenames.names import SOURCE_DNS, SOURCE_HTTP, SOURCE_SNI, WireNames
+from flowtop.wirenames.names import SOURCE_DNS, SOURCE_HTTP, SOURCE_SNI, WireNames, conn_key
 from tests.unit.wirenames_bytes import (
     client_hello,
     dns_packet,
@@ -54,7 +56,7 @@ def test_dns_that_gives_nothing_is_counted() -> None:
     f.feed([
         WirePacket(key, KIND_DNS, 0, wire[:20], len(wire)),  # cut capture
         WirePacket(key, KIND_DNS, 0, b"\x12\x34\x81\x80\x00\x01\x00\x01" + b"\xff" * 22, 30),
-        WirePacket(tcp_key, KIND_DNS, 0, framed[:30], 30),  # spans segments
+        WirePacket(tcp_key, KIND_DNS, 0, framed[:30], len(framed) - 1),  # spans, capture cut
         WirePacket(b"short", KIND_DNS, 0, wire, len(wire)),
         WirePacket(key, 99, 0, wire, len(wire)),
     ])  # fmt: skip
@@ -119,3 +121,68 @@ def test_hostile_names_from_every_source_are_clean() -> None:
     assert name is not None and len(name) == 100 and set(name) == {"h"}
     for v in w.names.values[2:]:
         assert v is not None and v.isprintable() and "\u202e" not in v and len(v) <= 253
+
+
+def _tcp_segments(wire: bytes, cuts: list[int], seq: int, cport: int = 40001) -> list[WirePacket]:
+    """A DNS-over-TCP response (length prefix first) from R to C in segments
+    cut at the given offsets of the framed message, sequence numbers from seq."""
+    framed = len(wire).to_bytes(2, "big") + wire
+    key = flow_key(R, C, 53, cport, proto=6)
+    edges = [0, *cuts, len(framed)]
+    return [
+        WirePacket(key, KIND_DNS, (seq + a) % (1 << 32), framed[a:b], b - a)
+        for a, b in itertools.pairwise(edges)
+    ]
+
+
+def _many_a(n: int) -> bytes:
+    return dns_response(
+        "big.example", [("big.example.", 300, "A", [f"198.51.100.{i + 1}" for i in range(n)])]
+    )
+
+
+@pytest.mark.parametrize("cuts", [[1], [2], [700], [300, 900]])
+def test_a_tcp_response_spanning_segments_is_put_together(cuts: list[int]) -> None:
+    """A response of 60 A records cut into two or three segments (and a
+    sequence number that wraps): every address is learnt, none unparsed."""
+    w = WireNames()
+    f = Feeder(w)
+    wire = _many_a(60)
+    f.feed(_tcp_segments(wire, cuts, seq=(1 << 32) - 500))
+    assert f.counts["dns_responses"] == 1 and f.counts["dns_answers"] == 60, f.counts
+    assert f.counts["dns_tcp_unparsed"] == 0
+    got = _join(w, flow_key(C, "198.51.100.60", 40000, 443))
+    assert got == [(None, "big.example", SOURCE_DNS)]
+
+
+def test_a_tcp_response_with_a_gap_or_out_of_order_is_counted_unparsed() -> None:
+    wire = _many_a(60)
+    for segs in (
+        (lambda s: [s[0], s[2]])(_tcp_segments(wire, [300, 900], seq=1000)),  # a gap
+        (lambda s: [s[0], s[2], s[1]])(_tcp_segments(wire, [300, 900], seq=1000)),  # reordered
+    ):
+        f = Feeder(WireNames())
+        f.feed(segs)
+        assert f.counts["dns_answers"] == 0 and f.counts["dns_tcp_unparsed"] >= 1, f.counts
+        assert f.counts["dns_malformed"] <= 1  # a later segment read as a message start
+
+
+def test_a_tcp_response_that_never_ends_is_counted_when_it_expires() -> None:
+    w = WireNames()
+    f = Feeder(w)
+    (first, _rest) = _tcp_segments(_many_a(60), [300], seq=1000)
+    f.feed([first])
+    assert f.counts["dns_tcp_unparsed"] == 0 and f.streams.waiting(conn_key(first.key))
+    w.now = lambda: 1e12  # type: ignore[method-assign]  # long after
+    f.feed([])
+    assert f.counts["dns_tcp_unparsed"] == 1 and not f.streams.waiting(conn_key(first.key))
+
+
+def test_copies_of_a_tcp_responses_segments_are_skipped() -> None:
+    """A router sees each segment twice (ingress on one leg, egress on the
+    other), and a retransmit repeats one: the response is put together once."""
+    f = Feeder(WireNames())
+    a, b = _tcp_segments(_many_a(60), [700], seq=5000)
+    f.feed([a, a, b, b, a])
+    assert f.counts["dns_responses"] == 1 and f.counts["dns_answers"] == 60, f.counts
+    assert f.counts["dns_tcp_unparsed"] == 0 and f.counts["dns_malformed"] == 0
