@@ -19,12 +19,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.kernel.dump import export_only
-from tests.kernel.netns import Pair, make_pair
+from tests.kernel.netns import Pair
 from tests.listen.realexp import Listener, free_port, ip_bytes, send_udp
 
 pytestmark = pytest.mark.kernel
@@ -32,15 +31,6 @@ pytestmark = pytest.mark.kernel
 A4, B4 = "10.200.1.1", "10.200.1.2"
 FLOWS = {40001: (60, 100), 40002: (25, 700), 40003: (7, 1200)}  # sport: (datagrams, payload)
 DPORT = 5010
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    p = make_pair(ipv6=False)
-    try:
-        yield p
-    finally:
-        p.delete()
 
 
 def _check_flows(res: object, exporter_prefix: str) -> None:
@@ -260,6 +250,17 @@ def test_nfreplay_of_an_nfcapd_capture(pair: Pair) -> None:
     _stats_ok(res)
 
 
+def _pmacctd_conf(tmp: str, pcap: str, plugin: str, port: int, extra: str) -> str:
+    """A pmacctd config in tmp: the capture through one probe plugin to 127.0.0.1:port."""
+    conf = os.path.join(tmp, "pmacctd.conf")
+    with open(conf, "w") as f:
+        f.write(
+            f"daemonize: false\npcap_savefile: {pcap}\nplugins: {plugin}\n"
+            f"{plugin}_receiver: 127.0.0.1:{port}\n{extra}\n"
+        )
+    return conf
+
+
 @pytest.mark.skipif(shutil.which("pmacctd") is None, reason="pmacct not installed")
 def test_pmacct_sfprobe_sflow(pair: Pair) -> None:
     """pmacctd's sfprobe plugin (a real sFlow v5 agent) over the capture, sampling
@@ -269,12 +270,7 @@ def test_pmacct_sfprobe_sflow(pair: Pair) -> None:
     tmp = tempfile.mkdtemp(prefix="flowtop-sfprobe-")
     try:
         pcap = _capture(pair, tmp)
-        conf = os.path.join(tmp, "pmacctd.conf")
-        with open(conf, "w") as f:
-            f.write(
-                f"daemonize: false\npcap_savefile: {pcap}\nplugins: sfprobe\n"
-                f"sfprobe_receiver: 127.0.0.1:{port}\nsfprobe_agentip: 127.0.0.1\n"
-            )
+        conf = _pmacctd_conf(tmp, pcap, "sfprobe", port, "sfprobe_agentip: 127.0.0.1")
         lis = Listener(b, f"sflow://127.0.0.1:{port}")
         # -W: stay after the file (sfprobe sends its last datagram on a timer)
         agent = b.popen(
@@ -301,12 +297,7 @@ def test_pmacct_nfprobe_ipfix(pair: Pair) -> None:
     tmp = tempfile.mkdtemp(prefix="flowtop-nfprobe-")
     try:
         pcap = _capture(pair, tmp)
-        conf = os.path.join(tmp, "pmacctd.conf")
-        with open(conf, "w") as f:
-            f.write(
-                f"daemonize: false\npcap_savefile: {pcap}\nplugins: nfprobe\n"
-                f"nfprobe_receiver: 127.0.0.1:{port}\nnfprobe_version: 10\n"
-            )
+        conf = _pmacctd_conf(tmp, pcap, "nfprobe", port, "nfprobe_version: 10")
         lis = Listener(b, f"ipfix://127.0.0.1:{port}")
         out = b.exec("pmacctd", "-f", conf, timeout=60)
         time.sleep(1.0)

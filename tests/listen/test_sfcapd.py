@@ -18,11 +18,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel.netns import Netns, Pair, entered, make_pair
+from tests.kernel.netns import Netns, Pair, entered
 from tests.listen.realexp import Listener, free_port, send_udp
 
 pytestmark = [
@@ -39,15 +38,6 @@ DPORT = 5010
 # some of each flow
 FLOWS = {40001: (600, 100), 40002: (300, 700), 40003: (120, 1200)}
 RATE = 4
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    p = make_pair(ipv6=False)
-    try:
-        yield p
-    finally:
-        p.delete()
 
 
 class Tee:
