@@ -272,48 +272,33 @@ def test_a_dns_name_expires_with_its_ttl(router: Router, tmp_path: Path) -> None
     assert late["dst_name"] is None and late["name_source"] is None, late
 
 
-class TcpZoneServer:
-    """A DNS-over-TCP server in a thread: BULK gets `records` A records
-    (S4 the last), the response written in two parts (NODELAY, a pause
-    between them), so that it spans two segments."""
+class TcpZoneServer(Sink):
+    """A DNS-over-TCP server in a thread: any question gets `records` A
+    records (S4 the last), the response written in two parts (NODELAY, a
+    pause between them), so that it spans two segments."""
 
     def __init__(self, host: str, records: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 53))
-        self.sock.listen(4)
         self.records = records
         self.sizes: list[int] = []  # the framed responses' sizes, as sent
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__init__(host, 53)
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(5)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                n = int.from_bytes(conn.recv(2), "big")
-                q = dns.message.from_wire(conn.recv(n))
-                r = dns.message.make_response(q)
-                addrs = [f"198.51.100.{i + 1}" for i in range(self.records - 1)] + [S4]
-                r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", *addrs))
-                wire = r.to_wire()
-                framed = len(wire).to_bytes(2, "big") + wire
-                half = len(framed) // 2
-                conn.sendall(framed[:half])
-                time.sleep(0.1)
-                conn.sendall(framed[half:])
-                self.sizes.append(len(framed))
-                time.sleep(0.2)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
+    def _read(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(5)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            n = int.from_bytes(conn.recv(2), "big")
+            q = dns.message.from_wire(conn.recv(n))
+            r = dns.message.make_response(q)
+            addrs = [f"198.51.100.{i + 1}" for i in range(self.records - 1)] + [S4]
+            r.answer.append(dns.rrset.from_text(q.question[0].name, 300, "IN", "A", *addrs))
+            wire = r.to_wire()
+            framed = len(wire).to_bytes(2, "big") + wire
+            half = len(framed) // 2
+            conn.sendall(framed[:half])
+            time.sleep(0.1)
+            conn.sendall(framed[half:])
+            self.sizes.append(len(framed))
+            time.sleep(0.2)
 
 
 def test_a_tcp_dns_response_over_two_segments_names_the_flow(router: Router) -> None:
