@@ -179,6 +179,13 @@ class FlowTable:
         self._c: dict[str, np.ndarray] = {f.name: blank(f, 0) for f in fields.TABLE_FIELDS}
         self._c.update({n: np.zeros(0, dtype=t) for n, t in _BOOKKEEPING.items()})
         self._grow(min(initial_capacity, max_flows))
+        # The last merge_many's batches' keys and the row each key got (-1:
+        # no room), batch by batch, and _inserts when it ended: merged_rows()
+        # hands them to readers of the same drain after the step, instead of
+        # a second index lookup. _inserts counts _upsert calls that gave keys
+        # rows (a row given to another key since makes those rows stale).
+        self._inserts = 0
+        self._merged: tuple[list[np.ndarray], list[np.ndarray], int] = ([], [], 0)
 
     def set_timeouts(self, idle_timeout: float, active_timeout: float) -> None:
         self.idle_ns = int(idle_timeout * NS)
@@ -278,10 +285,14 @@ class FlowTable:
         created: list[np.ndarray] = []
         fin: list[np.ndarray] = []
         flags = fields.member("tcp_flags")
+        merged: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
         for keys, stats in batches:
             if len(keys) == 0:
                 continue
-            rows, stats = self._upsert(keys, stats, touched, ended, created)
+            every, stats = self._upsert(keys, stats, touched, ended, created)
+            merged[0].append(keys)
+            merged[1].append(every)
+            rows = every[every >= 0]
             for f in _COUNTERS:
                 col, new = c[f.name], stats[f.member]
                 if f.merge == SUM:
@@ -299,6 +310,7 @@ class FlowTable:
                     c[f.name][rows] += stats[fields.member(f.rate_of)] * f.scale / interval
             touched.append(rows)
             fin.append(rows[(stats[flags] & (TCP_FIN | TCP_RST)) != 0])
+        self._merged = (*merged, self._inserts)
         if created:
             # A flow new in this interval starts at its first packet on any
             # CPU: a later batch (another CPU) may have lowered first_ns.
@@ -323,9 +335,10 @@ class FlowTable:
         """Rows for keys, creating the missing ones (evicting if full).
 
         New rows are appended to `created`.
-        Returns (rows, stats) for the keys that have a row; keys that found
-        no room even after eviction end at once (records in `ended`) and are
-        counted as forced evictions.
+        Returns (rows, stats): the row of every key (-1: none) and the stats
+        of the keys that have one; keys that found no room even after
+        eviction end at once (records in `ended`) and are counted as forced
+        evictions.
         """
         c = self._c
         keys = np.ascontiguousarray(keys)
@@ -347,6 +360,7 @@ class FlowTable:
                 ended.append(self._stats_batch(keys[spill], stats[spill]))
                 new = new[:take]
             new_rows = self._alloc(len(new))
+            self._inserts += 1
             rows[new] = new_rows
             self._keys[new_rows] = keys[new]
             self._index.insert(hashes[new], new_rows, self._words())
@@ -363,7 +377,7 @@ class FlowTable:
             c["live"][new_rows] = True
             created.append(new_rows)
         have = rows >= 0
-        return rows[have], stats[have]
+        return rows, (stats if have.all() else stats[have])
 
     def _stats_batch(self, keys: np.ndarray, stats: np.ndarray) -> FlowBatch:
         """Records for drained flows that never get a row (no room)."""
@@ -456,6 +470,23 @@ class FlowTable:
         keys = np.ascontiguousarray(keys, dtype=layout.FLOW_KEY)
         words = layout.FLOW_KEY_WORDS.view(keys)
         return self._index.lookup(words, hash_words(words), self._words())
+
+    def merged_rows(self, batches: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:
+        """rows_of() the keys of batches (concatenated), from what the last
+        merge_many found for them, when batches are the ones it merged (the
+        same key arrays, unchanged) and no key got a row since; None
+        otherwise. Rows a step ended since (FIN, timeouts) are -1, as
+        rows_of would say; no index lookup."""
+        mkeys, mrows, inserts = self._merged
+        given = [k for k, _ in batches if len(k)]
+        if inserts != self._inserts or len(given) != len(mkeys):
+            return None
+        if any(a is not b for a, b in zip(given, mkeys, strict=True)):
+            return None
+        if not mrows:
+            return np.zeros(0, dtype=np.int64)
+        rows = mrows[0] if len(mrows) == 1 else np.concatenate(mrows)
+        return np.where(self._c["live"][rows] & (rows >= 0), rows, -1)
 
     def keys_at(self, rows: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._keys[rows]

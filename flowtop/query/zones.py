@@ -9,7 +9,14 @@ zone_step() sums one interval's drained counters per (src zone, dst zone)
 pair. A packet forwarded by this box is drained twice (ingress on one leg,
 egress on the other): core/conversations.counted_once() keeps each packet
 once, by the rule the conversation view uses: per oriented connection and
-interval, the ingress records if there are any, else the egress ones. Flows neither of whose ends has a zone are in no pair.
+interval, the ingress records if there are any, else the egress ones.
+Flows neither of whose ends has a zone are in no pair.
+
+Per step (the engine observer, query/monitors.py) nothing is looked up
+twice: drain_records() takes the rows the merge found for the drained keys
+(FlowTable.merged_rows) and the conversation ids and legs the flow table
+keeps per row (counted_by_legs: the counted-once rule over those columns);
+only records whose flow ended in the step are worked out from their keys.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flowtop.core.conversations import conversation_ids, counted_once
+from flowtop.core.conversations import counted_once, ids_and_legs
 from flowtop.kernel import layout
 from flowtop.query.entities import EntityArrays, zone_pair_ids
 
@@ -30,6 +37,9 @@ if TYPE_CHECKING:
 
 _KEY = layout.FLOW_KEY_WORDS
 UNKNOWN = "unknown"  # the zone label of an end without a zone (Prometheus, dump)
+# Zone ids up to this many: zone_step sums pairs in a dense (zones x zones)
+# array; more zones (a large labels file) take the sort.
+_DENSE_ZONES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,9 @@ class DrainRecords:
     packets: np.ndarray
     bytes: np.ndarray
     counted: np.ndarray
+    # bytes and packets as float64, the weights of the sums per zone pair
+    # and per monitor (bincount; exact below 2**53 per interval), made once.
+    weights: tuple[np.ndarray, np.ndarray]
 
     def __len__(self) -> int:
         return len(self.words)
@@ -52,44 +65,132 @@ class DrainRecords:
 
 def drain_records(drain: Drain, enricher: Enricher | None, table: FlowTable) -> DrainRecords:
     """The drain's batches together, after the step that merged them into
-    table: the entity ids and conversation ids of the records whose flow
-    still has its row come from it (the engine looked them up once); the
-    others' (ended in this step) are looked up (ids 0 without an enricher)."""
+    table: the entity ids, conversation ids and legs of the records whose
+    flow still has its row come from it (rows: what the merge found,
+    FlowTable.merged_rows, else one lookup); the others' (ended in this
+    step) are worked out here (entity ids 0 without an enricher)."""
     parts = [(k, s) for k, s in drain.batches if len(k)]
-    if parts:
+    if len(parts) == 1:
+        keys, stats = parts[0]
+    elif parts:
         keys = np.concatenate([k for k, _ in parts])
         stats = np.concatenate([s for _, s in parts])
     else:
         keys = np.zeros(0, dtype=layout.FLOW_KEY)
         stats = np.zeros(0, dtype=layout.FLOW_STATS)
     words = _KEY.view(keys)
-    rows = table.rows_of(keys) if len(keys) else np.zeros(0, dtype=np.int64)
+    rows = table.merged_rows(drain.batches)
+    if rows is None:
+        rows = table.rows_of(keys) if len(keys) else np.zeros(0, dtype=np.int64)
     has = rows >= 0
-    at = rows[has]
-    src = np.zeros(len(keys), dtype=np.int64)
-    dst = np.zeros(len(keys), dtype=np.int64)
-    src[has] = table.column("src_ent", at)
-    dst[has] = table.column("dst_ent", at)
+    every = bool(has.all())
+    at = rows if every else rows[has]
+    src = np.asarray(table.column("src_ent", at), dtype=np.int64)
+    dst = np.asarray(table.column("dst_ent", at), dtype=np.int64)
+    conv = table.column("conv_id", at)
+    leg = table.column("conv_leg", at)
+    if not every:
+        gone = ~has
+        src, dst = _spread(src, has, -1), _spread(dst, has, -1)
+        conv, leg = _spread(conv, has, 0), _spread(leg, has, 0)
+        conv[gone], leg[gone] = ids_and_legs(words[gone])
     if enricher is not None:
-        miss = np.flatnonzero((src < 0) | ~has)
+        miss = np.flatnonzero(src < 0)  # not looked up yet, or no row
         if len(miss):
             ver = keys["ip_version"][miss]
             src[miss] = enricher.lookup(keys["src"][miss], ver)
             dst[miss] = enricher.lookup(keys["dst"][miss], ver)
-    conv = np.zeros(len(keys), dtype=np.uint64)
-    conv[has] = table.column("conv_id", at)
-    if not has.all():
-        conv[~has] = conversation_ids(words[~has])
+    packets = stats["packets"].astype(np.int64)
+    nbytes = stats["bytes"].astype(np.int64)
     return DrainRecords(
         words,
         keys,
         rows,
         np.maximum(src, 0),
         np.maximum(dst, 0),
-        stats["packets"].astype(np.int64),
-        stats["bytes"].astype(np.int64),
-        counted_once(words, conv),
+        packets,
+        nbytes,
+        counted_by_legs(conv, leg),
+        (nbytes.astype(np.float64), packets.astype(np.float64)),
     )
+
+
+def _spread(values: np.ndarray, where: np.ndarray, fill: int) -> np.ndarray:
+    """values at the True places of where, fill elsewhere."""
+    out = np.full(len(where), fill, dtype=values.dtype)
+    out[where] = values
+    return out
+
+
+def counted_by_legs(conv: np.ndarray, leg: np.ndarray) -> np.ndarray:
+    """core/conversations.counted_once over records given by their
+    conversation ids and legs (core/conversations.legs: the flow table's
+    conv_id and conv_leg columns), so nothing is derived from the keys again:
+    every ingress record counts, and the egress records of oriented
+    connections (conversation and canonical direction) with no ingress
+    record among them. tests/unit/test_zones_cost.py checks it against
+    counted_once."""
+    egress = (leg & 1).astype(bool)  # the leg's hook: 0 ingress, 1 egress
+    if egress.all() or not egress.any():
+        return np.ones(len(leg), dtype=bool)  # one direction of hooks only: all count
+    oriented = conv * np.uint64(2) + (leg >> 1).astype(np.uint64)
+    n = len(oriented)
+    if n <= _INDEX_MASK:
+        out = _counted_sorted(oriented, egress)
+        if out is not None:
+            return out
+    return _counted_searched(oriented, egress)
+
+
+# The low bits of a sort key (_counted_sorted): the hook (0 ingress, 1
+# egress), then the record's index; the id's own bits above them.
+_INDEX_BITS = 23
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+_LOW_BITS = _INDEX_BITS + 1
+
+
+def _counted_sorted(oriented: np.ndarray, egress: np.ndarray) -> np.ndarray | None:
+    """The counted-once mask by one plain sort (numpy's vectorised sort; an
+    argsort is several times slower): each record's oriented id shifted up
+    by _LOW_BITS (its top bits dropped), then its hook and its index, sorted,
+    puts the records of one id next to each other, its ingress ones first,
+    and says where each one is: an id has an ingress record when the first
+    of its run is one. Ids equal in their kept bits but not whole are caught
+    by comparing the whole ids along the sorted order; if two different ids
+    share a run (a truncated-hash collision, rare) None: the caller takes
+    the exact search."""
+    n = len(oriented)
+    low = np.uint64(_LOW_BITS)
+    key = oriented << low
+    key |= egress.astype(np.uint64) << np.uint64(_INDEX_BITS)
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort()
+    at = (key & np.uint64(_INDEX_MASK)).astype(np.intp)
+    high = key >> low
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(high[1:], high[:-1], out=start[1:])
+    whole = oriented[at]
+    if ((whole[1:] != whole[:-1]) & ~start[1:]).any():
+        return None
+    ingress = (key & np.uint64(1 << _INDEX_BITS)) == 0
+    first = np.flatnonzero(start)  # where each id's run begins
+    has_ingress = ingress[first]
+    out = np.empty(n, dtype=bool)
+    out[at] = ingress | ~np.repeat(has_ingress, np.diff(first, append=n))
+    return out
+
+
+def _counted_searched(oriented: np.ndarray, egress: np.ndarray) -> np.ndarray:
+    """The counted-once mask by a binary search of each egress id among the
+    sorted ingress ones (what counted_once does)."""
+    out = np.ones(len(oriented), dtype=bool)
+    at = np.flatnonzero(egress)
+    seen = np.sort(oriented[~egress])
+    e = oriented[at]
+    pos = np.minimum(np.searchsorted(seen, e), len(seen) - 1)
+    out[at] = seen[pos] != e
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +210,32 @@ def zone_step(recs: DrainRecords, ea: EntityArrays) -> ZoneStep:
     zid = ea.attr("zone_id")
     zs = zid[np.maximum(recs.src_ent, 0)]
     zd = zid[np.maximum(recs.dst_ent, 0)]
-    keep = recs.counted & ((zs > 0) | (zd > 0))
-    if not keep.any():
-        return ZoneStep((), 0)
-    pair = zs[keep].astype(np.uint64) << np.uint64(32) | zd[keep].astype(np.uint64)
-    uniq, inv = np.unique(pair, return_inverse=True)
-    inv = inv.ravel()
-    nb = np.bincount(inv, weights=recs.bytes[keep].astype(np.float64), minlength=len(uniq))
-    npk = np.bincount(inv, weights=recs.packets[keep].astype(np.float64), minlength=len(uniq))
+    nz = int(zid.max()) + 1
+    if nz <= _DENSE_ZONES:
+        # Few zones: a dense pair index and bincount, no sort and no copy of
+        # the records kept; pair (0, 0) (no zone at either end) is also
+        # where the records that do not count go, and is left out. Pairs in
+        # the same order as np.unique of (src << 32 | dst) gives.
+        idx = zs * nz + zd
+        if not recs.counted.all():
+            idx = np.where(recs.counted, idx, 0)
+        cnt = np.bincount(idx, minlength=nz * nz)
+        cnt[0] = 0
+        used = np.flatnonzero(cnt)
+        if not len(used):
+            return ZoneStep((), 0)
+        nb = np.bincount(idx, weights=recs.weights[0], minlength=nz * nz)[used]
+        npk = np.bincount(idx, weights=recs.weights[1], minlength=nz * nz)[used]
+        uniq = (used // nz).astype(np.uint64) << np.uint64(32) | (used % nz).astype(np.uint64)
+    else:
+        keep = recs.counted & ((zs > 0) | (zd > 0))
+        if not keep.any():
+            return ZoneStep((), 0)
+        pair = zs[keep].astype(np.uint64) << np.uint64(32) | zd[keep].astype(np.uint64)
+        uniq, inv = np.unique(pair, return_inverse=True)
+        inv = inv.ravel()
+        nb = np.bincount(inv, weights=recs.weights[0][keep], minlength=len(uniq))
+        npk = np.bincount(inv, weights=recs.weights[1][keep], minlength=len(uniq))
     out = []
     cross = 0
     for p, b, k in zip(uniq.tolist(), nb.tolist(), npk.tolist(), strict=True):

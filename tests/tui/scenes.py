@@ -8,11 +8,13 @@ scripts/screenshots.py, so the README's pictures are what the tests check.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from textual.pilot import Pilot
 
+from flowtop.query.monitors import MonitorStatus
+from flowtop.query.types import Snapshot, ViewQuery
 from flowtop.tui import FlowtopApp
 from flowtop.tui.app import DEFAULT_GROUP
 from tests.tui.conftest import no_dns
@@ -65,13 +67,14 @@ class Scene:
     source: dict[str, Any] = field(default_factory=dict)
     app: dict[str, Any] = field(default_factory=dict)
     steps: Steps = _nothing
+    source_type: type[FakeSource] = FakeSource
 
     def make_app(self) -> FlowtopApp:
         src_opts = {"flows": 120, "frames": 8, **self.source}
         # The flow view unless the scene says: the scenes from before the
         # conversation view became the default show flows, as they did.
         app_opts = {"resolver": resolver_of(no_dns), "resolve": False, "group": "flow", **self.app}
-        return FlowtopApp(FakeSource(**src_opts), **app_opts)
+        return FlowtopApp(self.source_type(**src_opts), **app_opts)
 
 
 _CTR = "4f1d9c2b7a3e" + "5c" * 26
@@ -82,6 +85,36 @@ DEMO_OWNERS = [
     FakeOwner("curl", 40211, 1000, "session-3.scope", None, None,
               "/user.slice/user-1000.slice/session-3.scope"),
 ]  # fmt: skip
+
+# Three monitors as query/monitors.MonitorTracker reports them on a live
+# engine (reasons as tcphealth.judge words them): one degraded, two healthy,
+# one of them without TCP figures (UDP only).
+DEMO_MONITORS = (
+    MonitorStatus(
+        "web-cdn", "net 10.0.0.0/8", "asn 64500", "degraded", "2.4% retransmits, 3 RTOs",
+        local_to_remote_bps=12_300_000.0, remote_to_local_bps=456_000.0,
+        rtt_p50_us=41_000.0, rtt_p95_us=88_000.0, retransmit_ratio=0.024,
+    ),
+    MonitorStatus(
+        "eu-db", "zone eu-west-1a", "label db", "healthy", "",
+        local_to_remote_bps=48_200_000.0, remote_to_local_bps=3_100_000.0,
+        rtt_p50_us=420.0, rtt_p95_us=1_100.0, retransmit_ratio=0.0002,
+    ),
+    MonitorStatus(
+        "syslog", "zone eu-west-1a", "port 514 and udp", "healthy", "",
+        local_to_remote_bps=9_000.0, remote_to_local_bps=0.0,
+    ),
+)  # fmt: skip
+
+
+class MonitorsSource(FakeSource):
+    """The fake source with DEMO_MONITORS and a cross-zone rate in every
+    snapshot (the header figure shown when zones are configured)."""
+
+    def snapshot(self, query: ViewQuery) -> Snapshot:
+        snap = super().snapshot(query)
+        return replace(snap, monitors=DEMO_MONITORS, cross_zone_bps=2_500_000.0)
+
 
 # The live view as it opens: conversations (40 connections: local ones and
 # forwarded ones, 106 flow rows).
@@ -97,6 +130,21 @@ SCENES = (
         source={**CONVERSATIONS, "tcp": True},
         app=DEFAULT_VIEW,
         steps=_keys("down", "down", "enter"),
+    ),
+    Scene(
+        "monitors-80x24",
+        source=CONVERSATIONS,
+        app=DEFAULT_VIEW,
+        steps=_keys("m"),
+        source_type=MonitorsSource,
+    ),
+    Scene(
+        "monitors-160x48",
+        size=(160, 48),
+        source={**CONVERSATIONS, "tcp": True},
+        app=DEFAULT_VIEW,
+        steps=_keys("m"),
+        source_type=MonitorsSource,
     ),
     Scene("flows-80x24"),
     Scene("flows-160x48", size=(160, 48)),
