@@ -14,11 +14,11 @@ end (idle) and as many new ones come, as between two intervals (the view
 keeps the rows' id order from one refresh to the next: the churn is what
 it sorts).
 
-Timed (median of RUNS, min beside it, all in one process so the sizes and
-the two views are compared side by side, the two views alternating run by
-run): query_table for the conversation view (100 rows by rate) and for the
-flow view (100 rows by rate), and the per-flow cost ratio 100k vs 1k of
-each.
+Timed (median of RUNS, min and the thread's median CPU time beside it,
+all in one process so the sizes and the two views are compared side by
+side, the two views alternating run by run): query_table for the
+conversation view (100 rows by rate) and for the flow view (100 rows by
+rate), and the per-flow cost ratio 100k vs 1k of each.
 
 Targets (issue 15): the conversation query at 100k flows <= 20 ms, and <= 2x
 the 1k per-flow cost.
@@ -133,19 +133,27 @@ def check(t: FlowTable, legs: int, up: np.ndarray, down: np.ndarray) -> None:
     assert {r.role for r in rows} == {"forwarded" if legs == 4 else "client"}
 
 
-def timed(t: FlowTable, n: int, legs: int) -> tuple[list[float], list[float]]:
+Times = tuple[list[float], list[float]]  # wall-clock ms, CPU ms (this thread)
+
+
+def timed(t: FlowTable, n: int, legs: int) -> tuple[Times, Times]:
     """Milliseconds of each refresh, conversation and flow view alternating
-    (the same moment's load on both), the table churned before each pair."""
-    conv, flow = [], []
+    (the same moment's load on both), the table churned before each pair:
+    wall clock, and this thread's CPU time (what a shared machine's other
+    processes do not add to)."""
+    conv: Times = ([], [])
+    flow: Times = ([], [])
     for run in range(RUNS):
         churn(t, n, legs, run)
         pair = ((CONV, conv), (FLOW, flow))
         # Which view goes first alternates: the first formats the new rows'
         # addresses, the second finds them in rows.py's cache.
         for q, out in pair if run % 2 else pair[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             query_table(t, q, parse(q.filter), NAMES)
-            out.append((time.perf_counter() - t0) * 1e3)
+            c1, t1 = time.thread_time(), time.perf_counter()
+            out[0].append((t1 - t0) * 1e3)
+            out[1].append((c1 - c0) * 1e3)
     return conv, flow
 
 
@@ -158,12 +166,14 @@ def main() -> int:
         for n in SIZES:
             t, up, down = build(n, legs)
             check(t, legs, up, down)
-            conv, flow = timed(t, n, legs)
+            (conv, conv_cpu), (flow, flow_cpu) = timed(t, n, legs)
             conv_ms[n], flow_ms[n] = statistics.median(conv), statistics.median(flow)
             print(
                 f"  {shape:6} {n:>7,} flows ({n // legs:>6,} conversations): "
-                f"conversations {conv_ms[n]:6.2f} ms (min {min(conv):5.2f})   "
-                f"flows {flow_ms[n]:5.2f} ms (min {min(flow):5.2f})   "
+                f"conversations {conv_ms[n]:6.2f} ms (min {min(conv):5.2f}, "
+                f"CPU {statistics.median(conv_cpu):5.2f})   "
+                f"flows {flow_ms[n]:5.2f} ms (min {min(flow):5.2f}, "
+                f"CPU {statistics.median(flow_cpu):5.2f})   "
                 f"ratio {conv_ms[n] / flow_ms[n]:4.1f}x"
             )
         lo, hi = SIZES[0], SIZES[-1]

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tui_refresh.py [--before REV] [--flows 1000,10000,100000]
                                           [--sizes 80x24,160x48] [--windows 3] [--seconds 8]
+                                          [--group conversation,flow]
 
 Each run is the real app (FlowtopApp, Textual's Linux driver) in a pseudo-terminal
 of the given size, on the deterministic fake source of tests/tui (the real query
@@ -16,7 +17,9 @@ thread's wake-ups (context switches) and the bytes sent to the terminal.
 "before" is `--before REV` (default HEAD) checked out in a throw-away git
 worktree, removed afterwards; the two alternate run by run. A REV whose live
 view cannot start is reported as not measured. Nothing here touches a network
-interface. Targets (issue 13): with 10k flows, 160x48 <= 3 % and 80x24 <= 1.5 %
+interface. --group runs each tree in each of the given groupings (default:
+the live view's default), e.g. the conversation view beside the flow view.
+Targets (issue 13): with 10k flows, 160x48 <= 3 % and 80x24 <= 1.5 %
 of a core, whole process.
 """
 
@@ -44,15 +47,21 @@ WARMUP = 4.0  # seconds: start-up, first intervals, columns built
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def child(root: str, flows: int) -> None:
-    """Runs the live view on the fake source in this terminal (the bench's pty)."""
+def child(root: str, flows: int, group: str) -> None:
+    """Runs the live view on the fake source in this terminal (the bench's
+    pty); group "" is the app's default."""
     sys.path.insert(0, root)
     from flowtop.tui import FlowtopApp
     from tests.tui.fakesource import FakeSource
 
     source = FakeSource(flows=flows, frames=None, paced=True, interval=1.0)
     try:
-        FlowtopApp(source, resolve=False).run()
+        app = (
+            FlowtopApp(source, resolve=False, group=group)
+            if group
+            else FlowtopApp(source, resolve=False)
+        )
+        app.run()
     finally:
         source.close()
 
@@ -78,7 +87,7 @@ def _switches(pid: int) -> int:
 
 
 def measure(
-    root: Path, flows: int, size: tuple[int, int], windows: int, seconds: float
+    root: Path, flows: int, size: tuple[int, int], windows: int, seconds: float, group: str = ""
 ) -> list[Sample]:
     """Starts the app in a pty, samples its CPU `windows` times, quits it with `q`."""
     cols, rows = size
@@ -87,7 +96,7 @@ def measure(
     env = dict(os.environ, TERM="xterm-256color", COLORTERM="truecolor")
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(flows)],
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(flows), group],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -167,7 +176,9 @@ def main() -> int:
     p.add_argument("--sizes", default="80x24,160x48")
     p.add_argument("--windows", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--group", default="", help="groupings to run, comma-separated ('': default)")
     args = p.parse_args()
+    groups = args.group.split(",")
     sizes = [_size(s) for s in args.sizes.split(",")]
     flow_counts = [int(x) for x in args.flows.split(",")]
     sys.path.insert(0, str(ROOT))
@@ -186,32 +197,34 @@ def main() -> int:
             f"flowtop live view, whole process at a 1 s refresh; median of {args.windows} x "
             f"{args.seconds:g} s after {WARMUP:g} s; before = {args.before or '-'}, after = {ROOT}"
         )
-        results: dict[tuple[str, tuple[int, int], int], list[Sample] | str] = {}  # or why not
+        # (tree, size, flows, group) -> samples, or why not measured
+        results: dict[tuple[str, tuple[int, int], int, str], list[Sample] | str] = {}
         n = 0
         for size in sizes:
             for flows in flow_counts:
-                names = list(trees)
-                for name in names if n % 2 == 0 else names[::-1]:  # alternate who goes first
+                runs = [(name, g) for g in groups for name in trees]
+                for name, g in runs if n % 2 == 0 else runs[::-1]:  # alternate who goes first
                     try:
                         got: list[Sample] | str = measure(
-                            trees[name], flows, size, args.windows, args.seconds
+                            trees[name], flows, size, args.windows, args.seconds, g
                         )
                     except RuntimeError as exc:
                         got = str(exc)
-                    results[name, size, flows] = got
+                    results[name, size, flows, g] = got
                 n += 1
         rows = []
-        order = sorted(results, key=lambda k: (k[1], k[2], k[0] != "before"))
-        for name, size, flows in order:
-            r = results[name, size, flows]
+        order = sorted(results, key=lambda k: (k[1], k[2], k[3], k[0] != "before"))
+        for name, size, flows, g in order:
+            r = results[name, size, flows, g]
             label = f"{size[0]}x{size[1]}"
             if isinstance(r, str):
-                rows.append([label, f"{flows:,}", name, "not measured", "", "", "", ""])
+                rows.append([label, f"{flows:,}", g or "-", name, "not measured", "", "", "", ""])
                 continue
             rows.append(
                 [
                     label,
                     f"{flows:,}",
+                    g or "-",
                     name,
                     f"{median(r, 'process'):.2f}%",
                     f"{median(r, 'main'):.2f}%",
@@ -226,6 +239,7 @@ def main() -> int:
                 [
                     "size",
                     "flows",
+                    "group",
                     "tree",
                     "process",
                     "UI thread",
@@ -238,12 +252,12 @@ def main() -> int:
         ok = True
         verdicts = []
         for size, target in TARGETS.items():
-            if ("after", size, TARGET_FLOWS) not in results:
+            if ("after", size, TARGET_FLOWS, groups[0]) not in results:
                 # --flows without the target's count: no verdict, not a pass
                 ok = False
                 verdicts.append(f"{size[0]}x{size[1]} not run at {TARGET_FLOWS:,}")
                 continue
-            r = results["after", size, TARGET_FLOWS]
+            r = results["after", size, TARGET_FLOWS, groups[0]]  # the first grouping
             if isinstance(r, str):
                 ok = False
                 verdicts.append(f"{size[0]}x{size[1]} not measured")
@@ -258,7 +272,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) in (4, 5) and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else "")
         raise SystemExit(0)
     raise SystemExit(main())

@@ -47,7 +47,8 @@ def ports(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sport, dport) of each key as the canonical key sees them: 0 for ICMP."""
     sport = _KEY.field(words, "sport")
     dport = _KEY.field(words, "dport")
-    icmp = np.isin(_KEY.field(words, "proto"), _ICMP)
+    proto = _KEY.field(words, "proto")
+    icmp = (proto == _ICMP[0]) | (proto == _ICMP[1])  # np.isin sorts: several times slower
     if icmp.any():
         sport = np.where(icmp, 0, sport).astype(np.uint64)
         dport = np.where(icmp, 0, dport).astype(np.uint64)

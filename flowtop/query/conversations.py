@@ -8,8 +8,9 @@ become one row per conversation, vectorised: bincounts over (conversation,
 direction, hook) buckets over a dense index of the conversation ids (the
 flow table's conv_id and conv_leg columns, or computed from flow-end
 records' keys). The view ranks every conversation by two bincounts over
-the rows in id order (RowOrder keeps that order from one refresh to the
-next; top_groups) and aggregates fully only those it shows.
+the rows' conversation slots (ConvSlots keeps each row's slot from one
+refresh to the next: no sort per refresh; top_groups) and aggregates fully
+only those it shows.
 
 - the client end: the sender of a SYN without ACK (layout.TCP_SYN_ONLY in a
   row's tcp_flags) when exactly one direction sent one; else the end with
@@ -125,19 +126,6 @@ class Groups:
     ids: np.ndarray
 
 
-def dense(cid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(each row's dense group index, the groups' ids in id order, the sort
-    order of the rows): one argsort (np.unique's inverse costs several)."""
-    order = np.argsort(cid)
-    c = cid[order]
-    head = np.empty(len(c), dtype=bool)
-    head[:1] = True
-    np.not_equal(c[1:], c[:-1], out=head[1:])
-    inv = np.empty(len(c), dtype=np.int64)
-    inv[order] = np.cumsum(head) - 1
-    return inv, c[head], order
-
-
 def groups_of(
     words: np.ndarray,
     first_ns: np.ndarray,
@@ -151,11 +139,17 @@ def groups_of(
         cid = conversation_ids(words)
     if leg is None:
         leg = legs(words)
-    inv, ids, _ = dense(cid)
+    # One sort by (id, first seen): the dense groups (in id order, every
+    # group with a row) and each group's earliest row, ties by position.
+    order = np.lexsort((first_ns, cid))
+    c = cid[order]
+    head = np.empty(len(c), dtype=bool)
+    head[:1] = True
+    np.not_equal(c[1:], c[:-1], out=head[1:])
+    inv = np.empty(len(c), dtype=np.int64)
+    inv[order] = np.cumsum(head) - 1
+    ids, firsts = c[head], order[head]
     # The ports decide, else the direction of the earliest row.
-    order = np.lexsort((first_ns, inv))
-    g = inv[order]
-    firsts = order[np.concatenate(([True], g[1:] != g[:-1]))]
     ports = port_direction(canonical_words(words[firsts]))
     static = np.where(ports >= 0, ports, leg[firsts] >> 1).astype(np.int64)
     return Groups(inv, leg, static, ids)
@@ -167,98 +161,153 @@ COUNTER_SORTS = ("bps", "pps", "bytes", "packets", "flows")
 
 
 def top_groups(
-    inv: np.ndarray,
+    bucket: np.ndarray,
     ids: np.ndarray,
-    leg: np.ndarray,
     values: np.ndarray | None,
     descending: bool,
     limit: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
     """Which rows are in the first `limit` conversations by a COUNTER_SORTS
     column (values: each row's; None: by flows), ties by conversation id (a
-    boolean mask over the rows); inv, ids: the rows' dense groups (dense,
-    RowOrder). Two bincounts over the rows: only the conversations on
-    screen are aggregated fully."""
+    boolean mask over the rows), and how many conversations the rows have.
+    bucket: each row's group * 4 + leg (ConvSlots.buckets; groups without a
+    row are left out), ids: each group's conversation id. Two bincounts
+    over the rows: only the conversations on screen are aggregated fully."""
     g = len(ids)
+    # Strided views and adds, not sum(axis=...) over tiny axes (slower).
+    cnt = np.bincount(bucket, minlength=4 * g)
+    per = cnt[0::4] + cnt[1::4] + cnt[2::4] + cnt[3::4]
+    present = np.flatnonzero(per)
     if values is None:
-        total = np.bincount(inv, minlength=g).astype(np.float64)
+        total = per[present].astype(np.float64)
     else:
-        # Strided views and adds, not sum(axis=...) over tiny axes (slower).
-        b = inv * 4 + leg
-        cnt = np.bincount(b, minlength=4 * g)
-        s = np.bincount(b, weights=values, minlength=4 * g)
+        s = np.bincount(bucket, weights=values, minlength=4 * g)
         way = np.where(cnt[0::2] > 0, s[0::2], s[1::2])  # (group, direction): counted once
-        total = way[0::2] + way[1::2]
+        total = (way[0::2] + way[1::2])[present]
     if descending:
         np.negative(total, out=total)
-    top = smallest(total, min(limit, g))
-    top = top[np.lexsort((ids[top], total[top]))[:limit]]
+    pid = ids[present]
+    top = smallest(total, min(limit, len(present)))
+    top = top[np.lexsort((pid[top], total[top]))[:limit]]
     on = np.zeros(g, dtype=bool)
-    on[top] = True
-    keep: np.ndarray = on[inv]
-    return keep
+    on[present[top]] = True
+    keep: np.ndarray = on[bucket >> 2]
+    return keep, len(present)
 
 
-class RowOrder:
-    """A flow table's live rows sorted by conversation id, kept from one
-    refresh to the next: rows that are still live with the same id keep
-    their places, the new ones are sorted (a few) and merged in, so a
-    refresh does not sort 100k ids again (several ms).
+class ConvSlots:
+    """Each flow row's conversation as a dense slot number, kept from one
+    refresh to the next, so that a refresh of the conversation view
+    bincounts over slots (top_groups) and sorts no ids.
 
-    One per table (of()); the caller holds the table still while it asks
-    (TableSource's lock)."""
+    A row keeps its bucket (slot * 4 + leg) while it is live with the same
+    conversation id and leg; a row that is new, or was reused by another
+    flow, finds its conversation's slot, or a free one, by a binary search
+    in the used slots' ids (a few rows per refresh). A row that ended keeps
+    its slot until a sweep (when such rows are more than an eighth of the
+    live ones): counts are taken over live rows only, so such a slot just
+    has none; a slot no row holds is free.
 
-    _of: weakref.WeakKeyDictionary[FlowTable, RowOrder] = weakref.WeakKeyDictionary()
+    Memory: 16 bytes per table row (bucket, id) and about 24 per
+    conversation. One per table (of()); the caller holds the table still
+    while it asks (TableSource's lock)."""
+
+    _of: weakref.WeakKeyDictionary[FlowTable, ConvSlots] = weakref.WeakKeyDictionary()
 
     def __init__(self) -> None:
-        self.rows = np.zeros(0, dtype=np.int64)
-        self.cid = np.zeros(0, dtype=np.uint64)
+        self._bucket = np.zeros(0, dtype=np.int64)  # per table row: slot * 4 + leg, -1 none
+        self._row_cid = np.zeros(0, dtype=np.uint64)  # the id it had when given its slot
+        self._held = 0  # rows with a bucket
+        self.ids = np.zeros(0, dtype=np.uint64)  # per slot: its conversation id
+        self._refs = np.zeros(0, dtype=np.int64)  # per slot: rows holding it (0: free)
+        self._free = np.zeros(0, dtype=np.int64)  # free slots, a stack
+        self._by_id = np.zeros(0, dtype=np.uint64)  # the used slots' ids, sorted
+        self._slot_by_id = np.zeros(0, dtype=np.int64)  # ... and their slots
+
+    def __len__(self) -> int:
+        """Slots in use (held by a row, live or ended and not swept yet)."""
+        return len(self._by_id)
 
     @classmethod
-    def of(cls, table: FlowTable) -> RowOrder:
+    def of(cls, table: FlowTable) -> ConvSlots:
         got = cls._of.get(table)
         if got is None:
             got = cls._of[table] = cls()
         return got
 
-    def update(self, table: FlowTable) -> None:
-        """Catch up with the table's live rows."""
-        live = table.live_rows()
-        if len(self.rows):
-            still = table.column("live", self.rows) & (
-                table.column("conv_id", self.rows) == self.cid
-            )
-            kept, kcid = self.rows[still], self.cid[still]
-        else:
-            kept, kcid = self.rows, self.cid
-        mark = np.zeros(int(max(live.max(initial=0), kept.max(initial=0))) + 1, dtype=bool)
-        mark[kept] = True
-        new = live[~mark[live]]
-        if len(new) or len(kept) != len(self.rows):
-            ncid = table.column("conv_id", new)
-            o = np.argsort(ncid)
-            new, ncid = new[o], ncid[o]
-            at = np.searchsorted(kcid, ncid)
-            self.rows, self.cid = np.insert(kept, at, new), np.insert(kcid, at, ncid)
+    def buckets(
+        self, table: FlowTable, rows: np.ndarray, live: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The bucket (slot * 4 + leg) of each of rows (live rows, e.g. a
+        filter's); live: table.live_rows() when the caller has it."""
+        if live is None:
+            live = table.live_rows()
+        need = int(live.max(initial=-1)) + 1
+        if need > len(self._bucket):
+            grow = max(need, 2 * len(self._bucket)) - len(self._bucket)
+            self._bucket = np.concatenate((self._bucket, np.full(grow, -1, dtype=np.int64)))
+            self._row_cid = np.concatenate((self._row_cid, np.zeros(grow, dtype=np.uint64)))
+        cid = table.column("conv_id", live)
+        leg = table.column("conv_leg", live)
+        b = self._bucket[live]
+        ok = (b >= 0) & ((b & 3) == leg) & (self._row_cid[live] == cid)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            self._release(live[bad[b[bad] >= 0]])  # reused by another flow
+            self._assign(live[bad], cid[bad], leg[bad])
+        if self._held - len(live) > max(1024, len(live) // 8):
+            ended = self._bucket >= 0
+            ended[live] = False
+            self._release(np.flatnonzero(ended))
+        if rows is live:
+            b[~ok] = self._bucket[live[~ok]]
+            mine: np.ndarray = b
+            return mine
+        out: np.ndarray = self._bucket[rows]
+        return out
 
-    def of_rows(self, table: FlowTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """rows (live rows, e.g. a filter's), sorted by conversation id: (rows, ids)."""
-        self.update(table)
-        if len(rows) == len(self.rows):  # all of them (no filter)
-            return self.rows, self.cid
-        mark = np.zeros(int(self.rows.max(initial=0)) + 1, dtype=bool)
-        mark[rows] = True
-        sel = mark[self.rows]
-        return self.rows[sel], self.cid[sel]
+    def _release(self, rows: np.ndarray) -> None:
+        if not len(rows):
+            return
+        slots = self._bucket[rows] >> 2
+        self._bucket[rows] = -1
+        self._held -= len(rows)
+        np.subtract.at(self._refs, slots, 1)
+        freed = np.unique(slots[self._refs[slots] == 0])
+        if len(freed):
+            at = np.searchsorted(self._by_id, self.ids[freed])
+            self._by_id = np.delete(self._by_id, at)
+            self._slot_by_id = np.delete(self._slot_by_id, at)
+            self._free = np.concatenate((self._free, freed))
 
-
-def dense_sorted(cid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dense group index, group ids) of ids already in order."""
-    head = np.empty(len(cid), dtype=bool)
-    head[:1] = True
-    np.not_equal(cid[1:], cid[:-1], out=head[1:])
-    inv: np.ndarray = np.cumsum(head) - 1
-    return inv, cid[head]
+    def _assign(self, rows: np.ndarray, cid: np.ndarray, leg: np.ndarray) -> None:
+        uniq, inv = np.unique(cid, return_inverse=True)
+        at = np.searchsorted(self._by_id, uniq)
+        found = np.zeros(len(uniq), dtype=bool)
+        inside = at < len(self._by_id)
+        found[inside] = self._by_id[at[inside]] == uniq[inside]
+        slot = np.empty(len(uniq), dtype=np.int64)
+        slot[found] = self._slot_by_id[at[found]]
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            take = min(len(missing), len(self._free))
+            got = self._free[len(self._free) - take :]
+            self._free = self._free[: len(self._free) - take]
+            extra = len(missing) - take
+            if extra:
+                start = len(self.ids)
+                self.ids = np.concatenate((self.ids, np.zeros(extra, dtype=np.uint64)))
+                self._refs = np.concatenate((self._refs, np.zeros(extra, dtype=np.int64)))
+                got = np.concatenate((got, np.arange(start, start + extra, dtype=np.int64)))
+            slot[missing] = got
+            self.ids[got] = uniq[missing]
+            self._by_id = np.insert(self._by_id, at[missing], uniq[missing])
+            self._slot_by_id = np.insert(self._slot_by_id, at[missing], got)
+        row_slot = slot[inv]
+        self._bucket[rows] = row_slot * 4 + leg
+        self._row_cid[rows] = cid
+        self._held += len(rows)
+        self._refs += np.bincount(row_slot, minlength=len(self._refs))
 
 
 def conversations(words: np.ndarray, cols: dict[str, np.ndarray], groups: Groups) -> Conversations:
@@ -360,6 +409,16 @@ def conversations(words: np.ndarray, cols: dict[str, np.ndarray], groups: Groups
     return Conversations(agg, up, down, role, in_ifx, out_ifx)
 
 
+# The ViewRow fields row_fields gives, in its tuples' order. Literals: the
+# keyword names must be interned strings, or each call matches them against
+# ViewRow's parameters by comparing text (several times slower).
+_ROW_FIELDS = (
+    "role",
+    "up_bps", "up_pps", "up_bytes", "up_packets", "up_retransmits",
+    "down_bps", "down_pps", "down_bytes", "down_packets", "down_retransmits",
+)  # fmt: skip
+
+
 def row_fields(
     conv: Conversations, order: np.ndarray, ifnames: Mapping[int, str]
 ) -> tuple[list[str], list[dict[str, object]]]:
@@ -369,12 +428,15 @@ def row_fields(
     at = np.asarray(order, dtype=np.intp).reshape(-1)
     role = conv.role[at].tolist()
     ins, outs = conv.in_ifindex[at].tolist(), conv.out_ifindex[at].tolist()
-    per = {}
-    for side, s in (("up", conv.up), ("down", conv.down)):
-        per[side] = (
+    # One tolist per column (Python floats and ints), no per-field conversion.
+    per: list[list[object]] = [[ROLES[r] for r in role]]
+    for s in (conv.up, conv.down):
+        retr = s.retrans[at].tolist()
+        known = s.retr_known[at].tolist()
+        per += [
             s.bps[at].tolist(), s.pps[at].tolist(), s.bytes[at].tolist(),
-            s.packets[at].tolist(), s.retrans[at].tolist(), s.retr_known[at].tolist(),
-        )  # fmt: skip
+            s.packets[at].tolist(), [r if k else None for r, k in zip(retr, known, strict=True)],
+        ]  # fmt: skip
     names: dict[int, str] = {}
 
     def name(ifindex: int) -> str:
@@ -383,19 +445,11 @@ def row_fields(
             got = names[ifindex] = clean(ifnames.get(ifindex, f"if{ifindex}"))
         return got
 
-    ifaces: list[str] = []
-    more: list[dict[str, object]] = []
-    for j in range(len(at)):
-        r = role[j]
-        ifaces.append(
-            f"{name(ins[j])}\u2192{name(outs[j])}" if r == ROLE_FORWARDED else name(ins[j])
-        )
-        d: dict[str, object] = {"role": ROLES[r]}
-        for side, (bps, pps, nbytes, packets, retr, known) in per.items():
-            d[f"{side}_bps"] = float(bps[j])
-            d[f"{side}_pps"] = float(pps[j])
-            d[f"{side}_bytes"] = int(nbytes[j])
-            d[f"{side}_packets"] = int(packets[j])
-            d[f"{side}_retransmits"] = int(retr[j]) if known[j] else None
-        more.append(d)
+    ifaces = [
+        f"{name(i)}\u2192{name(o)}" if r == ROLE_FORWARDED else name(i)
+        for r, i, o in zip(role, ins, outs, strict=True)
+    ]
+    more: list[dict[str, object]] = [
+        dict(zip(_ROW_FIELDS, v, strict=True)) for v in zip(*per, strict=True)
+    ]
     return ifaces, more

@@ -19,9 +19,8 @@ from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
 from flowtop.query.conversations import (
     COUNTER_SORTS,
-    RowOrder,
+    ConvSlots,
     conversations,
-    dense_sorted,
     groups_of,
     row_fields,
     top_groups,
@@ -180,17 +179,17 @@ def _conversations(
     if len(rows) == 0:
         return [], 0
     if query.sort in COUNTER_SORTS:
-        # Every conversation ranked by two bincounts over the rows in id order
+        # Every conversation ranked by two bincounts over the rows' slots
         # (kept from the last refresh); only the top ones' rows are gathered
         # and aggregated.
-        rows, cid = RowOrder.of(table).of_rows(table, rows)
-        leg = table.column("conv_leg", rows)
-        inv, ids = dense_sorted(cid)
-        matched = len(ids)
+        slots = ConvSlots.of(table)
+        bucket = slots.buckets(table, rows, None if flt.text else rows)
         col = _FLOW_SORT_COLUMNS[query.sort] if query.sort != "flows" else None
         vals = np.asarray(table.column(col, rows), np.float64) if col is not None else None
-        keep = top_groups(inv, ids, leg, vals, query.descending, query.limit)
-        rows, cid, leg = rows[keep], cid[keep], leg[keep]
+        keep, matched = top_groups(bucket, slots.ids, vals, query.descending, query.limit)
+        rows = rows[keep]
+        leg = table.column("conv_leg", rows)
+        cid = table.column("conv_id", rows)
     else:
         cid = table.column("conv_id", rows)
         leg = table.column("conv_leg", rows)
