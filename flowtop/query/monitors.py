@@ -10,7 +10,7 @@ config load: filterexpr.check_static). Each flow end is tested alone
 round (filterexpr.monitor_ways); a flow that is both (the two sets overlap)
 is local->remote. So on a host a connection of a local address to a remote
 one is two flows, one each way; on a router the legs of a forwarded one are
-counted once (zones.counted_once).
+counted once (core/conversations.counted_by_legs).
 
 MonitorTracker is an engine observer (the engine's thread, after each step);
 its figures:

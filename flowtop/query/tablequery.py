@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from flowtop.core import fields
+from flowtop.core.conversations import counted_by_legs
 from flowtop.core.drops import DropRows, DropTable
 from flowtop.core.flowtable import FlowTable
 from flowtop.kernel import layout
@@ -25,7 +26,7 @@ from flowtop.query.conversations import (
     row_fields,
     top_groups,
 )
-from flowtop.query.entities import EntityArrays, entity_groups
+from flowtop.query.entities import EntityArrays, entity_groups, zone_pair_ids
 from flowtop.query.exporters import OTHER, ExporterArrays
 from flowtop.query.filterexpr import Columns, Filter
 from flowtop.query.grouping import Aggregate, aggregate
@@ -49,7 +50,6 @@ from flowtop.query.types import (
     ViewQuery,
     ViewRow,
 )
-from flowtop.query.zones import zone_counted
 
 # Sort keys of the flow view that are one table column each: the counters and
 # times the kernel gives and the rates the table derives (core/fields.py).
@@ -85,6 +85,27 @@ def _columns(
     elif oa is not None and group in OWNER_GROUPS:
         cols.update(owner_columns(table, rows, (GROUP_COLUMN[group], "owner_state")))
     return cols
+
+
+# The groups whose rows show every leg of a forwarded connection (each
+# interface's, each exporter's own figures); every other group counts each
+# packet once (core/conversations.counted_by_legs), as conversations do.
+EVERY_LEG_GROUPS = ("flow", "iface", "exporter")
+
+
+def _counted_once(
+    table: FlowTable, rows: np.ndarray, cols: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """cols with the counters of the rows that do not count zeroed: a packet
+    this box forwarded is in an ingress row and an egress row, and only the
+    ingress one counts (per conversation and direction, among rows)."""
+    keep = counted_by_legs(table.column("conv_id", rows), table.column("conv_leg", rows))
+    if keep.all():
+        return cols
+    out = dict(cols)
+    for name in ("packets", "bytes", "pps", "bps"):
+        out[name] = np.where(keep, cols[name], 0).astype(cols[name].dtype)
+    return out
 
 
 def _matching(
@@ -264,8 +285,10 @@ def query_table(
             if oa is not None
             else np.zeros(len(rows), dtype=np.uint64)
         )
-    if query.group_by in ZONE_GROUPS:  # each packet once, also when forwarded
-        gid, cols = zone_counted(words, cols, _ents(table, rows) if ea is not None else None, ea)
+    if query.group_by in ZONE_GROUPS:
+        gid = zone_pair_ids(len(words), _ents(table, rows) if ea is not None else None, ea)
+    if query.group_by not in EVERY_LEG_GROUPS:  # each packet once, also when forwarded
+        cols = _counted_once(table, rows, cols)
     if query.group_by in FLEET_GROUPS:
         ifx = _KEY.field(words, "ifindex")
         gid = (

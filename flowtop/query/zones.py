@@ -15,7 +15,8 @@ Flows neither of whose ends has a zone are in no pair.
 Per step (the engine observer, query/monitors.py) nothing is looked up
 twice: drain_records() takes the rows the merge found for the drained keys
 (FlowTable.merged_rows) and the conversation ids and legs the flow table
-keeps per row (counted_by_legs: the counted-once rule over those columns);
+keeps per row (core/conversations.counted_by_legs: the counted-once rule over
+those columns);
 only records whose flow ended in the step are worked out from their keys.
 """
 
@@ -26,9 +27,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flowtop.core.conversations import counted_once, ids_and_legs
+from flowtop.core.conversations import counted_by_legs, ids_and_legs
 from flowtop.kernel import layout
-from flowtop.query.entities import EntityArrays, zone_pair_ids
+from flowtop.query.entities import EntityArrays
 
 if TYPE_CHECKING:
     from flowtop.core.flowtable import FlowTable
@@ -122,77 +123,6 @@ def _spread(values: np.ndarray, where: np.ndarray, fill: int) -> np.ndarray:
     return out
 
 
-def counted_by_legs(conv: np.ndarray, leg: np.ndarray) -> np.ndarray:
-    """core/conversations.counted_once over records given by their
-    conversation ids and legs (core/conversations.legs: the flow table's
-    conv_id and conv_leg columns), so nothing is derived from the keys again:
-    every ingress record counts, and the egress records of oriented
-    connections (conversation and canonical direction) with no ingress
-    record among them. tests/unit/test_zones_cost.py checks it against
-    counted_once."""
-    egress = (leg & 1).astype(bool)  # the leg's hook: 0 ingress, 1 egress
-    if egress.all() or not egress.any():
-        return np.ones(len(leg), dtype=bool)  # one direction of hooks only: all count
-    oriented = conv * np.uint64(2) + (leg >> 1).astype(np.uint64)
-    n = len(oriented)
-    if n <= _INDEX_MASK:
-        out = _counted_sorted(oriented, egress)
-        if out is not None:
-            return out
-    return _counted_searched(oriented, egress)
-
-
-# The low bits of a sort key (_counted_sorted): the hook (0 ingress, 1
-# egress), then the record's index; the id's own bits above them.
-_INDEX_BITS = 23
-_INDEX_MASK = (1 << _INDEX_BITS) - 1
-_LOW_BITS = _INDEX_BITS + 1
-
-
-def _counted_sorted(oriented: np.ndarray, egress: np.ndarray) -> np.ndarray | None:
-    """The counted-once mask by one plain sort (numpy's vectorised sort; an
-    argsort is several times slower): each record's oriented id shifted up
-    by _LOW_BITS (its top bits dropped), then its hook and its index, sorted,
-    puts the records of one id next to each other, its ingress ones first,
-    and says where each one is: an id has an ingress record when the first
-    of its run is one. Ids equal in their kept bits but not whole are caught
-    by comparing the whole ids along the sorted order; if two different ids
-    share a run (a truncated-hash collision, rare) None: the caller takes
-    the exact search."""
-    n = len(oriented)
-    low = np.uint64(_LOW_BITS)
-    key = oriented << low
-    key |= egress.astype(np.uint64) << np.uint64(_INDEX_BITS)
-    key |= np.arange(n, dtype=np.uint64)
-    key.sort()
-    at = (key & np.uint64(_INDEX_MASK)).astype(np.intp)
-    high = key >> low
-    start = np.empty(n, dtype=bool)
-    start[0] = True
-    np.not_equal(high[1:], high[:-1], out=start[1:])
-    whole = oriented[at]
-    if ((whole[1:] != whole[:-1]) & ~start[1:]).any():
-        return None
-    ingress = (key & np.uint64(1 << _INDEX_BITS)) == 0
-    first = np.flatnonzero(start)  # where each id's run begins
-    has_ingress = ingress[first]
-    out = np.empty(n, dtype=bool)
-    out[at] = ingress | ~np.repeat(has_ingress, np.diff(first, append=n))
-    return out
-
-
-def _counted_searched(oriented: np.ndarray, egress: np.ndarray) -> np.ndarray:
-    """The counted-once mask by a binary search of each egress id among the
-    sorted ingress ones (what counted_once does)."""
-    out = np.ones(len(oriented), dtype=bool)
-    at = np.flatnonzero(egress)
-    seen = np.sort(oriented[~egress])
-    e = oriented[at]
-    pos = np.minimum(np.searchsorted(seen, e), len(seen) - 1)
-    out[at] = seen[pos] != e
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class ZoneStep:
     """One interval's traffic per zone pair: ((src zone, dst zone), bytes,
@@ -245,23 +175,3 @@ def zone_step(recs: DrainRecords, ea: EntityArrays) -> ZoneStep:
         if s and d and s != d:
             cross += int(b)
     return ZoneStep(tuple(out), cross)
-
-
-def zone_counted(
-    words: np.ndarray,
-    cols: dict[str, np.ndarray],
-    ents: tuple[np.ndarray, np.ndarray] | None,
-    ea: EntityArrays | None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The zone pair group of flow rows (entities.zone_pair_ids) and their
-    columns with the counters of rows that do not count (counted_once: the
-    egress leg of a forwarded flow) zeroed, so a group's traffic is each
-    packet once, as in the Prometheus zone series."""
-    gid = zone_pair_ids(len(words), ents, ea)
-    keep = counted_once(words)
-    if keep.all():
-        return gid, cols
-    out = dict(cols)
-    for name in ("packets", "bytes", "pps", "bps"):
-        out[name] = np.where(keep, cols[name], 0).astype(cols[name].dtype)
-    return gid, out

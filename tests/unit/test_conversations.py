@@ -441,3 +441,28 @@ def test_the_view_counts_what_counted_once_keeps() -> None:
     rows = convs(table(spec), limit=10_000)
     got = {int(r.key.split(":")[1], 16): r.bytes for r in rows}
     assert len(got) == len(want) and got == want
+
+
+def test_groups_count_a_forwarded_packet_once_and_the_legs_views_every_leg() -> None:
+    """On a router: by source, by pair or by port a forwarded connection's
+    bytes are its ingress legs' (as the conversation view counts them); by
+    interface and by flow every leg is there."""
+    t = table(router(up=1000, down=5000))
+
+    def by(group: str) -> dict[str | None, int]:
+        q = ViewQuery(group_by=group, limit=100)
+        rows, _ = query_table(t, q, parse(""), IFNAMES)
+        return {r.src if group == "src" else r.iface: r.bytes for r in rows}
+
+    assert by("src") == {C: 1000, S: 5000}
+    q = ViewQuery(group_by="port", limit=100)
+    (port,) = query_table(t, q, parse(""), IFNAMES)[0]
+    assert port.bytes == 6000 and port.flows == 4
+    q = ViewQuery(group_by="iface", limit=100)
+    ifaces = {(r.iface, r.direction): r.bytes for r in query_table(t, q, parse(""), IFNAMES)[0]}
+    assert ifaces == {
+        ("veth-a", "in"): 1000, ("veth-b", "out"): 900,
+        ("veth-b", "in"): 5000, ("veth-a", "out"): 4900,
+    }  # fmt: skip
+    flows = query_table(t, ViewQuery(group_by="flow", limit=100), parse(""), IFNAMES)[0]
+    assert sorted(r.bytes for r in flows) == [900, 1000, 4900, 5000]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from flowtop.config import Config, EnrichConfig, from_mapping
+from flowtop.core.conversations import counted_once
 from flowtop.core.engine import Engine
 from flowtop.core.flowtable import FlowTable
 from flowtop.enrich.enricher import Enricher, EnrichOptions, parse_networks
@@ -28,7 +29,7 @@ from flowtop.kernel.collector import Drain
 from flowtop.query import monitors
 from flowtop.query.entities import EntityArrays
 from flowtop.query.types import ViewQuery
-from flowtop.query.zones import counted_once, drain_records, zone_step
+from flowtop.query.zones import drain_records, zone_step
 from flowtop.run.dump import Extras, FlowAccumulator, emit
 
 from .test_view import NS, T0, FakeCollector, StepSource

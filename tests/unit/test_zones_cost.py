@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from flowtop.config import from_mapping
+from flowtop.core import conversations
 from flowtop.core.conversations import counted_once, ids_and_legs
 from flowtop.core.engine import Engine
 from flowtop.core.flowtable import FlowTable
@@ -102,11 +103,11 @@ def test_counted_by_legs_is_counted_once() -> None:
         conv, leg = ids_and_legs(words)
         want = counted_once(words)
         assert not want.all()  # the router's egress legs with an ingress one
-        assert zones.counted_by_legs(conv, leg).tolist() == want.tolist()
+        assert conversations.counted_by_legs(conv, leg).tolist() == want.tolist()
     # One direction of hooks only: everything counts.
     k, _ = records(np.arange(50), HOST[:1], T0)
     conv, leg = ids_and_legs(_KEY.view(k))
-    assert zones.counted_by_legs(conv, leg).all()
+    assert conversations.counted_by_legs(conv, leg).all()
 
 
 def test_counted_sorted_collision_takes_the_search() -> None:
@@ -119,9 +120,9 @@ def test_counted_sorted_collision_takes_the_search() -> None:
     leg = np.array([0, 1, 1], dtype=np.uint8)
     oriented = conv * np.uint64(2) + (leg >> 1).astype(np.uint64)
     assert (oriented[0] << np.uint64(24)) == (oriented[1] << np.uint64(24))
-    assert zones._counted_sorted(oriented, (leg & 1).astype(bool)) is None
+    assert conversations._counted_sorted(oriented, (leg & 1).astype(bool)) is None
     # B has no ingress record: it counts; A's egress does not.
-    assert zones.counted_by_legs(conv, leg).tolist() == [True, True, False]
+    assert conversations.counted_by_legs(conv, leg).tolist() == [True, True, False]
 
 
 def test_merged_rows_is_rows_of() -> None:
