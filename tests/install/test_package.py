@@ -515,6 +515,17 @@ def _wait_row(tmux: Tmux, sport: int, dport: int, want: list[str], timeout: floa
     )
 
 
+def _flow_view(tmux: Tmux) -> None:
+    """g f: the flow view (the live view opens on conversations), one row per flow."""
+    tmux.run("send-keys", "-t", tmux.session, "g")
+    time.sleep(0.3)
+    tmux.run("send-keys", "-t", tmux.session, "f")
+    deadline = time.monotonic() + 10
+    while "by flow" not in tmux.capture():
+        assert time.monotonic() < deadline, tmux.capture()
+        time.sleep(0.2)
+
+
 def _quit(tmux: Tmux, exit_file: Path) -> str:
     tmux.run("send-keys", "-t", tmux.session, "q")
     deadline = time.monotonic() + 15
@@ -548,6 +559,7 @@ def test_installed_flowtop_records_live_and_replays_in_tmux(
         assert time.monotonic() < deadline, tmux.capture()
         assert tmux.alive(), "flowtop --record exited early"
         time.sleep(0.2)
+    _flow_view(tmux)
     _send_udp(pair, count, payload, sport, dport)
     _wait_row(tmux, sport, dport, want, timeout=10)
     assert _quit(tmux, done) == "EXIT=0"
@@ -561,6 +573,11 @@ def test_installed_flowtop_records_live_and_replays_in_tmux(
     tmux.run("new-session", "-d", "-s", f"{tmux.session}-r", *session, "sh", "-c", replay)
     replay_tmux = CleanTmux(tmux.socket)
     replay_tmux.session = f"{tmux.session}-r"
+    deadline = time.monotonic() + 30
+    while "by conversation" not in replay_tmux.capture():  # the replay's view is up
+        assert time.monotonic() < deadline, replay_tmux.capture()
+        time.sleep(0.2)
+    _flow_view(replay_tmux)
     screen = _wait_row(replay_tmux, sport, dport, want, timeout=30)
     assert "va" in screen
     assert _quit(replay_tmux, done) == "EXIT=0"
