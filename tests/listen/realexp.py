@@ -84,3 +84,52 @@ def send_udp(a: Netns, b: Netns, dst: str, flows: dict[int, tuple[int, int]], dp
 
 def ip_bytes(count: int, size: int) -> int:
     return count * (20 + 8 + size)  # IPv4 + UDP headers
+
+
+class Tee:
+    """UDP on ns's loopback: each datagram received is kept and sent on to every target."""
+
+    def __init__(self, ns: Netns, targets: list[int]) -> None:
+        with entered(ns.name):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.targets = targets
+        self.datagrams = 0
+        self.kept: list[bytes] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.datagrams += 1
+            self.kept.append(data)
+            for port in self.targets:
+                self.out.sendto(data, ("127.0.0.1", port))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(5)
+        self.sock.close()
+        self.out.close()
+
+    def flow_samples(self) -> int:
+        """sFlow v5 flow samples (formats 1 and 3) in the datagrams kept so far."""
+        n = 0
+        for d in list(self.kept):
+            at = 28 if int.from_bytes(d[4:8], "big") == 1 else 40  # after the v4/v6 agent
+            for _ in range(int.from_bytes(d[at - 4 : at], "big")):
+                fmt, size = (
+                    int.from_bytes(d[at : at + 4], "big"),
+                    int.from_bytes(d[at + 4 : at + 8], "big"),
+                )
+                n += fmt in (1, 3)
+                at += 8 + size
+        return n

@@ -24,7 +24,7 @@ import pytest
 
 from tests.kernel.dump import export_only
 from tests.kernel.netns import Pair
-from tests.listen.realexp import Listener, free_port, ip_bytes, send_udp
+from tests.listen.realexp import Listener, Tee, free_port, ip_bytes, send_udp
 
 pytestmark = pytest.mark.kernel
 
@@ -264,27 +264,38 @@ def _pmacctd_conf(tmp: str, pcap: str, plugin: str, port: int, extra: str) -> st
 @pytest.mark.skipif(shutil.which("pmacctd") is None, reason="pmacct not installed")
 def test_pmacct_sfprobe_sflow(pair: Pair) -> None:
     """pmacctd's sfprobe plugin (a real sFlow v5 agent) over the capture, sampling
-    1 in 1: every packet is a sample, so the figures are exact."""
+    1 in 1: every packet is a sample, so the figures are exact. A tee on the
+    way counts the samples sent: the agent runs until all of them are out
+    (it sends its last datagram on a timer)."""
     b = pair.b
     port = free_port(b)
+    want = sum(n for n, _ in FLOWS.values())
     tmp = tempfile.mkdtemp(prefix="flowtop-sfprobe-")
+    tee = None
     try:
         pcap = _capture(pair, tmp)
-        conf = _pmacctd_conf(tmp, pcap, "sfprobe", port, "sfprobe_agentip: 127.0.0.1")
         lis = Listener(b, f"sflow://127.0.0.1:{port}")
-        # -W: stay after the file (sfprobe sends its last datagram on a timer)
+        tee = Tee(b, [port])
+        conf = _pmacctd_conf(tmp, pcap, "sfprobe", tee.port, "sfprobe_agentip: 127.0.0.1")
+        # -W: stay after the file, for the timer
         agent = b.popen(
             ["pmacctd", "-f", conf, "-W"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(5.0)
+        deadline = time.monotonic() + 30
+        while tee.flow_samples() < want and time.monotonic() < deadline:
+            time.sleep(0.2)
         agent.kill()
         agent.wait(10)
+        sent = tee.flow_samples()
         res, exporters = lis.result()
     finally:
+        if tee is not None:
+            tee.close()
         shutil.rmtree(tmp, ignore_errors=True)
+    assert sent == want, (sent, want)
     _check_flows(res, "127.0.0.1/if")
     (ex,) = exporters
-    assert ex["protocol"] == "sflow5" and ex["records"] == sum(n for n, _ in FLOWS.values()), ex
+    assert ex["protocol"] == "sflow5" and ex["records"] == want, ex
     _stats_ok(res)
 
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
 
-from tests.kernel.netns import Netns, Pair, entered
-from tests.listen.realexp import Listener, free_port, send_udp
+from tests.kernel.netns import Pair
+from tests.listen.realexp import Listener, Tee, free_port, send_udp
 
 pytestmark = [
     pytest.mark.kernel,
@@ -38,41 +36,6 @@ DPORT = 5010
 # some of each flow
 FLOWS = {40001: (600, 100), 40002: (300, 700), 40003: (120, 1200)}
 RATE = 4
-
-
-class Tee:
-    """UDP on ns's loopback: each datagram received is kept and sent on to every target."""
-
-    def __init__(self, ns: Netns, targets: list[int]) -> None:
-        with entered(ns.name):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
-        self.targets = targets
-        self.datagrams = 0
-        self.kept: list[bytes] = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._loop, daemon=True)
-        self._t.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65535)
-            except TimeoutError:
-                continue
-            self.datagrams += 1
-            self.kept.append(data)
-            for port in self.targets:
-                self.out.sendto(data, ("127.0.0.1", port))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._t.join(5)
-        self.sock.close()
-        self.out.close()
 
 
 def _nfdump(path: str) -> dict[tuple[str, int, str, int], tuple[int, int]]:
