@@ -531,7 +531,9 @@ def test_full_endpoints_map_is_counted(pair: netns.Pair) -> None:
             assert got["endpoints_full"] >= 2 * n - size
             assert got["update_failed"] == got["storage_failed"] == 0
             first = by_endpoint(c.drain())
-            assert len(first) == size
+            # The 16 in the map, and any retry that got in behind the drain's
+            # deletes (a closing handshake's packet): each one reported.
+            assert len(first) >= size
             ours = set(churn.info["ports"]) | {server.info["tcp"]}
             assert all(ep.lport in ours for ep in first)
             # The sockets that found the map full retry on their next packets
@@ -555,7 +557,7 @@ def test_full_endpoints_map_is_counted(pair: netns.Pair) -> None:
             }
             assert {ep.rport for ep in second if ep.local == B4} == new_ports
             assert len(second) == 10
-            assert c.counters()["reported"] == size + late + 10
+            assert c.counters()["reported"] == len(first) + late + 10
         finally:
             c.close()
         for k in kids:
