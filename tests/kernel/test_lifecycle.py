@@ -306,8 +306,11 @@ EXIT_BOUND = 15.0
 
 # The stop points whose starts must compile (a child with bcc mapped, then the
 # staged programs compiling behind the first attach): the program cache would
-# skip that. The other tests of this file start from the session's cache.
-COMPILED_POINTS = ("compiling", "attaching")
+# skip that. Importing too: from the cache, a start verifies the TC program in
+# a thread from its first steps, and a Ctrl-C then waits for the verifier
+# (about 3 s a run under the CPU hog; a compile child ends at once). The
+# other tests of this file start from the session's cache.
+COMPILED_POINTS = ("importing", "compiling", "attaching")
 
 
 @pytest.fixture
