@@ -9,7 +9,7 @@ screen only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -108,17 +108,23 @@ def _counted_once(
     return out
 
 
-def _matching(
-    table: FlowTable,
-    flt: Filter,
-    ifnames: Mapping[int, str],
-    ea: EntityArrays | None = None,
-    oa: OwnerArrays | None = None,
-    dt: DropTable | None = None,
-    na: NameArrays | None = None,
-    fa: ExporterArrays | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+@dataclass(frozen=True, slots=True)
+class _Arrays:
+    """What a query reads beside the flow table (query_table's arguments):
+    interface names, and the entity, owner, drop, name and exporter tables
+    (None: that part is off)."""
+
+    ifnames: Mapping[int, str]
+    ea: EntityArrays | None
+    oa: OwnerArrays | None
+    dt: DropTable | None
+    na: NameArrays | None
+    fa: ExporterArrays | None
+
+
+def _matching(table: FlowTable, flt: Filter, a: _Arrays) -> tuple[np.ndarray, np.ndarray | None]:
     """Live rows passing the filter (and their key words, when read)."""
+    ifnames, ea, oa, dt, na, fa = a.ifnames, a.ea, a.oa, a.dt, a.na, a.fa
     rows = table.live_rows()
     if not flt.text or len(rows) == 0:
         return rows, None
@@ -132,15 +138,7 @@ def _matching(
 
 
 def _top_flows(
-    table: FlowTable,
-    query: ViewQuery,
-    flt: Filter,
-    ifnames: Mapping[int, str],
-    ea: EntityArrays | None = None,
-    oa: OwnerArrays | None = None,
-    dt: DropTable | None = None,
-    na: NameArrays | None = None,
-    fa: ExporterArrays | None = None,
+    table: FlowTable, query: ViewQuery, flt: Filter, a: _Arrays
 ) -> tuple[list[ViewRow], int]:
     """The flow view sorted by a counter: only the top rows are gathered.
 
@@ -148,7 +146,8 @@ def _top_flows(
     other columns only for the rows on screen, so a refresh costs little
     more with 100k flows than with 1k.
     """
-    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
+    ifnames, ea, oa, dt, na = a.ifnames, a.ea, a.oa, a.dt, a.na
+    rows, _ = _matching(table, flt, a)
     matched = len(rows)
     if matched == 0:
         return [], 0
@@ -184,19 +183,12 @@ def _drop_reasons(
 
 
 def _conversations(
-    table: FlowTable,
-    query: ViewQuery,
-    flt: Filter,
-    ifnames: Mapping[int, str],
-    ea: EntityArrays | None = None,
-    oa: OwnerArrays | None = None,
-    dt: DropTable | None = None,
-    na: NameArrays | None = None,
-    fa: ExporterArrays | None = None,
+    table: FlowTable, query: ViewQuery, flt: Filter, a: _Arrays
 ) -> tuple[list[ViewRow], int]:
     """One row per conversation of the matching flows (query/conversations.py):
     the filter picks flow rows, their conversations aggregate them."""
-    rows, _ = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
+    ifnames, ea, oa, na = a.ifnames, a.ea, a.oa, a.na
+    rows, _ = _matching(table, flt, a)
     if len(rows) == 0:
         return [], 0
     if query.sort in COUNTER_SORTS:
@@ -262,11 +254,12 @@ def query_table(
     oa: the socket owners' names (None: attribution off, every flow in the
     "-" group of an owner group); fa: the exporters of received flows (None:
     not listening, every flow in the OTHER group of the exporter group)."""
+    a = _Arrays(ifnames, ea, oa, dt, na, fa)
     if query.group_by in CONVERSATION_GROUPS:
-        return _conversations(table, query, flt, ifnames, ea, oa, dt, na, fa)
+        return _conversations(table, query, flt, a)
     if query.group_by == "flow" and query.sort in _FLOW_SORT_COLUMNS:
-        return _top_flows(table, query, flt, ifnames, ea, oa, dt, na, fa)
-    rows, words = _matching(table, flt, ifnames, ea, oa, dt, na, fa)
+        return _top_flows(table, query, flt, a)
+    rows, words = _matching(table, flt, a)
     if len(rows) == 0:
         return [], 0
     if words is None:
