@@ -94,7 +94,9 @@ class RingParser:
         start = cons = int(self._cons[0])
         prod = int(self._prod[0])  # acquire: records before it are visible
         words, mask, size = self._words, self._mask, self._size
-        while cons < prod and len(offsets) < max_records:
+        add_offset, add_length = offsets.append, lengths.append
+        left = max_records  # records still to take (len(offsets) counted down)
+        while cons < prod and left > 0:
             word = words[(cons & mask) >> 2]  # one aligned u32 load: the length word
             if word & BUSY_BIT:
                 break  # reserved, not committed yet: the ones after wait for it
@@ -104,8 +106,9 @@ class RingParser:
                 self._cons[0] = cons
                 raise MalformedRecord(f"record of {length} bytes at position {cons}")
             if not word & DISCARD_BIT:
-                offsets.append(cons - start + HEADER)
-                lengths.append(length)
+                add_offset(cons - start + HEADER)
+                add_length(length)
+                left -= 1
             cons += total
         if cons == start:
             return b"", offsets, lengths

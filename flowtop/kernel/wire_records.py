@@ -83,6 +83,7 @@ def decode_span(
     out: list[WirePacket] = []
     append = out.append
     unpack = _HDR.unpack_from
+    new = tuple.__new__  # what WirePacket(...) calls, without its Python frame
     bad = 0
     for at, length in zip(offsets, lengths, strict=True):
         if length < HDR_SIZE:
@@ -94,5 +95,5 @@ def decode_span(
             bad += 1
             continue
         start = at + HDR_SIZE
-        append(WirePacket(key, kind, seq, span[start : start + cap_len], payload_len))
+        append(new(WirePacket, (key, kind, seq, span[start : start + cap_len], payload_len)))
     return out, bad

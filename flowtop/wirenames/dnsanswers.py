@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from flowtop.wirenames.hostname import NAME_MAX_LEN, shown_name
 
@@ -154,7 +154,9 @@ _HOST_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_."
 
 def _text(name: bytes) -> str | None:
     """shown_name of a name from _name (lower-case wire bytes)."""
-    if 0 < len(name) <= NAME_MAX_LEN and name[-1] != 0x2E and not name.translate(None, _HOST_BYTES):
+    # strip() leaves nothing of a name whose every byte is a host byte (half
+    # of translate()'s time: this runs twice a response).
+    if 0 < len(name) <= NAME_MAX_LEN and name[-1] != 0x2E and not name.strip(_HOST_BYTES):
         return name.decode("ascii")  # nothing to clean (tests check it against shown_name)
     got = _SHOWN.get(name, _SHOWN)
     if got is _SHOWN:
@@ -174,7 +176,8 @@ _PAD = bytes(12)  # an IPv4 address to 16 bytes, as in a flow key
 
 
 class Parsed(NamedTuple):
-    """One DNS message's facts as the feeder takes them (wirenames/feed.py):
+    """One DNS message's facts as parse gives them (and parse_into, the
+    feeder's path, puts them into its batch):
     no object per answer beyond its tuple. qname, cname_end: as in Answer
     (None when status is not OK); addrs: per A/AAAA record of the chain's
     end, (version 4 or 6, the address as 16 bytes with IPv4 in the first 4
@@ -209,7 +212,8 @@ def parse_response(wire: bytes) -> tuple[list[Answer], Status]:
 
 
 def parse(wire: bytes) -> Parsed:
-    """parse_response's facts as one Parsed (what the feeder uses): the
+    """parse_response's facts as one Parsed (parse_into's for a response
+    seen before, or one the lean parse defers): the
     common shape of a response by a lean parse (_quick), anything else by
     the full one (_parse); a response seen before from the cache."""
     # A resolver gives many clients (and one client again and again) the
@@ -383,6 +387,176 @@ def _parse(wire: bytes) -> Parsed:
             owners.append(owner)
             found.append((6, wire[rdata:pos], ttl))
     return _answers(qname, cnames, owners, found)
+
+
+# Response bytes after the id, of responses the lean parse read once
+# (bounded; cleared when full): one seen again is parsed into a Parsed and
+# cached in _SEEN. A response seen once costs no object that outlives the
+# batch (a cached Parsed is four, kept until _SEEN is cleared: work for
+# the garbage collector when nearly every response is distinct).
+_ONCE: set[bytes] = set()
+_ONCE_MAX = 8192
+
+
+class AnswerSink(Protocol):
+    """Where parse_into puts a response's answers: names.DnsBatch, the lists
+    WireNames.add_batch inserts from (so that an answer is no object of its
+    own between the parse and the table). Per answer: its store key (head()
+    of the version and the client, then the address as 16 bytes) and TTL
+    (the smallest on the CNAME chain, before TTL_FLOOR/CAP); per response
+    with answers: its shown qname, CNAME chain end and answer count."""
+
+    keys: list[bytes]
+    ttls: list[int]
+    qnames: list[str]
+    ends: list[str | None]
+    counts: list[int]
+
+    def head(self, version: int, client: bytes) -> bytes: ...
+
+    def add(self, client: bytes, got: Parsed) -> None: ...
+
+
+def parse_into(wire: bytes, client: bytes, sink: AnswerSink) -> Status:
+    """parse(wire)'s answers for `client` (16 bytes, as in a flow key) put
+    into sink, in the record order parse gives; its status. A response
+    seen for the first time is read by _lean when it has the usual shape
+    (it answers exactly what parse does, or defers to it), one seen before
+    through parse and its cache."""
+    key = wire[2:]
+    got = _SEEN.get(key)
+    if got is None:
+        if key not in _ONCE:
+            status = _lean(wire, client, sink)
+            if status is not None:
+                if len(_ONCE) >= _ONCE_MAX:
+                    _ONCE.clear()
+                _ONCE.add(key)
+                return status
+        got = parse(wire)
+    if got.addrs:
+        sink.add(client, got)
+    return got.status
+
+
+def _lean(wire: bytes, client: bytes, sink: AnswerSink) -> Status | None:
+    """The usual response straight into sink, or None (sink untouched) to
+    leave it to parse. The usual shape: a NOERROR response, one question of
+    plain labels, then answers in chain order, each record owned by a
+    pointer to where the chain's current name was written: CNAMEs first
+    (the question's, then each target's), then the IN A/AAAA records of
+    the chain's end. Anything else (another record type or class, an owner
+    written out, a CNAME after an address, a CNAME target already on the
+    chain, a chain longer than MAX_CHAIN, a question name that cleans to
+    nothing) defers, so that where this answers, the chain, its end, the
+    records kept and the TTLs are what _answers makes of _parse's reading
+    (tests/unit/test_wirenames_dnslean.py compares them over real and
+    mutated responses). Bounds as in _parse: every length against the
+    bytes there, 255 octets a name, pointers only backwards and at most
+    _MAX_POINTERS of them (a CNAME target with a pointer is read by _name),
+    MAX_CHAIN links, _MAX_ANSWERS records, names cleaned (_text)."""
+    n = len(wire)
+    if n < 17:
+        return None
+    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
+    if flags & 0x800F != 0x8000 or qd != 1 or an > _MAX_ANSWERS:
+        return None
+    labels = []
+    pos = 12
+    ln = wire[12]
+    while ln:
+        if ln > 63:
+            return None
+        end = pos + 1 + ln
+        if end >= n:
+            return None
+        labels.append(wire[pos + 1 : end])
+        pos = end
+        ln = wire[pos]
+    qsize = pos - 12  # octets before the root label, as _name counts them
+    if qsize > 255:
+        return None
+    qname = b".".join(labels).lower()
+    pos += 5  # the root label, qtype, qclass
+    if pos > n:
+        return None
+    shown = _text(qname)
+    if shown is None:
+        return None  # parse says MALFORMED
+    owner = 0xC00C  # the pointer to the chain's current name: the question's
+    name = qname
+    chain: list[bytes] | None = None  # the chain's names, once it has a link
+    low = -1  # the chain's smallest TTL (-1: no link yet)
+    keys, ttls = sink.keys, sink.ttls
+    got = 0  # addresses put into sink
+    h4 = h6 = b""
+    for _ in range(an):
+        if pos + 12 > n:
+            break
+        ptr, rtype, rclass, ttl, rdlen = _PTR_RR.unpack_from(wire, pos)
+        if ptr != owner or rclass != _IN:
+            break
+        rdata = pos + 12
+        pos = rdata + rdlen
+        if pos > n:
+            break
+        ttl &= 0x7FFF_FFFF
+        if low >= 0 and ttl > low:
+            ttl = low
+        if rtype == _A and rdlen == 4:
+            if not h4:
+                h4 = sink.head(4, client)
+            keys.append(h4 + wire[rdata:pos] + _PAD)
+            ttls.append(ttl)
+            got += 1
+        elif rtype == _AAAA and rdlen == 16:
+            if not h6:
+                h6 = sink.head(6, client)
+            keys.append(h6 + wire[rdata:pos])
+            ttls.append(ttl)
+            got += 1
+        elif rtype == _CNAME and not got:
+            # The target: plain labels ending inside the rdata, read here;
+            # anything else (a pointer in it) by _name, as _parse reads it.
+            tl = []
+            at = rdata
+            ln = wire[at]
+            while 0 < ln < 64:
+                end = at + 1 + ln
+                if end >= pos:
+                    break
+                tl.append(wire[at + 1 : end])
+                at = end
+                ln = wire[at]
+            if ln == 0 and at - rdata <= 255:
+                target = b".".join(tl).lower()
+            else:
+                try:
+                    target, after = _name(wire, rdata, {12: (qname, qsize)})
+                except _Bad:
+                    break
+                if after > pos:
+                    break
+            if chain is None:
+                chain = [qname]
+            if target in chain or len(chain) > MAX_CHAIN:
+                break  # a loop, or past MAX_CHAIN links: _answers' walk says
+            chain.append(target)
+            name = target
+            # The pointer to the target (none reaches past 0x3FFF: -1 matches no owner).
+            owner = 0xC000 | rdata if rdata < 0x4000 else -1
+            low = ttl  # the smaller of this link's TTL and the chain's before
+        else:
+            break
+    else:
+        if got:
+            sink.qnames.append(shown)
+            sink.ends.append(_text(name) if chain is not None else None)
+            sink.counts.append(got)
+        return Status.OK
+    if got:
+        del keys[-got:], ttls[-got:]
+    return None
 
 
 def clamp_ttl(ttl: int, floor: int = TTL_FLOOR) -> int:

@@ -15,7 +15,14 @@ from flowtop.kernel.wire_records import KIND_DNS, KIND_TCP_FIRST, WirePacket
 from flowtop.wirenames import dnsanswers, httphost, tlshello
 from flowtop.wirenames.dnstcp import DnsStreams
 from flowtop.wirenames.firstdata import FirstData
-from flowtop.wirenames.names import KEY_OFFSET, SOURCE_HTTP, SOURCE_SNI, WireNames, conn_key
+from flowtop.wirenames.names import (
+    KEY_OFFSET,
+    SOURCE_HTTP,
+    SOURCE_SNI,
+    DnsBatch,
+    WireNames,
+    conn_key,
+)
 
 _TCP, _UDP = 6, 17
 _KEY_SIZE = FLOW_KEY.itemsize
@@ -50,10 +57,11 @@ class Feeder:
         now = self.names.now()
         c = self.counts
         # DNS answers go into the table together at the end, one lock hold
-        # (the order kept: a later answer for a client and address wins).
-        responses: list[tuple[bytes, dnsanswers.Parsed]] = []
+        # (the order kept: a later answer for a client and address wins),
+        # parsed straight into the insert's lists.
+        batch = DnsBatch()
         ok, malformed = dnsanswers.Status.OK, dnsanswers.Status.MALFORMED
-        parse = dnsanswers.parse
+        parse_into = dnsanswers.parse_into
         n_resp = n_bad = 0
         for p in packets:
             key = p.key
@@ -67,12 +75,9 @@ class Feeder:
                     if message is None:
                         continue
                     wire = message
-                got = parse(wire)
-                status = got.status
+                status = parse_into(wire, key[_DST : _DST + 16], batch)
                 if status is ok:
                     n_resp += 1
-                    if got.addrs:
-                        responses.append((key[_DST : _DST + 16], got))
                 elif status is malformed:
                     n_bad += 1
             elif kind == KIND_TCP_FIRST:
@@ -81,8 +86,8 @@ class Feeder:
                 c["bad_packets"] += 1
         c["dns_responses"] += n_resp
         c["dns_malformed"] += n_bad
-        if responses:
-            c["dns_answers"] += self.names.add_responses(responses, now)
+        if batch.keys:
+            c["dns_answers"] += self.names.add_batch(batch, now)
         self.first.expire(now)
         c["first_dropped"] = self.first.dropped
         self.streams.expire(now)

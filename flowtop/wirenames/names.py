@@ -82,7 +82,8 @@ def dns_key(version: int, client: bytes, address: bytes) -> bytes:
 class _Store:
     """Entries keyed by 40 bytes (five words) in numpy columns, at most
     max_entries. `put`/`put_many` only stage entries (the feeder thread's
-    cost per entry is a few list appends, one list per column); staged
+    cost per entry is its key's append; put_many's other columns are kept
+    as the arrays it was given, put()'s in one list per column); staged
     entries go into the columns at once, vectorised, before anything reads
     them (`flush`). `find` is a vectorised lookup through a sorted hash index
     rebuilt when entries were added or removed since the last lookup."""
@@ -101,8 +102,11 @@ class _Store:
         self.source = np.zeros(0, dtype=np.uint8)
         self.deadline = np.zeros(0, dtype=np.float64)  # dropped after this
         self.live = np.zeros(0, dtype=bool)
-        # The staged entries, one list per column (key, name, cname, source, deadline).
+        # The staged entries: their keys in one list; their other columns
+        # (name, cname, source, deadline) as chunks of arrays (put_many's),
+        # and one list per column of the put()s since the last chunk.
         self._sk: list[bytes] = []
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self._sn: list[int] = []
         self._sc: list[int] = []
         self._ss: list[int] = []
@@ -140,17 +144,25 @@ class _Store:
             self.flush()
 
     def put_many(
-        self, keys: list[bytes], names: list[int], cnames: list[int], source: int,
-        deadlines: list[float],
+        self, keys: list[bytes], names: np.ndarray, cnames: np.ndarray, source: int,
+        deadlines: np.ndarray,
     ) -> None:  # fmt: skip
-        """put() of each keys[i] with names[i], cnames[i], source, deadlines[i]."""
+        """put() of each keys[i] with names[i], cnames[i], source, deadlines[i]
+        (arrays of the columns' dtypes, kept as they are until the flush)."""
+        self._chunk()
         self._sk += keys
-        self._sn += names
-        self._sc += cnames
-        self._ss += [source] * len(keys)
-        self._sd += deadlines
+        self._chunks.append((names, cnames, np.full(len(keys), source, dtype=np.uint8), deadlines))
         if len(self._sk) >= self.STAGED_MAX:
             self.flush()
+
+    def _chunk(self) -> None:
+        """The put()s since the last chunk, as a chunk (the order kept)."""
+        if self._sn:
+            self._chunks.append((
+                np.array(self._sn, dtype=np.uint32), np.array(self._sc, dtype=np.uint32),
+                np.array(self._ss, dtype=np.uint8), np.array(self._sd, dtype=np.float64),
+            ))  # fmt: skip
+            self._sn, self._sc, self._ss, self._sd = [], [], [], []
 
     def flush(self) -> None:
         """The staged entries into the columns: the last of each key wins;
@@ -158,8 +170,15 @@ class _Store:
         staged = self._sk
         if not staged:
             return
-        names, cnames, sources, deadlines = self._sn, self._sc, self._ss, self._sd
-        self._sk, self._sn, self._sc, self._ss, self._sd = [], [], [], [], []
+        self._chunk()
+        chunks = self._chunks
+        self._sk, self._chunks = [], []
+        if len(chunks) == 1:
+            names, cnames, sources, deadlines = chunks[0]
+        else:
+            names, cnames, sources, deadlines = (
+                np.concatenate(c) for c in zip(*chunks, strict=True)
+            )
         # key -> its last entry
         last = dict(zip(staged, range(len(staged)), strict=True))
         held = self.rows
@@ -175,6 +194,7 @@ class _Store:
             new = [k for k in last if k not in self.rows]  # an evicted key comes back
         if len(new) > len(self._free):
             self._grow(len(self.rows) + len(new))
+        at = np.zeros(0, dtype=np.int64)
         if new:
             free = self._free
             rows_new = free[len(free) - len(new) :][::-1]  # as many pop()s
@@ -184,15 +204,18 @@ class _Store:
             self.words[at] = np.frombuffer(b"".join(new), dtype="<u8").reshape(-1, _WORDS)
             self.live[at] = True
             self._dirty = True
-        rows = np.fromiter(map(self.rows.__getitem__, last), dtype=np.int64, count=len(last))
+        if len(new) == len(last):  # every key new: their rows, in last's order
+            rows = at
+        else:
+            rows = np.fromiter(map(self.rows.__getitem__, last), dtype=np.int64, count=len(last))
         if len(last) == len(staged):  # no key twice: every entry is its key's last
             pick: slice | np.ndarray = slice(None)
         else:
             pick = np.fromiter(last.values(), dtype=np.int64, count=len(last))
-        self.name[rows] = np.array(names, dtype=np.uint32)[pick]
-        self.cname[rows] = np.array(cnames, dtype=np.uint32)[pick]
-        self.source[rows] = np.array(sources, dtype=np.uint8)[pick]
-        self.deadline[rows] = np.array(deadlines, dtype=np.float64)[pick]
+        self.name[rows] = names[pick]
+        self.cname[rows] = cnames[pick]
+        self.source[rows] = sources[pick]
+        self.deadline[rows] = deadlines[pick]
 
     def _evict(self, k: int) -> None:
         """Room for new entries: the k soonest to go, dropped (counted)."""
@@ -259,6 +282,39 @@ class NameColumns:
         return out
 
 
+class DnsBatch:
+    """The answers of many DNS responses, gathered for one insert
+    (WireNames.add_batch): dnsanswers.parse_into writes them here, the
+    feeder gathers a read's worth. Per answer its store key (dns_key's
+    bytes: head(), then the address as 16 bytes) and its TTL; per response
+    with answers its shown qname, CNAME chain end and how many answers.
+    Lists of bytes, str and int: no object per answer beyond its key."""
+
+    __slots__ = ("counts", "ends", "keys", "qnames", "ttls")
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.ttls: list[int] = []
+        self.qnames: list[str] = []
+        self.ends: list[str | None] = []
+        self.counts: list[int] = []
+
+    @staticmethod
+    def head(version: int, client: bytes) -> bytes:
+        """A DNS store key's first 24 bytes: the version word, the client."""
+        return _VERSION[version] + client
+
+    def add(self, client: bytes, got: Parsed) -> None:
+        """The answers of one Parsed for client (16 bytes)."""
+        for v, a, t in got.addrs:
+            self.keys.append(_VERSION[v] + client + a)
+            self.ttls.append(t)
+        if got.addrs:
+            self.qnames.append(got.qname)  # type: ignore[arg-type]  # OK: a name
+            self.ends.append(got.cname_end)
+            self.counts.append(len(got.addrs))
+
+
 class WireNames:
     """Names learnt from the wire, and the name of each flow's server end.
 
@@ -323,23 +379,34 @@ class WireNames:
         """The answers of many DNS responses, each with its client (the
         response's destination: 16 bytes, as in a flow key), in order (a
         later answer for the same client and address wins), under one lock
-        hold; how many answers. The feeder's path (wirenames/feed.py)."""
-        floor = self.ttl_floor
-        keys: list[bytes] = []
-        nids: list[int] = []
-        cids: list[int] = []
-        deadlines: list[float] = []
+        hold; how many answers (add_batch of their DnsBatch)."""
+        batch = DnsBatch()
+        for client, got in responses:
+            batch.add(client, got)
+        return self.add_batch(batch, now)
+
+    def add_batch(self, batch: DnsBatch, now: float) -> int:
+        """The answers a DnsBatch gathered, in order (a later answer for the
+        same client and address wins), under one lock hold; how many. The
+        feeder's path (wirenames/feed.py)."""
+        keys = batch.keys
+        if not keys:
+            return 0
+        counts = batch.counts
         with self._lock:
-            intern = self.names.intern
-            for client, got in responses:
-                q, c = intern(got.qname), intern(got.cname_end)
-                for v, a, t in got.addrs:
-                    keys.append(_VERSION[v] + client + a)
-                    nids.append(q)
-                    cids.append(c)
-                    t = TTL_CAP if t > TTL_CAP else t  # clamp_ttl, inline: per answer
-                    deadlines.append(now + (floor if t < floor else t))
-            self._dns.put_many(keys, nids, cids, SOURCE_DNS, deadlines)
+            # Interned in the order add_answers would: each response's qname,
+            # then its CNAME end (which names a full table turns away).
+            both: list[str | None] = [None] * (2 * len(counts))
+            both[0::2] = batch.qnames
+            both[1::2] = batch.ends
+            ids = np.array(list(map(self.names.intern, both)), dtype=np.uint32)
+            qids, cids = ids[0::2], ids[1::2]
+            ttl = np.array(batch.ttls, dtype=np.int64)
+            # clamp_ttl over the column: the cap first, then the floor (above the cap too)
+            keep = np.maximum(np.minimum(ttl, TTL_CAP), self.ttl_floor)
+            self._dns.put_many(
+                keys, np.repeat(qids, counts), np.repeat(cids, counts), SOURCE_DNS, now + keep
+            )
             self.generation += len(keys)
         return len(keys)
 
