@@ -145,6 +145,7 @@ enum ft_counter {
 /* struct wire_event_hdr.kind (flowtop/kernel/wire_records.py KIND_*). */
 #define FT_WIRE_KIND_DNS 1       /* a DNS response (from a DNS port) */
 #define FT_WIRE_KIND_TCP_FIRST 2 /* a first data segment of a new TCP connection's client */
+#define FT_WIRE_KIND_QUIC 3      /* a QUIC Initial: UDP to 443 (client to server) */
 
 /* Payload bytes an event carries at most (a -D cflag from
  * flowtop/kernel/program.py). Records are as long as what they carry, so

@@ -10,7 +10,11 @@
  *                           a DNS response (queries go *to* the port);
  *   FT_WIRE_KIND_TCP_FIRST  the first FT_WIRE_TCP_SEGS data segments the
  *                           client of a new TCP connection sends: one whose
- *                           SYN (without ACK) this program saw at this hook.
+ *                           SYN (without ACK) this program saw at this hook;
+ *   FT_WIRE_KIND_QUIC       UDP to FT_WIRE_QUIC_PORT whose first payload byte
+ *                           is a QUIC long header's Initial (the client's
+ *                           ClientHello is in it: wirenames/quic.py
+ *                           decrypts it; the version is checked there).
  *
  * Two halves. wire_names(), inlined at the end of handle_packet(), makes
  * the cheap tests; a packet that passes them has its facts put in this
@@ -28,7 +32,8 @@
  * FT_WIRE_SEQ_WINDOW of its slot's value: the one cheap test (an inlined
  * array load and a compare) that bulk data of established connections
  * fails but for one segment in 65536 (a tail call and a hash miss then).
- * UDP pays the port compares only. Limits, not counted: a connection that
+ * UDP pays the port compares only, and UDP to FT_WIRE_QUIC_PORT one byte
+ * load and compare more. Limits, not counted: a connection that
  * shares a slot with a later SYN before sending data is missed (the slot
  * keeps the later ISN), and so is one the LRU evicted before its data
  * (more than FT_WIRE_YOUNG_SLOTS connections waiting for their first
@@ -68,6 +73,10 @@
 #endif
 #ifndef FT_WIRE_PORT4
 #define FT_WIRE_PORT4 53
+#endif
+/* QUIC Initials are looked for in UDP to this port (HTTP/3's). */
+#ifndef FT_WIRE_QUIC_PORT
+#define FT_WIRE_QUIC_PORT 443
 #endif
 /* Token bucket: ns of credit one event costs (1e9 / [names] rate) and the
  * most credit banked (one second's worth: a burst of `rate` events). */
@@ -160,7 +169,7 @@ struct wire_scratch {
 	__u32 l4_hdr;
 	__u32 segs;    /* > 1: a GSO packet (its payload length is the skb's) */
 	__u8 flags;    /* TCP flags */
-	__u8 dns;      /* from a DNS port */
+	__u8 kind;     /* FT_WIRE_KIND_DNS or _QUIC: handed up whole as that; 0: TCP */
 	__u8 pad[2];
 	struct wire_event_hdr hdr; /* key and seq filled in by wire_names() */
 	__u8 data[FT_WIRE_CAP];
@@ -212,7 +221,7 @@ static __always_inline void wire_output(struct __sk_buff *skb)
 		return;
 	struct flow_key *key = &ev->hdr.key;
 
-	if (!ev->dns && (ev->flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN) {
+	if (!ev->kind && (ev->flags & (FT_TCP_SYN | FT_TCP_ACK)) == FT_TCP_SYN) {
 		struct wire_conn c = { .isn1 = ev->hdr.seq + 1 };
 		__u32 *y = wire_young_slot(wire_young_index(key));
 
@@ -234,8 +243,8 @@ static __always_inline void wire_output(struct __sk_buff *skb)
 		return;
 	payload = l4len - ev->l4_hdr;
 	off = ev->l4_off + ev->l4_hdr;
-	if (ev->dns) {
-		wire_emit(skb, ev, FT_WIRE_KIND_DNS, off, payload);
+	if (ev->kind) {
+		wire_emit(skb, ev, ev->kind, off, payload);
 		return;
 	}
 	struct wire_conn *c = wire_conn_lookup(key);
@@ -273,11 +282,25 @@ static __always_inline __u32 wire_tcp_seq(struct __sk_buff *skb, struct pkt *p)
 #endif
 }
 
+/* 1: the UDP payload's first byte is a QUIC long header's Initial, 0: not
+ * (or no payload). The mask takes v1's Initial (0xc0-0xcf) and v2's
+ * (RFC 9369, 0xd0-0xdf, which is v1's 0-RTT: userspace reads the version
+ * and skips a v1 0-RTT packet). The bits are not protected: header
+ * protection masks the low four only. */
+static __always_inline int wire_quic_initial(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 b = 0;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off + p->l4_hdr, &b, 1) != 0)
+		return 0;
+	return (b & 0xe0) == 0xc0;
+}
+
 /*
  * Called by handle_packet() last, after the packet was accounted in its
  * flow (parse_packet() returned FT_PARSE_OK): the cheap tests, then, for
- * a packet from a DNS port, a SYN, or a segment of a young connection,
- * its facts into this CPU's wire_scratch and the tail call to
+ * a packet from a DNS port, a SYN, a segment of a young connection or a
+ * QUIC Initial, its facts into this CPU's wire_scratch and the tail call to
  * wire_output(), which does not come back (when it fails, which cannot
  * happen once TcProgram filled the slot at load, nothing goes up).
  * segs: the packet's segments; now: the coarse clock.
@@ -296,13 +319,16 @@ static __always_inline void wire_names(struct __sk_buff *skb, struct pkt *p, __u
 	__u16 sport = p->key.sport;
 	int dns = sport == 53 || sport == FT_WIRE_PORT1 || sport == FT_WIRE_PORT2 ||
 		  sport == FT_WIRE_PORT3 || sport == FT_WIRE_PORT4;
+	__u8 kind = dns ? FT_WIRE_KIND_DNS : 0;
 
 	if (proto == IPPROTO_TCP)
 		seq = wire_tcp_seq(skb, p);
 	if (!dns) {
-		if (proto != IPPROTO_TCP)
-			return;
-		if ((p->flags & (FT_TCP_SYN | FT_TCP_ACK)) != FT_TCP_SYN) {
+		if (proto != IPPROTO_TCP) {
+			if (p->key.dport != FT_WIRE_QUIC_PORT || !wire_quic_initial(skb, p))
+				return;
+			kind = FT_WIRE_KIND_QUIC;
+		} else if ((p->flags & (FT_TCP_SYN | FT_TCP_ACK)) != FT_TCP_SYN) {
 			/* The cheap test: does it start near a recent SYN's ISN + 1? */
 			__u32 *y = wire_young_slot(wire_young_index(&p->key));
 
@@ -323,7 +349,7 @@ static __always_inline void wire_names(struct __sk_buff *skb, struct pkt *p, __u
 	ev->l4_hdr = p->l4_hdr;
 	ev->segs = segs;
 	ev->flags = p->flags;
-	ev->dns = dns;
+	ev->kind = kind;
 	wire_tail_call(skb);
 }
 

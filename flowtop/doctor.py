@@ -344,6 +344,19 @@ def check_program_cache() -> Iterator[Result]:
     yield ok("program cache", f"in use: {d}, {len(progcache.entries(d))} entries")
 
 
+def check_quic_names() -> Iterator[Result]:
+    from flowtop.wirenames.quic import crypto_available
+
+    if crypto_available():
+        yield ok("quic names", "cryptography installed: QUIC Initials' server names are read")
+    else:
+        yield warn(
+            "quic names",
+            "the cryptography package is missing: QUIC Initials are counted (quic_off), not named",
+            "pip install cryptography",
+        )
+
+
 CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_privileges,
     check_kernel,
@@ -356,6 +369,7 @@ CHECKS: tuple[Callable[[], Iterator[Result]], ...] = (
     check_tcp_health,
     check_enrichment,
     check_program_cache,
+    check_quic_names,
 )
 
 

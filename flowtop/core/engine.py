@@ -482,9 +482,15 @@ class Engine:
         c = self.names.counters() if self.names is not None else {}
         g = c.get
         return {
-            "dropped": g("evicted", 0) + g("first_dropped", 0),
-            "unparsed": g("dns_tcp_unparsed", 0) + g("first_incomplete", 0),
-            "malformed": g("dns_malformed", 0) + g("first_malformed", 0) + g("bad_packets", 0),
+            "dropped": g("evicted", 0) + g("first_dropped", 0) + g("quic_dropped", 0),
+            "unparsed": g("dns_tcp_unparsed", 0)
+            + g("first_incomplete", 0)
+            + g("quic_unparsed", 0)
+            + g("quic_off", 0),
+            "malformed": g("dns_malformed", 0)
+            + g("first_malformed", 0)
+            + g("bad_packets", 0)
+            + g("quic_malformed", 0),
             "read_errors": g("read_errors", 0),
         }
 

@@ -1,9 +1,10 @@
 """Packets the TC program hands up for names from the wire (issue 16).
 
 The TC program (bpf/tc.c) copies a bounded prefix of a few packets into a
-ring buffer: DNS responses, and the first data segments a new TCP
+ring buffer: DNS responses, the first data segments a new TCP
 connection's client sends (for the TLS ClientHello's server name and the
-HTTP Host header). kernel/wirecapture.py reads the ring and gives the
+HTTP Host header), and QUIC clients' Initial packets (the ClientHello in
+them, wirenames/quic.py). kernel/wirecapture.py reads the ring and gives the
 userspace side (flowtop/wirenames/) WirePackets; nothing else crosses.
 """
 
@@ -17,7 +18,8 @@ import numpy as np
 # WirePacket.kind
 KIND_DNS = 1  # a DNS response: UDP or TCP from a DNS port (53 or a configured one)
 KIND_TCP_FIRST = 2  # one of the first data segments of a new TCP connection, client to server
-_KINDS = frozenset((KIND_DNS, KIND_TCP_FIRST))
+KIND_QUIC = 3  # a QUIC long-header Initial: UDP to 443, client to server (wirenames/quic.py)
+_KINDS = frozenset((KIND_DNS, KIND_TCP_FIRST, KIND_QUIC))
 
 
 class WirePacket(NamedTuple):

@@ -1,7 +1,8 @@
 """WirePackets (kernel/wire_records.py) parsed and put into WireNames.
 
 DNS responses (KIND_DNS) give answers; a connection's first data segments
-(KIND_TCP_FIRST) give the TLS ClientHello's SNI or the HTTP Host. Every
+(KIND_TCP_FIRST) give the TLS ClientHello's SNI or the HTTP Host, QUIC
+Initials (KIND_QUIC) the SNI of the ClientHello inside them. Every
 packet that gives nothing for a reason flowtop should know of is counted
 (WireNames.counters, via WireNames.parse): nothing here raises on input.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flowtop.kernel.layout import FLOW_KEY
-from flowtop.kernel.wire_records import KIND_DNS, KIND_TCP_FIRST, WirePacket
-from flowtop.wirenames import dnsanswers, httphost, tlshello
+from flowtop.kernel.wire_records import KIND_DNS, KIND_QUIC, KIND_TCP_FIRST, WirePacket
+from flowtop.wirenames import dnsanswers, httphost, quic, tlshello
 from flowtop.wirenames.dnstcp import DnsStreams
 from flowtop.wirenames.firstdata import FirstData
 from flowtop.wirenames.names import (
@@ -40,6 +41,7 @@ PARSE_COUNTERS = (
     "first_dropped",  # connections waiting for a segment dropped for room
     "bad_packets",  # a WirePacket flowtop cannot read (its key's size, its kind)
     "read_errors",  # reads of the capture that failed (wirenames/reader.py)
+    *quic.COUNTERS,  # QUIC Initials (wirenames/quic.py)
 )
 
 
@@ -50,6 +52,7 @@ class Feeder:
         self.names = names
         self.first = first if first is not None else FirstData()
         self.streams = DnsStreams()
+        self.quic = quic.QuicInitials()
         self._streams_dropped = 0
         self.counts = dict.fromkeys(PARSE_COUNTERS, 0)
 
@@ -82,6 +85,8 @@ class Feeder:
                     n_bad += 1
             elif kind == KIND_TCP_FIRST:
                 self._first(p, now)
+            elif kind == KIND_QUIC:
+                self._quic(p, now)
             else:
                 c["bad_packets"] += 1
         c["dns_responses"] += n_resp
@@ -94,6 +99,8 @@ class Feeder:
         if self.streams.dropped != self._streams_dropped:  # their messages unparsed
             c["dns_tcp_unparsed"] += self.streams.dropped - self._streams_dropped
             self._streams_dropped = self.streams.dropped
+        self.quic.expire(now)
+        c.update(self.quic.counts)
         self.names.parse = dict(c)  # one reference swap: the engine thread reads it
 
     def _tcp_dns(self, p: WirePacket, now: float) -> bytes | None:
@@ -120,6 +127,12 @@ class Feeder:
                 self.counts["dns_tcp_unparsed" if status is dnsanswers.Status.UNPARSED_TCP
                             else "dns_malformed"] += 1  # fmt: skip
         return got
+
+    def _quic(self, p: WirePacket, now: float) -> None:
+        whole = p.payload_len == len(p.payload)
+        status, name = self.quic.feed(conn_key(p.key), p.payload, whole, now)
+        if status is quic.Status.NAMED:
+            self.names.add_connection(p.key, name, SOURCE_SNI, now)
 
     def _first(self, p: WirePacket, now: float) -> None:
         c = self.counts
