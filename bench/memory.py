@@ -14,6 +14,12 @@ The child sets glibc's mmap threshold as flowtop's process does
 keeps the high-water mark of transient arrays (about 110 bytes/flow at
 100k): run both to see the difference.
 
+The columns that TCP health, enrichment, owners, drops and names write are
+allocated at their first write (core/flowtable.py, _Columns): these synthetic
+UDP flows write none of them. --every-column writes each of them on every row
+after the merges (TCP flows with owners, names, drops and an ASN database: the
+worst case, every column held); run both.
+
 Target: <= 300 bytes per flow (steady RSS delta / N).
 Run: .venv/bin/python bench/memory.py   (root not needed)
 """
@@ -78,6 +84,9 @@ def batch(start: int, n: int):
 # --glibc-default: children keep glibc's malloc policy (passed on in the environment).
 GLIBC_DEFAULT_ENV = "FTB_GLIBC_DEFAULT"
 KEEP_MALLOC = os.environ.get(GLIBC_DEFAULT_ENV) == "1"
+# --every-column: children write every lazily allocated column (passed on likewise).
+EVERY_COLUMN_ENV = "FTB_EVERY_COLUMN"
+EVERY_COLUMN = os.environ.get(EVERY_COLUMN_ENV) == "1"
 
 
 def child(n: int) -> None:
@@ -99,6 +108,14 @@ def child(n: int) -> None:
         k, s = batch(start, min(BATCH, n - start))
         table.merge(k, s, 1.0)
         del k, s
+    if EVERY_COLUMN:
+        from flowtop.core import fields
+        from flowtop.core.flowtable import _LAZY
+
+        live = table.live_rows()
+        for name in _LAZY:
+            table.set_column(name, live, 2 if fields.FIELD[name].blank == 1 else 1)  # not blank
+        del live
     secs = time.perf_counter() - t0
     gc.collect()
     after = status()
@@ -133,6 +150,9 @@ def main() -> int:
     if "--glibc-default" in sys.argv[1:]:
         os.environ[GLIBC_DEFAULT_ENV] = "1"
         print("glibc's default malloc policy (--glibc-default)\n")
+    if "--every-column" in sys.argv[1:]:
+        os.environ[EVERY_COLUMN_ENV] = "1"
+        print("every lazily allocated column written on every row (--every-column)\n")
     rows = []
     parts = []
     results = []

@@ -40,7 +40,8 @@ class FlowIndex:
         self._mask = 0
         self._used = 0  # live entries + tombstones
         self._live = 0
-        self._slot_of_row = np.zeros(0, dtype=np.int64)
+        # int32: the slot array has at most 2^27 entries (max_flows <= 50M, config.py).
+        self._slot_of_row = np.zeros(0, dtype=np.int32)
         self._resize_table(capacity)
         self.reserve_rows(capacity)
 
@@ -49,7 +50,7 @@ class FlowIndex:
 
     def reserve_rows(self, rows: int) -> None:
         if rows > len(self._slot_of_row):
-            grown = np.full(rows, -1, dtype=np.int64)
+            grown = np.full(rows, -1, dtype=np.int32)
             grown[: len(self._slot_of_row)] = self._slot_of_row
             self._slot_of_row = grown
 

@@ -41,6 +41,9 @@ _WRITABLE = frozenset(
     for f in fields.TABLE_FIELDS
     if f.origin in (fields.TCP, fields.ENRICH, fields.OWNER, fields.DROP, fields.WIRE)
 )
+# Allocated at their first write (_Columns): a run with no TCP flow, no drop
+# or owners off never holds their memory (about a quarter of a row).
+_LAZY = {f.name: f for f in fields.TABLE_FIELDS if f.name in _WRITABLE}
 _BATCH_NAMES = frozenset(f.name for f in fields.BATCH_FIELDS)
 # The table's own columns: what each flow's summed counters were at its last
 # export (exp_<name>), when its current export period began, and whether the
@@ -153,6 +156,28 @@ def empty_batch(clock_offset: float) -> FlowBatch:
     return FlowBatch.of(np.zeros(0, dtype=layout.FLOW_KEY), clock_offset)
 
 
+class _Columns(dict[str, np.ndarray]):
+    """The table's columns by name, each `cap` rows long. A writable column
+    (_LAZY: TCP health, enrichment, owners, drops, names) is stored only from
+    its first write (allocate()); until then reading it gives a read-only
+    view of its blank, so reads need no case of their own and a stray write
+    fails loudly instead of going nowhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cap = 0
+
+    def __missing__(self, name: str) -> np.ndarray:
+        f = _LAZY[name]  # KeyError for any other name: a bug, not a lazy column
+        return np.broadcast_to(np.array(f.blank, dtype=f.dtype), (self.cap,))
+
+    def allocate(self, name: str) -> np.ndarray:
+        col = self.get(name)
+        if col is None:
+            col = self[name] = blank(_LAZY[name], self.cap)
+        return col
+
+
 class FlowTable:
     """Bounded table of live flows keyed by the kernel's flow key."""
 
@@ -172,11 +197,13 @@ class FlowTable:
         self.clock_offset = mono_to_unix_offset() if clock_offset is None else clock_offset
         self.forced_evictions = 0
         self._index = FlowIndex(min(initial_capacity, max_flows))
-        self._free = np.zeros(0, dtype=np.int64)  # stack of free rows
+        # Stack of free rows; int32: max_flows is at most 50M (config.py).
+        self._free = np.zeros(0, dtype=np.int32)
         self._nfree = 0
         self._cap = 0
         self._keys = np.zeros(0, dtype=layout.FLOW_KEY)
-        self._c: dict[str, np.ndarray] = {f.name: blank(f, 0) for f in fields.TABLE_FIELDS}
+        self._c = _Columns()
+        self._c.update({f.name: blank(f, 0) for f in fields.TABLE_FIELDS if f.name not in _LAZY})
         self._c.update({n: np.zeros(0, dtype=t) for n, t in _BOOKKEEPING.items()})
         self._grow(min(initial_capacity, max_flows))
         # The last merge_many's batches' keys and the row each key got (-1:
@@ -211,19 +238,19 @@ class FlowTable:
             grown = np.zeros(new_cap, dtype=col.dtype)
             grown[: self._cap] = col
             self._c[name] = grown
-        free = np.zeros(new_cap, dtype=np.int64)
+        free = np.zeros(new_cap, dtype=np.int32)
         free[: self._nfree] = self._free[: self._nfree]
-        added = np.arange(new_cap - 1, self._cap - 1, -1, dtype=np.int64)
+        added = np.arange(new_cap - 1, self._cap - 1, -1, dtype=np.int32)
         free[self._nfree : self._nfree + len(added)] = added
         self._free = free
         self._nfree += len(added)
         self._index.reserve_rows(new_cap)
-        self._cap = new_cap
+        self._cap = self._c.cap = new_cap
 
     def _alloc(self, n: int) -> np.ndarray:
         if self._nfree < n:
             self._grow(self._cap + n - self._nfree)
-        rows = self._free[self._nfree - n : self._nfree][::-1].copy()
+        rows = self._free[self._nfree - n : self._nfree][::-1].astype(np.int64)
         self._nfree -= n
         return rows
 
@@ -365,7 +392,8 @@ class FlowTable:
             self._keys[new_rows] = keys[new]
             self._index.insert(hashes[new], new_rows, self._words())
             for f in fields.TABLE_FIELDS:
-                c[f.name][new_rows] = f.blank
+                if f.name in c:  # a lazy column not allocated yet is blank throughout
+                    c[f.name][new_rows] = f.blank
             for name in _EXPORTED:
                 c[name][new_rows] = 0
             # A new flow starts at its first packet (MIN-merged: not at 0).
@@ -463,7 +491,12 @@ class FlowTable:
         """Writes a TCP health or enrichment column at rows."""
         if name not in _WRITABLE:
             raise KeyError(name)
-        self._c[name][rows] = values
+        col = self._c.get(name)
+        if col is None:
+            if not np.any(np.asarray(values) != _LAZY[name].blank) or not np.size(rows):
+                return  # nothing but blanks: the column still needs no memory
+            col = self._c.allocate(name)
+        col[rows] = values
 
     def rows_of(self, keys: np.ndarray) -> np.ndarray:
         """The live row of each layout.FLOW_KEY key, -1 where it has none."""

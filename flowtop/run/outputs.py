@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 from flowtop.config import Config, EnrichConfig, IpfixConfig, PrometheusConfig
 from flowtop.core.engine import Engine
 from flowtop.errors import ConfigError, FlowtopError
-from flowtop.export.ipfix import IpfixExporter
-from flowtop.export.prometheus import FlowMetrics, MetricsServer
 from flowtop.query import monitors
+
+if TYPE_CHECKING:
+    # Imported where they are started: a run without collectors holds none of
+    # the IPFIX exporter, one without a listener none of prometheus_client.
+    from flowtop.export.ipfix import IpfixExporter
+    from flowtop.export.prometheus import FlowMetrics, MetricsServer
 
 log = logging.getLogger("flowtop")
 
@@ -52,6 +57,8 @@ class Outputs:
     def _new_ipfix(self, c: IpfixConfig) -> IpfixExporter | None:
         if not c.collectors:
             return None
+        from flowtop.export.ipfix import IpfixExporter
+
         exporter = IpfixExporter(
             list(c.collectors),
             c.transport,
@@ -69,6 +76,8 @@ class Outputs:
     def _start_prometheus(self, c: PrometheusConfig) -> None:
         if c.listen is None:
             return
+        from flowtop.export.prometheus import FlowMetrics, MetricsServer
+
         if self.metrics is None:
             self.metrics = FlowMetrics(c.max_series)
             if self._engine is not None:

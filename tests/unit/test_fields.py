@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowtop.core import fields
+from flowtop.core import fields, flowtable
 from flowtop.core.fields import FIELD, FIELDS
 from flowtop.core.flowtable import NS, SORT_COLUMNS, FlowTable
 from flowtop.core.model import CollectorHealth, FlowRecord
@@ -32,7 +32,8 @@ def test_flow_record_has_one_attribute_per_record_field() -> None:
 
 def test_table_and_batch_columns_have_the_described_dtypes() -> None:
     t = FlowTable(clock_offset=0.0)
-    assert set(t._c) == {f.name for f in fields.TABLE_FIELDS} | BOOKKEEPING
+    # The writable columns are allocated at their first write (flowtable._LAZY).
+    assert set(t._c) | set(flowtable._LAZY) == {f.name for f in fields.TABLE_FIELDS} | BOOKKEEPING
     for f in fields.TABLE_FIELDS:
         assert t._c[f.name].dtype == np.dtype(f.dtype), f.name
     t.merge(keys(3), stats(3), 1.0)
@@ -118,7 +119,7 @@ def test_every_sortable_table_field_sorts(by: str) -> None:
     t.merge(keys(20), stats(20), 1.0)
     rows = t.live_rows()
     values = np.random.default_rng(len(by)).permutation(20) + 1
-    t._c[f.name][rows] = values  # the column the description names
+    t._c.allocate(f.name)[rows] = values  # the column the description names (allocated if lazy)
     t.set_column("rtt_source", rows, layout.TCP_SOURCE_PASSIVE)  # TCP values known
     t.set_column("retrans_source", rows, layout.TCP_SOURCE_PASSIVE)
     top = t.top(5, by=by)

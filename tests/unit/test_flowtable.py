@@ -206,3 +206,38 @@ def test_eviction_spares_flows_touched_earlier_in_the_interval() -> None:
     assert len(gone) == 1 and gone[0] in (1001, 1002)
     assert 1000 in {x.key.sport for x in t.records()}
     assert len(t) == 4
+
+
+def test_writable_columns_take_memory_only_from_their_first_real_write() -> None:
+    t = table(initial_capacity=64)
+    t.merge(keys(40), stats(40), interval=1.0)
+    rows = t.live_rows()
+    before = sum(c.nbytes for c in t._c.values())
+    # Not allocated yet: reads are the blank, writes of nothing but blanks keep it so.
+    assert "rtt_us" not in t._c and "drop_packets" not in t._c
+    assert (t.column("src_ent", rows) == -1).all()
+    t.set_column("drop_packets", rows, 0)
+    t.set_column("rtt_us", rows[:0], 123)
+    assert "drop_packets" not in t._c and "rtt_us" not in t._c
+    assert sum(c.nbytes for c in t._c.values()) == before
+    # The first real write allocates the column, blank everywhere else, and
+    # growing the table keeps what was written.
+    t.set_column("rtt_us", rows[:3], 777)
+    assert t._c["rtt_us"].nbytes == 4 * t._cap
+    t.merge(keys(200, sport0=5000), stats(200), interval=1.0)
+    assert t._cap >= 240
+    live = t.live_rows()
+    sports, rtts = t.keys_at(live)["sport"].tolist(), t.column("rtt_us", live).tolist()
+    got = dict(zip(sports, rtts, strict=True))
+    assert len(got) == 240
+    written = {int(s) for s in t.keys_at(rows[:3])["sport"]}
+    assert {s for s, v in got.items() if v == 777} == written
+    assert all(v == 0 for s, v in got.items() if s not in written)
+    # A stray write into a column that is not allocated fails loudly.
+    with pytest.raises(ValueError):
+        t._c["retrans"][rows] = 1
+    # The ended flows' records carry the written values and the blanks.
+    ended = t.flush()
+    assert len(ended) == 240
+    assert sorted(ended["rtt_us"].tolist()) == [0] * 237 + [777] * 3
+    assert (ended["drop_packets"] == 0).all() and (ended["src_ent"] == -1).all()
