@@ -3,7 +3,7 @@
 Two kinds of check:
   - the fast paths draw exactly Textual's lines: every table line against
     DataTable.render_line (cursor, hover, scroll, theme), the sparkline
-    against Textual's Sparkline;
+    bars against Textual's;
   - incremental refreshes: after one row's bytes change, rows move, a row goes,
     the table shrinks or the filter changes, the screen (what the terminal was
     sent) shows the new values in the right rows, leaves the rest as it was,
@@ -23,13 +23,12 @@ from textual.app import App, ComposeResult
 from textual.pilot import Pilot
 from textual.renderables.sparkline import Sparkline as TextualBars
 from textual.widgets import DataTable
-from textual.widgets import Sparkline as TextualSparkline
 
 from flowtop.query.types import Snapshot
 from flowtop.tui import FlowtopApp
 from flowtop.tui import format as fmt
 from flowtop.tui.widgets.celltable import CellTable
-from flowtop.tui.widgets.sparkline import Bars, Sparkline
+from flowtop.tui.widgets.sparkline import Bars
 from flowtop.tui.widgets.status import StatusHeader
 from flowtop.tui.widgets.tcp_health import TcpHealth
 from tests.tui.fakesource import FakeSource
@@ -147,37 +146,6 @@ def test_bars_are_textuals_bars() -> None:
         options = console.options.update_dimensions(width, height)
         ours = list(console.render(Bars(data, **kw), options))  # type: ignore[arg-type]
         assert ours == list(console.render(TextualBars(data, **kw), options))  # type: ignore[arg-type]
-
-
-class Sparks(App[None]):
-    CSS = """
-    Sparkline { width: 37; }
-    .s > .sparkline--max-color { color: $accent; }
-    .s > .sparkline--min-color { color: $accent 40%; }
-    """
-
-    def compose(self) -> ComposeResult:
-        data = [float((i * 7919) % 101) for i in range(60)]
-        yield Sparkline(data, classes="s", id="ours")
-        yield TextualSparkline(data, classes="s", id="textual")
-
-
-@pytest.mark.asyncio
-async def test_sparkline_is_textuals() -> None:
-    app = Sparks()
-    async with app.run_test(size=(40, 4)) as pilot:
-        await pilot.pause()
-        ours = app.query_one("#ours", Sparkline)
-        theirs = app.query_one("#textual", TextualSparkline)
-        assert type(theirs) is TextualSparkline
-        for step in range(3):
-            assert ours.render_line(0) == theirs.render_line(0), step
-            assert "▁" in ours.render_line(0).text or "█" in ours.render_line(0).text
-            data = [*(ours.data or [])[1:], float(step * 37)]
-            ours.data = theirs.data = data
-            app.theme = ("textual-light", "textual-dark", "nord")[step]  # bar colours change
-            await pilot.pause()
-        assert ours.render_line(0) == theirs.render_line(0)
 
 
 @pytest.mark.asyncio
@@ -361,3 +329,54 @@ async def test_header_follows_a_theme_change() -> None:
         assert header.lines != dark  # same text, other styles
         assert [line.plain for line in header.lines] == [line.plain for line in dark]
         assert header.lines == list(header.render().split("\n"))  # the new theme's
+
+
+def header_cells(pilot: Pilot[None], header: StatusHeader) -> list[list[tuple[str, object]]]:
+    """The header's lines as the terminal shows them: character and style
+    without the mouse meta (Textual's path adds offsets, ours does not)."""
+    strips = pilot.app.screen._compositor.render_strips()
+    y0 = header.region.y
+    out = []
+    for strip in strips[y0 : y0 + header.region.height]:
+        line: list[tuple[str, object]] = []
+        for seg in strip:
+            s = seg.style
+            look = None if s is None else (s.color, s.bgcolor, s.bold, s.dim, s.italic, s.reverse)
+            line.extend((ch, look) for ch in seg.text)
+        out.append(line)
+    return out
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+async def test_header_lines_are_textuals(size: tuple[int, int]) -> None:
+    """Each header line, drawn from Rich's segments when it fits, is what
+    Textual's Visual path draws on the screen: every theme, paused, with
+    problems, degraded TCP, and a filter too long for the width (that line
+    takes Textual's path, which breaks it at a word)."""
+    src = FakeSource(flows=120, frames=3, tcp=True, problems={"flow_map_full": 12})
+    app = make_app(src, resolve=False)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        header = app.query_one(StatusHeader)
+        snap = app.shown
+        assert snap is not None
+        fitted = 0
+        for theme in app.theme_names:
+            app.theme = theme
+            for paused in (False, True):
+                for query in (snap.query, replace(snap.query, filter="udp or port 53 " * 4)):
+                    header.set(replace(snap, query=query), paused, app.display_opts)
+                    await pilot.pause()
+                    ours = header_cells(pilot, header)
+                    fitted += sum(line.cell_len <= header.size.width for line in header.lines)
+                    # The same lines through Textual's path only.
+                    header._line_strip = lambda y, *_: header.visual_strip(y)  # type: ignore[method-assign]
+                    header._drawn.clear()
+                    header.refresh()
+                    await pilot.pause()
+                    assert header_cells(pilot, header) == ours, (theme, paused, query.filter)
+                    del header._line_strip
+                    header._drawn.clear()
+        assert fitted >= len(app.theme_names) * 4  # the fast path drew (the rates line at least)
+        assert "DEGRADED" in screen_text(pilot) and "flow_map_full 12" in screen_text(pilot)

@@ -1,29 +1,22 @@
-"""Textual's Sparkline, drawn without a Fraction, a Color and a Style per bar.
+"""Textual's Sparkline bars, drawn without a Fraction, a Color and a Style per bar.
 
 Textual's renderable partitions the data with Fraction arithmetic and blends a
 new Color (and Style) for every bar: about 1.6 ms for a 60-cell line, and the
-interface panel redraws four of them every second. `Bars` yields the same
-segments with integer partitions and one Style per distinct colour. The widget
-then makes its line straight from those segments (what Textual's Rich-visual
-path does to them: the widget's style under each bar), with the two bar
-colours worked out once per style change instead of on every draw.
-tests/tui/test_repaint.py compares both with Textual's own.
+interface panel (widgets/interfaces.py) draws two of them per interface every
+second. `Bars` yields the same segments with integer partitions and one Style
+per distinct colour. tests/tui/test_repaint.py compares it with Textual's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any
 
 from rich.color import Color
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
-from textual.app import RenderResult as WidgetRenderResult
 from textual.renderables.sparkline import Sparkline as SparklineRenderable
-from textual.strip import Strip
-from textual.widgets import Sparkline as SparklineWidget
 
 
 @lru_cache(maxsize=4096)
@@ -98,74 +91,3 @@ class Bars(SparklineRenderable[float]):
                     yield Segment(self.BARS[level % levels], style)
             if line > 0:
                 yield newline
-
-
-class Sparkline(SparklineWidget):
-    """textual.widgets.Sparkline drawing `Bars` (the same colours and look)."""
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._colours: tuple[Color, Color] | None = None  # min, max; None: stale
-        self._drawn: tuple[object, ...] | None = None  # what _strips show
-        self._strips: list[Strip] = []
-
-    def notify_style_update(self) -> None:
-        super().notify_style_update()
-        self._colours = None  # a theme or CSS change
-
-    def _bar_colours(self) -> tuple[Color, Color]:
-        """The min and max colours, on the background, as Textual's widget blends them."""
-        if self._colours is None:
-            _, base = self.background_colors
-            low = base + (
-                self.get_component_styles("sparkline--min-color").color
-                if self.min_color is None
-                else self.min_color
-            )
-            high = base + (
-                self.get_component_styles("sparkline--max-color").color
-                if self.max_color is None
-                else self.max_color
-            )
-            self._colours = (low.rich_color, high.rich_color)
-        return self._colours
-
-    def render(self) -> WidgetRenderResult:
-        low, high = self._bar_colours()
-        width, height = self.size
-        return Bars(
-            self.data or [],
-            width=width,
-            height=height,
-            min_color=low,
-            max_color=high,
-            summary_function=self.summary_function,
-        )
-
-    def render_line(self, y: int) -> Strip:
-        style = self.visual_style
-        base = style.rich_style
-        if (
-            base._meta is not None  # link styles would apply: Textual's path
-            or self.text_selection is not None
-            or self.styles.content_align != ("left", "top")
-        ):
-            return super().render_line(y)
-        width, height = self.size
-        drawn = (tuple(self.data or ()), width, height, self._bar_colours(), style)
-        if drawn != self._drawn:
-            self._drawn = drawn
-            bars = self.render()
-            assert isinstance(bars, Bars)
-            console = self.app.console
-            # What RichVisual + Widget.post_render do: the widget's style under each bar.
-            segments = bars.segments(console, console.options, under=base)
-            self._strips = [
-                Strip(line)
-                for line in Segment.split_and_crop_lines(
-                    segments, width, include_new_lines=False, pad=False
-                )
-            ][:height]
-        if y < len(self._strips):
-            return self._strips[y]
-        return Strip.blank(width, base)

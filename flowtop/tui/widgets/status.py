@@ -8,6 +8,7 @@ grouping, interfaces) seldom does, the first (rates) about every second.
 
 from __future__ import annotations
 
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.geometry import Region
@@ -49,6 +50,8 @@ class StatusHeader(Widget):
         self.lines_repainted = 0  # lines set() asked to repaint (tests, bench)
         self._restyle = False
         self._styles_of: dict[str, Style] = {}  # component styles by name (_style)
+        # Per line: what its strip was drawn from (text, width, style) and the strip.
+        self._drawn: dict[int, tuple[tuple[Text, int, Style], Strip]] = {}
 
     def set(self, snapshot: Snapshot | None, paused: bool, display: Display) -> None:
         self.snapshot, self.paused, self.display_opts = snapshot, paused, display
@@ -89,11 +92,38 @@ class StatusHeader(Widget):
             self._styles_of.clear()  # what set() read in between may be the old theme's
             self.lines = self._split() if self.lines else []
         width = self.size.width
+        base = self.visual_style.rich_style
         if y >= len(self.lines):
-            return Strip.blank(width, self.visual_style.rich_style)
-        # One line as the whole Text would render (no wrapping: lines are independent).
+            return Strip.blank(width, base)
+        line = self.lines[y]
+        drawn = self._drawn.get(y)
+        if drawn is not None and drawn[0] == (line, width, base):
+            return drawn[1]
+        strip = self._line_strip(y, line, width, base)
+        self._drawn[y] = ((line, width, base), strip)
+        return strip
+
+    def _line_strip(self, y: int, line: Text, width: int, base: Style) -> Strip:
+        """Line y as Textual's Visual path draws the Text, straight from Rich's
+        segments when it fits: each span's style over the widget's, then the
+        background to the end. That path cost about 1 ms a line, and the
+        rates line changes every second. A line too long for the width takes
+        Textual's path (it breaks it at a word). tests/tui/test_repaint.py
+        compares both."""
+        if line.cell_len > width:
+            return self.visual_strip(y)
+        console = self.app.console
+        segments = [
+            Segment(s.text, base + s.style if s.style else base)
+            for s in line.render(console, end="")
+            if s.text
+        ]
+        return Strip(segments).extend_cell_length(width, Style(bgcolor=base.bgcolor))
+
+    def visual_strip(self, y: int) -> Strip:
+        """Line y as Textual's Visual path draws it (tests compare it with ours)."""
         visual = visualize(self, self.lines[y])
-        return Visual.to_strips(self, visual, width, 1, self.visual_style)[0]
+        return Visual.to_strips(self, visual, self.size.width, 1, self.visual_style)[0]
 
     def _style(self, name: str) -> Style:
         # Once per theme or CSS change, not per refresh: it walks the ancestors' styles.
