@@ -174,17 +174,33 @@ def stop(proc: subprocess.Popen[bytes]) -> float:
 
 
 def attached(p: Pair) -> bool:
-    """Whether anything is on vb's ingress hook (a TCX link or a clsact filter)."""
+    """Whether anything is on vb's ingress hook (a TCX link or a clsact filter).
+    Polled every 2 ms: bpf(2) and one rtnetlink dump, and `tc` (a fork and
+    exec, CPU the start being timed would miss on 2 cores) only once vb has
+    a clsact qdisc."""
     from flowtop.kernel import tcx
+    from flowtop.kernel.rtnl import Rtnl
 
     with entered(p.b):
+        ifindex = socket.if_nametoindex(p.vb)
         try:
-            if tcx.query_hook(socket.if_nametoindex(p.vb), tcx.BPF_TCX_INGRESS):
+            if tcx.query_hook(ifindex, tcx.BPF_TCX_INGRESS):
                 return True
         except OSError:
             pass
+        with Rtnl() as rtnl:
+            if rtnl.ingress_qdisc(ifindex) is None:
+                return False
     out = p.b.exec("tc", "filter", "show", "dev", p.vb, "ingress", check=False).stdout
     return "flowtop_" in out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of pid's threads so far (/proc/PID/stat; its
+    children's only once reaped, so not a running compiler's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cache_writers(cache: Path) -> list[int]:
@@ -213,9 +229,14 @@ def wait_cache_writers(cache: Path, timeout: float = 180) -> None:
         time.sleep(0.1)
 
 
-def time_to_attach(p: Pair, mode: str, tree: Tree, cache: Path | None = None) -> float:
-    """Seconds from exec to the first attachment on vb (flowtop stopped after,
-    and the compilers still writing its cache entries waited for)."""
+def time_to_attach(
+    p: Pair, mode: str, tree: Tree, cache: Path | None = None
+) -> tuple[float, float]:
+    """Seconds from exec to the first attachment on vb, and the CPU seconds
+    flowtop's own process had used by then (cpu_seconds: on a loaded machine
+    the steadier figure); flowtop stopped after, and the compilers still
+    writing its cache entries waited for. `ip netns exec` execs python: the
+    pid is flowtop's."""
     t0 = time.monotonic()
     proc = start(p, mode, tree, cache)
     try:
@@ -227,8 +248,9 @@ def time_to_attach(p: Pair, mode: str, tree: Tree, cache: Path | None = None) ->
                 raise RuntimeError("no attachment after 90 s")
             time.sleep(0.002)
         took = time.monotonic() - t0
+        cpu = cpu_seconds(proc.pid)
         wait_ready(proc)
-        return took
+        return took, cpu
     finally:
         stop(proc)
         if cache is not None:
@@ -524,21 +546,38 @@ def spread(xs: list[float]) -> list[str]:
     return [f"{C.median(xs):.2f}", f"{min(xs):.2f}-{max(xs):.2f} ({len(xs)})"]
 
 
-def start_table(starts: dict[tuple[str, str, str], list[float]], trees: list[Tree]) -> str:
+def start_table(
+    starts: dict[tuple[str, str, str], list[float]],
+    trees: list[Tree],
+    cpus: dict[tuple[str, str, str], list[float]],
+) -> str:
+    """Wall seconds to the first attachment, and the median CPU seconds of
+    flowtop's own process by then (cpus), per tree; HEAD/REV of both."""
     rows = []
     rev = trees[1] if len(trees) > 1 else None
+
+    def cpu(key: tuple[str, str, str]) -> str:
+        got = cpus.get(key, [])
+        return f"{C.median(got):.2f}" if got else "-"
+
+    def ratio(a: list[float], b: list[float]) -> str:
+        return f"{C.median(a) / C.median(b):.2f}" if a and b else "-"
+
     for mode in ("export-only", "dump"):
         for which in ("first", "second"):
-            h = starts.get((mode, which, HEAD.label), [])
-            row = [mode, which, *spread(h)]
+            key = (mode, which, HEAD.label)
+            h = starts.get(key, [])
+            row = [mode, which, *spread(h), cpu(key)]
             if rev is not None:
-                r = starts.get((mode, which, rev.label), [])
-                row += spread(r)
-                row.append(f"{C.median(h) / C.median(r):.2f}" if h and r else "-")
+                rkey = (mode, which, rev.label)
+                r = starts.get(rkey, [])
+                row += [*spread(r), cpu(rkey), ratio(h, r)]
+                row.append(ratio(cpus.get(key, []), cpus.get(rkey, [])))
             rows.append(row)
-    header = ["command", "start", "HEAD median s", "HEAD min-max (n)"]
+    header = ["command", "start", "HEAD median s", "HEAD min-max (n)", "HEAD CPU s"]
     if rev is not None:
-        header += [f"{rev.label} median s", f"{rev.label} min-max (n)", "HEAD/REV"]
+        header += [f"{rev.label} median s", f"{rev.label} min-max (n)", f"{rev.label} CPU s"]
+        header += ["HEAD/REV", "HEAD/REV CPU"]
     return C.table(rows, header)
 
 
@@ -583,6 +622,7 @@ def main() -> int:
     rows: dict[int, list[Sample]] = {n: [] for n in FLOW_COUNTS}
     live: dict[int, list[Sample]] = {n: [] for n in FLOW_COUNTS}
     starts: dict[tuple[str, str, str], list[float]] = {}
+    cpus: dict[tuple[str, str, str], list[float]] = {}
     sizes: set[str] = set()
     errors: list[str] = []
     with contextlib.ExitStack() as stack:
@@ -611,7 +651,9 @@ def main() -> int:
                                 lambda: time_to_attach(p, mode, tree, cache),  # noqa: B023 (called now)
                             )
                             if took is not None:
-                                starts.setdefault((mode, which, tree.label), []).append(took)
+                                key = (mode, which, tree.label)
+                                starts.setdefault(key, []).append(took[0])
+                                cpus.setdefault(key, []).append(took[1])
             for n in FLOW_COUNTS:
                 if "rss" in parts:
                     got = attempt(
@@ -650,11 +692,12 @@ def main() -> int:
         print(
             "exec to the first attachment on vb (TCX link or clsact filter), "
             f"{args.runs} runs, two starts in a row each (first: empty program cache, "
-            "second: the cache the first left), median"
+            "second: the cache the first left), median; CPU s: flowtop's own process "
+            "by then (not its compiler children)"
             + (f"; HEAD and {args.before} alternating" if len(trees) > 1 else "")
             + "\n"
         )
-        print(start_table(starts, trees))
+        print(start_table(starts, trees, cpus))
         print()
         for which, target, note in (
             ("first", TARGET_FIRST_S, ""),

@@ -176,7 +176,7 @@ def _begin_compile(cfg: Config) -> Config:
     progcache.configure(cfg.collector.program_cache)
     if os.geteuid() == 0 and not cfg.listen.urls:  # listening compiles nothing
         from flowtop.kernel.build import begin_early
-        from flowtop.kernel.program import request
+        from flowtop.kernel.tcrequest import request  # no numpy: the build starts sooner
         from flowtop.run.lifecycle import program_options
 
         begin_early(request(program_options(cfg)))

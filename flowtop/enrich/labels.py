@@ -228,16 +228,14 @@ def load_labels(path: str) -> LabelSet:
 
 def host_networks() -> list[Network]:
     """Networks of this host's interface addresses (current network namespace)."""
-    from pyroute2 import IPRoute  # imported late: netlink is only needed here
+    # rtnetlink read directly: pyroute2's import would delay the first attachment.
+    from flowtop.kernel.rtnl import Rtnl
 
     nets: set[Network] = set()
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-            if not addr:
-                continue
+    with Rtnl() as rtnl:
+        for _family, raw, prefixlen in rtnl.addresses():
             try:
-                iface = ipaddress.ip_interface(f"{addr}/{int(msg['prefixlen'])}")
+                iface = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
             except ValueError:
                 continue
             nets.add(iface.network)

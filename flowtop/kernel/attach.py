@@ -30,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from flowtop.errors import AttachError, InterfaceError
 from flowtop.kernel import devices
+from flowtop.kernel.rtnl import Rtnl
 
 PARENT_INGRESS = 0xFFFFFFF2
 PARENT_EGRESS = 0xFFFFFFF3
@@ -117,11 +118,13 @@ class TcAttacher:
             raise TypeError("TcAttacher needs prog_fd(direction, l3) (TcProgram.fd)")
         self._priority = priority
         self._ipr = IPRoute()
-        self._is_l3: IsL3 = is_l3 or (lambda i, n: devices.is_l3(i, n, self._ipr))
+        self._rtnl = Rtnl()  # device types, in the namespace of self._ipr
+        self._is_l3: IsL3 = is_l3 or (lambda i, n: devices.is_l3(i, n, self._rtnl))
         self.attached: dict[int, Attachment] = {}
 
     def close(self) -> None:
         self._ipr.close()
+        self._rtnl.close()
 
     # -- discovery -----------------------------------------------------------
 

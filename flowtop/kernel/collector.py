@@ -12,20 +12,24 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
 
-from flowtop.kernel import build, counters, devices, layout
-from flowtop.kernel.attach import DEFAULT_PRIORITY, TcAttacher, remove_stale_filters
+from flowtop.kernel import build, counters, devices, layout, rtnl
 from flowtop.kernel.build import Build
 from flowtop.kernel.drop_records import DROP_RECORD
 from flowtop.kernel.owner_records import OWNER_RECORD
 from flowtop.kernel.program import ProgramOptions, TcProgram, WireOptions, require_root
 from flowtop.kernel.program import request as tc_request
-from flowtop.kernel.tcx import TcxAttacher, resolve_attach_mode
+from flowtop.kernel.tcx import Netns, TcxAttacher, resolve_attach_mode
 
+# pyroute2 (0.25-0.6 s of imports) only where tc speaks netlink: the clsact
+# attacher (attach.py, --attach tc or a kernel without TCX) and the sweep of a
+# dead flowtop's clsact filters (_sweep_clsact); links, device types and link
+# events are read over rtnetlink directly (rtnl.py).
 if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
     from flowtop.core.procsockets import ProcSnapshot
+    from flowtop.kernel.attach import TcAttacher
     from flowtop.kernel.dropreasons import DropReasons
     from flowtop.kernel.drops import DropCollector
     from flowtop.kernel.owners import OwnerCollector
@@ -130,7 +134,7 @@ class KernelCollector:
         self,
         interfaces: Sequence[str] | None = None,
         flow_map_size: int = 65536,
-        tc_priority: int = DEFAULT_PRIORITY,
+        tc_priority: int | None = None,  # None: attach.DEFAULT_PRIORITY
         attach: str = "auto",
         sockops: bool = True,
         passive_rtt: bool = True,
@@ -159,7 +163,15 @@ class KernelCollector:
         tracker: SockOpsTracker | None = None
         self._names: dict[int, str] = {}
         self._seen: dict[int, str] = {}  # every interface attached this run, for labels
-        self._ipr = IPRoute()
+        # Sockets of this namespace (made here: a later call from a thread in
+        # another one still asks this one).
+        self._netns = Netns()
+        try:
+            self._rtnl = rtnl.Rtnl()
+        except BaseException:
+            self._netns.close()
+            raise
+        self._tc_ipr: IPRoute | None = None  # made for the first clsact sweep
         program: TcProgram | None = None
         wire: WireCapture | None = None
         tc_build: Build | None = None
@@ -191,8 +203,9 @@ class KernelCollector:
             checkpoint()
         except BaseException:
             # A half-built collector must not leave netlink sockets or compiler
-            # processes behind (pyroute2's event loop complains about the former).
-            self._ipr.close()
+            # processes behind.
+            self._rtnl.close()
+            self._netns.close()
             if wire is not None:
                 wire.close()
             if tracker is not None:
@@ -217,10 +230,16 @@ class KernelCollector:
         if self.attach_mode == "tcx":
             self.attacher = TcxAttacher(self.program.fd, devices.is_l3)
         else:
-            self.attacher = TcAttacher(self.program.fd, priority=tc_priority)
+            from flowtop.kernel.attach import TcAttacher
+
+            if tc_priority is None:
+                self.attacher = TcAttacher(self.program.fd)
+            else:
+                self.attacher = TcAttacher(self.program.fd, priority=tc_priority)
         log.info("attaching with %s", self.attach_reason)
-        self._events = IPRoute()
-        self._events.bind(groups=RTMGRP_LINK)
+        # Bound before start() lists the links: a device that comes meanwhile
+        # is an event.
+        self._events = rtnl.LinkEvents()
         self._last_drain = time.monotonic_ns()
         self.attach_errors = 0
         self._closed = False
@@ -228,10 +247,7 @@ class KernelCollector:
     # -- interfaces -----------------------------------------------------------------
 
     def _links(self) -> list[tuple[int, str, int]]:
-        return [
-            (link["index"], link.get_attr("IFLA_IFNAME"), link["flags"])
-            for link in self._ipr.get_links()
-        ]
+        return [(link.index, link.name, link.flags) for link in self._rtnl.links()]
 
     def _check_explicit(self) -> None:
         names = {name for _i, name, _f in self._links()}
@@ -285,14 +301,32 @@ class KernelCollector:
     def _attach(self, ifindex: int, name: str) -> None:
         self.program.reset_iface(ifindex)
         if self.attach_mode == "tcx":
-            # clsact filters of a dead flowtop (say, an older one run with
-            # --attach tc) would count every packet a second time for nobody.
-            remove_stale_filters(self._ipr, ifindex)
+            self._sweep_clsact(ifindex)
         self.attacher.attach(ifindex, name)
         self._names[ifindex] = name
         self._seen[ifindex] = name
         log.info("attached to %s", name)
         self._watch_drops()
+
+    def _sweep_clsact(self, ifindex: int) -> None:
+        """Removes the clsact filters of a dead flowtop (say, an older one run
+        with --attach tc): they would count every packet a second time for
+        nobody. Only a device with a qdisc on its ingress parent (clsact, or
+        ingress) can hold tc filters, and most have none: pyroute2 is
+        imported for the others alone."""
+        try:
+            if self._rtnl.ingress_qdisc(ifindex) is None:
+                return
+        except OSError:
+            pass  # cannot tell: sweep, as when there is one
+        from flowtop.kernel.attach import remove_stale_filters
+
+        if self._tc_ipr is None:
+            from pyroute2 import IPRoute
+
+            with self._netns.entered():  # this collector's namespace, as self._rtnl
+                self._tc_ipr = IPRoute()
+        remove_stale_filters(self._tc_ipr, ifindex)
 
     def interfaces(self) -> list[str]:
         return [self._names[i] for i in sorted(self._names)]
@@ -327,22 +361,22 @@ class KernelCollector:
                     log.warning("reading interface events failed: %s", exc)
 
     def _handle_link_events(self) -> None:
-        for msg in self._events.get():
-            ifindex = msg["index"]
-            name = msg.get_attr("IFLA_IFNAME") or self._names.get(ifindex, "")
-            if msg["event"] == "RTM_DELLINK":
+        for ev in self._events.read():
+            ifindex = ev.link.index
+            name = ev.link.name or self._names.get(ifindex, "")
+            if ev.event == "RTM_DELLINK":
                 if ifindex in self._names:
                     log.info("interface %s went away", name)
                     self.attacher.forget(ifindex)
                     self._names.pop(ifindex, None)
                     self._watch_drops()
                 continue
-            if msg["event"] != "RTM_NEWLINK":
+            if ev.event != "RTM_NEWLINK":
                 continue
             if ifindex in self._names:
                 self._names[ifindex] = self._seen[ifindex] = name  # renamed
                 continue
-            if self.selector.matches(name, msg["flags"]):
+            if self.selector.matches(name, ev.link.flags):
                 try:
                     self._attach(ifindex, name)
                 except Exception as exc:  # the link may vanish mid-attach
@@ -518,7 +552,11 @@ class KernelCollector:
             with contextlib.suppress(Exception):
                 self._events.close()
             with contextlib.suppress(Exception):
-                self._ipr.close()
+                self._rtnl.close()
+            if self._tc_ipr is not None:
+                with contextlib.suppress(Exception):
+                    self._tc_ipr.close()
+            self._netns.close()
             for tracker in (self.sockops, self._tracker):
                 if tracker is not None:
                     tracker.close()

@@ -1,7 +1,8 @@
 """Which TC program a device needs: the one for Ethernet headers, or the one for none.
 
 The kernel's device type (``ARPHRD_*``, include/uapi/linux/if_arp.h; the
-``ifi_type`` of an RTM_NEWLINK message, ``/sys/class/net/IF/type``) says how
+``ifi_type`` of an RTM_NEWLINK message, ``/sys/class/net/IF/type``; read
+here over rtnetlink, rtnl.py) says how
 a device frames packets. Ethernet devices (and loopback, which uses Ethernet
 headers too) get ``flowtop_{ingress,egress}``, which parse the Ethernet
 header, VLAN tags, PPPoE and MPLS. Every other device gets the ``_l3``
@@ -20,10 +21,8 @@ not change while it is up); attach.TcAttacher and tcx.TcxAttacher both ask
 
 from __future__ import annotations
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from flowtop.errors import InterfaceError
+from flowtop.kernel.rtnl import Rtnl
 
 # The device types with an Ethernet header in front of every packet TC sees.
 ARPHRD_ETHER = 1
@@ -51,27 +50,26 @@ def l3_type(arphrd: int) -> bool:
     return arphrd not in ETHERNET_TYPES
 
 
-def link_type(ifindex: int, ipr: IPRoute | None = None) -> int:
+def link_type(ifindex: int, rtnl: Rtnl | None = None) -> int:
     """The ARPHRD_* type of a device of the current network namespace (or of
-    ipr's). InterfaceError when there is no such device."""
-    own = ipr is None
-    sock = IPRoute() if ipr is None else ipr
+    rtnl's). InterfaceError when there is no such device."""
+    sock = Rtnl() if rtnl is None else rtnl
     try:
-        links = sock.get_links(ifindex)
-    except NetlinkError as exc:
-        raise InterfaceError(f"no interface with index {ifindex} ({exc})") from None
+        link = sock.link(ifindex)
+    except OSError as exc:
+        raise InterfaceError(f"no interface with index {ifindex} ({exc.strerror})") from None
     finally:
-        if own:
+        if rtnl is None:
             sock.close()
-    if not links:
+    if link is None:
         raise InterfaceError(f"no interface with index {ifindex}")
-    return int(links[0]["ifi_type"])
+    return link.type
 
 
-def is_l3(ifindex: int, ifname: str = "", ipr: IPRoute | None = None) -> bool:
+def is_l3(ifindex: int, ifname: str = "", rtnl: Rtnl | None = None) -> bool:
     """Whether the device needs the programs for no Ethernet header (ifname is
-    only for the error message; ipr: a netlink socket to reuse)."""
+    only for the error message; rtnl: a netlink socket to reuse)."""
     try:
-        return l3_type(link_type(ifindex, ipr))
+        return l3_type(link_type(ifindex, rtnl))
     except InterfaceError:
         raise InterfaceError(f"no such interface: {ifname or ifindex}") from None

@@ -249,7 +249,7 @@ def _setns(fd: int) -> None:
         raise AttachError(f"cannot enter the attacher's network namespace: {os.strerror(err)}")
 
 
-class _Netns:
+class Netns:
     """The network namespace a TcxAttacher was made in: calls that name an
     ifindex run there, whichever namespace the calling thread is in."""
 
@@ -364,7 +364,7 @@ class TcxAttacher:
     def __init__(self, prog_fds: ProgFds, is_l3: IsL3 | None = None) -> None:
         self._prog_fd = _prog_fd_getter(prog_fds)
         self._is_l3: IsL3 = is_l3 if is_l3 is not None else (lambda _i, _n: False)
-        self._netns = _Netns()
+        self._netns = Netns()
         self.attached: dict[int, TcxAttachment] = {}
 
     def attach(self, ifindex: int, ifname: str) -> TcxAttachment:

@@ -9,23 +9,30 @@ import sys
 import time
 from dataclasses import replace
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flowtop.config import Config
-from flowtop.core.flowtable import FlowBatch
 from flowtop.errors import CollectorFailedError
-from flowtop.query import monitors
-from flowtop.query.types import ViewSource
-from flowtop.run.dump import Extras, FlowAccumulator, emit
 from flowtop.run.lifecycle import Parts, Run
-from flowtop.run.sources import LiveSource
 from flowtop.sanitize import clean
 from flowtop.stop import StopSignal
 
+# The flow table, the queries, the printing and Textual are imported once the
+# Run has attached (Run.start): the first attachment needs none of them (issue 13).
 if TYPE_CHECKING:
+    from flowtop.core.flowtable import FlowBatch
     from flowtop.enrich.dns import ReverseResolver
+    from flowtop.query.types import ViewSource
+    from flowtop.run.sources import LiveSource
 
 log = logging.getLogger("flowtop")
+
+
+def emit(*args: Any, **kwargs: Any) -> None:
+    """run.dump.emit, imported when the dump prints (see above)."""
+    from flowtop.run import dump
+
+    dump.emit(*args, **kwargs)
 
 
 def run_dump(
@@ -45,6 +52,9 @@ def run_dump(
         stop = StopSignal()
         stop.install()
     with Run(cfg, stop, parts=parts) as run:
+        from flowtop.query import monitors
+        from flowtop.run.dump import Extras, FlowAccumulator
+
         engine = run.engine
         engine.keep_all_drops()  # every flow's drops until the end (the run is bounded)
         acc = FlowAccumulator(engine.table.clock_offset)
@@ -128,8 +138,6 @@ def run_live(
     gave up (CollectorFailedError) ends the view; the CLI prints its line.
     The Run owns every part, the view's resolver too (resolver= below).
     """
-    from flowtop.tui.app import FlowtopApp  # Textual only for the live view
-
     if stop is None:
         stop = StopSignal()
         stop.install()
@@ -144,6 +152,9 @@ def run_live(
         parts=parts,
     )
     with run:
+        from flowtop.run.sources import LiveSource
+        from flowtop.tui.app import FlowtopApp  # Textual only for the live view
+
         live: LiveSource | None = None
         source: ViewSource
         if run.replay is not None:

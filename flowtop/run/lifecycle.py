@@ -5,23 +5,31 @@ its parts from a Run. start() (or entering `with Run(...) as run`) makes them
 in this order, asking the stop flag (StopSignal.check) before each next one:
 
   1. enricher   ASN/geo databases, labels, local networks   (not for --replay)
-  2. outputs    IPFIX exporters, the Prometheus listener    (modes that export)
-  3. collector  the BPF programs compiled and loaded, not yet attached; for
+  2. collector  the BPF programs compiled and loaded, not yet attached; for
                 --replay the recording instead (ReplaySource, with its engine)
-  4. engine     flow table and loop over the collector; the enricher and the
-                outputs are hooked into it (it holds nothing to close)
+  3. attach     collector.start(): the programs go onto the interfaces
+  4. engine     flow table and loop over the collector; the enricher is
+                hooked into it (it holds nothing to close)
   5. recorder   --record FILE
-  6. attach     collector.start(): the programs go onto the interfaces
+  6. outputs    IPFIX exporters, the Prometheus listener    (modes that export),
+                hooked into the engine
   7. resolvers  reverse DNS, made when the mode asks (resolver()): dump after
                 collecting, the live view when it first shows a name
 
-The cheap parts that fail on a bad config come before the compile; the
-recording file is opened only once the programs load, and nothing is attached
-until everything else is ready.
+The cheap parts that fail on a bad config come before the compile (the
+config itself checked the outputs' addresses); the recording file is opened
+only once the programs load.
+The engine, the recorder and the outputs come after the attachment: their
+imports (the flow table and queries, prometheus_client, http.server, the
+IPFIX encoder) and sockets are nothing the first attachment needs, and a
+start is timed to it (issue 13). The kernel counts meanwhile and the
+engine's first drain comes an interval after start() returns; a part that
+fails there (a port in use, a recording that cannot be written) detaches
+again like any later failure.
 
 close() closes them in the reverse order, each exactly once: resolvers,
-recorder, collector (detach, free the programs), outputs (IPFIX flushed
-within `flush` seconds), enricher. That happens on every path:
+outputs (IPFIX flushed within `flush` seconds), recorder, collector (detach,
+free the programs), enricher. That happens on every path:
 
 - normal end: the mode calls shutdown() first (detach, the last drain, every
   flow ended and handed to the sinks), then close() or leaves the `with`;
@@ -67,7 +75,7 @@ if TYPE_CHECKING:
     from flowtop.enrich import Enricher
     from flowtop.enrich.dns import ReverseResolver
     from flowtop.kernel.collector import KernelCollector
-    from flowtop.kernel.program import ProgramOptions
+    from flowtop.kernel.tcrequest import ProgramOptions
     from flowtop.listen.collector import ListenCollector
     from flowtop.run.outputs import Outputs
     from flowtop.run.record import Recorder, ReplaySource
@@ -85,7 +93,7 @@ def program_options(cfg: Config) -> ProgramOptions:
     """The TC program's build options from a run's config: one place, for the
     cli's early compile (kernel/build.begin_early) and the collector that
     takes it over (the two must ask for the same build)."""
-    from flowtop.kernel.program import ProgramOptions, wire_options
+    from flowtop.kernel.tcrequest import ProgramOptions, wire_options
 
     c, n = cfg.collector, cfg.names
     return ProgramOptions(
@@ -275,20 +283,12 @@ class Run:
         self._check()
 
     def _start_kernel(self) -> None:
-        from flowtop.core.engine import Engine
-        from flowtop.core.flowtable import FlowTable
-        from flowtop.query import monitors
-
         cfg, parts, check = self.cfg, self._parts, self._check
         check()
         self.enricher = self._own(
             "the enrichment", parts.enricher(cfg.enrich), self._close_enricher
         )
         check()
-        if self._want_outputs:
-            outputs = parts.outputs(cfg)
-            self.outputs = self._own("the exports", outputs, lambda: outputs.close(self._flush))
-            check()
         # --listen / [listen]: received flows take the kernel's place (no root, no BPF)
         source: KernelCollector | ListenCollector
         kernel: KernelCollector | None = None
@@ -298,26 +298,30 @@ class Run:
         else:
             source = kernel = parts.collector(cfg, check)
         self._kernel = self._own("the collector", source, source.close)
+        self.names = source.start()  # checks stop between its steps and after the last
+        check()
+        # The engine after the attachment: its imports (the flow table, the
+        # queries, the monitors) are nothing the attachment needs, and it
+        # holds nothing to close; the kernel counts meanwhile, the first
+        # drain comes an interval after start() (module docstring).
+        from flowtop.core.engine import Engine
+        from flowtop.core.flowtable import FlowTable
+        from flowtop.query import monitors
+
         c = cfg.collector
         table = FlowTable(
             max_flows=c.max_flows, idle_timeout=c.idle_timeout, active_timeout=c.active_timeout
         )
         self._engine = Engine(source, table, interval=c.interval, enricher=self.enricher)
         monitors.configure(self._engine, cfg)  # [health] thresholds, [[monitor]], zones
-        if self.outputs is not None:
-            self.outputs.attach(self._engine)
-            metrics = self.outputs.metrics
-            if metrics is not None and listener is not None:  # the exporters' series
-                exporters = listener.exporters
-                self._engine.observers.append(lambda _e: metrics.set_listen(exporters()))
         check()
         if self._record is not None:
             host = clean(socket.gethostname())
             rec = parts.recorder(self._record, host, c.interval, table.clock_offset)
             self.recorder = self._own("the recording", rec, rec.close)
             check()
-        self.names = source.start()  # checks stop between its steps and after the last
-        check()
+        if self._want_outputs:
+            self._start_outputs(listener)
         if kernel is None:  # listening: no local sockets, drops or wire names
             return
         owner = getattr(kernel, "owners", None)  # stand-in collectors (tests) have none
@@ -333,6 +337,18 @@ class Run:
             self.engine.use_drops(dropper.reasons)
         # kernel/wirecapture.WireCapture, None when off; stand-in collectors have none
         self._start_wire_names(getattr(kernel, "wire_capture", None))
+
+    def _start_outputs(self, listener: ListenCollector | None) -> None:
+        """The exports, hooked into the engine (after the attachment: the
+        module docstring says why; the engine's first drain comes later)."""
+        outputs = self._parts.outputs(self.cfg)
+        self.outputs = self._own("the exports", outputs, lambda: outputs.close(self._flush))
+        outputs.attach(self.engine)
+        metrics = outputs.metrics
+        if metrics is not None and listener is not None:  # the exporters' series
+            exporters = listener.exporters
+            self.engine.observers.append(lambda _e: metrics.set_listen(exporters()))
+        self._check()
 
     def _start_wire_names(self, capture: WireSource | None) -> None:
         """Names from the wire (issue 16): a reader thread feeds WireNames from

@@ -184,6 +184,7 @@ def test_without_sock_ops_owners_and_drops_only_the_tc_program_compiles(
         col.stop()
 
 
+@pytest.mark.exclusive  # its stale sock_ops program: any other start removes it
 @pytest.mark.parametrize("run", range(3))
 def test_kill9_of_flowtop_while_compiling_leaves_nothing(quiet_pair: Pair, run: int) -> None:
     """SIGKILL of flowtop at a random moment while its compilers run: the
@@ -278,3 +279,98 @@ def test_compile_error_shows_the_compilers_message(quiet_pair: Pair, tmp_path) -
     assert rc == 69
     assert "cannot compile or load the TC program" in line
     assert "use of undeclared identifier 'nope'" in line, line
+
+
+# -- what a start imports before its first attachment (issue 13) -------------------
+
+# Modules the first attachment needs none of: netlink's library (TCX attaches
+# with bpf(2), links come over rtnetlink), the engine and its queries, the
+# exports, Textual.
+LATE = (
+    "pyroute2",
+    "prometheus_client",
+    "flowtop.core.engine",
+    "flowtop.core.flowtable",
+    "flowtop.query.monitors",
+    "flowtop.run.outputs",
+    "textual",
+)
+# flowtop.cli.main with the first KernelCollector._attach reporting which of
+# LATE were loaded then, and main's end which are loaded at all.
+IMPORT_WRAPPER = """
+import sys
+from flowtop.kernel import collector
+LATE = {late!r}
+real = collector.KernelCollector._attach
+def attach(self, ifindex, name):
+    if not getattr(collector, "_seen_first", False):
+        collector._seen_first = True
+        got = ",".join(m for m in LATE if m in sys.modules) or "-"
+        print("at the first attachment:", got, file=sys.stderr, flush=True)
+    return real(self, ifindex, name)
+collector.KernelCollector._attach = attach
+from flowtop.cli import main
+rc = main(sys.argv[1:])
+print("at the end:", ",".join(m for m in LATE if m in sys.modules) or "-", file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def test_the_build_request_imports_no_numpy() -> None:
+    """What the cli imports to begin the TC build (cli._begin_compile): numpy
+    only comes after the build started."""
+    from .dump import RUN_DIR, python
+
+    code = (
+        "import sys\n"
+        "from flowtop.config import Config\n"
+        "from flowtop.kernel.build import begin_early\n"
+        "from flowtop.kernel.tcrequest import request\n"
+        "from flowtop.run.lifecycle import program_options\n"
+        "req = request(program_options(Config()))\n"
+        "print(req.what, [n for n, _ in req.first], 'numpy' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [python(), "-c", code], cwd=RUN_DIR, capture_output=True, text=True, check=True
+    ).stdout.split(maxsplit=3)
+    assert out[-1].strip().endswith("False"), out
+    assert "flowtop_ingress" in out[-1] and "flowtop_egress" in out[-1], out
+
+
+def test_export_only_attaches_before_the_engine_and_the_exports(quiet_pair: Pair) -> None:
+    """--export-only with a Prometheus listener: none of LATE is loaded at the
+    first attachment; afterwards the engine and the listener are there and
+    /metrics answers with the interface's counters."""
+    import urllib.request
+
+    from .dump import RUN_DIR, python
+
+    p = quiet_pair
+    code = IMPORT_WRAPPER.format(late=LATE)
+    proc = p.b.popen(
+        [python(), "-c", code, "--export-only", "-i", "vb", "--prometheus", "127.0.0.1:19391"],
+        cwd=RUN_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        end = time.monotonic() + 120
+        while not any("collecting on" in ln for ln in lines):
+            assert time.monotonic() < end and proc.poll() is None, lines
+            lines.append(proc.stderr.readline())
+        first = [ln for ln in lines if ln.startswith("at the first attachment:")]
+        assert first == ["at the first attachment: -\n"], lines
+        with netns.entered(p.b.name):
+            body = urllib.request.urlopen("http://127.0.0.1:19391/metrics", timeout=10).read()
+        assert b"\nflowtop_active_flows " in body, body[:400]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    lines += rest.splitlines(keepends=True)
+    assert proc.returncode == 0, lines
+    end_line = [ln for ln in lines if ln.startswith("at the end:")]
+    assert len(end_line) == 1, lines
+    loaded = set(end_line[0].split(":", 1)[1].strip().split(","))
+    # the engine, the flow table and the exports did start (pyroute2: no clsact on vb)
+    assert {"prometheus_client", "flowtop.core.engine", "flowtop.run.outputs"} <= loaded, lines
+    assert "pyroute2" not in loaded, lines

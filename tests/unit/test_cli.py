@@ -378,5 +378,8 @@ def test_ctrl_c_is_a_flag_before_anything_heavy_is_imported(
     )  # fmt: skip
     assert p.returncode != 0 and "ftnosuch0" in p.stderr, p.stderr
     seen = json.loads(p.stdout)
-    assert {"numpy", "pyroute2", "flowtop.core.engine"} <= set(seen), seen
+    assert "numpy" in seen, seen
+    # pyroute2, the engine and Textual come after the first attachment now
+    # (issue 13): a run that stops before it does not import them at all.
+    assert not {"pyroute2", "flowtop.core.engine", "textual"} & set(seen), seen
     assert set(seen.values()) == {"StopSignal"}, seen

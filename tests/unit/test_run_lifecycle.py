@@ -43,12 +43,13 @@ from tests.unit.runparts import (
     wait_until,
 )
 
-START = ["start enricher", "start outputs", "start collector", "start recorder", "attach"]
+# The recorder and outputs after the attachment: nothing it needs (issue 13).
+START = ["start enricher", "start collector", "attach", "start recorder", "start outputs"]
 CLOSE = [
     "close resolver",
+    "close outputs",
     "close recorder",
     "close collector",
-    "close outputs",
     "close enricher",
 ]
 
@@ -99,10 +100,10 @@ def test_parts_start_in_order_and_close_in_reverse_each_once(tmp_path: Path) -> 
     ("failing", "closed"),
     [
         ("enricher", []),
-        ("outputs", ["close enricher"]),
-        ("collector", ["close outputs", "close enricher"]),
-        ("recorder", ["close collector", "close outputs", "close enricher"]),
-        ("attach", ["close recorder", "close collector", "close outputs", "close enricher"]),
+        ("collector", ["close enricher"]),
+        ("attach", ["close collector", "close enricher"]),
+        ("recorder", ["close collector", "close enricher"]),
+        ("outputs", ["close recorder", "close collector", "close enricher"]),
     ],
 )
 def test_a_part_that_fails_to_start_closes_the_ones_before(
@@ -121,8 +122,8 @@ def test_a_part_that_fails_to_start_closes_the_ones_before(
 
 def test_sigint_during_start_up_closes_what_started(handlers: None) -> None:
     """A real SIGINT while the collector starts: the StopSignal flag, raised as
-    Interrupted at the collector's next check; the outputs and the enricher
-    (started before) are closed, nothing after it is started."""
+    Interrupted at the collector's next check; the enricher (started before)
+    is closed, nothing after it is started (the outputs come after the attachment)."""
     before = mmdb_copies()
     stop = StopSignal()
     stop.install()
@@ -137,9 +138,7 @@ def test_sigint_during_start_up_closes_what_started(handlers: None) -> None:
     assert exc.value.exit_code == 130
     assert parts.events == [
         "start enricher",
-        "start outputs",
         "start collector",
-        "close outputs",
         "close enricher",
     ]
     assert mmdb_copies() - before == set()
@@ -151,11 +150,11 @@ def test_a_close_that_fails_still_closes_the_others_and_is_reported_once(
     before = mmdb_copies()
     parts = LoggingParts(fail_close=("collector", "outputs"))
     run = Run(cfg_with(), outputs=True, record=str(tmp_path / "rec"), parts=parts).start()
-    with pytest.raises(RuntimeError, match="collector would not close"):
+    with pytest.raises(RuntimeError, match="outputs would not close"):
         run.close()  # the first failure is raised, after every part was closed
     assert parts.closes() == CLOSE[1:]
     lines = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert lines == ["closing the exports failed: outputs would not close"]
+    assert lines == ["closing the collector failed: collector would not close"]
     assert mmdb_copies() - before == set()
 
 
@@ -168,7 +167,7 @@ def test_close_failures_on_the_way_out_of_an_error_are_logged_not_raised(
         Run(cfg_with(), outputs=True, parts=parts),
     ):
         raise ValueError("the mode failed")
-    assert parts.closes() == ["close collector", "close outputs", "close enricher"]
+    assert parts.closes() == ["close outputs", "close collector", "close enricher"]
     lines = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert lines == [
         "closing the collector failed: collector would not close",
@@ -278,7 +277,7 @@ def test_export_only_sighup_closes_each_replaced_enricher_once(
     text = caplog.text
     assert text.count("config reloaded") == 3
     assert text.count("keeping the previous enrichment") == 1
-    assert parts.events[-4:] == ["detach", "close collector", "close outputs", "close enricher"]
+    assert parts.events[-4:] == ["detach", "close outputs", "close collector", "close enricher"]
     assert [o.close_calls for o in parts.made["outputs"]] == [1]
 
 
@@ -322,8 +321,8 @@ def test_live_view_closes_every_part_after_the_view_ends(
     assert parts.events == [
         "start enricher",
         "start collector",
-        "start recorder",
         "attach",
+        "start recorder",
         "start resolver",
         "view ended",
         "detach",
