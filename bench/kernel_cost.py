@@ -31,11 +31,14 @@ packet), map drained every 0.25 s so inserts succeed rather than hit "map full".
 Target (issue 13): flowtop / empty <= 1.8x (established flows, median of 3
 rounds), on both loads, for each attachment. Without TCX in the kernel only
 clsact is measured.
-Run: .venv/bin/python bench/kernel_cost.py   (root)
+Run: .venv/bin/python bench/kernel_cost.py   (root; --help: rounds, loads,
+attachments and the new-flow phase, to measure one part at a time). The
+BPF sources are the checkout's, or FLOWTOP_BPF_DIR's (another build to compare).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -50,7 +53,10 @@ from _common import Pair, entered
 TARGET = 1.8
 # (label, iperf3 -b per stream): a lightly loaded link, where every packet
 # finds cold caches, and a busy one (as fast as the namespaces go).
-LOADS = (("light: 2x2 streams at 60 Mbit/s", "60M"), ("busy: 2x2 streams unlimited", "0"))
+LOADS: tuple[tuple[str, str], ...] = (
+    ("light: 2x2 streams at 60 Mbit/s", "60M"),
+    ("busy: 2x2 streams unlimited", "0"),
+)
 ROUNDS = 3
 WINDOW = 5.0
 WARMUP = 3.0
@@ -424,16 +430,72 @@ def report_new_flows(label: str, new_rounds: list[dict[str, tuple[float, int]]])
     return med_new
 
 
+def new_flows(
+    p: Pair,
+    prog: Any,
+    hooks: Hooks,
+    modes: tuple[str, ...],
+    ids: dict[str, int],
+    new_rounds: dict[str, list[dict[str, tuple[float, int]]]],
+    procs: list[subprocess.Popen[Any]],
+) -> None:
+    """Phase 2: a new flow per packet, ROUNDS windows per attachment into new_rounds."""
+    prog.drain_flows()
+    secs = ROUNDS * len(modes) * (NEW_WINDOW + SETTLE + 0.5) + 2
+    sender = p.a.popen(
+        [sys.executable, "-c", NEWFLOW_SENDER, Pair.B4, str(secs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    procs.append(sender)
+    drain_for(prog, 1.0, 0.25)
+    for i in range(ROUNDS):
+        for mode in modes if i % 2 == 0 else modes[::-1]:
+            hooks.use(mode)
+            drain_for(prog, SETTLE, 0.25)
+            new_rounds[mode].append(window(ids, prog, NEW_WINDOW, 0.25))
+    C.stop_process(sender)
+
+
 ATTACHED = {"clsact": "attached with clsact (cls_bpf)", "tcx": "attached with TCX links"}
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per load (default 3)")
+    ap.add_argument(
+        "--loads",
+        default="light,busy",
+        help="comma-separated loads to run, of: light, busy (default both)",
+    )
+    ap.add_argument(
+        "--modes", default="clsact,tcx", help="attachments, of: clsact, tcx (default both)"
+    )
+    ap.add_argument(
+        "--no-new-flows", action="store_true", help="skip the informational new-flow phase"
+    )
+    return ap.parse_args(argv)
+
+
 def main() -> int:
+    global ROUNDS, LOADS
+    args = parse_args()
+    if args.rounds < 1:
+        raise SystemExit("kernel_cost: --rounds must be >= 1")
+    ROUNDS = args.rounds
+    wanted = args.loads.split(",")
+    LOADS = tuple(ld for ld in LOADS if ld[0].split(":")[0] in wanted)
+    if not LOADS:
+        raise SystemExit(f"kernel_cost: no such load in {args.loads!r} (light, busy)")
     C.require_root()
     import bcc
 
     from flowtop.kernel.program import ProgramOptions, TcProgram
 
     modes, note = modes_available()
+    modes = tuple(m for m in modes if m in args.modes.split(","))
+    if not modes:
+        raise SystemExit(f"kernel_cost: no attachment in {args.modes!r} available here")
     procs: list[subprocess.Popen[Any]] = []
     prog = hooks = empty = None
     try:
@@ -456,22 +518,9 @@ def main() -> int:
             for label, rate in LOADS:
                 rounds_by_load[label] = established(p, prog, hooks, modes, ids, rate, procs)
             # ---- phase 2: a new flow per packet (informational) -------------
-            prog.drain_flows()
-            secs = ROUNDS * len(modes) * (NEW_WINDOW + SETTLE + 0.5) + 2
-            sender = p.a.popen(
-                [sys.executable, "-c", NEWFLOW_SENDER, Pair.B4, str(secs)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            procs.append(sender)
-            drain_for(prog, 1.0, 0.25)
             new_rounds: dict[str, list[dict[str, tuple[float, int]]]] = {m: [] for m in modes}
-            for i in range(ROUNDS):
-                for mode in modes if i % 2 == 0 else modes[::-1]:
-                    hooks.use(mode)
-                    drain_for(prog, SETTLE, 0.25)
-                    new_rounds[mode].append(window(ids, prog, NEW_WINDOW, 0.25))
-            C.stop_process(sender)
+            if not args.no_new_flows:
+                new_flows(p, prog, hooks, modes, ids, new_rounds, procs)
             hooks.off()
     finally:
         for proc in procs:
@@ -496,7 +545,11 @@ def main() -> int:
         for label, _ in LOADS
         for mode in modes
     }
-    new_meds = {mode: report_new_flows(ATTACHED[mode], new_rounds[mode]) for mode in modes}
+    new_meds = {
+        mode: report_new_flows(ATTACHED[mode], new_rounds[mode])
+        for mode in modes
+        if new_rounds[mode]
+    }
     print(
         "\nside by side: median flowtop/empty, each against the empty programs attached "
         "the same way\n"
@@ -504,7 +557,11 @@ def main() -> int:
     print(
         C.table(
             [(label, *(f"{meds[(label, m)]:.2f}x" for m in modes)) for label, _ in LOADS]
-            + [("new flow per packet (informational)", *(f"{new_meds[m]:.2f}x" for m in modes))],
+            + (
+                [("new flow per packet (informational)", *(f"{new_meds[m]:.2f}x" for m in modes))]
+                if new_meds
+                else []
+            ),
             ("load", *modes),
         )
     )

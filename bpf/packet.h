@@ -45,14 +45,19 @@ struct pkt {
 
 /*
  * The cursor moved to the same place through an offset the verifier no
- * longer knows. Paths that reach IP at different constant offsets (each
- * MPLS depth, PPPoE, where an L3 device's network header was found) then
- * share one verifier state, instead of having everything after them
- * verified once per offset, which is past the verifier's budget. Costs an
- * inlined array lookup, only off the Ethernet IPv4/IPv6 path. Returns the
- * offset from skb->data, or FT_PARSE_TRUNCATED.
+ * longer knows. Paths that reach IP (or the L4 header) at different
+ * offsets (each VLAN and MPLS depth, PPPoE, where an L3 device's network
+ * header was found, each length of an IPv6 extension chain) then share one
+ * verifier state, instead of having everything after them verified once
+ * per offset, which is past the verifier's budget (or, for the VLAN and
+ * extension walks, doubles the start-up's verification). Costs an inlined
+ * array lookup, only off the untagged IPv4/IPv6 path. max: the largest
+ * offset that can be right here (the verifier needs a bound; the caller
+ * checks every header against the end after this, as before). Returns the
+ * offset from skb->data, or FT_PARSE_TRUNCATED past max.
  */
-static __always_inline int forget_offset(struct __sk_buff *skb, struct cursor *c)
+static __always_inline int forget_offset_max(struct __sk_buff *skb, struct cursor *c,
+					     const __u32 max)
 {
 	__u32 *slot = ft_opaque_slot();
 	__u32 off = c->pos - (void *)(long)skb->data;
@@ -61,11 +66,24 @@ static __always_inline int forget_offset(struct __sk_buff *skb, struct cursor *c
 		return FT_PARSE_TRUNCATED;
 	*(volatile __u32 *)slot = off;
 	off = *(volatile __u32 *)slot;
-	if (off > FT_PULL_LEN)
+	if (off > max)
 		return FT_PARSE_TRUNCATED;
 	c->pos = (void *)(long)skb->data + off;
 	return off;
 }
+
+/* forget_offset_max() for what precedes IP: within the pulled headers. */
+static __always_inline int forget_offset(struct __sk_buff *skb, struct cursor *c)
+{
+	return forget_offset_max(skb, c, FT_PULL_LEN);
+}
+
+/* Largest offset an IPv6 extension chain can end at: FT_IPV6_EXT_MAX
+ * headers of at most 2048 bytes after Ethernet, two tags and the fixed
+ * header fit (12.3 KB), so no chain the walk accepts is turned away here;
+ * and it leaves the verifier room below its 64 KiB packet offset limit for
+ * the header checks that follow (a bound near the limit makes them fail). */
+#define FT_IP6_EXT_END_MAX 16384
 
 /*
  * Where the packet starts on a device without an Ethernet header: returns
@@ -127,9 +145,15 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p, co
 		proto = parse_ethhdr(&c);
 		if (proto < 0)
 			return proto;
-		proto = parse_vlans(&c, proto, &p->key.vlan);
-		if (proto < 0)
-			return proto;
+		/* In-band tags: off the untagged path (two compares), and the
+		 * depth forgotten, so the rest is verified once for all depths. */
+		if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+			proto = parse_vlans(&c, proto, &p->key.vlan);
+			if (proto < 0)
+				return proto;
+			if (forget_offset(skb, &c) < 0)
+				return FT_PARSE_TRUNCATED;
+		}
 	}
 	/* PPPoE, MPLS: off the IPv4/IPv6 path, which pays two compares. */
 	if (proto != bpf_htons(ETH_P_IP) && proto != bpf_htons(ETH_P_IPV6)) {
@@ -167,9 +191,15 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p, co
 		l4proto = parse_ip6hdr(&c, &ip6h);
 		if (l4proto < 0)
 			return l4proto;
-		l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
-		if (l4proto < 0)
-			return l4proto;
+		/* Extension headers: off the common path, and where the walk
+		 * ended forgotten (one state for every chain length). */
+		if (ft_ip6_is_ext(l4proto)) {
+			l4proto = skip_ip6hdrext(&c, l4proto, &nonfirst_frag);
+			if (l4proto < 0)
+				return l4proto;
+			if (forget_offset_max(skb, &c, FT_IP6_EXT_END_MAX) < 0)
+				return FT_PARSE_TRUNCATED;
+		}
 		p->key.ip_version = 6;
 		__builtin_memcpy(p->key.src, &ip6h->saddr, 16);
 		__builtin_memcpy(p->key.dst, &ip6h->daddr, 16);

@@ -302,6 +302,13 @@ struct ft_ipv6_frag {
 	__be32 identification;
 };
 
+/* Whether an IPv6 next header is one skip_ip6hdrext() walks. */
+static __always_inline int ft_ip6_is_ext(int nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_FRAGMENT || nexthdr == IPPROTO_DSTOPTS;
+}
+
 /*
  * IPv6 extension headers: walks hop-by-hop, routing, fragment and
  * destination options, at most FT_IPV6_EXT_MAX of them. Returns the upper
