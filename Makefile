@@ -17,8 +17,17 @@ setup:
 run: setup
 	$(VENV)/bin/flowtop $(ARGS)
 
+# The suite runs on TEST_JOBS pytest-xdist workers (default: one per CPU): most of its
+# time is spent waiting (drains, traffic, timeouts) or in CPU-bound TUI tests, and the
+# kernel tests are isolated (tests/conftest.py: a kernel test file stays on one worker,
+# tests marked `exclusive` run alone). TEST_JOBS=1, PYTEST_ARGS="-n 0" or a debugging flag (--pdb,
+# --trace, -s) run it in one process.
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+SERIAL_FLAGS := -n0 --pdb --trace -s --capture=no
+XDIST_ARGS = $(if $(filter-out 0 1,$(TEST_JOBS)),$(if $(filter $(SERIAL_FLAGS),$(PYTEST_ARGS)),,-n $(TEST_JOBS) --dist loadgroup))
+
 test: setup
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	$(PY) -m pytest -q tests $(XDIST_ARGS) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

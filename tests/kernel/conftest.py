@@ -4,6 +4,9 @@ Each fixture deletes what it made when the test ends, failed or not
 (processes inside are killed first). A session-level janitor also removes
 `ftt-` namespaces of this run and of runs whose process is gone (a crashed or
 killed pytest), but never those of another pytest that is still running.
+The creator's pid in every name keeps pytest-xdist's workers apart too: each
+is a pytest process of its own, with its own namespaces, cgroups and tmux
+sockets.
 """
 
 from __future__ import annotations

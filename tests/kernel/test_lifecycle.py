@@ -148,6 +148,7 @@ def test_kill9_then_clean_run(quiet_pair: Pair) -> None:
     _foreign_ok(p.a, "va")
 
 
+@pytest.mark.exclusive  # detach --all: every live flowtop's sock_ops and owner programs
 def test_detach_all_removes_stale_filters(quiet_pair: Pair) -> None:
     """After kill -9 of a run at --tc-priority 7, `flowtop detach --all` in the
     namespace removes the stale filters and nothing else."""
@@ -438,6 +439,7 @@ def _interrupt_once(p: Pair, point: str, run: int) -> tuple[float | None, str | 
     return took, f"run {run} ({mode}): {'; '.join(problems)}\n{res.stderr[-1500:]}"
 
 
+@pytest.mark.exclusive  # start-up under its CPU hog, exit bounded: no other test's load
 @pytest.mark.parametrize("point", POINTS)
 def test_sigint_during_startup_leaves_nothing(
     quiet_pair: Pair, cpu_hog: None, point: str, monkeypatch: pytest.MonkeyPatch
@@ -478,6 +480,7 @@ def test_userspace_table_evictions_keep_every_flow(quiet_pair: Pair) -> None:
     assert res.iface("va")["tx_packets"] == 1000
 
 
+@pytest.mark.exclusive  # detach --all: every live flowtop's sock_ops and owner programs
 def test_detach_without_all_keeps_live_collectors(quiet_pair: Pair) -> None:
     """`flowtop detach` (no --all) removes a killed run's filters but not those
     of a collector still running, which keeps counting exactly; --all then

@@ -636,6 +636,7 @@ def _load_foreign(name: str) -> tuple[Any, int]:
     return b, fn.fd
 
 
+@pytest.mark.exclusive  # the root cgroup's stale programs: any start removes them
 def test_detach_and_stale_programs() -> None:
     """Our program is attached with its pid in its name and detached on close;
     a SIGKILLed tracker's program stays attached until the next start removes

@@ -265,6 +265,7 @@ def flowtop_counts(prog: TcProgram, ifindex: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- #
 
 
+@pytest.mark.exclusive  # no new bpf link anywhere: every link on the machine
 def test_probe_and_mode() -> None:
     """This kernel (6.6+) has TCX; the probe attaches nothing (no new link
     anywhere); auto picks TCX, tc stays tc, a bad mode is a ConfigError."""
