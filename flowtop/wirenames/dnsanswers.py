@@ -233,6 +233,40 @@ def parse(wire: bytes) -> Parsed:
     return got
 
 
+def _plain_question(wire: bytes) -> tuple[bytes, int, int, int] | None:
+    """The start both lean reads share: a NOERROR response with one
+    question whose name is plain labels from offset 12 (a pointer there, a
+    label over 63 octets, a name over 255 or anything cut: None, for
+    _parse). Returns the question's name (lower case), its size as _name
+    counts it (octets before the root label), the offset of the first
+    answer and the answer count (at most _MAX_ANSWERS)."""
+    n = len(wire)
+    if n < 17:
+        return None
+    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
+    if flags & 0x800F != 0x8000 or qd != 1 or an > _MAX_ANSWERS:
+        return None
+    labels = []
+    pos = 12
+    ln = wire[12]
+    while ln:
+        if ln > 63:
+            return None
+        end = pos + 1 + ln
+        if end >= n:
+            return None
+        labels.append(wire[pos + 1 : end])
+        pos = end
+        ln = wire[pos]
+    size = pos - 12
+    if size > 255:
+        return None
+    pos += 5  # the root label, qtype, qclass
+    if pos > n:
+        return None
+    return b".".join(labels).lower(), size, pos, an
+
+
 def _quick(wire: bytes) -> Parsed | None:
     """The common response read with fewer steps, or None to leave it to
     _parse: one question whose name is plain labels, at most _MAX_ANSWERS
@@ -246,32 +280,11 @@ def _quick(wire: bytes) -> Parsed | None:
     is bounded by the message), pointers backwards and _MAX_POINTERS of
     them (in _name), MAX_CHAIN links, _MAX_ANSWERS records, the names
     cleaned."""
+    q = _plain_question(wire)
+    if q is None:
+        return None
+    qname, size, pos, an = q
     n = len(wire)
-    if n < 17:
-        return None
-    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
-    if flags & 0x800F != 0x8000 or qd != 1 or an > _MAX_ANSWERS:
-        return None
-    # The question's name: labels from offset 12 (a pointer there: _parse).
-    labels = []
-    pos = 12
-    ln = wire[pos]
-    while ln:
-        if ln > 63:
-            return None
-        end = pos + 1 + ln
-        if end >= n:
-            return None
-        labels.append(wire[pos + 1 : end])
-        pos = end
-        ln = wire[pos]
-    size = pos - 12  # octets before the root label, as _name counts them
-    if size > 255:
-        return None
-    qname = b".".join(labels).lower()
-    pos += 5  # the root label, qtype, qclass
-    if pos > n:
-        return None
     memo: _Memo = {12: (qname, size)}
     cnames: dict[bytes, tuple[bytes, int]] = {}  # owner -> (target, ttl)
     owners: list[bytes] = []  # of each address record in found
@@ -455,31 +468,11 @@ def _lean(wire: bytes, client: bytes, sink: AnswerSink) -> Status | None:
     bytes there, 255 octets a name, pointers only backwards and at most
     _MAX_POINTERS of them (a CNAME target with a pointer is read by _name),
     MAX_CHAIN links, _MAX_ANSWERS records, names cleaned (_text)."""
+    q = _plain_question(wire)
+    if q is None:
+        return None
+    qname, qsize, pos, an = q
     n = len(wire)
-    if n < 17:
-        return None
-    _id, flags, qd, an = _HEADER.unpack_from(wire, 0)
-    if flags & 0x800F != 0x8000 or qd != 1 or an > _MAX_ANSWERS:
-        return None
-    labels = []
-    pos = 12
-    ln = wire[12]
-    while ln:
-        if ln > 63:
-            return None
-        end = pos + 1 + ln
-        if end >= n:
-            return None
-        labels.append(wire[pos + 1 : end])
-        pos = end
-        ln = wire[pos]
-    qsize = pos - 12  # octets before the root label, as _name counts them
-    if qsize > 255:
-        return None
-    qname = b".".join(labels).lower()
-    pos += 5  # the root label, qtype, qclass
-    if pos > n:
-        return None
     shown = _text(qname)
     if shown is None:
         return None  # parse says MALFORMED
