@@ -27,7 +27,7 @@ from flowtop.wirenames.dnsanswers import (
 )
 from flowtop.wirenames.names import DnsBatch, WireNames
 from tests.unit.test_wirenames_dnsfast import _bench_shape, _common, _mutants
-from tests.unit.wirenames_bytes import dns_response
+from tests.unit.wirenames_bytes import assert_same_dns_entries, cdn_response, dns_response
 
 CLIENT = bytes([10, 1, 2, 3]) + bytes(12)
 
@@ -172,25 +172,13 @@ def test_add_batch_is_add_answers() -> None:
     batch = DnsBatch()
     for i in range(400):
         ttls = [rng.choice([0, 19, 20, 21, TTL_CAP - 1, TTL_CAP, TTL_CAP + 1, 86400]) for _ in "ab"]
-        wire = dns_response(f"n{i % 40}.test", [
-            (f"n{i % 40}.test.", ttls[0], "CNAME", [f"e{i % 7}.cdn.test."]),
-            (f"e{i % 7}.cdn.test.", ttls[1], "A", [f"192.0.2.{i % 9}", f"198.51.100.{i % 5}"]),
-            (f"e{i % 7}.cdn.test.", ttls[1], "AAAA", [f"2001:db8::{i % 3}"])])  # fmt: skip
-        client = bytes([10, 0, i % 4, 1]) + bytes(12)
+        wire, client = cdn_response(i, ttls)
         answers, _st = dnsanswers.parse_response(wire)
         a.add_answers(client, answers, 1000.0)
         assert parse_into(wire, client, batch) is Status.OK
     assert b.add_batch(batch, 1000.0) == len(batch.keys) == 400 * 3
     assert b.add_batch(DnsBatch(), 1000.0) == 0
-    for w in (a, b):
-        w._dns.flush()
-    ra, rb = a._dns, b._dns
-    assert ra.rows.keys() == rb.rows.keys() and len(ra.rows) > 20
-    for key in ra.rows:
-        i, j = ra.rows[key], rb.rows[key]
-        assert a.names.get(int(ra.name[i])) == b.names.get(int(rb.name[j]))
-        assert a.names.get(int(ra.cname[i])) == b.names.get(int(rb.cname[j]))
-        assert ra.deadline[i] == rb.deadline[j]
+    assert_same_dns_entries(a, b)
     assert a.names.values == b.names.values  # interned in the same order
     assert a.counters()["dns_entries"] == b.counters()["dns_entries"]
 

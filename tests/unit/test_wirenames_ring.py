@@ -17,7 +17,7 @@ from flowtop.wirenames import dnsanswers
 from flowtop.wirenames.dnsanswers import TTL_CAP, clamp_ttl
 from flowtop.wirenames.names import WireNames
 from tests.unit.test_ringbuf import FakeRing
-from tests.unit.wirenames_bytes import dns_response
+from tests.unit.wirenames_bytes import assert_same_dns_entries, cdn_response, dns_response
 
 
 class _Ring:
@@ -131,25 +131,13 @@ def test_add_responses_is_add_answers() -> None:
     a, b = WireNames(ttl_floor=20), WireNames(ttl_floor=20)
     for i in range(300):
         ttls = [rng.choice([0, 19, 20, 21, TTL_CAP - 1, TTL_CAP, TTL_CAP + 1, 86400]) for _ in "ab"]
-        wire = dns_response(f"n{i % 40}.test", [
-            (f"n{i % 40}.test.", ttls[0], "CNAME", [f"e{i % 7}.cdn.test."]),
-            (f"e{i % 7}.cdn.test.", ttls[1], "A", [f"192.0.2.{i % 9}", f"198.51.100.{i % 5}"]),
-            (f"e{i % 7}.cdn.test.", ttls[1], "AAAA", [f"2001:db8::{i % 3}"])])  # fmt: skip
-        client = bytes([10, 0, i % 4, 1]) + bytes(12)
+        wire, client = cdn_response(i, ttls)
         now = float(i)
         answers, _st = dnsanswers.parse_response(wire)
         a.add_answers(client, answers, now)
         assert b.add_responses([(client, dnsanswers.parse(wire))], now) == len(answers)
         assert {x.ttl for x in answers} == {min(ttls)}
-    for w in (a, b):
-        w._dns.flush()
-    ra, rb = a._dns, b._dns
-    assert ra.rows.keys() == rb.rows.keys() and len(ra.rows) > 20
-    for key in ra.rows:
-        i, j = ra.rows[key], rb.rows[key]
-        assert a.names.get(int(ra.name[i])) == b.names.get(int(rb.name[j]))
-        assert a.names.get(int(ra.cname[i])) == b.names.get(int(rb.cname[j]))
-        assert ra.deadline[i] == rb.deadline[j]
+    assert_same_dns_entries(a, b)
     # The deadlines are clamp_ttl's, floor above the cap too.
     c = WireNames(ttl_floor=TTL_CAP + 100)
     wire = dns_response("x.test", [("x.test.", 5, "A", ["192.0.2.1"])])

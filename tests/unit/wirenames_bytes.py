@@ -14,6 +14,7 @@ import dns.rrset
 
 from flowtop.kernel.layout import FLOW_KEY
 from flowtop.kernel.wire_records import KIND_DNS, KIND_TCP_FIRST, WirePacket
+from flowtop.wirenames.names import WireNames
 
 
 def dns_response(qname: str, rrsets: list[tuple[str, int, str, list[str]]],
@@ -82,3 +83,27 @@ def first_packet(client: str, server: str, cport: int, sport: int, data: bytes,
     key = flow_key(client, server, cport, sport)
     return WirePacket(key, KIND_TCP_FIRST, seq, data,
                       len(data) if payload_len is None else payload_len)  # fmt: skip
+
+
+def cdn_response(i: int, ttls: list[int]) -> tuple[bytes, bytes]:
+    """Response i of a resolver's mix (40 names, each a CNAME to one of 7 CDN
+    names with two A records and one AAAA; TTLs ttls[0] on the CNAME, ttls[1]
+    on the addresses) and its client (one of 4, 16 bytes as in a flow key)."""
+    wire = dns_response(f"n{i % 40}.test", [
+        (f"n{i % 40}.test.", ttls[0], "CNAME", [f"e{i % 7}.cdn.test."]),
+        (f"e{i % 7}.cdn.test.", ttls[1], "A", [f"192.0.2.{i % 9}", f"198.51.100.{i % 5}"]),
+        (f"e{i % 7}.cdn.test.", ttls[1], "AAAA", [f"2001:db8::{i % 3}"])])  # fmt: skip
+    return wire, bytes([10, 0, i % 4, 1]) + bytes(12)
+
+
+def assert_same_dns_entries(a: WireNames, b: WireNames) -> None:
+    """a and b hold the same DNS entries: keys, names, CNAME ends, deadlines."""
+    for w in (a, b):
+        w._dns.flush()
+    ra, rb = a._dns, b._dns
+    assert ra.rows.keys() == rb.rows.keys() and len(ra.rows) > 20
+    for key in ra.rows:
+        i, j = ra.rows[key], rb.rows[key]
+        assert a.names.get(int(ra.name[i])) == b.names.get(int(rb.name[j]))
+        assert a.names.get(int(ra.cname[i])) == b.names.get(int(rb.cname[j]))
+        assert ra.deadline[i] == rb.deadline[j]
