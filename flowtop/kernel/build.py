@@ -8,14 +8,15 @@ then exits. This process holds the fds from then on: attaching, map reads,
 everything else is bpf(2) on them (bpfsys, maps, attach, tcx,
 sockops_attach, tracefs). Nothing is pinned.
 
-Wire format: this side sends one JSON request; the child answers with one
-message per stage, each a JSON object with its fds: {"progs": [names],
-"maps": [names], "meta": {...}} (fds: the programs', then the maps', in
-that order) or {"error": "one line"}. The request's "first" programs and
-every map come in the first message, its "later" programs in a second one
-(the TC program's pair for L3 devices: compiled a second time with
-other cflags and verified meanwhile, while this process attaches the first
-pair).
+Wire format: this side sends one JSON request, then GO ({"go": true})
+when the child may import bcc and compile (at once, unless it is held: see
+Priorities); the child answers with one message per stage, each a JSON
+object with its fds: {"progs": [names], "maps": [names], "meta": {...}}
+(fds: the programs', then the maps', in that order) or {"error": "one
+line"}. The request's "first" programs and every map come in the first
+message, its "later" programs in a second one (the TC program's pair for
+L3 devices: compiled a second time with other cflags and verified
+meanwhile, while this process attaches the first pair).
 
 Lifetimes. A loaded program or map lives while some fd or attachment refers
 to it: once the fds are here, the child's exit frees nothing. The child
@@ -40,14 +41,29 @@ stage that fails from the cache is that stage's error (its programs must
 fill the first stage's maps). On a miss the child writes the entry (the
 whole build, both stages) before its last message; when this process
 closes the build after the first stage, the child is not killed but
-finishes the entry on its own (compiler.py) and exits.
+finishes the entry on its own (compiler.py) and exits. The child holds
+the entry's compile lock (progcache.try_lock, a flock it inherits) until
+it exits: a build missing an entry that another process compiles at that
+moment (pytest-xdist's workers share a cache) starts no child, and its
+wait() (or ready()) takes that entry from the cache once the lock is free,
+or compiles when the other wrote none (it failed, or was killed).
 
 Priorities (2 cores): a build of nice 0 is one the first attachment waits
 for (the TC program's). While one has not brought its first stage, the
 children of builds nothing waits for yet (nice > 0: sock_ops, owners,
-drops) run at HELD_NICE, on the CPU the first one leaves idle; once it is
-there (or closed) they go on at their request's niceness (above this
-process's own, as a child's is).
+drops) run at HELD_NICE; while one of them compiles in a child (a cache
+miss), those children are held too: they start, then wait for their GO
+before they import bcc and compile. A compile beside the one waited for
+slows it down even at nice 19 on the other CPU (two vCPUs share a core's
+caches and memory bandwidth: the TC compile took 3.7 s instead of 2.4 s
+beside three; with only their imports of bcc beside it, the first
+attachment came at 4.9 s instead of 3.4 s), and the first attachment
+waits for nothing else. Once it is there (or closed, or failed) they go
+on at their request's niceness (above this process's own, as a child's
+is); a wait() for a held build lets that one go at once. On a hit no
+child compiles for it: the others only run at HELD_NICE while its
+programs load (a child already told to go when a failed hit starts the
+compile is not held back).
 """
 
 from __future__ import annotations
@@ -96,6 +112,8 @@ BACKGROUND_NICE = 5
 # (see the module doc): it takes only the CPU that build leaves.
 HELD_NICE = 19
 MAX_MESSAGE = 1 << 16
+# The message that lets a child compile (see the module doc's Priorities).
+GO = b'{"go": true}'
 MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
 BCC_MISSING = "bcc is not importable: install Debian's python3-bpfcc (run `make setup`)"
 
@@ -247,6 +265,9 @@ class Build:
         # what it brought.
         self._later_thread: threading.Thread | None = None
         self._later: Loaded | progcache.CacheError | None = None
+        # A miss while another process compiles the same entry (it holds the
+        # entry's lock): wait() and ready() wait for its entry (_poll_other).
+        self._deferred = False
         _priorities.begin(self)
         try:
             entry: progcache.Entry | None = None
@@ -257,7 +278,7 @@ class Build:
                 except progcache.CacheError as exc:
                     self._drop_entry(str(exc))
             if entry is None:
-                self._start_child()
+                self._start_or_defer()
             else:
                 self._begin_cached(entry)
         except BaseException:
@@ -271,7 +292,70 @@ class Build:
         if self._entry_path is not None:
             progcache.remove(self._entry_path)
 
-    def _start_child(self) -> None:
+    def _start_or_defer(self) -> None:
+        """A miss: the child, holding the entry's compile lock; or, while
+        another process holds it (compiling the same entry), nothing yet:
+        wait() and ready() wait for its entry (_poll_other)."""
+        if self._entry_path is None:
+            self._start_child()
+            return
+        self._deferred = True
+        self._poll_other()
+
+    def _read_entry(self) -> progcache.Entry | None:
+        assert self._entry_path is not None
+        try:
+            return progcache.read(self._entry_path)
+        except progcache.CacheError as exc:
+            self._drop_entry(str(exc))
+            return None
+
+    def _poll_other(self) -> bool:
+        """Whether this deferred build could go on: the entry is there (it
+        loads here as a hit), or the lock is free and there is still no
+        entry (the other one failed, or was killed; none ran: this is the
+        first look): this build compiles, holding the lock."""
+        assert self._entry_path is not None
+        entry = self._read_entry()
+        if entry is None:
+            lock = progcache.try_lock(self._entry_path)
+            if lock is None:
+                return False
+            entry = self._read_entry()  # written between the look and the lock?
+            if entry is None:
+                self._deferred = False
+                self._start_child(lock)
+                return True
+            if lock >= 0:
+                # the entry is there: nobody needs the file this made again
+                progcache.remove(progcache.lock_path(self._entry_path))
+                os.close(lock)
+        self._deferred = False
+        self._begin_cached(entry)
+        return True
+
+    def _wait_other(self, checkpoint: Callable[[], None]) -> None:
+        limit = time.monotonic() + self.timeout
+        while not self._poll_other():
+            time.sleep(0.05)
+            checkpoint()
+            if time.monotonic() > limit:
+                raise KernelFeatureError(
+                    f"another process compiling {self.request.what} for the program cache "
+                    f"did not finish within {self.timeout:g} s ({TIMEOUT_ENV})"
+                )
+
+    def _start_child(self, lock: int = progcache.UNLOCKED) -> None:
+        """The compiler child; lock (an fd, when not UNLOCKED): the entry's
+        compile lock, which the child holds from now on (this copy is
+        closed here, whatever happens)."""
+        try:
+            self._spawn(lock)
+        finally:
+            if lock >= 0:
+                os.close(lock)
+
+    def _spawn(self, lock: int) -> None:
         if importlib.util.find_spec("bcc") is None:
             raise KernelFeatureError(BCC_MISSING)
         request = self.request
@@ -287,7 +371,7 @@ class Build:
                     str(theirs.fileno()),
                     Path(request.src).name,
                 ],
-                pass_fds=(theirs.fileno(),),
+                pass_fds=(theirs.fileno(), *([lock] if lock >= 0 else [])),
                 stdin=subprocess.DEVNULL,
                 env=_env(self._entry_path),
                 # Its own session: a Ctrl-C in the terminal goes to flowtop,
@@ -299,10 +383,18 @@ class Build:
             raise KernelFeatureError(f"cannot start the BPF compiler: {exc.strerror}") from None
         finally:
             theirs.close()
-        _priorities.started(self, self._proc.pid)
+        go = _priorities.started(self, self._proc.pid)
         # A child that died at once shows at wait(): its socket is closed.
         with contextlib.suppress(OSError):
             self._sock.send(request.to_json())
+            if go:
+                self._sock.send(GO)
+
+    def _go(self) -> None:
+        """Lets a held child compile (_Priorities)."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # gone, or closed meanwhile
+                self._sock.send(GO)
 
     @property
     def pid(self) -> int | None:
@@ -353,7 +445,11 @@ class Build:
             return got
         if isinstance(got, progcache.CacheError):
             self._drop_entry(str(got))
-            self._start_child()
+            assert self._entry_path is not None
+            # Another process compiling it too (it found the bad entry
+            # gone): compile anyway, unlocked, rather than wait here.
+            lock = progcache.try_lock(self._entry_path)
+            self._start_child(progcache.UNLOCKED if lock is None else lock)
             return None
         raise got if got is not None else KernelFeatureError(f"{self.request.what}: not loaded")
 
@@ -404,6 +500,12 @@ class Build:
         nothing within self.timeout seconds."""
         if self._stages == 0:
             raise KernelFeatureError(f"{self.request.what}: nothing more to load")
+        if self._deferred:
+            try:
+                self._wait_other(checkpoint)
+            except BaseException:
+                self._fail()
+                raise
         if self._first_thread is not None:
             try:
                 first = self._take_cached(checkpoint)
@@ -417,6 +519,7 @@ class Build:
         elif self._later_thread is not None or self._cached is not None:
             return self._wait_later_cached(checkpoint)
         assert self._sock is not None
+        _priorities.release(self)
         later = self.request.later and self._stages == 1
         what = self.request.later_what if later else self.request.what
         limit = time.monotonic() + self.timeout
@@ -466,6 +569,8 @@ class Build:
         """Whether the next message is there (wait() would not block)."""
         if self._stages == 0:
             return False
+        if self._deferred and not self._poll_other():
+            return False
         if self._first_thread is not None:
             return not self._first_thread.is_alive()
         if self._cached is not None:  # asked for now: it loads from here on
@@ -508,6 +613,7 @@ class Build:
         later one for a program cache entry is left to finish that."""
         writing = self._stages == 1 and bool(self.request.later) and self._entry_path is not None
         self._stages = 0
+        self._deferred = False
         _priorities.end(self)
         for thread in (self._first_thread, self._later_thread):
             if thread is not None:
@@ -540,44 +646,87 @@ class Build:
 
 
 class _Priorities:
-    """The niceness of the compiler children (see the module doc): children
-    of builds with nice > 0 started while a build of nice 0 waits for its
-    first stage run at HELD_NICE until none does. Thread-safe."""
+    """The niceness and the go of the compiler children (see the module
+    doc): children of builds with nice > 0 started while a build of nice 0
+    waits for its first stage run at HELD_NICE until none does, and wait
+    for their go while such a build compiles in a child. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._foreground: set[int] = set()  # id() of builds the first attachment waits for
-        self._held: dict[int, Build] = {}  # by id(): builds whose child runs at HELD_NICE
+        # By id(): builds the first attachment waits for; those of them
+        # compiling in a child; builds whose child runs at HELD_NICE; builds
+        # whose child waits for its go.
+        self._foreground: set[int] = set()
+        self._compiling: set[int] = set()
+        self._held: dict[int, Build] = {}
+        self._waiting: dict[int, Build] = {}
 
     def begin(self, b: Build) -> None:
         if b.request.nice == 0:
             with self._lock:
                 self._foreground.add(id(b))
 
-    def started(self, b: Build, pid: int) -> None:
+    def started(self, b: Build, pid: int) -> bool:
+        """b's child started as pid: whether it may compile at once (False:
+        it gets its go from end() or release())."""
         with self._lock:
-            if b.request.nice <= 0 or not self._foreground:
-                return
+            if b.request.nice <= 0:
+                if id(b) in self._foreground:
+                    self._compiling.add(id(b))
+                return True
+            if not self._foreground:
+                return True
             self._held[id(b)] = b
+            go = not self._compiling
+            if not go:
+                self._waiting[id(b)] = b
         _renice(pid, HELD_NICE)
+        return go
 
     def end(self, b: Build) -> None:
         """b's first stage is here, or b is closed: if it was the last one
-        waited for, the held children go on at their requests' niceness."""
+        compiling, the waiting children get their go; if the last one waited
+        for, the held children go on at their requests' niceness."""
         with self._lock:
-            self._foreground.discard(id(b))
-            self._held.pop(id(b), None)
-            if self._foreground:
-                return
-            held, self._held = list(self._held.values()), {}
-        # Relative to this process's niceness, as the child sets its own
-        # (compiler._at_least_nice).
-        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
-        for h in held:
-            proc = h._proc
-            # Not reaped (poll() is None): the pid is still that child's.
-            if proc is not None and proc.poll() is None:
-                _renice(proc.pid, min(HELD_NICE, base + h.request.nice))
+            key = id(b)
+            self._foreground.discard(key)
+            self._compiling.discard(key)
+            self._held.pop(key, None)
+            self._waiting.pop(key, None)
+            held: list[Build] = []
+            if not self._foreground:
+                held, self._held = list(self._held.values()), {}
+            waiting: list[Build] = []
+            if not self._compiling:
+                waiting, self._waiting = list(self._waiting.values()), {}
+        # Their niceness first: a go'd compile starts where it should.
+        _at_request_nice(held)
+        for w in waiting:
+            w._go()
+
+    def release(self, b: Build) -> None:
+        """Something waits for b now: it goes on at once, at its niceness."""
+        with self._lock:
+            held = self._held.pop(id(b), None)
+            waiting = self._waiting.pop(id(b), None)
+        if held is not None:
+            _at_request_nice([held])
+        if waiting is not None:
+            waiting._go()
+
+
+def _at_request_nice(builds: Sequence[Build]) -> None:
+    """Each build's child (while it runs) to its request's niceness,
+    relative to this process's, as the child sets its own
+    (compiler._at_least_nice)."""
+    if not builds:
+        return
+    base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    for h in builds:
+        proc = h._proc
+        # Not reaped (poll() is None): the pid is still that child's.
+        if proc is not None and proc.poll() is None:
+            _renice(proc.pid, min(HELD_NICE, base + h.request.nice))
 
 
 def _renice(pid: int, nice: int) -> None:

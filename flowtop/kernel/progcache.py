@@ -31,6 +31,8 @@ writable by group or others is never read (a cached program is code the
 kernel runs): one warning, then the compile. An entry is one file, written
 atomically (temp + rename, 0600): MAGIC, FORMAT, the payload's sha256, the
 payload (JSON). At most MAX_ENTRIES, the least recently used removed.
+Beside an entry, a dot file is its compile lock (try_lock(): flock, held
+by the compiling child until it exits; removed once the entry is written).
 """
 
 from __future__ import annotations
@@ -408,6 +410,45 @@ def write(path: Path, entry: Entry) -> None:
     prune(path.parent)
 
 
+# -- the compile lock ------------------------------------------------------------------------
+
+LOCK_SUFFIX = ".lock"
+# try_lock(): the lock could not be taken nor checked (no file): compile unlocked.
+UNLOCKED = -1
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of the entry at path (a dot file: entries() and prune()
+    never count it)."""
+    return path.with_name("." + path.name + LOCK_SUFFIX)
+
+
+def try_lock(path: Path) -> int | None:
+    """The compile lock of the entry at path, so that two processes missing
+    it at once (pytest-xdist's workers share a cache) do not both compile
+    it: an fd holding flock(LOCK_EX) on its lock file, which the compiler
+    child inherits and holds until it exits, after it wrote the entry and
+    removed the file (the kernel drops a flock with its last fd: a crash
+    leaves no stale lock, at most the empty file).
+    None: another process holds it (it is compiling that entry now);
+    UNLOCKED: no lock file here (unwritable directory, …): compile anyway."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return UNLOCKED
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        os.close(fd)
+        return UNLOCKED
+    return fd
+
+
 def entries(d: Path) -> list[Path]:
     return sorted(p for p in d.glob("*" + SUFFIX) if not p.name.startswith("."))
 
@@ -421,6 +462,7 @@ def prune(d: Path, keep: int = MAX_ENTRIES) -> None:
     found.sort()
     for _, p in found[: max(0, len(found) - keep)]:
         remove(p)
+        remove(lock_path(p))
 
 
 # -- loading (this process) ------------------------------------------------------------------

@@ -184,6 +184,94 @@ def test_without_sock_ops_owners_and_drops_only_the_tc_program_compiles(
         col.stop()
 
 
+def cpu_of(pid: int) -> float | None:
+    """User and system CPU seconds of pid's threads so far; None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bpf_objects(pid: int) -> set[str]:
+    """The kinds of BPF object pid holds an fd of ("bpf-map", "bpf-prog")."""
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("anon_inode:bpf-"):
+            out.add(link.split(":", 1)[1])
+    return out
+
+
+def test_the_other_compiles_wait_for_the_tc_programs_first_stage(quiet_pair: Pair) -> None:
+    """A first start (no program cache): the sock_ops, owner and drop
+    builds' children start beside the TC build's but compile only once its
+    first stage is here (build.py's Priorities). Ground truth from /proc,
+    sampled every few ms: the moment flowtop first holds a BPF program fd
+    (the TC build's first stage received: it is the first build it waits
+    for); each other child's CPU time and the BPF objects it holds then and
+    until it exits. Held, they hold no BPF object at that moment and used
+    no CPU during the last part of the TC compile (they wait, bcc imported);
+    afterwards they compile (CPU) and what they built is attached: sock_ops
+    is loaded and nothing is reported disabled."""
+    p = quiet_pair
+    col = Collector(p.a, ["va"]).start()
+    names: dict[int, str] = {}
+    # per child: [(the TC child's CPU then, its CPU, its BPF objects)], until the first stage
+    before: dict[int, list[tuple[float, float, set[str]]]] = {}
+    last: dict[int, float] = {}  # per child: its last CPU seen
+    tc_pid = None
+    try:
+        while not bpf_objects(col.pid) & {"bpf-prog"}:
+            assert col.proc is not None and col.proc.poll() is None, col.stderr
+            kids = compilers(col.pid)
+            for k, cmd in kids.items():
+                names.setdefault(k, cmd.split()[-1])
+            tc_pid = next((k for k, n in names.items() if n == "tc.c"), None)
+            tc_cpu = cpu_of(tc_pid) if tc_pid is not None else None
+            for k in kids:
+                cpu = cpu_of(k)
+                if names[k] != "tc.c" and cpu is not None and tc_cpu is not None:
+                    before.setdefault(k, []).append((tc_cpu, cpu, bpf_objects(k)))
+            time.sleep(0.003)
+        at_first = {k: (cpu_of(k), bpf_objects(k)) for k in before}
+        while not ready(col) or any(not gone(k) for k in before):
+            for k in before:
+                cpu = cpu_of(k)
+                if cpu is not None and not gone(k):
+                    last[k] = cpu
+            time.sleep(0.003)
+        attached = sock_ops_loaded(col.pid)
+    finally:
+        col.stop()
+    assert sorted(names[k] for k in before) == ["drops.c", "owner.c", "sockops.c"], names
+    assert tc_pid is not None
+    tc_total = max(tc for samples in before.values() for tc, _cpu, _objs in samples)
+    for k, samples in before.items():
+        cpu_then, objs_then = at_first[k]
+        assert cpu_then is not None, f"{names[k]} had built and exited before the TC program"
+        # no map or program of its own yet: it has not compiled
+        assert objs_then == set(), (names[k], at_first[k])
+        assert all(objs == set() for _tc, _cpu, objs in samples), names[k]
+        # and it did not compile meanwhile: no CPU while the TC child did
+        # its last third (its own start and bcc import come before)
+        late = [cpu for tc, cpu, _objs in samples if tc >= tc_total * 2 / 3]
+        assert late, (names[k], samples[-3:])
+        assert cpu_then - late[0] <= 0.02, (names[k], late[0], cpu_then, tc_total)
+        # then it did: more CPU than its start took (a compile is most of a build)
+        assert last[k] - cpu_then > cpu_then, (names[k], cpu_then, last[k])
+    assert attached, col.stderr
+    assert "disabled" not in col.stderr, col.stderr
+
+
 @pytest.mark.exclusive  # its stale sock_ops program: any other start removes it
 @pytest.mark.parametrize("run", range(3))
 def test_kill9_of_flowtop_while_compiling_leaves_nothing(quiet_pair: Pair, run: int) -> None:

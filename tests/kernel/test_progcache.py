@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -585,3 +586,106 @@ def test_background_compiles_are_held_until_the_first_stage_is_there(
         bg.close()
         for one in loaded:
             one.close()
+
+
+# -- two processes missing the same entry at once (pytest-xdist) -----------------------------
+
+
+def _other_process_build(req: Request) -> subprocess.Popen[str]:
+    """A process of its own starting Build(req), printing its compiler
+    child's pid, then waiting for a line on stdin before it waits for the
+    build: a second process missing the same entry at the same time."""
+    from .dump import RUN_DIR, python
+
+    code = (
+        "import sys\n"
+        "from flowtop.kernel.build import Build, Request\n"
+        "b = Build(Request.from_json(sys.argv[1].encode()))\n"
+        "print(b.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+        "loaded = b.wait()\n"
+        "b.close()\n"
+        "print(sorted(loaded.progs), flush=True)\n"
+    )
+    return subprocess.Popen(
+        [python(), "-c", code, req.to_json().decode()],
+        cwd=RUN_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_second_process_missing_the_same_entry_waits_and_loads_it(
+    bpf_copy: Path, cache: Path
+) -> None:
+    """Another process compiling an entry (it holds the entry's lock): a
+    build of the same request here starts no child, waits, and loads what
+    the other one wrote; one compile for two builds. Ground truth: the
+    compiler processes (pids, whose children), the entry file, the kernel's
+    programs."""
+    req = _owner_request(bpf_copy)
+    other = _other_process_build(req)
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        their_child = int(other.stdout.readline())
+        b = Build(req)
+        try:
+            assert b.pid is None and not b.compiled  # waiting for the other one
+            assert progcache.entries(cache) == []
+            other.stdin.write("\n")
+            other.stdin.flush()
+            loaded = b.wait()
+            try:
+                assert b.from_cache and not b.compiled and b.pid is None
+                assert len(progcache.entries(cache)) == 1
+                assert sorted(loaded.progs) == sorted(n for n, _ in req.first)
+                assert all(bpfsys.prog_id_of(fd) > 0 for fd in loaded.progs.values())
+            finally:
+                loaded.close()
+        finally:
+            b.close()
+        assert other.stdout.readline().strip() == str(sorted(n for n, _ in req.first))
+        # the entry, and no lock file left beside it
+        assert [p.name for p in cache.iterdir()] == [p.name for p in progcache.entries(cache)]
+    finally:
+        other.stdin.close()
+        assert other.wait(timeout=60) == 0
+    assert not os.path.exists(f"/proc/{their_child}/stat") or _state(their_child) == "Z"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_killed_compile_leaves_no_lock_and_the_waiting_build_compiles(
+    bpf_copy: Path, cache: Path
+) -> None:
+    """The other process's compiler killed (kill -9) before it wrote the
+    entry: the lock goes with it (flock), and the build waiting here
+    compiles itself and writes the entry."""
+    import signal
+
+    req = _owner_request(bpf_copy)
+    other = _other_process_build(req)
+    assert other.stdin is not None and other.stdout is not None
+    try:
+        their_child = int(other.stdout.readline())
+        b = Build(req)
+        try:
+            assert b.pid is None
+            os.kill(their_child, signal.SIGKILL)
+            loaded = b.wait()
+            try:
+                assert b.compiled and not b.from_cache
+                assert sorted(loaded.progs) == sorted(n for n, _ in req.first)
+            finally:
+                loaded.close()
+        finally:
+            b.close()
+        assert len(progcache.entries(cache)) == 1
+        assert [p.name for p in cache.iterdir()] == [p.name for p in progcache.entries(cache)]
+    finally:
+        other.kill()
+        other.wait(timeout=30)

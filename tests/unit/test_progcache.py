@@ -329,6 +329,45 @@ def test_writes_are_atomic_and_the_directory_is_bounded(cache: Path) -> None:
     assert not [p for p in d.iterdir() if p.name.startswith(".tmp-")]
 
 
+def test_the_compile_lock_is_one_holder_and_goes_with_its_fd(cache: Path) -> None:
+    """try_lock: the first open of an entry's lock file holds it, a second
+    (another process, or another build here) is told it is held, and the
+    lock is free again once the holder's fd is closed (a dead holder's
+    are); the lock file is not an entry; a directory it cannot be made in
+    is UNLOCKED (compile anyway)."""
+    d = progcache.cache_dir()
+    assert d is not None
+    path = d / ("1" * 64 + progcache.SUFFIX)
+    fd = progcache.try_lock(path)
+    assert fd is not None and fd >= 0
+    try:
+        assert progcache.try_lock(path) is None
+        assert progcache.lock_path(path).exists()
+        assert progcache.entries(d) == []
+    finally:
+        os.close(fd)
+    again = progcache.try_lock(path)
+    assert again is not None and again >= 0
+    os.close(again)
+    assert progcache.try_lock(d / "nowhere" / path.name) == progcache.UNLOCKED
+
+
+def test_pruning_an_entry_removes_its_lock_file(cache: Path) -> None:
+    d = progcache.cache_dir()
+    assert d is not None
+    paths = [d / (f"{i:064x}" + progcache.SUFFIX) for i in range(3)]
+    for i, p in enumerate(paths):
+        progcache.write(p, _entry())
+        fd = progcache.try_lock(p)
+        assert fd is not None and fd >= 0
+        os.close(fd)
+        os.utime(p, ns=(i * 10**9, i * 10**9))
+    progcache.prune(d, keep=2)
+    assert progcache.entries(d) == paths[1:]
+    assert not progcache.lock_path(paths[0]).exists()
+    assert progcache.lock_path(paths[1]).exists()
+
+
 def test_values_out_of_range_are_a_cache_error_before_any_bpf_call(src_dir: Path) -> None:
     """A payload of the right shape and checksum but with a size no bpf_attr
     can hold: CacheError (the caller compiles), not a crash."""
