@@ -629,7 +629,10 @@ def main() -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ftb-")))
         trees = [HEAD]
         if args.before and "start" in parts:
-            trees.append(Tree(args.before, stack.enter_context(C.worktree(args.before))))
+            # Its own label even for `--before HEAD` (the commit beside this
+            # tree's uncommitted changes): the figures are keyed by label.
+            label = args.before if args.before != HEAD.label else "HEAD commit"
+            trees.append(Tree(label, stack.enter_context(C.worktree(args.before))))
         p = stack.enter_context(C.pair())
         sender = C.build_sender(tmp)
         if "start" in parts:

@@ -10,9 +10,15 @@ early build, Build and its waits, the program cache's map creation and
 stage loads, the Run's parts, the collector's begins, attaches and
 finishes), each of which writes one line to a log file: seconds since exec
 (the bench's clock, passed in the environment), the process's CPU seconds,
-the thread, and the step. The bench polls vb's ingress hook as footprint.py
-does, prints the log and the time to the first attachment, then stops
-flowtop and waits for its cache writers.
+the thread, and the step. The build children (python -m
+flowtop.kernel.compiler) write to the same log, through a sitecustomize.py
+this bench puts first on their PYTHONPATH: their start, bcc's import (a
+held child's comes after its go), each compile (bcc.BPF), each program
+load and each message sent, labelled with the source's name ("[tc.c ...]");
+the parent's lines include each go it sends to a held child (Build._go).
+The bench polls vb's ingress hook as footprint.py does, prints the log and
+the time to the first attachment, then stops flowtop and waits for its
+cache writers.
 
 Runs share one program cache directory: with --cold it is emptied before
 each run (the first start: everything compiles), else the first run fills
@@ -38,7 +44,12 @@ WATCH_IMPORTS = {"numpy", "pyroute2", "prometheus_client", "maxminddb", "textual
 # module -> (attribute owner or "", attribute) to time
 STEPS: dict[str, list[tuple[str, str]]] = {
     "flowtop.cli": [("", "_config"), ("", "_begin_compile")],
-    "flowtop.kernel.build": [("Build", "__init__"), ("Build", "wait"), ("Build", "_start_child")],
+    "flowtop.kernel.build": [
+        ("Build", "__init__"),
+        ("Build", "wait"),
+        ("Build", "_start_child"),
+        ("Build", "_go"),
+    ],
     "flowtop.kernel.progcache": [("CachedLoad", "__init__"), ("CachedLoad", "stage")],
     "flowtop.run.lifecycle": [
         ("Run", "start"),
@@ -62,8 +73,32 @@ STEPS: dict[str, list[tuple[str, str]]] = {
 }
 
 
+# In a build child: what to time (bcc's compile and loads, the messages sent).
+CHILD_STEPS: dict[str, list[tuple[str, str]]] = {
+    "bcc": [("BPF", "__init__"), ("BPF", "load_func")],
+    "flowtop.kernel.build": [("", "send")],
+}
+SITECUSTOMIZE = """
+import sys
+if "flowtop.kernel.compiler" in getattr(sys, "orig_argv", []):
+    sys.path.insert(0, {bench!r})
+    import start_trace
+    start_trace._hooks(start_trace.CHILD_STEPS, {{"bcc"}}, sys.orig_argv[-1] + " ")
+"""
+
+
 def _wrap() -> int:
     """Runs flowtop.cli.main(argv) with the steps timed (see the module doc)."""
+    _hooks(STEPS, WATCH_IMPORTS, "")
+    import flowtop.cli
+
+    sys.argv[0] = "flowtop"
+    return flowtop.cli.main(sys.argv[2:])
+
+
+def _hooks(steps: dict[str, list[tuple[str, str]]], watch: set[str], label: str) -> None:
+    """The import hook that times steps and the imports of watch, writing
+    to $FTB_LOG; label: what each line's thread name starts with."""
     import importlib.abc
     import importlib.util
 
@@ -71,7 +106,7 @@ def _wrap() -> int:
     log = open(os.environ["FTB_LOG"], "a", buffering=1)  # noqa: SIM115 (lives as long as the run)
 
     def mark(what: str) -> None:
-        thread = threading.current_thread().name[:14]
+        thread = (label + threading.current_thread().name)[:14]
         now, cpu = time.monotonic() - t0, time.process_time()
         log.write(f"{now:7.3f} s  cpu {cpu:6.3f}  [{thread:14}] {what}\n")
 
@@ -98,17 +133,17 @@ def _wrap() -> int:
         def exec_module(self, module: Any) -> None:
             t = time.monotonic()
             self.inner.exec_module(module)
-            if self.name in WATCH_IMPORTS:
+            if self.name in watch:
                 mark(f"imported {self.name} ({time.monotonic() - t:.3f} s with what it imports)")
             short = self.name.rsplit(".", 1)[-1]
-            for owner, attr in STEPS.get(self.name, []):
+            for owner, attr in steps.get(self.name, []):
                 timed(getattr(module, owner) if owner else module, attr, f"{short}.{owner}.{attr}")
 
     class Finder(importlib.abc.MetaPathFinder):
         busy = False
 
         def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-            if self.busy or (name not in WATCH_IMPORTS and name not in STEPS):
+            if self.busy or (name not in watch and name not in steps):
                 return None
             self.busy = True
             try:
@@ -122,10 +157,6 @@ def _wrap() -> int:
 
     mark("python up")
     sys.meta_path.insert(0, Finder())
-    import flowtop.cli
-
-    sys.argv[0] = "flowtop"
-    return flowtop.cli.main(sys.argv[2:])
 
 
 def main() -> int:
@@ -140,6 +171,10 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="ftb-trace-") as tmp, C.pair() as p:
         cache = Path(tmp) / "cache"
+        site = Path(tmp) / "site"
+        site.mkdir()
+        bench = str(Path(__file__).resolve().parent)
+        (site / "sitecustomize.py").write_text(SITECUSTOMIZE.format(bench=bench))
         for run in range(args.runs):
             if args.cold:
                 shutil.rmtree(cache, ignore_errors=True)
@@ -149,6 +184,8 @@ def main() -> int:
             cmd[1:3] = [str(Path(__file__).resolve()), "--wrap"]  # start_trace.py --wrap ARGS
             t0 = time.monotonic()
             env = dict(F.HEAD.env(cache), FTB_T0=repr(t0), FTB_LOG=str(logfile))
+            # the children keep it (build._env puts flowtop's root first)
+            env["PYTHONPATH"] += os.pathsep + str(site)
             proc = p.b.popen(
                 cmd,
                 cwd=str(F.HEAD.path),
