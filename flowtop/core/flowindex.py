@@ -12,10 +12,13 @@ array, which the caller passes in (it moves when the table grows).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 EMPTY = -1
 TOMBSTONE = -2  # a deleted entry: probing continues past it
+CHUNK = 2048  # keys compared at a time in lookup's first probe: 96 KiB of gathered keys
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 _S = np.uint64(31)
@@ -34,6 +37,19 @@ def hash_words(words: np.ndarray) -> np.ndarray:
     return h
 
 
+def _same_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row by row, whether two (n, words) uint64 arrays hold the same key.
+
+    A word at a time (XOR, OR): numpy's (a == b).all(axis=1) over six-word
+    rows costs about twice as much.
+    """
+    diff = a[:, 0] ^ b[:, 0]
+    for i in range(1, a.shape[1]):
+        diff |= a[:, i] ^ b[:, i]
+    out: np.ndarray = diff == 0
+    return out
+
+
 class FlowIndex:
     def __init__(self, capacity: int) -> None:
         self._slots = np.full(0, EMPTY, dtype=np.int32)
@@ -42,6 +58,10 @@ class FlowIndex:
         self._live = 0
         # int32: the slot array has at most 2^27 entries (max_flows <= 50M, config.py).
         self._slot_of_row = np.zeros(0, dtype=np.int32)
+        self._scratch = np.zeros((0, 0), dtype=np.uint64)  # _same's gathered keys
+        # Held while a lookup uses _scratch: lookups are read-only, so two
+        # threads may look up at once; the second then takes a buffer of its own.
+        self._scratch_lock = threading.Lock()
         self._resize_table(capacity)
         self.reserve_rows(capacity)
 
@@ -62,26 +82,67 @@ class FlowIndex:
 
     def lookup(self, words: np.ndarray, hashes: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Row of each key, -1 where absent. table: (rows, 6) uint64 key words."""
-        n = len(words)
-        rows = np.full(n, -1, dtype=np.int64)
-        pending = np.arange(n)
-        slot = (hashes & np.uint64(self._mask)).astype(np.int64)
+        mask = np.uint64(self._mask)
+        slot = (hashes & mask).astype(np.int64)
+        # The first probe of every key at once and in key order (most keys
+        # end there: the load is at most 3/4 and a drained key is mostly in
+        # the table already); the few that probe on go through the loop.
+        s = self._slots[slot]
+        rows = s.astype(np.int64)
+        hit = rows >= 0
+        found = self._same(table, np.where(hit, rows, 0), words)
+        found &= hit
+        rows[~found] = -1
+        pending = np.flatnonzero(~found & (s != EMPTY))  # a tombstone or another key's row
+        slot = (slot[pending] + 1) & self._mask
         slots = self._slots
         while len(pending):
             s = slots[slot]
-            hit = s >= 0
-            if hit.any():
-                cand = np.flatnonzero(hit)
-                same = (table[s[cand]] == words[pending[cand]]).all(axis=1)
-                found = cand[same]
-                rows[pending[found]] = s[found]
-                hit[found] = True
-                hit[cand[~same]] = False
-            done = hit | (s == EMPTY)
-            keep = ~done
+            keep = s != EMPTY
+            cand = np.flatnonzero(s >= 0)
+            if len(cand):
+                at = pending[cand]
+                # take(): a row gather several times cheaper than fancy indexing
+                same = _same_keys(np.take(table, s[cand], axis=0), np.take(words, at, axis=0))
+                found_at = cand[same]
+                rows[at[same]] = s[found_at]
+                keep[found_at] = False
             pending = pending[keep]
             slot = (slot[keep] + 1) & self._mask
         return rows
+
+    def _same(self, table: np.ndarray, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """Whether table[rows[i]] is words[i], for every i.
+
+        The gathered keys go through one scratch buffer of CHUNK rows, kept:
+        a fresh (n, 6) array per lookup is above glibc's mmap threshold from
+        2,731 keys on (run/malloc.py fixes it at 128 KiB), so its pages were
+        faulted in again at every merge.
+        """
+        n, width = words.shape
+        if len(table) == 0:
+            return np.zeros(n, dtype=bool)  # an index over no keys yet: nothing to gather
+        if not self._scratch_lock.acquire(blocking=False):
+            return self._compare(table, rows, words, np.empty((CHUNK, width), table.dtype))
+        try:
+            if self._scratch.shape[1] != width or self._scratch.dtype != table.dtype:
+                self._scratch = np.zeros((CHUNK, width), dtype=table.dtype)
+            return self._compare(table, rows, words, self._scratch)
+        finally:
+            self._scratch_lock.release()
+
+    @staticmethod
+    def _compare(
+        table: np.ndarray, rows: np.ndarray, words: np.ndarray, scratch: np.ndarray
+    ) -> np.ndarray:
+        n = len(words)
+        out = np.empty(n, dtype=bool)
+        for start in range(0, n, CHUNK):
+            end = min(n, start + CHUNK)
+            got = scratch[: end - start]
+            np.take(table, rows[start:end], axis=0, out=got, mode="clip")  # rows are valid
+            out[start:end] = _same_keys(got, words[start:end])
+        return out
 
     def insert(self, hashes: np.ndarray, rows: np.ndarray, table: np.ndarray) -> None:
         """Add keys known to be absent (and distinct) at the given rows.

@@ -152,8 +152,16 @@ class FlowBatch:
         return FlowBatch(self.keys[keep], cols, self.clock_offset)
 
 
+_empty: list[FlowBatch] = []  # the last empty_batch (one per clock offset)
+
+
 def empty_batch(clock_offset: float) -> FlowBatch:
-    return FlowBatch.of(np.zeros(0, dtype=layout.FLOW_KEY), clock_offset)
+    """A batch of no flows. Shared: its zero-length arrays hold nothing a
+    reader could change, and most merges and expiries end no flow (making
+    one builds a blank array per field each time)."""
+    if not _empty or _empty[0].clock_offset != clock_offset:
+        _empty[:] = [FlowBatch.of(np.zeros(0, dtype=layout.FLOW_KEY), clock_offset)]
+    return _empty[0]
 
 
 class _Columns(dict[str, np.ndarray]):

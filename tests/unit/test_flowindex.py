@@ -53,3 +53,51 @@ def test_hash_depends_on_every_word() -> None:
         k[0, i] = 1
         hashes.add(int(hash_words(k)[0]))
     assert len(hashes) == 7
+
+
+def test_batches_longer_than_a_chunk_match_a_dict() -> None:
+    # lookup's first probe compares keys CHUNK at a time: batches of several
+    # chunks and a ragged end, keys present, absent and deleted.
+    from flowtop.core.flowindex import CHUNK
+
+    rng = np.random.default_rng(11)
+    n = 3 * CHUNK + 123
+    keys = np.unique(rng.integers(0, 1 << 62, size=(2 * n, 6), dtype=np.uint64), axis=0)
+    rng.shuffle(keys)
+    table = np.zeros((n, 6), dtype=np.uint64)
+    index = FlowIndex(n)
+    table[:] = keys[:n]
+    index.insert(hash_words(table), np.arange(n), table)
+    gone = rng.choice(n, size=n // 5, replace=False)
+    index.delete(gone)
+    truth = {keys[i].tobytes(): i for i in range(n) if i not in set(gone.tolist())}
+    batch = keys[rng.permutation(len(keys))[: n + CHUNK // 2]]  # present and absent mixed
+    rows = index.lookup(batch, hash_words(batch), table)
+    expect = np.array([truth.get(b.tobytes(), -1) for b in batch])
+    assert 0 < (expect >= 0).sum() < len(batch)
+    assert np.array_equal(rows, expect)
+
+
+def test_lookup_in_an_empty_table() -> None:
+    index = FlowIndex(16)
+    keys = np.arange(12, dtype=np.uint64).reshape(2, 6)
+    rows = index.lookup(keys, hash_words(keys), np.zeros((0, 6), dtype=np.uint64))
+    assert rows.tolist() == [-1, -1]
+
+
+def test_a_lookup_while_another_holds_the_scratch_buffer() -> None:
+    # Two threads may look up at once: the one that finds the shared
+    # buffer taken compares through a buffer of its own, same answers.
+    from flowtop.core.flowindex import CHUNK
+
+    rng = np.random.default_rng(5)
+    n = 2 * CHUNK + 7
+    table = np.unique(rng.integers(0, 1 << 62, size=(n, 6), dtype=np.uint64), axis=0)
+    index = FlowIndex(len(table))
+    index.insert(hash_words(table), np.arange(len(table)), table)
+    absent = rng.integers(0, 1 << 62, size=(50, 6), dtype=np.uint64)
+    batch = np.concatenate([table[::-1], absent])
+    expect = np.concatenate([np.arange(len(table))[::-1], np.full(50, -1)])
+    assert np.array_equal(index.lookup(batch, hash_words(batch), table), expect)
+    with index._scratch_lock:  # as if another thread were inside lookup
+        assert np.array_equal(index.lookup(batch, hash_words(batch), table), expect)
