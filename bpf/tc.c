@@ -26,6 +26,8 @@
  *   FT_IFACE_MAP_SIZE  entries of the interface counter hash (large ifindexes)
  *   FT_IFACE_SLOTS     ifindexes below this use the interface counter array
  *   FT_CACHE_SLOTS     slots of the per-CPU flow cache (power of two)
+ *   FT_NR_CPUS         CPU ids the kernel can have (highest possible + 1):
+ *                      the rows of the per-CPU plain arrays (below)
  *   FT_PASSIVE_RTT     1: passive TCP RTT/retransmits (bpf/tcprtt.h), 0: without
  *   FT_TCP_CONN_MAP_SIZE  entries of its connection map
  *   FT_L3_PAIR         0: the Ethernet pair, which creates the maps; 1: the
@@ -60,6 +62,9 @@
 #endif
 #ifndef FT_CACHE_SLOTS
 #define FT_CACHE_SLOTS 1024 /* a power of two */
+#endif
+#ifndef FT_NR_CPUS
+#define FT_NR_CPUS 1 /* userspace always says (flowtop/kernel/cpus.py) */
 #endif
 #ifndef FT_L3_PAIR
 #define FT_L3_PAIR 0
@@ -103,14 +108,35 @@
  */
 FT_MAP("array", int, __u32, active_gen, 1);
 
+/*
+ * Per-CPU state the packet path touches (the flow cache, the interface
+ * counter array, the clock) lives in plain arrays of FT_NR_CPUS rows,
+ * entry cpu * row + i, not in per-CPU maps: a per-CPU map's value is
+ * reached through the map's pointer table (in vmalloc space for large
+ * maps) into the per-CPU allocator's chunks (vmalloc'd 4 KiB pages): two
+ * dependent loads and two pages per lookup, each page a TLB miss on a
+ * light link (a two-dimensional walk in a VM). A plain array is one load
+ * at a computed address. The rows are as private as per-CPU values: TC
+ * programs run with migration and bottom halves off, so nothing else
+ * writes this CPU's row while a program does, and no atomics are needed.
+ * Rows are contiguous, so CPUs share a cache line only at a row's edge.
+ * ft_cpu() is this CPU's row number.
+ */
+static __always_inline __u32 ft_cpu(void)
+{
+	return bpf_get_smp_processor_id();
+}
+
 /* Interval flow maps (key: struct flow_key, value: struct flow_stats). */
 FT_MAP("hash", struct flow_key, struct flow_stats, flows_a, FT_FLOW_MAP_SIZE);
 FT_MAP("hash", struct flow_key, struct flow_stats, flows_b, FT_FLOW_MAP_SIZE);
 FT_MAP("array_of_maps$flows_a", int, int, flow_maps, 2);
 
 /*
- * Per-CPU flow cache in front of the hash map (index: a hash of the flow
- * key, value: struct flow_cache_entry). A hash map lookup on a 48-byte key
+ * Per-CPU flow cache in front of the hash map (index: ft_cpu() *
+ * FT_CACHE_SLOTS + a hash of the flow key, flow_slot(); value: struct
+ * flow_cache_entry; userspace zeroes a generation's after draining it,
+ * flowtop/kernel/maps.py CacheDrainer). A hash map lookup on a 48-byte key
  * is most of the per-packet cost; a few heavy flows carry most packets, and
  * for them an inlined array lookup and a key compare replace it, with no
  * atomics (the slot belongs to this CPU). A flow takes a slot only when the
@@ -118,18 +144,19 @@ FT_MAP("array_of_maps$flows_a", int, int, flow_maps, 2);
  * goes to the hash map for the rest of the interval. The programs name
  * cache_a and cache_b directly (account_cached()).
  */
-FT_MAP("percpu_array", int, struct flow_cache_entry, cache_a, FT_CACHE_SLOTS);
-FT_MAP("percpu_array", int, struct flow_cache_entry, cache_b, FT_CACHE_SLOTS);
+FT_MAP("array", int, struct flow_cache_entry, cache_a, FT_NR_CPUS * FT_CACHE_SLOTS);
+FT_MAP("array", int, struct flow_cache_entry, cache_b, FT_NR_CPUS * FT_CACHE_SLOTS);
 
 /*
  * Interface counters, per CPU so increments need no atomics, cumulative.
- * iface_slots is indexed by FT_IFACE_SLOT(ifindex, direction, family) for
- * ifindex < FT_IFACE_SLOTS: an array lookup is inlined by the verifier, a
+ * iface_slots is indexed by ft_cpu() * FT_IFACE_SLOTS * 6 +
+ * FT_IFACE_SLOT(ifindex, direction, family) for ifindex < FT_IFACE_SLOTS
+ * (userspace sums the rows): an array lookup is inlined by the verifier, a
  * hash lookup costs a helper call and a key hash on every packet. Larger
  * ifindexes (hosts with thousands of veths) go to iface_counters (key:
  * struct iface_key). Nobody deletes entries; userspace reads what it attached.
  */
-FT_MAP("percpu_array", int, struct iface_stats, iface_slots, FT_IFACE_SLOTS * 6);
+FT_MAP("array", int, struct iface_stats, iface_slots, FT_NR_CPUS * FT_IFACE_SLOTS * 6);
 FT_MAP("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
 	  FT_IFACE_MAP_SIZE);
 
@@ -138,15 +165,19 @@ FT_MAP("percpu_hash", struct iface_key, struct iface_stats, iface_counters,
 FT_MAP("percpu_array", int, __u64, counters, FT_CTR_MAX);
 
 /*
- * This CPU's last CLOCK_MONOTONIC_COARSE reading and the jiffies it was
- * taken at (index 0; only now_coarse() uses it, nobody deletes it).
+ * Each CPU's last CLOCK_MONOTONIC_COARSE reading and the jiffies it was
+ * taken at (index: ft_cpu(); only now_coarse() uses it, nobody deletes
+ * it). 128 bytes a row, so two CPUs' clocks never share a cache line
+ * wherever the array's values start. Any program of this build can read
+ * the clock through now_coarse().
  */
 struct ft_clock {
 	__u64 jiffies;
 	__u64 ns;
+	__u64 pad[14];
 };
 
-FT_MAP("percpu_array", int, struct ft_clock, clock_cache, 1);
+FT_MAP("array", int, struct ft_clock, clock_cache, FT_NR_CPUS);
 
 /*
  * CLOCK_MONOTONIC_COARSE, as bpf_ktime_get_coarse_ns() reads it, for
@@ -158,8 +189,8 @@ FT_MAP("percpu_array", int, struct ft_clock, clock_cache, 1);
  */
 static __always_inline __u64 now_coarse(void)
 {
-	__u32 zero = 0;
-	struct ft_clock *c = clock_cache.lookup(&zero);
+	__u32 cpu = ft_cpu();
+	struct ft_clock *c = clock_cache.lookup(&cpu);
 	__u64 j = bpf_jiffies64();
 
 	if (!c)
@@ -196,9 +227,12 @@ FT_MAP("array", int, struct tcp_conn, tcp_conn_zero, 1);
 
 /*
  * The TCP packet being tracked, and the last one of each flow, per CPU
- * (index: the flow's cache slot, flow_slot(); value: struct ft_tcp_pkt,
- * see bpf/tcprtt.h). Overwritten by TCP packets, never deleted; an entry
- * is only compared with a packet of the same flow key.
+ * (index: ft_cpu() * FT_CACHE_SLOTS + the flow's cache slot, flow_slot();
+ * value: struct ft_tcp_pkt, see bpf/tcprtt.h): a plain array of per-CPU
+ * rows, as the flow cache, so that another CPU's entry is at hand for a
+ * pull of its deferred segments (tcp_pkt_of()). Overwritten by TCP packets,
+ * never deleted; an entry is only compared with a packet of the same flow
+ * key. Userspace reads the deferred segments (flowtop/kernel/tcpconn.py).
  */
 FT_MAP("percpu_array", int, struct ft_tcp_pkt, tcp_pkts, FT_CACHE_SLOTS);
 
@@ -348,7 +382,7 @@ static __always_inline void count_iface(struct __sk_buff *skb, __u8 dir, __u8 fa
 	struct iface_stats *st;
 
 	if (ifindex < FT_IFACE_SLOTS) {
-		__u32 slot = FT_IFACE_SLOT(ifindex, dir, family);
+		__u32 slot = ft_cpu() * (FT_IFACE_SLOTS * 6) + FT_IFACE_SLOT(ifindex, dir, family);
 
 		st = iface_slots.lookup(&slot);
 		if (st) {
@@ -451,6 +485,7 @@ static __always_inline int account_cached(__u32 gen, __u32 slot, struct flow_key
 {
 	struct flow_cache_entry *e;
 
+	slot += ft_cpu() * FT_CACHE_SLOTS; /* this CPU's row */
 	if (gen) {
 		e = cache_b.lookup(&slot);
 		return e && cache_add(e, key, segs, bytes, flags, dscp, mpls, now);
@@ -518,8 +553,9 @@ static __always_inline void account_flow(struct flow_key *key, __u32 slot, __u64
  * tcp_pkts entry for the flow (see struct ft_tcp_pkt), with its payload
  * length: from the skb for a GSO packet (its IP length may describe the
  * aggregate, or be 0 for BIG TCP), else from the IP header (a frame can
- * carry Ethernet padding). Not when ft_tcp_skippable() says the previous
- * packet there left it nothing to do.
+ * carry Ethernet padding). Not when the previous packet there left it
+ * nothing to do but count a data segment in the entry
+ * (ft_tcp_deferrable()) or nothing at all (ft_tcp_skippable()).
  */
 static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u64 segs,
 				      __u8 dir, __u64 now, __u32 slot)

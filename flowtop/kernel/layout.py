@@ -193,9 +193,14 @@ IFACE_KEY = np.dtype([("ifindex", "<u4"), ("direction", "u1"), ("family", "u1"),
 IFACE_STATS = np.dtype([("packets", "<u8"), ("bytes", "<u8")])
 
 
+# FT_IFACE_SLOT()'s slots per ifindex: each direction, each family.
+IFACE_SLOTS_PER = len(DIRECTIONS) * len(FAMILIES)
+
+
 def iface_slot(ifindex: int, direction: int, family: int) -> int:
-    """FT_IFACE_SLOT() of flowtop.h: index into the iface_slots array."""
-    return ifindex * 6 + direction * 3 + family
+    """FT_IFACE_SLOT() of flowtop.h: index into a CPU's row of the
+    iface_slots array (row cpu starts at cpu * FT_IFACE_SLOTS * 6)."""
+    return ifindex * IFACE_SLOTS_PER + direction * len(FAMILIES) + family
 
 
 # enum ft_counter, in order (the TC program's counter array), and the kernel

@@ -18,7 +18,6 @@ import ctypes as ct
 import errno
 import os
 import struct
-from functools import cache
 
 import numpy as np
 
@@ -34,6 +33,8 @@ from flowtop.kernel.bpfsys import (
     BPF_MAP_UPDATE_ELEM,
     bpf,
 )
+from flowtop.kernel.cpus import cpu_ids as cpu_ids
+from flowtop.kernel.cpus import possible_cpus as possible_cpus
 
 # union bpf_attr for BPF_MAP_*_ELEM: map_fd u32 @0, key u64 @8, value u64 @16, flags u64 @24
 _ELEM = struct.Struct("<IxxxxQQQ")
@@ -41,19 +42,6 @@ _ELEM = struct.Struct("<IxxxxQQQ")
 # values u64 @24, count u32 @32, map_fd u32 @36, elem_flags u64 @40, flags u64 @48
 _BATCH = struct.Struct("<QQQQIIQQ")
 _COUNT_OFF = 32
-
-
-@cache
-def possible_cpus() -> int:
-    """How many CPUs the kernel can have (/sys/devices/system/cpu/possible):
-    the number of values a per-CPU map holds per key."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        text = f.read().strip()
-    n = 0
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return n
 
 
 def percpu(dtype: np.dtype) -> np.dtype:
@@ -215,32 +203,33 @@ class BatchReader:
 
 
 class CacheDrainer:
-    """Reads a per-CPU flow cache array with one batch lookup and zeroes it with
-    one batch update. Returns one (keys, stats) pair per CPU: each CPU's slots
-    hold distinct flows, but one flow can sit in several CPUs' caches."""
+    """Reads a flow cache (bpf/tc.c cache_a or cache_b: a plain array of
+    cpu_ids() rows of `slots` entries, row = CPU id) with one batch lookup
+    and zeroes it with one batch update. Returns one (keys, stats) pair per
+    CPU that has any: each CPU's slots hold distinct flows, but one flow can
+    sit in several CPUs' caches."""
 
     def __init__(self, slots: int) -> None:
-        self._slots = slots
-        self._ncpus = possible_cpus()
-        self._keys = np.arange(slots, dtype=np.uint32)
-        self._vals = np.zeros((slots, self._ncpus), dtype=layout.FLOW_CACHE_ENTRY)
-        self._zeros = np.zeros((slots, self._ncpus), dtype=layout.FLOW_CACHE_ENTRY)
-        self._out_keys = np.zeros(slots, dtype=np.uint32)
+        self._rows = cpu_ids()
+        self._n = self._rows * slots
+        self._keys = np.arange(self._n, dtype=np.uint32)
+        self._vals = np.zeros(self._n, dtype=layout.FLOW_CACHE_ENTRY)
+        self._zeros = np.zeros(self._n, dtype=layout.FLOW_CACHE_ENTRY)
+        self._out_keys = np.zeros(self._n, dtype=np.uint32)
         self._batch = ct.create_string_buffer(8)  # out_batch
 
     def drain(self, fd: int) -> list[tuple[np.ndarray, np.ndarray]]:
         n, err = _batch(
-            BPF_MAP_LOOKUP_BATCH, fd, _addr(self._out_keys), _addr(self._vals), self._slots,
+            BPF_MAP_LOOKUP_BATCH, fd, _addr(self._out_keys), _addr(self._vals), self._n,
             0, ct.addressof(self._batch),
         )  # fmt: skip
         if err and err != errno.ENOENT:
             raise KernelFeatureError(f"reading the flow cache failed: {os.strerror(err)}")
-        if n != self._slots:
-            raise KernelFeatureError(f"reading the flow cache returned {n} of {self._slots} slots")
+        if n != self._n:
+            raise KernelFeatureError(f"reading the flow cache returned {n} of {self._n} slots")
         out = []
-        for cpu in range(self._ncpus):
-            col = self._vals[:, cpu]
-            used = col[col["stats"]["packets"] > 0]
+        for row in self._vals.reshape(self._rows, -1):
+            used = row[row["stats"]["packets"] > 0]
             if len(used):
                 out.append((used["key"].copy(), used["stats"].copy()))
         try:
@@ -248,6 +237,26 @@ class CacheDrainer:
         except OSError as exc:
             raise KernelFeatureError(f"clearing the flow cache failed: {exc.strerror}") from None
         return out
+
+
+def read_rows(fd: int, first: int, count: int, row: int, vals: np.ndarray) -> None:
+    """Entries first .. first + count - 1 of every row of a plain array of
+    len(vals) rows of `row` entries each (bpf/tc.c's per-CPU plain arrays,
+    row = CPU id) into vals, shape (rows, count): one batch lookup a row."""
+    keys = np.zeros(count, dtype=np.uint32)
+    batch = ct.create_string_buffer(8)
+    start = ct.create_string_buffer(8)
+    for r in range(len(vals)):
+        key = r * row + first
+        # An array's batch read starts after in_batch's key (none: at 0).
+        if key:
+            struct.pack_into("<I", start, 0, key - 1)
+        n, err = _batch(
+            BPF_MAP_LOOKUP_BATCH, fd, _addr(keys), _addr(vals[r]), count,
+            ct.addressof(start) if key else 0, ct.addressof(batch),
+        )  # fmt: skip
+        if (err and err != errno.ENOENT) or n != count:
+            raise OSError(err or errno.EINVAL, f"read {n} of {count} entries at {key}")
 
 
 def percpu_sums(fd: int, slots: int) -> list[int]:

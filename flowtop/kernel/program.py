@@ -122,8 +122,11 @@ class TcProgram:
         self._iface_reader = maps.BatchReader(
             64, layout.IFACE_KEY, maps.percpu(layout.IFACE_STATS), what="the interface counters"
         )
-        self._iface_key = np.zeros(1, dtype="<u4")
-        self._iface_val = np.zeros(1, dtype=maps.percpu(layout.IFACE_STATS))
+        # One interface's slots (both directions, every family) in each CPU's
+        # row of iface_slots (see bpf/tc.c).
+        self._iface_vals = np.zeros(
+            (maps.cpu_ids(), layout.IFACE_SLOTS_PER), dtype=layout.IFACE_STATS
+        )
         self._tcp = TcpConnTable(self._maps["tcp_conns"]) if options.passive_rtt else None
 
     @property
@@ -199,14 +202,17 @@ class TcProgram:
     ) -> dict[tuple[int, int, int], tuple[int, int]]:
         """(ifindex, direction, family) -> (packets, bytes), summed over CPUs."""
         out: dict[tuple[int, int, int], tuple[int, int]] = {}
-        key, val = self._iface_key, self._iface_val
+        vals, row = self._iface_vals, self.options.iface_slots * layout.IFACE_SLOTS_PER
         for ifindex in ifindexes:
             if ifindex >= self.options.iface_slots:
                 continue
+            first = layout.iface_slot(ifindex, layout.DIR_INGRESS, 0)
+            maps.read_rows(self._maps["iface_slots"], first, layout.IFACE_SLOTS_PER, row, vals)
+            packets = vals["packets"].sum(axis=0, dtype=np.uint64).tolist()
+            nbytes = vals["bytes"].sum(axis=0, dtype=np.uint64).tolist()
             for slot_key in _iface_slot_keys(ifindex):
-                key[0] = layout.iface_slot(*slot_key)
-                maps.lookup(self._maps["iface_slots"], key, val)
-                out[slot_key] = (int(val[0]["packets"].sum()), int(val[0]["bytes"].sum()))
+                i = layout.iface_slot(*slot_key) - first
+                out[slot_key] = (packets[i], nbytes[i])
         keys, vals = self._iface_reader.read(self._maps["iface_counters"])
         packets = vals["packets"].sum(axis=1).tolist()
         nbytes = vals["bytes"].sum(axis=1).tolist()
@@ -217,10 +223,19 @@ class TcProgram:
     def reset_iface(self, ifindex: int) -> None:
         """Zero an interface's counters (at attach: ifindexes can be reused)."""
         if ifindex < self.options.iface_slots:
-            zero = np.zeros(1, dtype=maps.percpu(layout.IFACE_STATS))
-            for slot_key in _iface_slot_keys(ifindex):
-                key = np.array([layout.iface_slot(*slot_key)], dtype="<u4")
-                maps.update(self._maps["iface_slots"], key, zero)
+            row = self.options.iface_slots * layout.IFACE_SLOTS_PER
+            first = layout.iface_slot(ifindex, layout.DIR_INGRESS, 0)
+            keys = np.array(
+                [
+                    cpu * row + first + i
+                    for cpu in range(maps.cpu_ids())
+                    for i in range(layout.IFACE_SLOTS_PER)
+                ],
+                dtype="<u4",
+            )
+            maps.update_batch(
+                self._maps["iface_slots"], keys, np.zeros(len(keys), dtype=layout.IFACE_STATS)
+            )
         keys, _vals = self._iface_reader.read(self._maps["iface_counters"])
         for k in keys[keys["ifindex"] == ifindex].copy():
             maps.delete(self._maps["iface_counters"], np.array([k], dtype=layout.IFACE_KEY))

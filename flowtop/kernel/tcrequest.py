@@ -13,6 +13,7 @@ import mmap
 from dataclasses import dataclass
 
 from flowtop.kernel.build import BPF_DIR, SCHED_CLS, Request
+from flowtop.kernel.cpus import cpu_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class ProgramOptions:
             f"-DFT_IFACE_MAP_SIZE={self.iface_map_size}",
             f"-DFT_IFACE_SLOTS={self.iface_slots}",
             f"-DFT_CACHE_SLOTS={self.cache_slots}",
+            f"-DFT_NR_CPUS={cpu_ids()}",
             f"-DFT_PASSIVE_RTT={int(self.passive_rtt)}",
             f"-DFT_TCP_CONN_MAP_SIZE={self.tcp_conn_map_size}",
             *wire,
