@@ -34,6 +34,19 @@ clsact is measured.
 Run: .venv/bin/python bench/kernel_cost.py   (root; --help: rounds, loads,
 attachments and the new-flow phase, to measure one part at a time). The
 BPF sources are the checkout's, or FLOWTOP_BPF_DIR's (another build to compare).
+
+--compare DIR: a second build, of the BPF sources in DIR (a copy of bpf/
+with one change: an experiment, an ablation; its maps must have this
+checkout's layouts, since this checkout's userspace drains them), attached
+beside flowtop between the same empty programs, the two in one order in odd
+rounds and the other in even ones; both see the same packets in the same
+windows, so their ratio is free of the drift between runs. Reported per
+load and attachment: compare/flowtop, median of the rounds.
+--compare-undrained: the compare build's maps are never drained nor its
+generations flipped, for a build whose map layouts differ from this
+checkout's (HEAD's bpf/, say). Established flows keep their cache slots
+and every packet takes the same path as when drained; only the first
+packet of a flow after each flip (one a second) differs.
 """
 
 from __future__ import annotations
@@ -131,16 +144,32 @@ def drain_for(prog: Any, secs: float, drain_every: float) -> None:
         prog.drain_flows()
 
 
+class Progs:
+    """flowtop's TcProgram and, with --compare, the second build's: drained
+    together, as the engine drains one (the first only with
+    --compare-undrained)."""
+
+    def __init__(self, progs: list[Any]) -> None:
+        self.progs = progs
+
+    def drain_flows(self) -> None:
+        for prog in self.progs:
+            prog.drain_flows()
+
+    def map_full(self) -> int:
+        return sum(prog.counters()["flow_map_full"] for prog in self.progs)
+
+
 def window(
     ids: dict[str, int], prog: Any, secs: float, drain_every: float
 ) -> dict[str, tuple[float, int]]:
-    full0 = prog.counters()["flow_map_full"]
+    full0 = prog.map_full()
     s0 = snapshot(ids)
     drain_for(prog, secs, drain_every)
     s1 = snapshot(ids)
     prog.drain_flows()
     res = per_run(s0, s1)
-    res["map_full"] = (0.0, prog.counters()["flow_map_full"] - full0)
+    res["map_full"] = (0.0, prog.map_full() - full0)
     return res
 
 
@@ -159,46 +188,59 @@ def attach_empty(ipr: Any, ifindex: int, fd: int, parent: int, prio: int, name: 
 
 
 class Hooks:
-    """vb's ingress and egress with flowtop between the empty programs, attached
-    as clsact filters or as TCX links (see the module docstring); use(mode)
-    takes everything off and puts it back the other way."""
+    """vb's ingress and egress with flowtop (and the --compare build) between
+    the empty programs, attached as clsact filters or as TCX links (see the
+    module docstring); use(mode, swap) takes everything off and puts it back
+    that way, the compare build first when swap."""
 
-    def __init__(self, p: Pair, prog: Any, efd: dict[str, int]) -> None:
+    def __init__(self, p: Pair, progs: list[Any], efd: dict[str, int]) -> None:
         from pyroute2 import IPRoute
 
-        self.p, self.prog, self.efd = p, prog, efd
+        self.p, self.progs, self.efd = p, progs, efd
         self.ifindex = p.b.ifindex(p.vb)
-        self.mode: str | None = None
+        self.mode: tuple[str, bool] | None = None
         self.attacher: Any = None
         self.links: list[int] = []
         with entered(p.b):
             self.ipr = IPRoute()
 
-    def use(self, mode: str) -> None:
-        if mode == self.mode:
+    def use(self, mode: str, swap: bool = False) -> None:
+        if (mode, swap) == self.mode:
             return
         self.off()
+        order = self.progs[::-1] if swap else self.progs
         with entered(self.p.b):
-            (self._clsact if mode == "clsact" else self._tcx)()
-        self.mode = mode
+            (self._clsact if mode == "clsact" else self._tcx)(order)
+        self.mode = (mode, swap)
 
-    def _clsact(self) -> None:
+    def _clsact(self, order: list[Any]) -> None:
         from flowtop.kernel.attach import PARENT_EGRESS, PARENT_INGRESS, TcAttacher
 
-        self.attacher = TcAttacher(self.prog.ingress.fd, self.prog.egress.fd, priority=2)
+        first, *second = order
+        self.attacher = TcAttacher(first.ingress.fd, first.egress.fd, priority=2)
         self.attacher.attach(self.ifindex, self.p.vb)
+        post = 3 + len(second)
         for hook, parent in (("in", PARENT_INGRESS), ("eg", PARENT_EGRESS)):
-            for prio, pos in ((1, "pre"), (3, "post")):
+            for prio, pos in ((1, "pre"), (post, "post")):
                 name = f"empty_{hook}_{pos}"
                 attach_empty(self.ipr, self.ifindex, self.efd[name], parent, prio, f"ftb_{name}")
+            for prog in second:
+                fd = (prog.ingress if hook == "in" else prog.egress).fd
+                attach_empty(self.ipr, self.ifindex, fd, parent, 3, f"ftb_second_{hook}")
 
-    def _tcx(self) -> None:
+    def _tcx(self, order: list[Any]) -> None:
         from flowtop.kernel import tcx
 
+        first, *second = order
         self.attacher = tcx.TcxAttacher(
-            {("ingress", False): self.prog.ingress.fd, ("egress", False): self.prog.egress.fd}
+            {("ingress", False): first.ingress.fd, ("egress", False): first.egress.fd}
         )
         self.attacher.attach(self.ifindex, self.p.vb)  # at the head
+        for prog in second:  # after the first
+            for direction, hook in (("ingress", prog.ingress), ("egress", prog.egress)):
+                self.links.append(
+                    tcx.link_create(hook.fd, self.ifindex, tcx.ATTACH_TYPES[direction], 0)
+                )
         for hook, direction in (("in", "ingress"), ("eg", "egress")):
             for pos, flags in (("pre", tcx.BPF_F_BEFORE), ("post", 0)):
                 self.links.append(
@@ -215,7 +257,7 @@ class Hooks:
         try:
             if mode == "clsact":
                 for hook in ("ingress", "egress"):
-                    for prio in ("1", "3"):
+                    for prio in ("1", "3", "4"):
                         cmd = ("tc", "filter", "del", "dev", self.p.vb, hook, "pref", prio)
                         self.p.b.exec(*cmd, check=False)  # the namespace may be gone
             for fd in self.links:
@@ -289,7 +331,7 @@ def established(
     rounds: dict[str, list[dict[str, tuple[float, int]]]] = {m: [] for m in modes}
     for i in range(ROUNDS):
         for mode in modes if i % 2 == 0 else modes[::-1]:
-            hooks.use(mode)
+            hooks.use(mode, swap=i % 2 == 1)
             drain_for(prog, SETTLE, 1.0)
             if cli.poll() is not None:
                 raise RuntimeError(f"iperf3 client ended early: {cli.stderr.read().decode()}")
@@ -451,13 +493,77 @@ def new_flows(
     drain_for(prog, 1.0, 0.25)
     for i in range(ROUNDS):
         for mode in modes if i % 2 == 0 else modes[::-1]:
-            hooks.use(mode)
+            hooks.use(mode, swap=i % 2 == 1)
             drain_for(prog, SETTLE, 0.25)
             new_rounds[mode].append(window(ids, prog, NEW_WINDOW, 0.25))
     C.stop_process(sender)
 
 
 ATTACHED = {"clsact": "attached with clsact (cls_bpf)", "tcx": "attached with TCX links"}
+
+
+def compare_build(src_dir: str) -> Any:
+    """The build of the TC program from src_dir's tc.c (--compare), with
+    this checkout's options; its #includes come from src_dir."""
+    import dataclasses
+    from pathlib import Path
+
+    from flowtop.kernel.build import BPF_DIR, Build
+    from flowtop.kernel.tcrequest import ProgramOptions, request
+
+    d = Path(src_dir).resolve()
+    req = request(ProgramOptions())
+
+    def swap_dir(cflags: list[str]) -> list[str]:
+        return [f"-I{d}" if c == f"-I{BPF_DIR}" else c for c in cflags]
+
+    return Build(
+        dataclasses.replace(
+            req,
+            src=str(d / "tc.c"),
+            cflags=swap_dir(req.cflags),
+            later_cflags=swap_dir(req.later_cflags),
+        )
+    )
+
+
+def both_hooks(r: dict[str, tuple[float, int]], name: str) -> float:
+    """ns per run of a build over both hooks, weighted by runs."""
+    i, e = r[f"{name}_ingress"], r[f"{name}_egress"]
+    return (i[0] * i[1] + e[0] * e[1]) / (i[1] + e[1])
+
+
+def report_compare(
+    src_dir: str,
+    rounds_by_load: dict[str, dict[str, list[dict[str, tuple[float, int]]]]],
+    modes: tuple[str, ...],
+    efd: dict[str, int],
+) -> None:
+    """--compare: per load and attachment, each round's flowtop and compare
+    ns per run (both hooks), their ratio, and each against the empty programs."""
+    print(f"\ncompare: {src_dir} beside flowtop, same windows (order swapped in even rounds)\n")
+    rows = []
+    for label, by_mode in rounds_by_load.items():
+        for mode in modes:
+            ratios, ft_e, cmp_e = [], [], []
+            for i, r in enumerate(by_mode[mode], 1):
+                e = sum(r[n][0] * r[n][1] for n in efd) / sum(r[n][1] for n in efd)
+                ft, cmp = both_hooks(r, "flowtop"), both_hooks(r, "compare")
+                ratios.append(cmp / ft)
+                ft_e.append(ft / e)
+                cmp_e.append(cmp / e)
+                first = "compare" if i % 2 == 0 else "flowtop"
+                rows.append(
+                    (label.split(":")[0], mode, i, first, f"{ft:.1f}", f"{cmp:.1f}", f"{e:.1f}",
+                     f"{ft / e:.2f}x", f"{cmp / e:.2f}x", f"{cmp / ft:.3f}")
+                )  # fmt: skip
+            rows.append(
+                (label.split(":")[0], mode, "median", "", "", "", "",
+                 f"{C.median(ft_e):.2f}x", f"{C.median(cmp_e):.2f}x", f"{C.median(ratios):.3f}")
+            )  # fmt: skip
+    heads = ("load", "mode", "round", "first", "flowtop ns", "compare ns", "empty ns",
+             "flowtop/empty", "compare/empty", "compare/flowtop")  # fmt: skip
+    print(C.table(rows, heads))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -474,6 +580,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--no-new-flows", action="store_true", help="skip the informational new-flow phase"
     )
+    ap.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="a second build, of the BPF sources in DIR, measured beside flowtop in the "
+        "same windows (see the module docstring)",
+    )
+    ap.add_argument(
+        "--compare-undrained",
+        action="store_true",
+        help="never drain the --compare build's maps (its layouts may differ from this checkout's)",
+    )
     return ap.parse_args(argv)
 
 
@@ -482,6 +599,10 @@ def main() -> int:
     args = parse_args()
     if args.rounds < 1:
         raise SystemExit("kernel_cost: --rounds must be >= 1")
+    if args.compare_undrained and not args.compare:
+        raise SystemExit("kernel_cost: --compare-undrained needs --compare DIR")
+    if args.compare and not os.path.isfile(os.path.join(args.compare, "tc.c")):
+        raise SystemExit(f"kernel_cost: no tc.c in {args.compare}")
     ROUNDS = args.rounds
     wanted = args.loads.split(",")
     LOADS = tuple(ld for ld in LOADS if ld[0].split(":")[0] in wanted)
@@ -497,20 +618,24 @@ def main() -> int:
     if not modes:
         raise SystemExit(f"kernel_cost: no attachment in {args.modes!r} available here")
     procs: list[subprocess.Popen[Any]] = []
-    prog = hooks = empty = None
+    built: list[Any] = []
+    hooks = empty = None
     try:
         with C.bpf_stats(), C.pair() as p:
-            prog = TcProgram(ProgramOptions())
+            built.append(TcProgram(ProgramOptions()))
+            if args.compare:
+                built.append(TcProgram(ProgramOptions(), build=compare_build(args.compare)))
+            prog = Progs(built[:1] if args.compare_undrained else built)
             empty = bcc.BPF(text=EMPTY_SRC)
             efd = {
                 n: empty.load_func(n.encode(), bcc.BPF.SCHED_CLS).fd
                 for n in ("empty_in_pre", "empty_in_post", "empty_eg_pre", "empty_eg_post")
             }
-            hooks = Hooks(p, prog, efd)
-            ids = {
-                "flowtop_ingress": prog_id(prog.ingress.fd),
-                "flowtop_egress": prog_id(prog.egress.fd),
-            }
+            hooks = Hooks(p, built, efd)
+            ids = {}
+            for name, tc in zip(("flowtop", "compare"), built, strict=False):
+                ids[f"{name}_ingress"] = prog_id(tc.ingress.fd)
+                ids[f"{name}_egress"] = prog_id(tc.egress.fd)
             ids.update({n: prog_id(fd) for n, fd in efd.items()})
 
             # ---- phase 1: established flows, light and busy link --------------
@@ -529,8 +654,8 @@ def main() -> int:
         if hooks is not None:
             with contextlib.suppress(Exception):
                 hooks.close()  # the namespace is gone already in the normal case
-        if prog is not None:
-            prog.close()
+        for tc in built:
+            tc.close()
         if empty is not None:
             empty.cleanup()
 
@@ -565,6 +690,8 @@ def main() -> int:
             ("load", *modes),
         )
     )
+    if args.compare:
+        report_compare(args.compare, rounds_by_load, modes, efd)
     for (label, mode), med in meds.items():
         tag = label if mode == "clsact" else f"{label}, tcx"
         print(f"\nRESULT kernel_cost ({tag}): {med:.2f}x <= {TARGET}x  {C.verdict(med <= TARGET)}")

@@ -23,13 +23,21 @@ Targets (issue 13): rtt on / rtt off <= 1.3x on established TCP (median of
 the rounds, busy link); tcp_samples() with 10k connections <= 20 ms.
 Run: .venv/bin/python bench/passive_rtt_cost.py   (root; --help: rounds, loads,
 and the userspace part, to measure one part at a time). The BPF sources are the
-checkout's, or FLOWTOP_BPF_DIR's.
+checkout's, or FLOWTOP_BPF_DIR's. --variant NAME=DIR (repeatable) loads one more
+FT_PASSIVE_RTT=1 build per variant (FT_PASSIVE_RTT=0 when NAME ends in _off),
+from the sources in DIR, on the same hooks in the same run: a before/after
+comparison (DIR: `git show HEAD:bpf/...` in a copy, with NAME and NAME_off) or
+an ablation (copies with one part dropped). With variants the order of all
+builds rotates from round to round (use a multiple of their number of rounds),
+and a second table gives each build's median ns and ratio to rtt off (to
+NAME_off's for NAME when there is one), medians of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -52,16 +60,26 @@ WARMUP = 2.0
 SIZES = (10_000, 50_000)
 REPS = 5
 NAMES = ("on_in", "on_eg", "off_in", "off_eg", "empty_in", "empty_eg")
+VARIANTS: dict[str, str] = {}  # --variant: build name -> BPF source directory
 
 
-def attach(ipr: Any, ifindex: int, fds: dict[str, int], on_first: bool) -> None:
-    """(Re)creates vb's clsact with both builds and the empty program last."""
+def order_of(i: int) -> tuple[str, ...]:
+    """The builds' order in round i: on and off alternate, and with
+    variants every build comes first in turn."""
+    builds = ("on", *VARIANTS, "off")
+    if not VARIANTS:
+        return builds if i % 2 == 0 else builds[::-1]
+    k = i % len(builds)
+    return builds[k:] + builds[:k]
+
+
+def attach(ipr: Any, ifindex: int, fds: dict[str, int], order: tuple[str, ...]) -> None:
+    """(Re)creates vb's clsact with the builds in order and the empty program last."""
     from flowtop.kernel.attach import PARENT_EGRESS, PARENT_INGRESS
 
     with contextlib.suppress(Exception):
         ipr.tc("del", "clsact", ifindex)
     ipr.tc("add", "clsact", ifindex)
-    order = ("on", "off") if on_first else ("off", "on")
     for hook, parent in (("in", PARENT_INGRESS), ("eg", PARENT_EGRESS)):
         for prio, build in enumerate((*order, "empty"), 1):
             ipr.tc(
@@ -77,14 +95,42 @@ def attach(ipr: Any, ifindex: int, fds: dict[str, int], on_first: bool) -> None:
             )
 
 
+UNREAD: set[int] = set()  # ids of variant builds whose connection map userspace cannot read
+
+
 def tick(progs: list[Any], secs: float) -> None:
-    """Sleeps secs, draining both builds and reading connections every second."""
+    """Sleeps secs, draining the builds and reading connections every second.
+    A variant whose connection map the checkout's reader cannot read (an
+    ablation that changed its layout) is drained but not read, and said so."""
     end = time.monotonic() + secs
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(1.0, left))
-        for p in progs:
+        for i, p in enumerate(progs):
             p.drain_flows()
-            p.tcp_samples(time.monotonic_ns())
+            if id(p) in UNREAD:
+                continue
+            try:
+                p.tcp_samples(time.monotonic_ns())
+            except Exception as exc:
+                if i < 2:  # on and off: the checkout's own builds
+                    raise
+                UNREAD.add(id(p))
+                print(f"(a variant's connection map is not read: {exc})", file=sys.stderr)
+
+
+def variant_build(src: str, rtt: bool) -> Any:
+    """A TcProgram (FT_PASSIVE_RTT=rtt) compiled from the BPF sources in src."""
+    from pathlib import Path
+
+    from flowtop.kernel import tcrequest
+    from flowtop.kernel.program import ProgramOptions, TcProgram
+
+    saved = tcrequest.BPF_DIR
+    tcrequest.BPF_DIR = Path(src)  # the request's source and -I are read from it
+    try:
+        return TcProgram(ProgramOptions(passive_rtt=rtt))
+    finally:
+        tcrequest.BPF_DIR = saved
 
 
 def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
@@ -96,10 +142,13 @@ def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     on = TcProgram(ProgramOptions(passive_rtt=True))
     off = TcProgram(ProgramOptions(passive_rtt=False))
+    variants: dict[str, Any] = {}
     empty = bcc.BPF(text=EMPTY_SRC)
     procs: list[subprocess.Popen[Any]] = []
     ipr = None
     try:
+        for name, src in VARIANTS.items():
+            variants[name] = variant_build(src, not name.endswith("_off"))
         fds = {
             "on_in": on.ingress.fd,
             "on_eg": on.egress.fd,
@@ -108,6 +157,10 @@ def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
             "empty_in": empty.load_func(b"empty_in_pre", bcc.BPF.SCHED_CLS).fd,
             "empty_eg": empty.load_func(b"empty_eg_pre", bcc.BPF.SCHED_CLS).fd,
         }
+        for name, v in variants.items():
+            fds[f"{name}_in"] = v.ingress.fd
+            fds[f"{name}_eg"] = v.egress.fd
+        progs = [on, off, *variants.values()]
         ids = {n: prog_id(fd) for n, fd in fds.items()}
         ifindex = p.b.ifindex(p.vb)
         with entered(p.b):
@@ -130,20 +183,20 @@ def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
                 stderr=subprocess.PIPE,
             )
             procs.append(cli)
-            attach(ipr, ifindex, fds, True)
-            tick([on, off], WARMUP)
+            attach(ipr, ifindex, fds, order_of(0))
+            tick(progs, WARMUP)
             rounds = []
             for i in range(ROUNDS):
-                on_first = i % 2 == 0
-                attach(ipr, ifindex, fds, on_first)
-                tick([on, off], 0.5)
+                order = order_of(i)
+                attach(ipr, ifindex, fds, order)
+                tick(progs, 0.5)
                 if cli.poll() is not None:
                     raise RuntimeError(f"iperf3 ended early: {cli.stderr.read().decode()}")
                 s0 = snapshot(ids)
-                tick([on, off], WINDOW)
+                tick(progs, WINDOW)
                 s1 = snapshot(ids)
                 r: dict[str, Any] = dict(per_run(s0, s1))
-                r["on_first"] = on_first
+                r["first"] = order[0]
                 recs = on.tcp_samples(time.monotonic_ns())
                 r["conns"] = len(recs)
                 r["rtt_samples"] = int(recs["rtt_samples"].max()) if len(recs) else 0
@@ -163,6 +216,8 @@ def kernel_part(p: Pair) -> dict[str, list[dict[str, Any]]]:
             ipr.close()
         on.close()
         off.close()
+        for v in variants.values():
+            v.close()
         empty.cleanup()
     return out
 
@@ -183,7 +238,7 @@ def report_kernel(label: str, rounds: list[dict[str, Any]]) -> float:
         rows.append(
             (
                 i,
-                "on" if r["on_first"] else "off",
+                r["first"],
                 r["on_in"][1] + r["on_eg"][1],
                 f"{on:.1f}",
                 f"{off:.1f}",
@@ -216,6 +271,23 @@ def report_kernel(label: str, rounds: list[dict[str, Any]]) -> float:
     med = C.median(ratios)
     added = C.median([both(r, "on") - both(r, "off") for r in rounds])
     print(f"\nmedian on/off: {med:.2f}x, added {added:.1f} ns per packet")
+    if VARIANTS:
+        print(f"\nevery build, median of {len(rounds)} rounds (ratios per round, then median)\n")
+        vrows = []
+        for b in ("on", *VARIANTS, "off"):
+            ns = [both(r, b) for r in rounds]
+            base = f"{b}_off" if f"{b}_off" in VARIANTS else "off"
+            vrows.append(
+                (
+                    b,
+                    f"{C.median(ns):.1f}",
+                    f"{min(ns):.0f}-{max(ns):.0f}",
+                    f"{C.median([both(r, b) - both(r, base) for r in rounds]):.1f}",
+                    f"{C.median([both(r, b) / both(r, base) for r in rounds]):.2f}x",
+                    f"{C.median([both(r, b) / both(r, 'on') for r in rounds]):.2f}x",
+                )
+            )
+        print(C.table(vrows, ("build", "ns", "range", "added ns", "/ its rtt off", "/ rtt on")))
     return med
 
 
@@ -297,6 +369,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated loads to run, of: light, busy (default both)",
     )
     ap.add_argument("--no-read", action="store_true", help="skip the userspace part (tcp_samples)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="one more rtt-on build from the BPF sources in DIR, side by side (repeatable)",
+    )
     return ap.parse_args(argv)
 
 
@@ -306,6 +385,13 @@ def main() -> int:
     if args.rounds < 2 or args.rounds % 2:
         raise SystemExit("passive_rtt_cost: --rounds must be even (each build first in half)")
     ROUNDS = args.rounds
+    for v in args.variant:
+        name, sep, src = v.partition("=")
+        if not sep or not name.isidentifier() or name in ("on", "off", "empty"):
+            raise SystemExit(f"passive_rtt_cost: --variant {v!r}: NAME=DIR, NAME not on/off/empty")
+        if not os.path.isfile(os.path.join(src, "tc.c")):
+            raise SystemExit(f"passive_rtt_cost: --variant {v!r}: no tc.c in {src}")
+        VARIANTS[name] = src
     wanted = args.loads.split(",")
     LOADS = tuple(ld for ld in LOADS if ld[0].split(":")[0] in wanted)
     if not LOADS:
