@@ -160,7 +160,11 @@ def test_slow_and_dead_dns_never_delay_a_refresh(
         f"name(): {len(calls)} calls, p99 {p99 * 1e6:.0f} us, worst {worst * 1e3:.2f} ms; "
         f"refresh of 100 rows worst {max(refreshes) * 1e3:.2f} ms; stats {st}"
     )
-    assert worst < 0.005 and max(refreshes) < 0.05
+    # A call that waited on the network would take the 1 s answer or the
+    # 1.5 s timeout; the bounds sit well below that and well above what a
+    # loaded two-core machine's scheduler can add (a 9 ms worst call was seen
+    # beside the parallel suite).
+    assert worst < 0.1 and max(refreshes) < 0.25
     # 4 workers, 1 s answers and 1.5 s timeouts: some names arrived, the dead
     # addresses failed, and what did not fit in the queue was counted
     assert st["names"] > 0 and st["failed"] > 0
