@@ -12,6 +12,7 @@ no ICMP error or reassembly adds traffic of its own.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -281,6 +282,28 @@ class Sender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def send_pinned(sock_fd: int, data: bytes, n: int, cpu: int, must_pin: bool = True) -> int:
+    """Forks a child pinned to `cpu` that writes `data` n times to sock_fd (a
+    Sender's socket: the egress hook runs on the sending CPU); its pid. A
+    child that cannot be pinned exits 2 when must_pin, else sends anyway."""
+    pid = os.fork()
+    if pid == 0:  # child: no pytest, no finalisers, just send and leave
+        code = 1
+        try:
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError:
+                if must_pin:
+                    code = 2
+                    raise
+            for _ in range(n):
+                os.write(sock_fd, data)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
 
 
 def send_frames(ns: Netns, ifname: str, frames: Iterable[Frame | bytes], repeat: int = 1) -> int:

@@ -24,22 +24,6 @@ PER_CPU = 40_000
 SOL_UDP, UDP_SEGMENT = 17, 103
 
 
-def _send_pinned(sock_fd: int, data: bytes, n: int, cpu: int) -> int:
-    """Forks a child pinned to `cpu` that sends `data` n times on sock_fd."""
-    pid = os.fork()
-    if pid == 0:  # child: no pytest, no finalisers, just send and leave
-        code = 1
-        try:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, {cpu})
-            for _ in range(n):
-                os.write(sock_fd, data)
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
 def test_two_cpus_one_flow_with_fast_interval_swaps(quiet_pair: Pair) -> None:
     """2 x 40k frames of one flow from processes pinned to CPU 0 and CPU 1, with
     --interval 0.05 so the maps are swapped and drained during the burst: the
@@ -51,7 +35,10 @@ def test_two_cpus_one_flow_with_fast_interval_swaps(quiet_pair: Pair) -> None:
 
     def traffic() -> None:
         with fr.Sender(p.a, "va") as s:
-            pids = [_send_pinned(s.sock.fileno(), frame.data, PER_CPU, c) for c in cpus]
+            pids = [
+                fr.send_pinned(s.sock.fileno(), frame.data, PER_CPU, c, must_pin=False)
+                for c in cpus
+            ]
             codes = [os.waitpid(pid, 0)[1] for pid in pids]
         assert codes == [0, 0], codes
 

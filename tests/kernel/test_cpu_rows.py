@@ -43,24 +43,9 @@ def program() -> Iterator[TcProgram]:
         prog.close()
 
 
-def _send_pinned(sock_fd: int, data: bytes, n: int, cpu: int) -> int:
-    """A child pinned to `cpu` that writes `data` n times to sock_fd."""
-    pid = os.fork()
-    if pid == 0:  # child: no pytest, no finalisers
-        code = 1
-        try:
-            os.sched_setaffinity(0, {cpu})
-            for _ in range(n):
-                os.write(sock_fd, data)
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
 def _send_per_cpu(p: Pair, data: bytes) -> None:
     with fr.Sender(p.a, "va") as s:
-        pids = [_send_pinned(s.sock.fileno(), data, n, cpu) for cpu, n in SENT.items()]
+        pids = [fr.send_pinned(s.sock.fileno(), data, n, cpu) for cpu, n in SENT.items()]
         codes = [os.waitpid(pid, 0)[1] for pid in pids]
     assert codes == [0] * len(pids), codes
 
