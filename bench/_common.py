@@ -171,6 +171,27 @@ def stop_process(
 # --------------------------------------------------------------------------- #
 
 
+def add_load_args(ap: Any, rounds: int, rounds_help: str) -> None:
+    """--rounds and --loads, as the kernel benches (kernel_cost, passive_rtt_cost) take them."""
+    ap.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    ap.add_argument(
+        "--loads",
+        default="light,busy",
+        help="comma-separated loads to run, of: light, busy (default both)",
+    )
+
+
+def pick_loads(
+    bench: str, loads: tuple[tuple[str, str], ...], arg: str
+) -> tuple[tuple[str, str], ...]:
+    """The (label, rate) loads whose label starts with a name in --loads' value."""
+    wanted = arg.split(",")
+    picked = tuple(ld for ld in loads if ld[0].split(":")[0] in wanted)
+    if not picked:
+        raise SystemExit(f"{bench}: no such load in {arg!r} (light, busy)")
+    return picked
+
+
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

@@ -568,12 +568,7 @@ def report_compare(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per load (default 3)")
-    ap.add_argument(
-        "--loads",
-        default="light,busy",
-        help="comma-separated loads to run, of: light, busy (default both)",
-    )
+    C.add_load_args(ap, ROUNDS, "rounds per load (default 3)")
     ap.add_argument(
         "--modes", default="clsact,tcx", help="attachments, of: clsact, tcx (default both)"
     )
@@ -604,10 +599,7 @@ def main() -> int:
     if args.compare and not os.path.isfile(os.path.join(args.compare, "tc.c")):
         raise SystemExit(f"kernel_cost: no tc.c in {args.compare}")
     ROUNDS = args.rounds
-    wanted = args.loads.split(",")
-    LOADS = tuple(ld for ld in LOADS if ld[0].split(":")[0] in wanted)
-    if not LOADS:
-        raise SystemExit(f"kernel_cost: no such load in {args.loads!r} (light, busy)")
+    LOADS = C.pick_loads("kernel_cost", LOADS, args.loads)
     C.require_root()
     import bcc
 

@@ -362,12 +362,7 @@ def user_part() -> list[tuple[int, float, float]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help="rounds per load, even (default 4)")
-    ap.add_argument(
-        "--loads",
-        default="light,busy",
-        help="comma-separated loads to run, of: light, busy (default both)",
-    )
+    C.add_load_args(ap, ROUNDS, "rounds per load, even (default 4)")
     ap.add_argument("--no-read", action="store_true", help="skip the userspace part (tcp_samples)")
     ap.add_argument(
         "--variant",
@@ -392,10 +387,7 @@ def main() -> int:
         if not os.path.isfile(os.path.join(src, "tc.c")):
             raise SystemExit(f"passive_rtt_cost: --variant {v!r}: no tc.c in {src}")
         VARIANTS[name] = src
-    wanted = args.loads.split(",")
-    LOADS = tuple(ld for ld in LOADS if ld[0].split(":")[0] in wanted)
-    if not LOADS:
-        raise SystemExit(f"passive_rtt_cost: no such load in {args.loads!r} (light, busy)")
+    LOADS = C.pick_loads("passive_rtt_cost", LOADS, args.loads)
     C.require_root()
     with C.bpf_stats(), C.pair() as p:
         kern = kernel_part(p)
