@@ -49,21 +49,24 @@ wait() (or ready()) takes that entry from the cache once the lock is free,
 or compiles when the other wrote none (it failed, or was killed).
 
 Priorities (2 cores): a build of nice 0 is one the first attachment waits
-for (the TC program's). While one has not brought its first stage, the
-children of builds nothing waits for yet (nice > 0: sock_ops, owners,
-drops) run at HELD_NICE; while one of them compiles in a child (a cache
-miss), those children are held too: they start, then wait for their GO
-before they import bcc and compile. A compile beside the one waited for
-slows it down even at nice 19 on the other CPU (two vCPUs share a core's
-caches and memory bandwidth: the TC compile took 3.7 s instead of 2.4 s
-beside three; with only their imports of bcc beside it, the first
-attachment came at 4.9 s instead of 3.4 s), and the first attachment
-waits for nothing else. Once it is there (or closed, or failed) they go
-on at their request's niceness (above this process's own, as a child's
-is); a wait() for a held build lets that one go at once. On a hit no
-child compiles for it: the others only run at HELD_NICE while its
-programs load (a child already told to go when a failed hit starts the
-compile is not held back).
+for (the TC program's). While one of them compiles in a child (a cache
+miss), builds nothing waits for yet (nice > 0: sock_ops, owners, drops)
+are held: they start no child, and keep their request and the entry's
+compile lock (if any) until their go, when its first stage is there (or it
+is closed, or failed); their children then start in a thread (the caller
+attaches next). A compile beside the one waited for slows it down even at
+nice 19 on the other CPU (two vCPUs share a core's caches and memory
+bandwidth: the TC compile took 3.7 s instead of 2.4 s beside three; with
+only their imports of bcc beside it, the first attachment came at 4.9 s
+instead of 3.4 s), and so do their Python start-ups. While one only loads
+from the cache, their children start at once but run at HELD_NICE until it
+is there. Once the first attachment waits for nothing, they go on at their
+request's niceness (above this process's own, as a child's is). A wait()
+for a held build starts its child (or lets it go) at once; a close()
+before its go closes the lock and starts nothing. A hold is set on the
+child's threads and on its autogroup (set_autogroup_nice: with autogroups,
+a thread's niceness alone does nothing against other sessions). A child
+already told to go when a failed hit starts the compile is not held back.
 """
 
 from __future__ import annotations
@@ -268,6 +271,12 @@ class Build:
         # A miss while another process compiles the same entry (it holds the
         # entry's lock): wait() and ready() wait for its entry (_poll_other).
         self._deferred = False
+        # A held build's child is started only at its go (_Priorities.defer):
+        # until then the entry's compile lock (or UNLOCKED) waits here.
+        # _spawning: taken to start the child, or to give up doing so.
+        self._unspawned: int | None = None
+        self._spawning = threading.Lock()
+        self._spawn_error: KernelFeatureError | None = None
         _priorities.begin(self)
         try:
             entry: progcache.Entry | None = None
@@ -348,18 +357,42 @@ class Build:
     def _start_child(self, lock: int = progcache.UNLOCKED) -> None:
         """The compiler child; lock (an fd, when not UNLOCKED): the entry's
         compile lock, which the child holds from now on (this copy is
-        closed here, whatever happens)."""
+        closed once it started, whatever happens). A held build starts none
+        yet (_Priorities.defer): it keeps lock until its go (end()), a wait()
+        for it, or close()."""
+        if importlib.util.find_spec("bcc") is None:
+            if lock >= 0:
+                os.close(lock)
+            raise KernelFeatureError(BCC_MISSING)
+        self.compiled = True
+        with self._spawning:
+            if _priorities.defer(self):
+                self._unspawned = lock
+                return
+            self._spawn_and_close(lock)
+
+    def _spawn_and_close(self, lock: int) -> None:
         try:
             self._spawn(lock)
         finally:
             if lock >= 0:
                 os.close(lock)
 
+    def _spawn_held(self) -> None:
+        """The child of a held build, started now (its go, or a wait() for
+        it); nothing once it started or the build closed. A failure to
+        start it is wait()'s error."""
+        with self._spawning:
+            lock, self._unspawned = self._unspawned, None
+            if lock is None:
+                return
+            try:
+                self._spawn_and_close(lock)
+            except KernelFeatureError as exc:
+                self._spawn_error = exc
+
     def _spawn(self, lock: int) -> None:
-        if importlib.util.find_spec("bcc") is None:
-            raise KernelFeatureError(BCC_MISSING)
         request = self.request
-        self.compiled = True
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = subprocess.Popen(
@@ -390,11 +423,17 @@ class Build:
             if go:
                 self._sock.send(GO)
 
-    def _go(self) -> None:
-        """Lets a held child compile (_Priorities)."""
-        if self._sock is not None:
+    def _go(self) -> bool:
+        """Lets a held child compile (_Priorities); False: this held build
+        has no child yet (_spawn_held starts it)."""
+        with self._spawning:
+            unspawned, sock = self._unspawned is not None, self._sock
+        if unspawned:
+            return False
+        if sock is not None:
             with contextlib.suppress(OSError):  # gone, or closed meanwhile
-                self._sock.send(GO)
+                sock.send(GO)
+        return True
 
     @property
     def pid(self) -> int | None:
@@ -518,8 +557,14 @@ class Build:
                 return first
         elif self._later_thread is not None or self._cached is not None:
             return self._wait_later_cached(checkpoint)
-        assert self._sock is not None
+        # A held build's child starts now (a go starting it meanwhile: that
+        # is waited for), then goes on at once: something waits for it.
+        self._spawn_held()
+        if self._spawn_error is not None:
+            self._fail()
+            raise self._spawn_error
         _priorities.release(self)
+        assert self._sock is not None
         later = self.request.later and self._stages == 1
         what = self.request.later_what if later else self.request.what
         limit = time.monotonic() + self.timeout
@@ -577,6 +622,8 @@ class Build:
             self._begin_later_cached()
         if self._later_thread is not None:
             return not self._later_thread.is_alive()
+        if self._unspawned is not None or self._spawning.locked():
+            return False  # held, or its child starting
         if self._sock is None:
             return True
         ready, _, _ = select.select([self._sock], [], [], 0)
@@ -614,6 +661,10 @@ class Build:
         writing = self._stages == 1 and bool(self.request.later) and self._entry_path is not None
         self._stages = 0
         self._deferred = False
+        with self._spawning:  # a child being started meanwhile is there after this
+            lock, self._unspawned = self._unspawned, None
+        if lock is not None and lock >= 0:
+            os.close(lock)
         _priorities.end(self)
         for thread in (self._first_thread, self._later_thread):
             if thread is not None:
@@ -666,6 +717,19 @@ class _Priorities:
             with self._lock:
                 self._foreground.add(id(b))
 
+    def defer(self, b: Build) -> bool:
+        """Whether b's child should start only at its go (end() or
+        release()): b is nothing waited for yet, and a build the first
+        attachment waits for compiles in a child (its Python's start-up and
+        imports would take CPU from that one). Then b waits for its go."""
+        if b.request.nice <= 0:
+            return False
+        with self._lock:
+            if not self._compiling:
+                return False
+            self._waiting[id(b)] = b
+            return True
+
     def started(self, b: Build, pid: int) -> bool:
         """b's child started as pid: whether it may compile at once (False:
         it gets its go from end() or release())."""
@@ -674,13 +738,18 @@ class _Priorities:
                 if id(b) in self._foreground:
                     self._compiling.add(id(b))
                 return True
-            if not self._foreground:
-                return True
-            self._held[id(b)] = b
+            held = bool(self._foreground)
+            if held:
+                self._held[id(b)] = b
             go = not self._compiling
             if not go:
                 self._waiting[id(b)] = b
-        _renice(pid, HELD_NICE)
+        if held:
+            _renice(pid, HELD_NICE, group=HELD_NICE)
+        else:
+            # From its start: its Python's start-up runs beside this
+            # process's work (after a go: the first attachment).
+            _at_request_nice([b])
         return go
 
     def end(self, b: Build) -> None:
@@ -701,8 +770,12 @@ class _Priorities:
                 waiting, self._waiting = list(self._waiting.values()), {}
         # Their niceness first: a go'd compile starts where it should.
         _at_request_nice(held)
-        for w in waiting:
-            w._go()
+        unspawned = [w for w in waiting if not w._go()]
+        if unspawned:
+            # Not in the caller's thread: that build attaches next.
+            threading.Thread(
+                target=_spawn_held, args=(unspawned,), name="compiler-spawn", daemon=True
+            ).start()
 
     def release(self, b: Build) -> None:
         """Something waits for b now: it goes on at once, at its niceness."""
@@ -711,8 +784,15 @@ class _Priorities:
             waiting = self._waiting.pop(id(b), None)
         if held is not None:
             _at_request_nice([held])
-        if waiting is not None:
-            waiting._go()
+        if waiting is not None and not waiting._go():
+            waiting._spawn_held()
+
+
+def _spawn_held(builds: Sequence[Build]) -> None:
+    """The children of held builds, started one after the other (a thread
+    of their own: _Priorities.end)."""
+    for b in builds:
+        b._spawn_held()
 
 
 def _at_request_nice(builds: Sequence[Build]) -> None:
@@ -729,10 +809,10 @@ def _at_request_nice(builds: Sequence[Build]) -> None:
             _renice(proc.pid, min(HELD_NICE, base + h.request.nice))
 
 
-def _renice(pid: int, nice: int) -> None:
+def _renice(pid: int, nice: int, group: int = 0) -> None:
     """Every thread of pid to nice (Linux's niceness is per thread; the
-    child compiles in its main one and loads in others); a child gone
-    meanwhile is nothing to do."""
+    child compiles in its main one and loads in others), and its autogroup
+    to group (set_autogroup_nice); a child gone meanwhile is nothing to do."""
     try:
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
@@ -740,6 +820,35 @@ def _renice(pid: int, nice: int) -> None:
     for tid in tids:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, nice)
+    set_autogroup_nice(pid, group)
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The niceness of pid's autogroup; None without autogroups (no
+    /proc/PID/autogroup)."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as f:
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def set_autogroup_nice(pid: int, nice: int) -> None:
+    """pid's autogroup to nice. A compiler child is alone in an autogroup
+    of its own (a session of its own: start_new_session), and with
+    autogroups on (kernel.sched_autogroup_enabled=1, Debian's default) the
+    scheduler shares the CPU between autogroups first, by their niceness:
+    its threads' niceness then only orders them among themselves, and a
+    child at nice 19 took as much CPU as one at nice 0 beside it (1.25 s
+    each of one CPU's 2.5 s; 2.43 s and 0.03 s once its autogroup was at 19
+    too). Only a hold (HELD_NICE) sets it: at a request's niceness a child
+    keeps its autogroup's fair share (a run is collecting only once its
+    builds are in; a compile whose autogroup was at 19 beside two busy
+    processes of other sessions had not finished after 76 s). Nothing to
+    do without autogroups, or when the kernel refuses (without
+    CAP_SYS_ADMIN, one change in 100 ms machine-wide)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w") as f:
+        f.write(str(nice))
 
 
 _priorities = _Priorities()

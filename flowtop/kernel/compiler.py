@@ -20,10 +20,11 @@ cache entry, flowtop/kernel/progcache.py, which it writes before its last
 message: $FLOWTOP_PROGCACHE_ENTRY names the file).
 
 A child imports bcc and compiles only once the parent sent its go (at
-once, or, for a held child, once the build the first attachment waits for
-brought its first stage: build.py's Priorities). Each compile reads a
-one-line /proc/kallsyms in a mount namespace of the child's own instead
-of the kernel's 120k lines (kallsyms.py).
+once, as a rule: a held build starts its child only once the build the
+first attachment waits for brought its first stage, build.py's
+Priorities; a child started while such a build compiles waits for its
+go). Each compile reads a one-line /proc/kallsyms in a mount namespace
+of the child's own instead of the kernel's 120k lines (kallsyms.py).
 """
 
 from __future__ import annotations
@@ -298,8 +299,8 @@ def _at_least_nice(nice: int) -> None:
 
 def _wait_go(sock: socket.socket) -> None:
     """Until the parent lets this child compile (build.py's Priorities: a
-    held child waits here while the build the first attachment waits for
-    compiles); a parent gone meanwhile ends it."""
+    child started while the build the first attachment waits for compiles
+    waits here); a parent gone meanwhile ends it."""
     msg = sock.recv(MAX_REQUEST)
     if not msg:
         os._exit(3)
