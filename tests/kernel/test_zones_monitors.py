@@ -218,10 +218,15 @@ def test_zone_pairs_and_monitors_on_a_router(router: Router, tmp_path: Path) -> 
             text = wait_scrape(r.router, prom, verdicts, 25)
             deg = monitor_values(text, "flowtop_monitor_degraded")
             assert deg == {("to-s1",): 0.0, ("to-s2",): 1.0, ("udp-b",): 0.0}, deg
+            # to-s1 has no loss on its path: what its sender itself sent
+            # again, at most (none, unless a starved scheduler made it probe
+            # or time out: a real retransmission)
+            sent_again = senders[0].total_retrans()
             ratio = monitor_values(text, "flowtop_monitor_retransmit_ratio")
-            assert ratio[("to-s2",)] > 0.01 and ratio[("to-s1",)] == 0.0, ratio
+            assert ratio[("to-s2",)] > 0.01, ratio
+            assert ratio[("to-s1",)] == 0.0 or sent_again > 0, (ratio, sent_again)
             retr = monitor_values(text, "flowtop_monitor_retransmits_total")
-            assert retr[("to-s2",)] > 0 and retr[("to-s1",)] == 0, retr
+            assert retr[("to-s2",)] > 0 and retr[("to-s1",)] <= sent_again, (retr, sent_again)
             assert impair.dropped(s2) > 0
             check = subprocess.run(
                 ["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
@@ -230,11 +235,12 @@ def test_zone_pairs_and_monitors_on_a_router(router: Router, tmp_path: Path) -> 
             assert check.returncode == 0, check.stdout + check.stderr
             # The dump ends while the loss goes on: its verdicts are the same.
             result = dump.stop()
+            s1_sent_again = senders[0].total_retrans()
         for s in senders:
             s.stop.set()
         for t in (*senders, *sinks):
             t.join(10)
-        check_dump(result)
+        check_dump(result, s1_sent_again)
     finally:
         for s in senders:
             s.stop.set()
@@ -251,9 +257,10 @@ def test_zone_pairs_and_monitors_on_a_router(router: Router, tmp_path: Path) -> 
         s2.delete()
 
 
-def check_dump(result: DumpResult) -> None:
+def check_dump(result: DumpResult, s1_sent_again: int) -> None:
     """The dump's flow lines carry the zones; its UDP bytes per pair, on the
-    ingress legs (each packet once), are the senders'; its monitor lines."""
+    ingress legs (each packet once), are the senders'; its monitor lines
+    (s1_sent_again: what to-s1's sender sent again by the dump's end)."""
     udp = [f for f in result.flows if f["proto"] == 17 and f["src_zone"] in ("a", "b")]
     per: dict[str, dict[tuple[str, str], int]] = {"ingress": {}, "egress": {}}
     for f in udp:
@@ -272,7 +279,10 @@ def check_dump(result: DumpResult) -> None:
     assert bad["verdict"] == "degraded" and "retransmits" in bad["reason"], bad
     assert bad["retransmits_total"] > 0, bad
     assert ok["verdict"] == "healthy" and ok["reason"] == "", ok
-    assert ok["retransmits_total"] == 0 and ok["rtt_p50_us"] is not None, ok
+    assert ok["retransmits_total"] <= s1_sent_again and ok["rtt_p50_us"] is not None, (
+        ok,
+        s1_sent_again,
+    )
 
     # A monitor's bytes each way are its flows' on the leg they came in by
     # (each packet once), the same run's flow lines summed: exactly.
