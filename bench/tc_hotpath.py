@@ -39,7 +39,6 @@ from typing import Any
 
 import _common as C
 
-BPF_PROG_TEST_RUN = 10
 EMPTY_SRC = b"int empty(struct __sk_buff *skb) { return -1; }\n"
 
 MAC = bytes.fromhex("020000000001") + bytes.fromhex("020000000002")
@@ -103,7 +102,7 @@ def test_run(fd: int, data: bytes, repeat: int) -> tuple[int, float]:
     buf = ct.create_string_buffer(data, len(data))
     attr = _attr(fd, buf, len(data), repeat)
     t0 = time.perf_counter_ns()
-    bpfsys.bpf(BPF_PROG_TEST_RUN, attr)
+    bpfsys.bpf(bpfsys.BPF_PROG_TEST_RUN, attr)
     ns = (time.perf_counter_ns() - t0) / repeat
     return struct.unpack_from("=I", attr, 4)[0], ns
 
