@@ -212,11 +212,12 @@ struct tcp_half {
 	__u32 obs_ifindex;
 	__u8 obs_hook;       /* FT_DIR_* of the observation point */
 	__u8 flags;          /* FT_HALF_* */
-	__u16 pad;
-	__u32 seq_end;       /* highest sequence end (seq + length) seen */
+	__u16 defer_cpu;     /* 0, or 1 + the CPU that may defer this direction's data segments */
+	__u32 seq_end;       /* highest sequence end (seq + length) seen, but see defer_cpu */
 	__u32 ts_last;       /* highest TSval seen */
 	__u32 ts_pending;    /* TSval waiting for its echo ... */
-	__u32 pad2;
+	__u32 stamp;         /* nonzero, set when the direction is first seen: this half, not
+			      * an earlier connection's on the same 4-tuple (deferred counts) */
 	__u64 ts_time_ns;    /* ... first seen then; 0: no sample pending */
 	__u64 data_segs;     /* segments with payload, retransmissions included (atomic) */
 	__u64 retrans;       /* segments sent again (atomic) */

@@ -243,11 +243,12 @@ FT_MAP("array", int, struct tcp_conn, tcp_conn_zero, 1);
  * (index: ft_cpu() * FT_CACHE_SLOTS + the flow's cache slot, flow_slot();
  * value: struct ft_tcp_pkt, see bpf/tcprtt.h): a plain array of per-CPU
  * rows, as the flow cache, so that another CPU's entry is at hand for a
- * pull of its deferred segments (tcp_pkt_of()). Overwritten by TCP packets,
- * never deleted; an entry is only compared with a packet of the same flow
- * key. Userspace reads the deferred segments (flowtop/kernel/tcpconn.py).
+ * pull of the sequence progress it owns (tcp_pkt_row(), ft_defer_sync()).
+ * Overwritten by TCP packets, never deleted; an entry is only compared
+ * with a packet of the same flow key. Userspace reads the deferred data
+ * segments (flowtop/kernel/tcpconn.py, layout.TCP_PKT).
  */
-FT_MAP("percpu_array", int, struct ft_tcp_pkt, tcp_pkts, FT_CACHE_SLOTS);
+FT_MAP("array", int, struct ft_tcp_pkt, tcp_pkts, FT_NR_CPUS * FT_CACHE_SLOTS);
 
 /* The accessors tcprtt.h declares. */
 static __always_inline struct tcp_conn *tcp_conn_lookup(struct tcp_conn_key *k)
@@ -262,9 +263,16 @@ static __always_inline struct tcp_conn *tcp_conn_zero_value(void)
 	return tcp_conn_zero.lookup(&zero);
 }
 
+static __always_inline struct ft_tcp_pkt *tcp_pkt_row(__u32 cpu, __u32 slot)
+{
+	__u32 i = cpu * FT_CACHE_SLOTS + slot;
+
+	return tcp_pkts.lookup(&i);
+}
+
 static __always_inline struct ft_tcp_pkt *tcp_pkt_slot(__u32 slot)
 {
-	return tcp_pkts.lookup(&slot);
+	return tcp_pkt_row(ft_cpu(), slot);
 }
 
 static __always_inline int tcp_conn_insert(struct tcp_conn_key *k)
@@ -599,8 +607,15 @@ static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u6
 
 	if (skip == FT_SKIP_ALL)
 		return;
-	if (!ft_same_flow(&e->key, &p->key))
+	if (skip == FT_SKIP_ECHO && ft_tcp_deferrable(e, &p->tcp, flags, payload, now)) {
+		e->seq_end = p->tcp.seq + payload;
+		e->deferred += segs;
+		return;
+	}
+	if (!ft_same_flow(&e->key, &p->key)) {
+		ft_defer_evict(e);
 		__builtin_memcpy(&e->key, &p->key, sizeof(e->key));
+	}
 	__builtin_memcpy(&e->seg, &p->tcp, sizeof(e->seg));
 	e->now = now;
 	e->segs = segs;
@@ -610,7 +625,7 @@ static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u6
 	e->skip_echo = skip == FT_SKIP_ECHO;
 	/* The tracker reads them back from the map, not from registers. */
 	asm volatile("" ::: "memory");
-	ft_tcp_track(e, dir);
+	ft_tcp_track(e, dir, slot);
 }
 #else
 static __always_inline void track_tcp(struct __sk_buff *skb, struct pkt *p, __u64 segs,

@@ -56,9 +56,11 @@
  * entry: a hash lookup and the cache lines of its half. What does not is
  * left out: each CPU remembers the last packet of each flow it tracked
  * (tcp_pkts), so a pure ACK repeating the last one's timestamps within the
- * tick (most ACKs of a bulk transfer) skips the lookup, and a segment
+ * tick (most ACKs of a bulk transfer) skips the lookup, a segment
  * echoing the same TSecr skips the other direction's half (see
- * ft_tcp_skippable()).
+ * ft_tcp_skippable()), and an in-order data segment with the last one's
+ * timestamps, in its tick, is counted in that CPU's tcp_pkts entry without
+ * the lookup (deferred: see ft_tcp_deferrable()).
  *
  * FT_PASSIVE_RTT=0 compiles all of it out (the benchmark's baseline; see
  * bpf/tcpseg.h, which reads the TCP header for it).
@@ -99,22 +101,35 @@ FT_MAIN_DEFINES(static __always_inline struct tcp_conn *tcp_conn_zero_value(void
  * tracker (each header layout, each way the option walk ends, each
  * length) is one state for it: it is verified once, not once per layout,
  * which is past the verifier's budget. (Per CPU: no other program runs on
- * this CPU between the write and its use.) Private to the kernel side.
+ * this CPU between the write and its use.) The entry also carries the
+ * flow's deferred data segments (below ft_tcp_skippable()), which
+ * userspace reads: layout.TCP_PKT mirrors it.
  */
 struct ft_tcp_pkt {
 	struct flow_key key;  /* the flow: addresses, ports, ifindex, hook */
-	struct ft_tcpseg seg; /* what parse_packet() read from the TCP header */
+	/* Deferred data segments (see ft_tcp_deferrable()); userspace reads
+	 * these fields too (layout.TCP_PKT, flowtop/kernel/tcpconn.py). */
+	__u64 deferred;       /* data segments counted here, not in the entry's data_segs */
+	__u32 stamp;          /* the tcp_half.stamp they belong to */
+	__u32 seq_end;        /* while owner: the direction's highest sequence end */
+	/* The packet. */
 	__u64 now;            /* coarse clock (CLOCK_MONOTONIC_COARSE) */
-	__u64 segs;           /* segments the skb stands for (GSO) */
+	__u32 segs;           /* segments the skb stands for (GSO, at most 65535) */
 	__u32 payload;        /* TCP payload bytes of the skb */
 	__u8 flags;           /* the TCP flags byte */
 	__u8 comparable;      /* 0: a SYN or RST, which no later packet compares with */
 	__u8 skip_echo;       /* ft_tcp_skippable() said FT_SKIP_ECHO */
-	__u8 pad;
+	__u8 owner;           /* this CPU may defer the flow's in-order data segments */
+	struct ft_tcpseg seg; /* what parse_packet() read from the TCP header */
+	__u32 pad;
 };
 
-/* tcp_pkts' entry for a slot (< FT_CACHE_SLOTS); NULL: cannot happen. */
+_Static_assert(sizeof(struct ft_tcp_pkt) == 104, "layout.TCP_PKT mirrors struct ft_tcp_pkt");
+
+/* tcp_pkts' entry for a slot (< FT_CACHE_SLOTS) in this CPU's row, and in
+ * CPU cpu's; NULL: cannot happen. */
 FT_MAIN_DEFINES(static __always_inline struct ft_tcp_pkt *tcp_pkt_slot(__u32 slot))
+FT_MAIN_DEFINES(static __always_inline struct ft_tcp_pkt *tcp_pkt_row(__u32 cpu, __u32 slot))
 
 /* The last 8 bytes of struct tcp_conn_key as one word: port0, port1,
  * ip_version, zero padding, in memory order. */
@@ -265,6 +280,7 @@ static __always_inline int ft_half_observe(struct tcp_half *h, __u32 ifindex, __
 		h->obs_ifindex = ifindex;
 		h->obs_hook = hook;
 		h->flags |= FT_HALF_SEEN;
+		h->stamp = (__u32)now | 1;
 	} else if (h->obs_ifindex != ifindex || h->obs_hook != hook) {
 		if ((__s64)(now - h->last_ns) < (__s64)FT_OBS_TAKEOVER_NS)
 			return 0;
@@ -473,10 +489,123 @@ static __always_inline int ft_tcp_skippable(struct ft_tcp_pkt *l, struct flow_ke
 }
 
 /*
- * The tracker, for a TCP segment whose header was complete, as in (see
- * struct ft_tcp_pkt); hook: FT_DIR_*.
+ * Deferred data segments. On a bulk transfer most packets are data
+ * segments that continue the last one of their flow on this CPU, with its
+ * timestamps, in its clock tick: all the tracker would do with one is move
+ * the direction's seq_end and count it. The CPU that last tracked such a
+ * segment at the direction's observation point becomes the direction's
+ * owner (tcp_half.defer_cpu; ft_tcp_pkt.owner, seq_end and stamp in its
+ * tcp_pkts entry), and while it owns it, the next such segments skip the
+ * connection entry: ft_tcp_deferrable() says which, track_tcp() moves the
+ * entry's seq_end and adds to its deferred count. No count leaves a CPU's
+ * entry but into the connection, and by that CPU: the next time it tracks
+ * the flow (ft_defer_flush()), or when another flow takes the slot
+ * (ft_defer_evict()); userspace adds what is still there when it reads
+ * the connection (flowtop/kernel/tcpconn.py).
+ *
+ * Sequence progress does cross CPUs: a packet of the direction tracked on
+ * another CPU (or by the owner itself) first takes the owner's seq_end
+ * into the half and ends the ownership (ft_defer_sync()), so retransmission
+ * checks see every segment the box saw. A segment the owner defers at the
+ * very moment another CPU takes over can be missed by that CPU's check, as
+ * two CPUs' plain seq_end stores can race without deferral.
  */
-static __always_inline void ft_tcp_track(struct ft_tcp_pkt *in, __u8 hook)
+
+/* Whether the packet (after ft_tcp_skippable() said FT_SKIP_ECHO: same
+ * flow, same TSecr) only continues what this CPU's entry l owns: data, no
+ * SYN, FIN or RST, the same TSval and clock tick, in order. */
+static __always_inline int ft_tcp_deferrable(struct ft_tcp_pkt *l, struct ft_tcpseg *s,
+					     __u8 flags, __u32 payload, __u64 now)
+{
+	return l->owner && payload != 0 && !(flags & (FT_TCP_SYN | FT_TCP_FIN | FT_TCP_RST)) &&
+	       l->now == now && l->seg.tsval == s->tsval && s->seq == l->seq_end;
+}
+
+/* Adds this CPU's deferred count (in, the packet's entry) to its half h,
+ * when it is that half's: the entry first, so that userspace, which reads
+ * the connection before the entries, never counts a segment twice. An
+ * entry of an earlier connection on the 4-tuple (another stamp: the entry
+ * was started afresh) owns nothing any more and its count is dropped. */
+static __always_inline void ft_defer_flush(struct ft_tcp_pkt *in, struct tcp_half *h)
+{
+	__u64 n = in->deferred;
+
+	if (!n && !in->owner)
+		return;
+	in->deferred = 0;
+	if (in->stamp != h->stamp) {
+		in->owner = 0;
+		return;
+	}
+	if (n)
+		__sync_fetch_and_add(&h->data_segs, n);
+}
+
+/* At the observation point, before the packet is tracked: the owner's
+ * sequence progress into h, and the ownership ended (in: the packet's own
+ * entry, slot: its slot). */
+static __always_inline void ft_defer_sync(struct tcp_half *h, struct ft_tcp_pkt *in,
+					  struct flow_key *k, __u32 slot)
+{
+	__u32 cpu = h->defer_cpu;
+	struct ft_tcp_pkt *o;
+
+	if (!cpu)
+		return;
+	h->defer_cpu = 0;
+	o = tcp_pkt_row(cpu - 1, slot);
+	if (!o || !o->owner || o->stamp != h->stamp || !ft_same_flow(&o->key, k))
+		return;
+	o->owner = 0;
+	if (ft_seq_after(o->seq_end, h->seq_end))
+		h->seq_end = o->seq_end;
+}
+
+/* After a data segment was tracked at the observation point: when it was
+ * in order (its end is the half's seq_end), this CPU owns the direction. */
+static __always_inline void ft_defer_grant(struct tcp_half *h, struct ft_tcp_pkt *in, __u32 end)
+{
+	if (h->seq_end != end)
+		return;
+	in->seq_end = end;
+	in->stamp = h->stamp;
+	in->owner = 1;
+	h->defer_cpu = bpf_get_smp_processor_id() + 1;
+}
+
+/* Before this CPU's entry e is given to another flow: what it holds of its
+ * flow (the deferred count, the sequence progress it owns) into that
+ * flow's connection. Rare: two TCP flows in one slot on one CPU. */
+static __always_inline void ft_defer_evict(struct ft_tcp_pkt *e)
+{
+	struct tcp_conn_key ck;
+	struct tcp_conn *c;
+	struct tcp_half *h;
+	__u32 dir;
+
+	if (!e->owner && !e->deferred)
+		return;
+	dir = ft_conn_key(&e->key, &ck) & 1;
+	c = tcp_conn_lookup(&ck);
+	if (c) {
+		h = &c->side[dir].half;
+		if (e->owner && e->stamp == h->stamp) {
+			if (ft_seq_after(e->seq_end, h->seq_end))
+				h->seq_end = e->seq_end;
+			if (h->defer_cpu == bpf_get_smp_processor_id() + 1)
+				h->defer_cpu = 0;
+		}
+		ft_defer_flush(e, h);
+	}
+	e->owner = 0;
+	e->deferred = 0;
+}
+
+/*
+ * The tracker, for a TCP segment whose header was complete, as in (see
+ * struct ft_tcp_pkt: this CPU's entry for the flow's slot); hook: FT_DIR_*.
+ */
+static __always_inline void ft_tcp_track(struct ft_tcp_pkt *in, __u8 hook, __u32 slot)
 {
 	struct flow_key *k = &in->key;
 	struct ft_tcpseg *s = &in->seg;
@@ -501,14 +630,18 @@ static __always_inline void ft_tcp_track(struct ft_tcp_pkt *in, __u8 hook)
 	h = &c->side[dir].half;
 	r = &c->side[dir ^ 1].half;
 
+	ft_defer_flush(in, h);
 	if (!ft_half_observe(h, k->ifindex, hook, now))
 		return;
+	ft_defer_sync(h, in, k, slot);
 	if (flags & FT_TCP_RST) {
 		c->flags |= FT_CONN_RST;
 		return;
 	}
 	ft_handshake(c, h, r, s, flags, dir, &t);
 	ft_seq_track(h, s, flags, payload, in->segs);
+	if (payload && s->has_ts && !(flags & (FT_TCP_SYN | FT_TCP_FIN)))
+		ft_defer_grant(h, in, s->seq + payload);
 
 	if (!s->has_ts)
 		return;

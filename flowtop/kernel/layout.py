@@ -269,11 +269,15 @@ TCP_HALF = np.dtype(
         ("obs_ifindex", "<u4"),
         ("obs_hook", "u1"),
         ("flags", "u1"),
-        ("pad", "V2"),
+        # 0, or 1 + the CPU whose tcp_pkts row may hold the direction's
+        # sequence progress (kernel only)
+        ("defer_cpu", "<u2"),
         ("seq_end", "<u4"),
         ("ts_last", "<u4"),
         ("ts_pending", "<u4"),
-        ("pad2", "V4"),
+        # nonzero, set when the half is first seen: tcp_pkts entries whose
+        # stamp differs belong to an earlier connection on the 4-tuple
+        ("stamp", "<u4"),
         ("ts_time_ns", "<u8"),
         ("data_segs", "<u8"),
         ("retrans", "<u8"),
@@ -315,3 +319,31 @@ assert TCP_HALF.itemsize == 56
 assert TCP_RTT.itemsize == 40
 assert TCP_SIDE.itemsize == 120
 assert TCP_CONN.itemsize == 272
+
+# Mirrors struct ft_tcp_pkt of bpf/tcprtt.h: the tcp_pkts map, a plain array
+# of cpu_ids() rows of cache_slots entries (index cpu * cache_slots + slot),
+# the last TCP packet of a flow on a CPU and the flow's data segments that
+# CPU counted there rather than in the connection entry (deferred, for the
+# half whose stamp it carries; tcpconn.add_deferred adds them up).
+TCP_SEG = np.dtype(
+    [("seq", "<u4"), ("tsval", "<u4"), ("tsecr", "<u4"), ("has_ts", "u1"), ("pad", "V3")]
+)
+TCP_PKT = np.dtype(
+    [
+        ("key", FLOW_KEY),
+        ("deferred", "<u8"),  # data segments counted here, not in the half's data_segs
+        ("stamp", "<u4"),  # the TCP_HALF.stamp they belong to; 0: none
+        ("seq_end", "<u4"),
+        ("now", "<u8"),
+        ("segs", "<u4"),
+        ("payload", "<u4"),
+        ("flags", "u1"),
+        ("comparable", "u1"),
+        ("skip_echo", "u1"),
+        ("owner", "u1"),
+        ("seg", TCP_SEG),
+        ("pad", "<u4"),
+    ]
+)
+assert TCP_SEG.itemsize == 16
+assert TCP_PKT.itemsize == 104

@@ -127,7 +127,13 @@ class TcProgram:
         self._iface_vals = np.zeros(
             (maps.cpu_ids(), layout.IFACE_SLOTS_PER), dtype=layout.IFACE_STATS
         )
-        self._tcp = TcpConnTable(self._maps["tcp_conns"]) if options.passive_rtt else None
+        # The connection map and the per-CPU rows of deferred data segments
+        # (tcp_pkts, cpu_ids() rows of cache_slots, like the flow cache).
+        self._tcp = (
+            TcpConnTable(self._maps["tcp_conns"], self._maps["tcp_pkts"], options.cache_slots)
+            if options.passive_rtt
+            else None
+        )
 
     @property
     def build_pid(self) -> int | None:
@@ -171,7 +177,7 @@ class TcProgram:
         return {hook: p.fd for hook, p in self._progs.items()}
 
     def map_fd(self, name: str) -> int:
-        """The fd of one of the maps userspace uses (MAPS, tcp_conns, WIRE_RING)."""
+        """The fd of one of the maps userspace uses (MAPS, tcp_conns, tcp_pkts, WIRE_RING)."""
         return self._maps[name]
 
     def wire_ring_fd(self) -> int | None:

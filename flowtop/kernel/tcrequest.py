@@ -107,7 +107,7 @@ def request(options: ProgramOptions) -> Request:
     second message, compiled (FT_L3_PAIR=1, on the same maps) and verified
     while this process attaches the first: the first attachment waits for
     half the compile."""
-    names = (*MAPS, "tcp_conns") if options.passive_rtt else MAPS
+    names = (*MAPS, "tcp_conns", "tcp_pkts") if options.passive_rtt else MAPS
     first = [(name, SCHED_CLS) for (_d, l3), name in FUNCTIONS.items() if not l3]
     if options.wire is not None:
         names = (*names, WIRE_RING, WIRE_TAIL)

@@ -57,6 +57,7 @@ def _numpy_layout(d: np.dtype) -> list[tuple[str, int, int]]:
         ("cache_a", np.dtype([("slot", "<u4")]), layout.FLOW_CACHE_ENTRY),
         ("tcp_conns", layout.TCP_CONN_KEY, layout.TCP_CONN),
         ("tcp_conn_zero", np.dtype([("slot", "<u4")]), layout.TCP_CONN),
+        ("tcp_pkts", np.dtype([("slot", "<u4")]), layout.TCP_PKT),
     ],
 )
 def test_struct_layouts_match(program, table, key_dtype, val_dtype) -> None:  # type: ignore[no-untyped-def]

@@ -37,6 +37,7 @@ client and server are ordinary Linux sockets, whose own view (`ss -ti`,
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import struct
@@ -48,7 +49,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from flowtop.kernel import layout
+from flowtop.kernel import layout, maps
 
 from . import impair
 from .netns import MAC_A, MAC_B, Capture, Captured, Netns, Pair, Router, entered
@@ -584,3 +585,108 @@ def test_repeated_acks_skip_nothing_that_counts(quiet_pair: Pair) -> None:
     # Each half: its handshake sample and one timestamp sample, none pending.
     assert [int(n) for n in rtt["samples"]] == [2, 2], rtt
     assert [int(t) for t in half["ts_time_ns"]] == [0, 0], half
+
+
+# --------------------------------------------------------------------------- #
+# crafted segments on two CPUs: deferred data segments
+# --------------------------------------------------------------------------- #
+
+CLOCK_MONOTONIC_COARSE = 6  # the kernel's coarse clock, the tracker's "tick"
+
+
+def _coarse_ns() -> int:
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def _next_tick() -> int:
+    """Waits for the coarse clock to move; its new reading."""
+    t0 = _coarse_ns()
+    while (t := _coarse_ns()) == t0:
+        pass
+    return t
+
+
+def test_deferred_segments_across_cpus(quiet_pair: Pair) -> None:
+    """One direction's data segments sent from two CPUs in turn, all with
+    the same timestamps and within one clock tick: the in-order ones a CPU
+    may defer (counted in its tcp_pkts entry, not in the connection) must
+    not hide a retransmission from the other CPU, either way round:
+    CPU 0 defers 1101..1301, CPU 1 then sees 1101 again (a retransmission
+    only if it takes CPU 0's sequence progress), then CPU 0 sees 1301 again
+    after CPU 1 sent it (a retransmission only if CPU 1 ended CPU 0's
+    deferral). The last segment stays deferred in CPU 1's entry: the raw
+    connection lacks it, the samples userspace makes (tcp_samples) have it."""
+    from flowtop.kernel.attach import TcAttacher
+    from flowtop.kernel.program import ProgramOptions, TcProgram
+
+    from . import frames as fr
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    c0, c1 = cpus
+    p = quiet_pair
+    ts = (102, 900)
+
+    def data(port: int, seq: int) -> bytes:
+        return _seg(CC, SS, port, SP, "PA", seq, 5001, ts, 100)
+
+    def script(port: int) -> list[tuple[int, bytes]]:
+        return [
+            (c0, _seg(CC, SS, port, SP, "S", 1000, 0, (100, 0))),
+            (c0, _seg(SS, CC, SP, port, "SA", 5000, 1001, (900, 100))),
+            (c0, _seg(CC, SS, port, SP, "A", 1001, 5001, (101, 900))),
+            (c0, data(port, 1001)),  # CPU 0 owns the direction
+            (c0, data(port, 1101)),  # deferred
+            (c0, data(port, 1201)),  # deferred
+            (c1, data(port, 1101)),  # sent again
+            (c1, data(port, 1301)),  # CPU 1 owns it
+            (c0, data(port, 1301)),  # sent again
+            (c1, data(port, 1401)),
+            (c1, data(port, 1501)),  # deferred, and left in CPU 1's entry
+        ]
+
+    prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=1024))
+    try:
+        with entered(p.b.name):
+            att = TcAttacher(prog.ingress.fd, prog.egress.fd)
+        try:
+            att.attach(p.pb.ifindex, p.pb.name)
+            with fr.Sender(p.a, p.pa.name) as sender, fr.PinnedSenders(sender, cpus) as snd:
+                for attempt in range(50):
+                    port = CP + 100 + attempt
+                    frames = script(port)
+                    t = _next_tick()
+                    for cpu, frame in frames:
+                        snd.send(cpu, frame)
+                    if _coarse_ns() == t:  # all of it in one tick
+                        break
+                else:
+                    pytest.fail("no attempt sent its segments within one clock tick")
+            time.sleep(0.2)
+            keys, vals = prog.tcp_conns()
+            samples = prog.tcp_samples(time.monotonic_ns())
+            rows = np.zeros((maps.cpu_ids(), prog.options.cache_slots), dtype=layout.TCP_PKT)
+            slots = prog.options.cache_slots
+            maps.read_rows(prog.map_fd("tcp_pkts"), 0, slots, slots, rows)
+        finally:
+            att.detach_all()
+            att.close()
+    finally:
+        prog.close()
+    mine = [i for i in range(len(keys)) if port in (int(keys[i]["port0"]), int(keys[i]["port1"]))]
+    assert len(mine) == 1, keys
+    k, v = keys[mine[0]], vals[mine[0]]
+    c = 0 if int(k["port0"]) == port else 1  # the client's direction
+    half = v["side"]["half"]
+    assert int(half["retrans"][c]) == 2, half
+    # 8 data segments were sent; the last one is still in CPU 1's entry.
+    assert int(half["data_segs"][c]) == 7, half
+    flow = (rows["key"]["sport"] == port) & (rows["deferred"] > 0)
+    assert [(cpu, int(rows["deferred"][cpu][flow[cpu]].sum())) for cpu in cpus] == [
+        (c0, 0),
+        (c1, 1),
+    ], rows["deferred"][flow]
+    rec = samples[samples["key"]["sport"] == port]
+    assert len(rec) == 1, samples
+    assert (int(rec["data_segs"][0]), int(rec["retrans"][0])) == (8, 2), rec
