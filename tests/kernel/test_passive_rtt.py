@@ -524,6 +524,27 @@ def _s2c(flags: str, seq: int, ack: int, ts: tuple[int, int], payload: int = 0) 
     return _seg(SS, CC, SP, CP, flags, seq, ack, ts, payload)
 
 
+@contextlib.contextmanager
+def _on_vb_ingress(p: Pair) -> Iterator[Any]:
+    """A small TcProgram attached to vb (ingress and egress) for crafted
+    segments; detached and closed on exit."""
+    from flowtop.kernel.attach import TcAttacher
+    from flowtop.kernel.program import ProgramOptions, TcProgram
+
+    prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=1024))
+    try:
+        with entered(p.b.name):
+            att = TcAttacher(prog.ingress.fd, prog.egress.fd)
+        try:
+            att.attach(p.pb.ifindex, p.pb.name)
+            yield prog
+        finally:
+            att.detach_all()
+            att.close()
+    finally:
+        prog.close()
+
+
 def test_repeated_acks_skip_nothing_that_counts(quiet_pair: Pair) -> None:
     """A crafted connection, both directions sent by A over va, the program
     on vb's ingress: one observation point for both. Every pure ACK is sent
@@ -534,9 +555,6 @@ def test_repeated_acks_skip_nothing_that_counts(quiet_pair: Pair) -> None:
     the handshake, FIN both ways, and exactly the RTT samples the
     timestamps allow (each direction's TSval stops moving after its first
     sample, so no second one can start, however long sending takes)."""
-    from flowtop.kernel.attach import TcAttacher
-    from flowtop.kernel.program import ProgramOptions, TcProgram
-
     from . import frames as fr
 
     p = quiet_pair
@@ -556,21 +574,11 @@ def test_repeated_acks_skip_nothing_that_counts(quiet_pair: Pair) -> None:
         _s2c("FA", 5051, 1302, (902, 102)),  # (sent again, a FIN would count)
         *[_c2s("A", 1302, 5052, (102, 902))] * 4,
     ]
-    prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=1024))
-    try:
-        with entered(p.b.name):
-            att = TcAttacher(prog.ingress.fd, prog.egress.fd)
-        try:
-            att.attach(p.pb.ifindex, p.pb.name)
-            assert fr.send_frames(p.a, p.pa.name, frames) == len(frames)
-            time.sleep(0.3)
-            keys, vals = prog.tcp_conns()
-            counters = prog.counters()
-        finally:
-            att.detach_all()
-            att.close()
-    finally:
-        prog.close()
+    with _on_vb_ingress(p) as prog:
+        assert fr.send_frames(p.a, p.pa.name, frames) == len(frames)
+        time.sleep(0.3)
+        keys, vals = prog.tcp_conns()
+        counters = prog.counters()
     assert len(keys) == 1, keys
     k, v = keys[0], vals[0]
     c = 0 if (int(k["port0"]), int(k["port1"])) == (CP, SP) else 1  # the client's direction
@@ -616,9 +624,6 @@ def test_deferred_segments_across_cpus(quiet_pair: Pair) -> None:
     after CPU 1 sent it (a retransmission only if CPU 1 ended CPU 0's
     deferral). The last segment stays deferred in CPU 1's entry: the raw
     connection lacks it, the samples userspace makes (tcp_samples) have it."""
-    from flowtop.kernel.attach import TcAttacher
-    from flowtop.kernel.program import ProgramOptions, TcProgram
-
     from . import frames as fr
 
     cpus = sorted(os.sched_getaffinity(0))[:2]
@@ -646,34 +651,24 @@ def test_deferred_segments_across_cpus(quiet_pair: Pair) -> None:
             (c1, data(port, 1501)),  # deferred, and left in CPU 1's entry
         ]
 
-    prog = TcProgram(ProgramOptions(flow_map_size=4096, tcp_conn_map_size=1024))
-    try:
-        with entered(p.b.name):
-            att = TcAttacher(prog.ingress.fd, prog.egress.fd)
-        try:
-            att.attach(p.pb.ifindex, p.pb.name)
-            with fr.Sender(p.a, p.pa.name) as sender, fr.PinnedSenders(sender, cpus) as snd:
-                for attempt in range(50):
-                    port = CP + 100 + attempt
-                    frames = script(port)
-                    t = _next_tick()
-                    for cpu, frame in frames:
-                        snd.send(cpu, frame)
-                    if _coarse_ns() == t:  # all of it in one tick
-                        break
-                else:
-                    pytest.fail("no attempt sent its segments within one clock tick")
-            time.sleep(0.2)
-            keys, vals = prog.tcp_conns()
-            samples = prog.tcp_samples(time.monotonic_ns())
-            rows = np.zeros((maps.cpu_ids(), prog.options.cache_slots), dtype=layout.TCP_PKT)
-            slots = prog.options.cache_slots
-            maps.read_rows(prog.map_fd("tcp_pkts"), 0, slots, slots, rows)
-        finally:
-            att.detach_all()
-            att.close()
-    finally:
-        prog.close()
+    with _on_vb_ingress(p) as prog:
+        with fr.Sender(p.a, p.pa.name) as sender, fr.PinnedSenders(sender, cpus) as snd:
+            for attempt in range(50):
+                port = CP + 100 + attempt
+                frames = script(port)
+                t = _next_tick()
+                for cpu, frame in frames:
+                    snd.send(cpu, frame)
+                if _coarse_ns() == t:  # all of it in one tick
+                    break
+            else:
+                pytest.fail("no attempt sent its segments within one clock tick")
+        time.sleep(0.2)
+        keys, vals = prog.tcp_conns()
+        samples = prog.tcp_samples(time.monotonic_ns())
+        slots = prog.options.cache_slots
+        rows = np.zeros((maps.cpu_ids(), slots), dtype=layout.TCP_PKT)
+        maps.read_rows(prog.map_fd("tcp_pkts"), 0, slots, slots, rows)
     mine = [i for i in range(len(keys)) if port in (int(keys[i]["port0"]), int(keys[i]["port1"]))]
     assert len(mine) == 1, keys
     k, v = keys[mine[0]], vals[mine[0]]
